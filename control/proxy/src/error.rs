@@ -1,0 +1,40 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF program {0} is not in the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("eBPF map {0} is not in the object")]
+    MissingMap(&'static str),
+    #[error("aya-log: {0}")]
+    Log(#[from] aya_log::Error),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BPF_PROG_TEST_RUN of {name}: output of {len} bytes exceeds the {cap}-byte buffer")]
+    TestRunOutput {
+        name: &'static str,
+        len: usize,
+        cap: usize,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
