@@ -61,11 +61,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
     let path = path.to_owned();
-    move |source| Error::Io {
-        op,
-        path,
-        source,
-    }
+    move |source| Error::Io { op, path, source }
 }
 
 fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> Error {
@@ -310,7 +306,8 @@ pub fn reap_stale(prefix: &str) -> Result<Vec<String>> {
 
 /// A netlink handle for the calling thread's namespace. Must be called inside a tokio runtime.
 pub fn connect() -> Result<Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(io("netlink socket", Path::new("")))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(io("netlink socket", Path::new("")))?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -375,7 +372,10 @@ mod tests {
 
     #[test]
     fn unique_namespace_is_removed_on_drop_even_when_the_owner_panics() {
-        assert!(is_root(), "network namespace tests need root (CI runs as root)");
+        assert!(
+            is_root(),
+            "network namespace tests need root (CI runs as root)"
+        );
         let path = std::panic::catch_unwind(|| {
             let ns = NetNs::unique("xkt").expect("create namespace");
             let path = ns.path().to_owned();
@@ -389,12 +389,17 @@ mod tests {
 
     #[test]
     fn veth_pair_carries_udp_between_namespaces() {
-        assert!(is_root(), "network namespace tests need root (CI runs as root)");
+        assert!(
+            is_root(),
+            "network namespace tests need root (CI runs as root)"
+        );
         let a = NetNs::unique("xkt").expect("create a");
         let b = NetNs::unique("xkt").expect("create b");
         veth_pair(&a, "va", &b, "vb").expect("veth pair");
-        a.configure("va", Ipv4Addr::new(198, 18, 200, 1), 30).expect("addr a");
-        b.configure("vb", Ipv4Addr::new(198, 18, 200, 2), 30).expect("addr b");
+        a.configure("va", Ipv4Addr::new(198, 18, 200, 1), 30)
+            .expect("addr a");
+        b.configure("vb", Ipv4Addr::new(198, 18, 200, 2), 30)
+            .expect("addr b");
         let server = b
             .run(|| std::net::UdpSocket::bind("198.18.200.2:9000"))
             .expect("enter b")
@@ -410,12 +415,18 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, from) = server.recv_from(&mut buf).expect("datagram arrives");
         assert_eq!(&buf[..n], b"hello");
-        assert_eq!(from.ip(), std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1)));
+        assert_eq!(
+            from.ip(),
+            std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1))
+        );
     }
 
     #[test]
     fn reap_stale_removes_only_namespaces_of_dead_processes() {
-        assert!(is_root(), "network namespace tests need root (CI runs as root)");
+        assert!(
+            is_root(),
+            "network namespace tests need root (CI runs as root)"
+        );
         // pid 0 never names a live process in /proc.
         let stale = NetNs::create(&format!("xkreap-0-{:04x}", rand::random::<u16>()))
             .expect("create stale");

@@ -12,8 +12,7 @@ use xkube_netns::{NetNs, veth_pair};
 use xkube_proxy::ebpf::{
     packet::{Endpoint, Frame, parse},
     probe::Probe,
-    testrun,
-    xdp_action,
+    testrun, xdp_action,
 };
 
 /// Collects aya-log records.
@@ -85,7 +84,9 @@ fn privileged_probe_attached_to_veth_counts_frames_and_logs() {
         .expect("enter client");
     let mut buf = [0u8; 64];
     for _ in 0..N {
-        server.recv_from(&mut buf).expect("every datagram passes the probe");
+        server
+            .recv_from(&mut buf)
+            .expect("every datagram passes the probe");
     }
 
     let after = probe.counters().expect("read counters");
@@ -94,7 +95,10 @@ fn privileged_probe_attached_to_veth_counts_frames_and_logs() {
     assert!(after.udp - before.udp >= N, "{before:?} -> {after:?}");
     assert!(after.ipv4 - before.ipv4 >= N, "{before:?} -> {after:?}");
     assert!(after.frames - before.frames >= N, "{before:?} -> {after:?}");
-    assert!(after.bytes - before.bytes >= N * 42, "{before:?} -> {after:?}");
+    assert!(
+        after.bytes - before.bytes >= N * 42,
+        "{before:?} -> {after:?}"
+    );
     assert_eq!(after.tcp, before.tcp, "no TCP was sent");
 
     logger.flush();
@@ -119,13 +123,8 @@ fn privileged_probe_test_run_passes_crafted_frames_unchanged() {
     )
     .build();
     let before = probe.counters().expect("counters");
-    let run = testrun::run(
-        "xkube_probe",
-        probe.program().expect("program"),
-        &frame,
-        10,
-    )
-    .expect("BPF_PROG_TEST_RUN");
+    let run = testrun::run("xkube_probe", probe.program().expect("program"), &frame, 10)
+        .expect("BPF_PROG_TEST_RUN");
     assert_eq!(
         run.action,
         xdp_action::XDP_PASS,

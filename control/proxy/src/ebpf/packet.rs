@@ -111,7 +111,11 @@ impl<'a> Frame<'a> {
             }
             L4::Tcp { flags } => {
                 p.extend_from_slice(&1000u32.to_be_bytes()); // seq
-                let ack = if flags & tcp_flags::ACK != 0 { 2000u32 } else { 0 };
+                let ack = if flags & tcp_flags::ACK != 0 {
+                    2000u32
+                } else {
+                    0
+                };
                 p.extend_from_slice(&ack.to_be_bytes());
                 p.push((TCP_HLEN as u8 / 4) << 4);
                 p.push(flags);
@@ -165,7 +169,11 @@ fn pseudo_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u32 {
 pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
     let c = !fold(sum16(segment, pseudo_sum(src, dst, proto, segment.len())));
     // UDP transmits an all-zero checksum as 0xffff (0 means "no checksum").
-    if proto == IPPROTO_UDP && c == 0 { 0xffff } else { c }
+    if proto == IPPROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
 }
 
 /// The fields of a parsed Ethernet/IPv4 frame that tests look at.

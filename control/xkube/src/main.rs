@@ -1,0 +1,75 @@
+//! `xkube`: one binary, one subcommand per component. Subcommands are thin: parse flags, build
+//! the component from its crate, run it.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+/// The Kubernetes API level xkube speaks (the k8s-openapi version feature).
+const KUBERNETES_API: &str = "v1.33";
+
+#[derive(Parser)]
+#[command(
+    name = "xkube",
+    version,
+    about = "A Kubernetes-compatible cluster with an eBPF service dataplane"
+)]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print version information.
+    Version,
+    /// Self-contained demonstrations on throwaway network namespaces.
+    Demo {
+        #[command(subcommand)]
+        demo: demo::Demo,
+    },
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.cmd {
+        Cmd::Version => {
+            println!(
+                "xkube {} ({}/{}), Kubernetes API {KUBERNETES_API}",
+                env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            );
+            Ok(())
+        }
+        Cmd::Demo { demo } => demo.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xkube: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
