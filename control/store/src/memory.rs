@@ -61,7 +61,13 @@ impl MemoryStore {
 
     /// A store that keeps the last `history` events (at least one) for watches.
     pub fn with_history(history: usize) -> Self {
-        let (fanout, _) = broadcast::channel(DEFAULT_WATCH_BUFFER);
+        Self::with_limits(history, DEFAULT_WATCH_BUFFER)
+    }
+
+    /// A store that keeps the last `history` events and lets a live watcher fall
+    /// `watch_buffer` events behind before ending its stream with [`Error::WatchLagged`].
+    pub fn with_limits(history: usize, watch_buffer: usize) -> Self {
+        let (fanout, _) = broadcast::channel(watch_buffer.max(1));
         MemoryStore {
             state: Mutex::new(State {
                 data: BTreeMap::new(),
@@ -175,5 +181,58 @@ impl Store for MemoryStore {
         }
         state.compacted = target;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn lagging_watcher_ends_with_an_error_instead_of_skipping() {
+        let store = MemoryStore::with_limits(100, 4);
+        let mut stream = store.watch("/", 0).await.expect("watch");
+        for i in 0..20 {
+            store
+                .create(&format!("/k{i:02}"), vec![])
+                .await
+                .expect("create");
+        }
+        match stream.next().await {
+            Some(Err(Error::WatchLagged { missed })) => assert!(missed > 0),
+            other => panic!("a watcher 20 events behind a buffer of 4 must fail, got {other:?}"),
+        }
+        assert!(
+            stream.next().await.is_none(),
+            "the stream ends after the error"
+        );
+    }
+
+    #[tokio::test]
+    async fn history_window_compacts_automatically() {
+        let store = MemoryStore::with_history(5);
+        for i in 0..20 {
+            store
+                .create(&format!("/k{i:02}"), vec![])
+                .await
+                .expect("create");
+        }
+        match store.watch("/", 0).await {
+            Err(Error::Compacted {
+                requested: 0,
+                compacted: 15,
+            }) => {}
+            Err(e) => panic!("expected Compacted at 15, got {e}"),
+            Ok(_) => panic!("expected Compacted at 15, got a stream"),
+        }
+        let mut stream = store.watch("/", 15).await.expect("watch inside the window");
+        let first = stream
+            .next()
+            .await
+            .expect("an event")
+            .expect("not an error");
+        assert_eq!(first.revision(), 16);
     }
 }
