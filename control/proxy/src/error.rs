@@ -20,6 +20,18 @@ pub enum Error {
     },
     #[error("eBPF map {0} is not in the object")]
     MissingMap(&'static str),
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("eBPF link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
     #[error("aya-log: {0}")]
     Log(#[from] aya_log::Error),
     #[error("{op} {path}: {source}")]

@@ -9,4 +9,5 @@
 //! With the `user` feature each type implements [`aya::Pod`].
 #![no_std]
 
+pub mod lb;
 pub mod probe;

@@ -3,8 +3,14 @@
 #![no_std]
 #![no_main]
 
+mod lb;
+mod maps;
+mod nat;
 mod net;
 mod probe;
+mod sock;
+mod tc;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,5 +1,6 @@
 //! The eBPF object built from `dataplane-ebpf/programs` and typed access to its programs.
 
+pub mod datapath;
 pub mod packet;
 pub mod probe;
 pub mod testrun;
