@@ -47,6 +47,12 @@ pub enum Error {
         len: usize,
         cap: usize,
     },
+    #[error("reading CLOCK_MONOTONIC: {0}")]
+    Clock(#[source] nix::errno::Errno),
+    #[error("dataplane writer blocking task: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("dataplane writer lost its map handles")]
+    WriterLostMaps,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,2 @@
+//! Placeholder; the writer benchmark is being written.
+fn main() {}
