@@ -48,6 +48,10 @@ pub struct EmbeddedOptions {
     pub watch_buffer: usize,
     /// The most writes committed in one transaction.
     pub max_batch: usize,
+    /// redb's quick repair: each commit also saves the allocator state and uses a two-phase
+    /// commit (two fsyncs instead of one), so that reopening after a crash is instant instead
+    /// of a walk over the whole file.
+    pub quick_repair: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -56,6 +60,7 @@ impl Default for EmbeddedOptions {
             history: 10_000,
             watch_buffer: DEFAULT_WATCH_BUFFER,
             max_batch: 512,
+            quick_repair: true,
         }
     }
 }
@@ -72,6 +77,7 @@ struct Inner {
     fanout: Fanout,
     history: i64,
     max_batch: usize,
+    quick_repair: bool,
     queue: Mutex<Queue>,
 }
 
@@ -118,8 +124,11 @@ impl EmbeddedStore {
             !std::mem::replace(&mut queue.committing, true)
         };
         if start {
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || inner.run_commits());
+            let committer = Committer {
+                inner: self.inner.clone(),
+                finished: false,
+            };
+            tokio::task::spawn_blocking(move || committer.run());
         }
         answer.await.map_err(|_| Error::Backend {
             detail: "the embedded store's commit task stopped before answering".into(),
@@ -194,6 +203,7 @@ impl Inner {
             fanout,
             history: i64::try_from(options.history.max(1)).unwrap_or(i64::MAX),
             max_batch: options.max_batch.max(1),
+            quick_repair: options.quick_repair,
             queue: Mutex::new(Queue::default()),
         })
     }
@@ -202,33 +212,6 @@ impl Inner {
         // The queue is a Vec and a flag, each changed by single infallible steps: a poisoned
         // lock still guards consistent data.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The commit loop, on the blocking pool; runs until the queue is empty.
-    fn run_commits(self: Arc<Self>) {
-        // If a commit panics, let the next write start a new loop; the panicked batch's callers
-        // see their reply channel closed.
-        struct Reset<'a>(&'a Inner);
-        impl Drop for Reset<'_> {
-            fn drop(&mut self) {
-                if std::thread::panicking() {
-                    self.0.lock_queue().committing = false;
-                }
-            }
-        }
-        let _reset = Reset(&self);
-        loop {
-            let batch: Vec<Pending> = {
-                let mut queue = self.lock_queue();
-                if queue.pending.is_empty() {
-                    queue.committing = false;
-                    return;
-                }
-                let n = queue.pending.len().min(self.max_batch);
-                queue.pending.drain(..n).collect()
-            };
-            self.commit_batch(batch);
-        }
     }
 
     fn commit_batch(&self, batch: Vec<Pending>) {
@@ -269,7 +252,7 @@ impl Inner {
             .begin_write()
             .map_err(|e| Error::redb("begin write", e))?;
         txn.set_durability(Durability::Immediate);
-        txn.set_quick_repair(true);
+        txn.set_quick_repair(self.quick_repair);
         let mut results = Vec::with_capacity(ops.len());
         let mut events = Vec::new();
         {
@@ -325,6 +308,42 @@ impl Inner {
         }
         txn.commit().map_err(|e| Error::redb("commit", e))?;
         Ok((results, events))
+    }
+}
+
+/// The commit loop, on the blocking pool; runs until the queue is empty.
+struct Committer {
+    inner: Arc<Inner>,
+    finished: bool,
+}
+
+impl Committer {
+    fn run(mut self) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut queue = self.inner.lock_queue();
+                if queue.pending.is_empty() {
+                    queue.committing = false;
+                    self.finished = true;
+                    return;
+                }
+                let n = queue.pending.len().min(self.inner.max_batch);
+                queue.pending.drain(..n).collect()
+            };
+            self.inner.commit_batch(batch);
+        }
+    }
+}
+
+impl Drop for Committer {
+    /// A commit loop that panicked, or never ran because the runtime is shutting down: fail the
+    /// waiting writes (their reply channels close) and let the next write start a new loop.
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut queue = self.inner.lock_queue();
+            queue.pending.clear();
+            queue.committing = false;
+        }
     }
 }
 
