@@ -1,0 +1,303 @@
+//! The resource registry: every kind the apiserver serves, with its REST names.
+
+/// Verbs of a full REST resource.
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+/// Verbs of a status-like subresource.
+pub const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
+
+/// A subresource (`pods/status`, `replicationcontrollers/scale`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubresourceInfo {
+    /// Name after the slash (`status`, `scale`, `binding`, `finalize`).
+    pub name: &'static str,
+    /// Kind of the object exchanged on it.
+    pub kind: &'static str,
+    /// API group of that kind (`""` for core, `autoscaling` for Scale).
+    pub group: &'static str,
+    /// Version of that kind.
+    pub version: &'static str,
+    /// Verbs it supports.
+    pub verbs: &'static [&'static str],
+}
+
+/// One REST resource served by the apiserver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceInfo {
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// API version (`v1`).
+    pub version: &'static str,
+    /// Kind (`Pod`).
+    pub kind: &'static str,
+    /// Plural REST name (`pods`), also the storage key segment.
+    pub plural: &'static str,
+    /// Singular name (`pod`).
+    pub singular: &'static str,
+    /// Short names (`po`).
+    pub short_names: &'static [&'static str],
+    /// Whether objects live in a namespace.
+    pub namespaced: bool,
+    /// Verbs supported on the resource.
+    pub verbs: &'static [&'static str],
+    /// Subresources.
+    pub subresources: &'static [SubresourceInfo],
+    /// Discovery categories (`all`).
+    pub categories: &'static [&'static str],
+}
+
+impl ResourceInfo {
+    /// `apiVersion` of objects of this resource (`v1`, `apps/v1`).
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Whether the resource has a `status` subresource (the main endpoint then ignores status).
+    pub fn has_status(&self) -> bool {
+        self.subresource("status").is_some()
+    }
+
+    /// Looks up a subresource by name.
+    pub fn subresource(&self, name: &str) -> Option<&'static SubresourceInfo> {
+        self.subresources.iter().find(|s| s.name == name)
+    }
+
+    /// Storage key prefix of this resource, optionally within a namespace; ends with `/`.
+    pub fn key_prefix(&self, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("/registry/{}/{}/", self.plural, ns),
+            _ => format!("/registry/{}/", self.plural),
+        }
+    }
+
+    /// Storage key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{}", self.key_prefix(namespace), name)
+    }
+
+    /// Group-qualified plural used in messages (`pods`, `deployments.apps`).
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+}
+
+const fn status_sub(kind: &'static str) -> SubresourceInfo {
+    SubresourceInfo {
+        name: "status",
+        kind,
+        group: "",
+        version: "v1",
+        verbs: STATUS_VERBS,
+    }
+}
+
+const fn core(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    namespaced: bool,
+    subresources: &'static [SubresourceInfo],
+    categories: &'static [&'static str],
+) -> ResourceInfo {
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        short_names,
+        namespaced,
+        verbs: ALL_VERBS,
+        subresources,
+        categories,
+    }
+}
+
+/// Every resource the apiserver serves.
+pub static RESOURCES: &[ResourceInfo] = &[
+    core(
+        "Namespace",
+        "namespaces",
+        "namespace",
+        &["ns"],
+        false,
+        &[
+            status_sub("Namespace"),
+            SubresourceInfo {
+                name: "finalize",
+                kind: "Namespace",
+                group: "",
+                version: "v1",
+                verbs: &["update"],
+            },
+        ],
+        &[],
+    ),
+    core(
+        "Pod",
+        "pods",
+        "pod",
+        &["po"],
+        true,
+        &[
+            status_sub("Pod"),
+            SubresourceInfo {
+                name: "binding",
+                kind: "Binding",
+                group: "",
+                version: "v1",
+                verbs: &["create"],
+            },
+        ],
+        &["all"],
+    ),
+    core(
+        "ReplicationController",
+        "replicationcontrollers",
+        "replicationcontroller",
+        &["rc"],
+        true,
+        &[
+            status_sub("ReplicationController"),
+            SubresourceInfo {
+                name: "scale",
+                kind: "Scale",
+                group: "autoscaling",
+                version: "v1",
+                verbs: STATUS_VERBS,
+            },
+        ],
+        &["all"],
+    ),
+    core(
+        "Service",
+        "services",
+        "service",
+        &["svc"],
+        true,
+        &[status_sub("Service")],
+        &["all"],
+    ),
+    core(
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        &["ep"],
+        true,
+        &[],
+        &[],
+    ),
+    core(
+        "Node",
+        "nodes",
+        "node",
+        &["no"],
+        false,
+        &[status_sub("Node")],
+        &[],
+    ),
+    core("Event", "events", "event", &["ev"], true, &[], &[]),
+    core("Secret", "secrets", "secret", &[], true, &[], &[]),
+    core(
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        &["cm"],
+        true,
+        &[],
+        &[],
+    ),
+    core(
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        &["sa"],
+        true,
+        &[],
+        &[],
+    ),
+    core(
+        "ResourceQuota",
+        "resourcequotas",
+        "resourcequota",
+        &["quota"],
+        true,
+        &[status_sub("ResourceQuota")],
+        &[],
+    ),
+    core(
+        "LimitRange",
+        "limitranges",
+        "limitrange",
+        &["limits"],
+        true,
+        &[],
+        &[],
+    ),
+];
+
+/// Finds a resource by group, version and plural name.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Finds a resource by `apiVersion` and `kind`.
+pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.api_version() == api_version && r.kind == kind)
+}
+
+/// Resources of one group version, in registry order.
+pub fn in_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_core_resources_by_plural_and_kind() {
+        let pods = find("", "v1", "pods").expect("pods registered");
+        assert_eq!(pods.kind, "Pod");
+        assert!(pods.namespaced && pods.has_status());
+        assert_eq!(pods.key(Some("default"), "x"), "/registry/pods/default/x");
+        let ns = find_by_kind("v1", "Namespace").expect("namespaces registered");
+        assert_eq!(
+            ns.key(Some("ignored"), "kube-system"),
+            "/registry/namespaces/kube-system"
+        );
+        let rc = find("", "v1", "replicationcontrollers").expect("rc");
+        assert_eq!(
+            rc.subresource("scale").map(|s| s.group),
+            Some("autoscaling")
+        );
+        assert!(find("", "v1", "widgets").is_none());
+    }
+}

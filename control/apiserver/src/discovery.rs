@@ -1,0 +1,182 @@
+//! Non-resource endpoints: discovery (`/api`, `/api/v1`, `/apis`), `/version`, health,
+//! `/metrics` and the OpenAPI documents kubectl reads for validation and patch metadata.
+
+use std::sync::Arc;
+
+use axum::response::Response;
+use http::{HeaderMap, Method};
+use serde_json::{Value, json};
+use xkube_api::{RESOURCES, StatusError};
+
+use crate::http::App;
+
+fn json(code: u16, v: &Value) -> Response {
+    let mut r = Response::new(axum::body::Body::from(
+        serde_json::to_vec(v).unwrap_or_default(),
+    ));
+    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn text(body: String, ctype: &'static str) -> Response {
+    let mut r = Response::new(axum::body::Body::from(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+/// `/api/v1` resource list.
+pub fn core_resources() -> Value {
+    let mut out = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group.is_empty()) {
+        let mut e = json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": r.verbs,
+        });
+        if !r.short_names.is_empty() {
+            e["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        out.push(e);
+        for s in r.subresources {
+            let mut e = json!({
+                "name": format!("{}/{}", r.plural, s.name),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": s.kind,
+                "verbs": s.verbs,
+            });
+            if !s.group.is_empty() {
+                e["group"] = json!(s.group);
+                e["version"] = json!(s.version);
+            }
+            out.push(e);
+        }
+    }
+    json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": out})
+}
+
+/// `/version`.
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": "v1.33.0-xkube",
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn operation_params() -> Value {
+    json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
+    ])
+}
+
+/// A small OpenAPI v3 document for `api/v1`: the paths and operations with the
+/// `fieldValidation` parameter (kubectl then validates on the server), and `x-kubernetes-*`
+/// extensions on the kinds.
+pub fn openapi_v3_core() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for r in RESOURCES.iter().filter(|r| r.group.is_empty()) {
+        let gvk = json!([{"group": "", "version": "v1", "kind": r.kind}]);
+        let base = if r.namespaced {
+            format!("/api/v1/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("/api/v1/{}", r.plural)
+        };
+        let op = |id: String| {
+            json!({
+                "operationId": id,
+                "parameters": operation_params(),
+                "x-kubernetes-group-version-kind": gvk[0].clone(),
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
+        paths.insert(base.clone(), json!({"post": op(format!("createNamespaced{}", r.kind)), "get": op(format!("list{}", r.kind))}));
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({"put": op(format!("replace{}", r.kind)), "patch": op(format!("patch{}", r.kind)),
+                   "get": op(format!("read{}", r.kind)), "delete": op(format!("delete{}", r.kind))}),
+        );
+        schemas.insert(
+            format!("io.k8s.api.core.v1.{}", r.kind),
+            json!({"type": "object", "x-kubernetes-group-version-kind": gvk}),
+        );
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.33.0-xkube"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+/// Serves non-resource paths.
+pub async fn non_resource(
+    app: &Arc<App>,
+    method: &Method,
+    segs: &[&str],
+    headers: &HeaderMap,
+) -> Response {
+    let _ = headers;
+    if method != Method::GET && method != Method::HEAD {
+        return json(405, &StatusError::method_not_allowed().to_value());
+    }
+    match segs {
+        [] => {
+            let mut paths = vec![
+                "/api",
+                "/api/v1",
+                "/apis",
+                "/healthz",
+                "/livez",
+                "/readyz",
+                "/metrics",
+                "/version",
+                "/openapi/v2",
+                "/openapi/v3",
+            ];
+            paths.sort();
+            json(200, &json!({"paths": paths}))
+        }
+        ["api"] => json(
+            200,
+            &json!({"kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": app.advertise}]}),
+        ),
+        ["api", "v1"] => json(200, &core_resources()),
+        ["apis"] => json(
+            200,
+            &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+        ),
+        ["version"] => json(200, &version()),
+        ["healthz"] | ["livez"] | ["readyz"] => text("ok".into(), "text/plain; charset=utf-8"),
+        ["healthz" | "livez" | "readyz", _] => text("ok".into(), "text/plain; charset=utf-8"),
+        ["metrics"] => text(app.metrics.render(), "text/plain; version=0.0.4"),
+        ["openapi", "v3"] => json(
+            200,
+            &json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=xkube1"}}}),
+        ),
+        ["openapi", "v3", "api", "v1"] => json(200, &openapi_v3_core()),
+        _ => json(404, &StatusError::path_not_found().to_value()),
+    }
+}

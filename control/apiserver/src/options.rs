@@ -1,0 +1,216 @@
+//! Command-line options, with Kubernetes' flag names and defaults.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+/// Which store backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageBackend {
+    /// The embedded, crash-safe single-file store in `--data-dir` (default).
+    Embedded,
+    /// etcd at `--etcd-servers`.
+    #[value(alias = "etcd3")]
+    Etcd,
+    /// In memory, lost on exit (tests).
+    Memory,
+}
+
+/// Authorization modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthorizationMode {
+    /// Everything is allowed.
+    #[value(name = "AlwaysAllow")]
+    AlwaysAllow,
+    /// Everything is denied.
+    #[value(name = "AlwaysDeny")]
+    AlwaysDeny,
+    /// Attribute-based policy from `--authorization-policy-file`.
+    #[value(name = "ABAC")]
+    Abac,
+}
+
+/// `xkube apiserver` flags.
+#[derive(Debug, Clone, Args)]
+pub struct Options {
+    /// Directory of the embedded store, the generated PKI and the admin kubeconfig.
+    #[arg(
+        long,
+        env = "XKUBE_DATA_DIR",
+        default_value = "/var/lib/xkube/apiserver"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Comma-separated etcd endpoints; selects the etcd backend unless --storage-backend says
+    /// otherwise.
+    #[arg(long, env = "XKUBE_ETCD_SERVERS", value_delimiter = ',')]
+    pub etcd_servers: Vec<String>,
+
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "")]
+    pub etcd_prefix: String,
+
+    /// Store backend: embedded (default), etcd (etcd3), memory.
+    #[arg(long, env = "XKUBE_STORAGE_BACKEND", value_enum)]
+    pub storage_backend: Option<StorageBackend>,
+
+    /// HTTPS port (0 picks a free port).
+    #[arg(long, env = "XKUBE_SECURE_PORT", default_value_t = 6443)]
+    pub secure_port: u16,
+
+    /// Address of the secure port.
+    #[arg(long, env = "XKUBE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Plain HTTP port without authentication, bound to 127.0.0.1 only; 0 disables it.
+    #[arg(long, env = "XKUBE_INSECURE_PORT", default_value_t = 0)]
+    pub insecure_port: u16,
+
+    /// Address published in the `kubernetes` Endpoints (default: the bind address, or
+    /// 127.0.0.1 when that is unspecified).
+    #[arg(long, env = "XKUBE_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+
+    /// CIDR of Service cluster IPs.
+    #[arg(
+        long,
+        env = "XKUBE_SERVICE_CLUSTER_IP_RANGE",
+        default_value = "10.96.0.0/12"
+    )]
+    pub service_cluster_ip_range: String,
+
+    /// Range of NodePorts, `first-last` inclusive.
+    #[arg(
+        long,
+        env = "XKUBE_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
+    pub service_node_port_range: String,
+
+    /// CSV file of bearer tokens: `token,user,uid,"group1,group2"`.
+    #[arg(long, env = "XKUBE_TOKEN_AUTH_FILE")]
+    pub token_auth_file: Option<PathBuf>,
+
+    /// CSV file of basic-auth users: `password,user,uid[,"groups"]`.
+    #[arg(long, env = "XKUBE_BASIC_AUTH_FILE")]
+    pub basic_auth_file: Option<PathBuf>,
+
+    /// PEM bundle of CAs whose client certificates authenticate users (CN = user,
+    /// O = groups); the generated cluster CA is always trusted too.
+    #[arg(long, env = "XKUBE_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Serve requests without credentials as `system:anonymous` (off by default: such
+    /// requests get 401).
+    #[arg(long, env = "XKUBE_ANONYMOUS_AUTH", default_value_t = false)]
+    pub anonymous_auth: bool,
+
+    /// Authorization mode.
+    #[arg(
+        long,
+        env = "XKUBE_AUTHORIZATION_MODE",
+        value_enum,
+        default_value = "AlwaysAllow"
+    )]
+    pub authorization_mode: AuthorizationMode,
+
+    /// ABAC policy file (one JSON policy per line).
+    #[arg(long, env = "XKUBE_AUTHORIZATION_POLICY_FILE")]
+    pub authorization_policy_file: Option<PathBuf>,
+
+    /// Ordered admission plugins: AlwaysAdmit, AlwaysDeny, NamespaceLifecycle,
+    /// NamespaceExists, SecurityContextDeny.
+    #[arg(
+        long,
+        env = "XKUBE_ADMISSION_CONTROL",
+        value_delimiter = ',',
+        default_value = "NamespaceLifecycle"
+    )]
+    pub admission_control: Vec<String>,
+
+    /// Events kept per resource in the watch cache (older resourceVersions get 410).
+    #[arg(long, default_value_t = 1000)]
+    pub watch_cache_size: usize,
+
+    /// Seconds between watch bookmarks (for clients that allow them).
+    #[arg(long, default_value_t = 30)]
+    pub bookmark_interval_seconds: u64,
+
+    /// Keep this many seconds of store history; older revisions are compacted (0 = never).
+    #[arg(long, default_value_t = 300)]
+    pub compaction_interval_seconds: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            data_dir: PathBuf::from("/var/lib/xkube/apiserver"),
+            etcd_servers: Vec::new(),
+            etcd_prefix: String::new(),
+            storage_backend: None,
+            secure_port: 6443,
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            insecure_port: 0,
+            advertise_address: None,
+            service_cluster_ip_range: "10.96.0.0/12".into(),
+            service_node_port_range: "30000-32767".into(),
+            token_auth_file: None,
+            basic_auth_file: None,
+            client_ca_file: None,
+            anonymous_auth: false,
+            authorization_mode: AuthorizationMode::AlwaysAllow,
+            authorization_policy_file: None,
+            admission_control: vec!["NamespaceLifecycle".into()],
+            watch_cache_size: 1000,
+            bookmark_interval_seconds: 30,
+            compaction_interval_seconds: 300,
+        }
+    }
+}
+
+impl Options {
+    /// The backend the flags select.
+    pub fn backend(&self) -> StorageBackend {
+        match self.storage_backend {
+            Some(b) => b,
+            None if !self.etcd_servers.is_empty() => StorageBackend::Etcd,
+            None => StorageBackend::Embedded,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
+
+    #[test]
+    fn defaults_match_kubernetes() {
+        let cli = Cli::try_parse_from(["x"]).expect("parses");
+        assert_eq!(cli.opts.secure_port, 6443);
+        assert_eq!(cli.opts.service_cluster_ip_range, "10.96.0.0/12");
+        assert_eq!(cli.opts.service_node_port_range, "30000-32767");
+        assert_eq!(cli.opts.insecure_port, 0);
+        assert_eq!(cli.opts.backend(), StorageBackend::Embedded);
+        let cli = Cli::try_parse_from([
+            "x",
+            "--etcd-servers=http://127.0.0.1:2379",
+            "--authorization-mode=ABAC",
+            "--admission-control=NamespaceExists,AlwaysDeny",
+        ])
+        .expect("parses");
+        assert_eq!(cli.opts.backend(), StorageBackend::Etcd);
+        assert_eq!(cli.opts.authorization_mode, AuthorizationMode::Abac);
+        assert_eq!(
+            cli.opts.admission_control,
+            vec!["NamespaceExists", "AlwaysDeny"]
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The cluster PKI: a CA, the serving certificate and an admin client certificate generated
+//! into the data dir on first start, the admin kubeconfig, and the rustls server config.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::{Error, Result};
+
+/// Paths of the generated files.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    /// `pki/ca.crt`.
+    pub ca_cert: PathBuf,
+    /// `pki/ca.key`.
+    pub ca_key: PathBuf,
+    /// `pki/apiserver.crt`.
+    pub server_cert: PathBuf,
+    /// `pki/apiserver.key`.
+    pub server_key: PathBuf,
+    /// `pki/admin.crt`.
+    pub admin_cert: PathBuf,
+    /// `pki/admin.key`.
+    pub admin_key: PathBuf,
+}
+
+fn tls(e: impl std::fmt::Display) -> Error {
+    Error::Tls(e.to_string())
+}
+
+fn write(path: &Path, data: &str, private: bool) -> Result<()> {
+    std::fs::write(path, data).map_err(Error::io("write", path))?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(Error::io("chmod", path))?;
+    }
+    Ok(())
+}
+
+impl Pki {
+    /// The file layout under `data_dir/pki`.
+    pub fn layout(data_dir: &Path) -> Self {
+        let d = data_dir.join("pki");
+        Pki {
+            ca_cert: d.join("ca.crt"),
+            ca_key: d.join("ca.key"),
+            server_cert: d.join("apiserver.crt"),
+            server_key: d.join("apiserver.key"),
+            admin_cert: d.join("admin.crt"),
+            admin_key: d.join("admin.key"),
+        }
+    }
+
+    /// Generates every file that is missing (all of them when the CA is missing). Blocking.
+    pub fn ensure(data_dir: &Path, sans: &[String]) -> Result<Self> {
+        let pki = Self::layout(data_dir);
+        let dir = data_dir.join("pki");
+        std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+        let all = [
+            &pki.ca_cert,
+            &pki.ca_key,
+            &pki.server_cert,
+            &pki.server_key,
+            &pki.admin_cert,
+            &pki.admin_key,
+        ];
+        if all.iter().all(|p| p.exists()) {
+            return Ok(pki);
+        }
+        tracing::info!(dir = %dir.display(), "generating cluster CA and certificates");
+        let ca_key = KeyPair::generate().map_err(tls)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+        ca.distinguished_name.push(DnType::CommonName, "xkube-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).map_err(tls)?;
+
+        let server_key = KeyPair::generate().map_err(tls)?;
+        let mut sp = CertificateParams::new(sans.to_vec()).map_err(tls)?;
+        sp.distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        sp.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let server = sp.signed_by(&server_key, &ca_cert, &ca_key).map_err(tls)?;
+
+        let admin_key = KeyPair::generate().map_err(tls)?;
+        let mut ap = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+        ap.distinguished_name.push(DnType::CommonName, "admin");
+        ap.distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        ap.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        ap.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let admin = ap.signed_by(&admin_key, &ca_cert, &ca_key).map_err(tls)?;
+
+        write(&pki.ca_key, &ca_key.serialize_pem(), true)?;
+        write(&pki.server_key, &server_key.serialize_pem(), true)?;
+        write(&pki.admin_key, &admin_key.serialize_pem(), true)?;
+        write(&pki.server_cert, &server.pem(), false)?;
+        write(&pki.admin_cert, &admin.pem(), false)?;
+        // The CA certificate last: its presence means the set is complete.
+        write(&pki.ca_cert, &ca_cert.pem(), false)?;
+        Ok(pki)
+    }
+
+    /// Writes a kubeconfig for the admin user pointing at `server` (`https://...`). Blocking.
+    pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
+        let b64 = |p: &Path| -> Result<String> {
+            let data = std::fs::read(p).map_err(Error::io("read", p))?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(data))
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: xkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: xkube\n  context:\n    cluster: xkube\n    user: admin\n    namespace: default\ncurrent-context: xkube\n",
+            b64(&self.ca_cert)?,
+            b64(&self.admin_cert)?,
+            b64(&self.admin_key)?,
+        );
+        write(path, &text, true)
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let data = std::fs::read(path).map_err(Error::io("read", path))?;
+    rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::io("parse certificates", path))
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let data = std::fs::read(path).map_err(Error::io("read", path))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(Error::io("parse key", path))?
+        .ok_or_else(|| Error::Tls(format!("{}: no private key", path.display())))
+}
+
+/// The rustls server config: the serving certificate, optional client certificates verified
+/// against the cluster CA and `client_ca` (requests without one go on to other authenticators).
+pub fn server_config(pki: &Pki, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(&pki.ca_cert)? {
+        roots.add(c).map_err(tls)?;
+    }
+    if let Some(p) = client_ca {
+        for c in load_certs(p)? {
+            roots.add(c).map_err(tls)?;
+        }
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(tls)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&pki.server_cert)?, load_key(&pki.server_key)?)
+        .map_err(tls)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The user (`CN`) and groups (`O`) of a verified client certificate.
+pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = parsed.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let orgs = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    Some((cn, orgs))
+}
+
+/// Subject alternative names of the serving certificate.
+pub fn default_sans(first_service_ip: IpAddr, extra: &[IpAddr]) -> Vec<String> {
+    let mut sans = vec![
+        "localhost".to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+        "127.0.0.1".into(),
+        first_service_ip.to_string(),
+    ];
+    for ip in extra {
+        if !ip.is_unspecified() && !sans.contains(&ip.to_string()) {
+            sans.push(ip.to_string());
+        }
+    }
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && !sans.iter().any(|s| s == h) {
+            sans.push(h.to_string());
+        }
+    }
+    sans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_pki_once_and_admin_cert_is_system_masters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sans = default_sans("10.96.0.1".parse().expect("ip"), &[]);
+        let pki = Pki::ensure(dir.path(), &sans).expect("generates");
+        let ca1 = std::fs::read(&pki.ca_cert).expect("ca");
+        let pki = Pki::ensure(dir.path(), &sans).expect("reuses");
+        assert_eq!(std::fs::read(&pki.ca_cert).expect("ca"), ca1);
+        server_config(&pki, None).expect("rustls config");
+        let admin = load_certs(&pki.admin_cert).expect("admin");
+        let (cn, orgs) = client_identity(&admin[0]).expect("identity");
+        assert_eq!(cn, "admin");
+        assert_eq!(orgs, vec!["system:masters".to_string()]);
+        let kc = dir.path().join("admin.kubeconfig");
+        pki.write_kubeconfig(&kc, "https://127.0.0.1:6443")
+            .expect("kubeconfig");
+        let text = std::fs::read_to_string(&kc).expect("read");
+        assert!(text.contains("server: https://127.0.0.1:6443"));
+    }
+}

@@ -1,0 +1,914 @@
+//! Storage strategy of every resource: create, update, patch, delete with Kubernetes'
+//! semantics (uid, timestamps, generation, resourceVersion, status subresources, allocation,
+//! graceful and cascading deletion) on top of the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Value, json};
+use xkube_api::patch::PatchType;
+use xkube_api::validation::{ErrorList, FieldError};
+use xkube_api::{FieldSelector, LabelSelector, ResourceInfo, StatusError, meta, typed};
+use xkube_store::{Revision, Store};
+
+use crate::alloc::{AllocError, Allocators};
+use crate::watchcache::{WatchCache, decode};
+
+/// `?fieldValidation=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    /// Unknown fields are errors (400).
+    Strict,
+    /// Unknown fields are warnings (the default).
+    #[default]
+    Warn,
+    /// Unknown fields are dropped silently.
+    Ignore,
+}
+
+/// Options of a write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// `?dryRun=All`.
+    pub dry_run: bool,
+    /// `?fieldValidation=`.
+    pub field_validation: FieldValidation,
+}
+
+/// Deletion options (query and `DeleteOptions` body).
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// `propagationPolicy` (`Orphan`, `Background`, `Foreground`), or legacy `orphanDependents`.
+    pub propagation: Option<String>,
+    /// `gracePeriodSeconds`.
+    pub grace_period: Option<i64>,
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `dryRun`.
+    pub dry_run: bool,
+}
+
+/// Store errors as Kubernetes statuses.
+pub fn store_error(res: &ResourceInfo, name: &str, e: xkube_store::Error) -> StatusError {
+    match e {
+        xkube_store::Error::NotFound { .. } => StatusError::not_found(res.group, res.plural, name),
+        xkube_store::Error::AlreadyExists { .. } => {
+            StatusError::already_exists(res.group, res.plural, name)
+        }
+        xkube_store::Error::Conflict { .. } => {
+            StatusError::modified_conflict(res.group, res.plural, name)
+        }
+        xkube_store::Error::Compacted {
+            requested,
+            compacted,
+        } => StatusError::expired(requested, compacted + 1),
+        other => StatusError::internal(other),
+    }
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::thread_rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn now() -> String {
+    meta::format_time(jiff::Timestamp::now())
+}
+
+/// Spec-like content of an object: everything except metadata and status.
+fn spec_part(v: &Value) -> Value {
+    let mut s = v.clone();
+    if let Some(m) = s.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    s
+}
+
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let has = |c: &Value, k: &str| c["resources"][k].as_object().is_some_and(|m| !m.is_empty());
+    if containers
+        .iter()
+        .all(|c| !has(c, "requests") && !has(c, "limits"))
+    {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        let l = &c["resources"]["limits"];
+        let r = &c["resources"]["requests"];
+        ["cpu", "memory"]
+            .iter()
+            .all(|k| !l[k].is_null() && (r[k].is_null() || r[k] == l[k]))
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// The registry: the only code that writes API objects to the store.
+pub struct Registry {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Allocators of cluster IPs and node ports.
+    pub alloc: Allocators,
+    /// Watch caches by plural.
+    pub caches: HashMap<&'static str, Arc<WatchCache>>,
+}
+
+/// Result of a write: the object and any warnings.
+pub struct Written {
+    /// The stored object (with resourceVersion).
+    pub object: Value,
+    /// `Warning` headers.
+    pub warnings: Vec<String>,
+    /// Whether a new object was created (201) rather than updated (200).
+    pub created: bool,
+}
+
+impl Registry {
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(Value, Revision), StatusError> {
+        let key = res.key(ns, name);
+        match self.store.get(&key).await {
+            Ok(Some(kv)) => {
+                let v = decode(&kv, kv.mod_revision)
+                    .ok_or_else(|| StatusError::internal(format!("undecodable object at {key}")))?;
+                Ok((v, kv.mod_revision))
+            }
+            Ok(None) => Err(StatusError::not_found(res.group, res.plural, name)),
+            Err(e) => Err(store_error(res, name, e)),
+        }
+    }
+
+    /// Lists objects (from the watch cache when `from_cache`, else a consistent store read).
+    pub async fn list(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        from_cache: bool,
+    ) -> Result<(Vec<Value>, Revision), StatusError> {
+        let prefix = res.key_prefix(ns);
+        let (items, rev): (Vec<Value>, Revision) = match self
+            .caches
+            .get(res.plural)
+            .and_then(|c| if from_cache { c.list(&prefix) } else { None })
+        {
+            Some((items, rev)) => (items.iter().map(|v| (**v).clone()).collect(), rev),
+            None => {
+                let (kvs, rev) = self
+                    .store
+                    .list(&prefix)
+                    .await
+                    .map_err(|e| store_error(res, "", e))?;
+                (
+                    kvs.iter()
+                        .filter_map(|kv| decode(kv, kv.mod_revision))
+                        .collect(),
+                    rev,
+                )
+            }
+        };
+        let items = items
+            .into_iter()
+            .filter(|o| labels.matches_object(o) && fields.matches(o))
+            .collect();
+        Ok((items, rev))
+    }
+
+    fn prepare(
+        &self,
+        res: &ResourceInfo,
+        obj: Value,
+        opts: &WriteOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Value, ErrorList), StatusError> {
+        let p = typed::prepare(res.kind, obj, true).map_err(StatusError::bad_request)?;
+        if !p.unknown_fields.is_empty() {
+            match opts.field_validation {
+                FieldValidation::Strict => {
+                    let list = p
+                        .unknown_fields
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(StatusError::bad_request(format!(
+                        "strict decoding error: {list}"
+                    )));
+                }
+                FieldValidation::Warn => {
+                    warnings.extend(
+                        p.unknown_fields
+                            .iter()
+                            .map(|f| format!("unknown field \"{f}\"")),
+                    );
+                }
+                FieldValidation::Ignore => {}
+            }
+        }
+        Ok((p.object, p.errors))
+    }
+
+    /// Creates an object (already checked against the request's kind and namespace).
+    pub async fn create(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written, StatusError> {
+        let mut warnings = Vec::new();
+        if meta::name(&obj).is_empty()
+            && let Some(g) = obj["metadata"]["generateName"]
+                .as_str()
+                .filter(|g| !g.is_empty())
+        {
+            let name = format!("{g}{}", random_suffix());
+            meta::set(&mut obj, "name", json!(name));
+        }
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
+            meta::remove(&mut obj, k);
+        }
+        meta::set(&mut obj, "uid", json!(uuid::Uuid::new_v4().to_string()));
+        meta::set(&mut obj, "creationTimestamp", json!(now()));
+        if res.kind != "Event" && obj.get("spec").is_some() {
+            meta::set(&mut obj, "generation", json!(1));
+        } else {
+            meta::remove(&mut obj, "generation");
+        }
+        let (mut obj, errors) = self.prepare(res, obj, opts, &mut warnings)?;
+        let name = meta::name(&obj).to_string();
+        if !errors.is_empty() {
+            return Err(StatusError::invalid(res.group, res.kind, &name, &errors));
+        }
+        match res.plural {
+            "pods" => {
+                let qos = qos_class(&obj);
+                let status = obj
+                    .as_object_mut()
+                    .map(|m| m.entry("status").or_insert_with(|| json!({})));
+                if let Some(status) = status {
+                    if status["phase"].is_null() {
+                        status["phase"] = json!("Pending");
+                    }
+                    status["qosClass"] = json!(qos);
+                }
+            }
+            "namespaces" => {
+                obj["status"] = json!({"phase": "Active"});
+            }
+            "replicationcontrollers" if obj["status"].is_null() => {
+                obj["status"] = json!({"replicas": 0});
+            }
+            _ => {}
+        }
+        let owner = format!("{}/{}", ns.unwrap_or(""), name);
+        let mut allocated = Allocated::default();
+        if res.plural == "services" && !opts.dry_run {
+            self.allocate_service(&mut obj, None, &owner, &mut allocated)
+                .await?;
+        }
+        let key = res.key(ns, &name);
+        if opts.dry_run {
+            return Ok(Written {
+                object: obj,
+                warnings,
+                created: true,
+            });
+        }
+        let bytes = serde_json::to_vec(&obj).map_err(StatusError::internal)?;
+        match self.store.create(&key, bytes).await {
+            Ok(kv) => {
+                meta::set(
+                    &mut obj,
+                    "resourceVersion",
+                    json!(kv.mod_revision.to_string()),
+                );
+                Ok(Written {
+                    object: obj,
+                    warnings,
+                    created: true,
+                })
+            }
+            Err(e) => {
+                self.release(&allocated).await;
+                Err(store_error(res, &name, e))
+            }
+        }
+    }
+
+    async fn release(&self, a: &Allocated) {
+        for ip in &a.ips {
+            self.alloc.release_ip(ip).await;
+        }
+        for p in &a.ports {
+            self.alloc.release_port(*p).await;
+        }
+    }
+
+    /// Allocates the cluster IP and node ports of a Service being created (`old` = None) or
+    /// updated, recording what was newly allocated in `allocated`.
+    async fn allocate_service(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+        owner: &str,
+        allocated: &mut Allocated,
+    ) -> Result<(), StatusError> {
+        let name = meta::name(obj).to_string();
+        let ty = obj["spec"]["type"]
+            .as_str()
+            .unwrap_or("ClusterIP")
+            .to_string();
+        let invalid = |errs: Vec<FieldError>| {
+            StatusError::invalid(
+                "",
+                "Service",
+                &name,
+                &errs.into_iter().collect::<ErrorList>(),
+            )
+        };
+        let mut errs = Vec::new();
+        if ty != "ExternalName" {
+            let old_ip = old
+                .and_then(|o| o["spec"]["clusterIP"].as_str())
+                .unwrap_or("")
+                .to_string();
+            let want = obj["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
+            if want == "None" {
+                obj["spec"]["clusterIPs"] = json!(["None"]);
+            } else if !old_ip.is_empty() && (want.is_empty() || want == old_ip) {
+                obj["spec"]["clusterIP"] = json!(old_ip);
+                obj["spec"]["clusterIPs"] = json!([old_ip]);
+            } else if want.is_empty() {
+                match self.alloc.allocate_any_ip(owner).await {
+                    Ok(ip) => {
+                        let ip = ip.to_string();
+                        obj["spec"]["clusterIP"] = json!(ip);
+                        obj["spec"]["clusterIPs"] = json!([ip]);
+                        allocated.ips.push(ip);
+                    }
+                    Err(e) => {
+                        return Err(StatusError::internal(format!(
+                            "failed to allocate a serviceIP: {e:?}"
+                        )));
+                    }
+                }
+            } else {
+                match self.alloc.allocate_ip(&want, owner).await {
+                    Ok(()) => {
+                        obj["spec"]["clusterIPs"] = json!([want]);
+                        allocated.ips.push(want);
+                    }
+                    Err(AllocError::NotInRange(range)) => errs.push(FieldError::invalid_raw(
+                        "spec.clusterIPs",
+                        format!("[]string{{{want:?}}}"),
+                        format!(
+                            "failed to allocate IP {want}: the provided IP ({want}) is not in the valid range. The range of valid IPs is {range}"
+                        ),
+                    )),
+                    Err(AllocError::Taken) => errs.push(FieldError::invalid_raw(
+                        "spec.clusterIPs",
+                        format!("[]string{{{want:?}}}"),
+                        format!("failed to allocate IP {want}: provided IP is already allocated"),
+                    )),
+                    Err(e) => return Err(StatusError::internal(format!("failed to allocate IP {want}: {e:?}"))),
+                }
+            }
+        }
+        let wants_node_ports = ty == "NodePort"
+            || (ty == "LoadBalancer"
+                && obj["spec"]["allocateLoadBalancerNodePorts"] != json!(false));
+        let old_ports: Vec<i32> = old
+            .map(|o| {
+                o["spec"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["nodePort"].as_i64().map(|n| n as i32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(ports) = obj["spec"]["ports"].as_array_mut() {
+            for (i, p) in ports.iter_mut().enumerate() {
+                let requested = p["nodePort"].as_i64().map(|n| n as i32).filter(|n| *n != 0);
+                if !wants_node_ports {
+                    if let Some(m) = p.as_object_mut() {
+                        m.remove("nodePort");
+                    }
+                    continue;
+                }
+                match requested {
+                    Some(np) if old_ports.contains(&np) || allocated.ports.contains(&np) => {}
+                    Some(np) => match self.alloc.allocate_port(np, owner).await {
+                        Ok(()) => allocated.ports.push(np),
+                        Err(AllocError::NotInRange(range)) => errs.push(FieldError::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            np,
+                            format!("provided port is not in the valid range. The range of valid ports is {range}"),
+                        )),
+                        Err(AllocError::Taken) => errs.push(FieldError::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            np,
+                            "provided port is already allocated",
+                        )),
+                        Err(e) => return Err(StatusError::internal(format!("failed to allocate port {np}: {e:?}"))),
+                    },
+                    None => match self.alloc.allocate_any_port(owner).await {
+                        Ok(np) => {
+                            p["nodePort"] = json!(np);
+                            allocated.ports.push(np);
+                        }
+                        Err(e) => return Err(StatusError::internal(format!("failed to allocate a nodePort: {e:?}"))),
+                    },
+                }
+            }
+        }
+        if !errs.is_empty() {
+            self.release(allocated).await;
+            return Err(invalid(errs));
+        }
+        Ok(())
+    }
+
+    /// Replaces an object (PUT, or the result of a PATCH), or a subresource (`status`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        mut new: Value,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+        current: Option<(Value, Revision)>,
+    ) -> Result<Written, StatusError> {
+        let mut warnings = Vec::new();
+        let (cur, cur_rev) = match current {
+            Some(c) => c,
+            None => self.get(res, ns, name).await?,
+        };
+        if let Some(rv) = new["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            && rv != cur_rev.to_string()
+        {
+            return Err(StatusError::modified_conflict(res.group, res.plural, name));
+        }
+        if subresource == Some("status") {
+            let status = new.get("status").cloned().unwrap_or(Value::Null);
+            new = cur.clone();
+            if let Some(m) = new.as_object_mut() {
+                m.insert("status".into(), status);
+            }
+        } else if res.has_status()
+            && let Some(m) = new.as_object_mut()
+        {
+            match cur.get("status") {
+                Some(s) => m.insert("status".into(), s.clone()),
+                None => m.remove("status"),
+            };
+        }
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            match cur["metadata"].get(k) {
+                Some(v) => meta::set(&mut new, k, v.clone()),
+                None => meta::remove(&mut new, k),
+            }
+        }
+        meta::set(&mut new, "name", json!(name));
+        if let Some(ns) = ns.filter(|_| res.namespaced) {
+            meta::set(&mut new, "namespace", json!(ns));
+        }
+        meta::remove(&mut new, "resourceVersion");
+        if let Some(m) = new.as_object_mut() {
+            m.insert("apiVersion".into(), json!(res.api_version()));
+            m.insert("kind".into(), json!(res.kind));
+        }
+        let (mut new, mut errors) = self.prepare(res, new, opts, &mut warnings)?;
+        errors.extend(typed::validate_update(res.kind, &cur, &new));
+        if !errors.is_empty() {
+            return Err(StatusError::invalid(res.group, res.kind, name, &errors));
+        }
+        if spec_part(&new) != spec_part(&cur)
+            && let Some(g) = cur["metadata"]["generation"].as_i64()
+        {
+            meta::set(&mut new, "generation", json!(g + 1));
+        }
+        let mut cur_cmp = cur.clone();
+        meta::remove(&mut cur_cmp, "resourceVersion");
+        if new == cur_cmp {
+            return Ok(Written {
+                object: cur,
+                warnings,
+                created: false,
+            });
+        }
+        let owner = format!("{}/{}", ns.unwrap_or(""), name);
+        let mut allocated = Allocated::default();
+        if res.plural == "services" && subresource.is_none() && !opts.dry_run {
+            self.allocate_service(&mut new, Some(&cur), &owner, &mut allocated)
+                .await?;
+        }
+        if opts.dry_run {
+            return Ok(Written {
+                object: new,
+                warnings,
+                created: false,
+            });
+        }
+        let finalize = !new["metadata"]["deletionTimestamp"].is_null()
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty())
+            && res.plural != "pods";
+        let key = res.key(ns, name);
+        let bytes = serde_json::to_vec(&new).map_err(StatusError::internal)?;
+        match self.store.update(&key, bytes, cur_rev).await {
+            Ok(kv) => {
+                if res.plural == "services" {
+                    self.release_unused_service_allocations(&cur, &new).await;
+                }
+                meta::set(
+                    &mut new,
+                    "resourceVersion",
+                    json!(kv.mod_revision.to_string()),
+                );
+                if finalize {
+                    let _ = self.store.delete(&key, Some(kv.mod_revision)).await;
+                }
+                Ok(Written {
+                    object: new,
+                    warnings,
+                    created: false,
+                })
+            }
+            Err(e) => {
+                self.release(&allocated).await;
+                Err(store_error(res, name, e))
+            }
+        }
+    }
+
+    async fn release_unused_service_allocations(&self, old: &Value, new: &Value) {
+        let ports = |v: &Value| -> Vec<i32> {
+            v["spec"]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["nodePort"].as_i64().map(|n| n as i32))
+                .collect()
+        };
+        let keep = ports(new);
+        for p in ports(old) {
+            if !keep.contains(&p) {
+                self.alloc.release_port(p).await;
+            }
+        }
+        let old_ip = old["spec"]["clusterIP"].as_str().unwrap_or("");
+        if !old_ip.is_empty()
+            && old_ip != "None"
+            && new["spec"]["clusterIP"].as_str() != Some(old_ip)
+        {
+            self.alloc.release_ip(old_ip).await;
+        }
+    }
+
+    /// Applies a patch, retrying on write conflicts unless the patch pins a resourceVersion.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+        ty: PatchType,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Written, StatusError> {
+        for attempt in 0..8 {
+            let (cur, rev) = self.get(res, ns, name).await?;
+            let patched = xkube_api::patch::apply(&cur, patch, ty).map_err(|e| match ty {
+                PatchType::Json => StatusError::new(422, "Invalid", e.to_string()),
+                _ => StatusError::bad_request(e.to_string()),
+            })?;
+            let pinned = patched["metadata"]["resourceVersion"].as_str() != Some(&rev.to_string());
+            match self
+                .update(res, ns, name, patched, subresource, opts, Some((cur, rev)))
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && !pinned && attempt < 7 => continue,
+                other => return other,
+            }
+        }
+        Err(StatusError::modified_conflict(res.group, res.plural, name))
+    }
+
+    /// Deletes an object with Kubernetes' semantics; returns the final or terminating object.
+    pub async fn delete(
+        self: &Arc<Self>,
+        res: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, StatusError> {
+        let (gone, removed) = self.delete_leaf(res, ns, name, opts).await?;
+        if !removed {
+            return Ok(gone);
+        }
+        // Dependents: Background/Foreground delete them, Orphan (the default for
+        // ReplicationControllers, as in Kubernetes' v1 API) strips their owner reference.
+        let policy = opts.propagation.clone().unwrap_or_else(|| {
+            if res.plural == "replicationcontrollers" {
+                "Orphan".into()
+            } else {
+                "Background".into()
+            }
+        });
+        let uid = meta::uid(&gone).to_string();
+        if res.namespaced && !uid.is_empty() && res.plural != "pods" {
+            let me = self.clone();
+            let ns = ns.unwrap_or("").to_string();
+            if opts.propagation.is_some() || res.plural == "replicationcontrollers" {
+                me.handle_dependents(&ns, &uid, &policy).await;
+            } else {
+                tokio::spawn(async move { me.handle_dependents(&ns, &uid, &policy).await });
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Deletes one object without touching dependents; `true` when it is gone from the store
+    /// (rather than marked for graceful or finalized deletion).
+    async fn delete_leaf(
+        self: &Arc<Self>,
+        res: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, bool), StatusError> {
+        let (cur, rev) = self.get(res, ns, name).await?;
+        if let Some(uid) = &opts.uid
+            && uid != meta::uid(&cur)
+        {
+            return Err(StatusError::conflict(
+                res.group,
+                res.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta::uid(&cur)
+                ),
+            ));
+        }
+        if let Some(rv) = &opts.resource_version
+            && *rv != rev.to_string()
+        {
+            return Err(StatusError::conflict(
+                res.group,
+                res.plural,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}"
+                ),
+            ));
+        }
+        if opts.dry_run {
+            return Ok((cur, false));
+        }
+        let key = res.key(ns, name);
+        let set_deleting = |mut o: Value, grace: Option<i64>| {
+            if o["metadata"]["deletionTimestamp"].is_null() {
+                let at =
+                    jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace.unwrap_or(0));
+                meta::set(&mut o, "deletionTimestamp", json!(meta::format_time(at)));
+                if let Some(g) = grace {
+                    meta::set(&mut o, "deletionGracePeriodSeconds", json!(g));
+                }
+            }
+            meta::remove(&mut o, "resourceVersion");
+            o
+        };
+        // Namespaces: Terminating, contents removed in the background, then the namespace.
+        if res.plural == "namespaces" {
+            if !cur["metadata"]["deletionTimestamp"].is_null() {
+                return Ok((cur, false));
+            }
+            let mut o = set_deleting(cur, None);
+            o["status"]["phase"] = json!("Terminating");
+            let bytes = serde_json::to_vec(&o).map_err(StatusError::internal)?;
+            let kv = self
+                .store
+                .update(&key, bytes, rev)
+                .await
+                .map_err(|e| store_error(res, name, e))?;
+            meta::set(
+                &mut o,
+                "resourceVersion",
+                json!(kv.mod_revision.to_string()),
+            );
+            let me = self.clone();
+            let ns_name = name.to_string();
+            tokio::spawn(async move { me.finalize_namespace(&ns_name).await });
+            return Ok((o, false));
+        }
+        // Objects with finalizers wait for them.
+        if cur["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            if !cur["metadata"]["deletionTimestamp"].is_null() {
+                return Ok((cur, false));
+            }
+            let mut o = set_deleting(cur, opts.grace_period);
+            let bytes = serde_json::to_vec(&o).map_err(StatusError::internal)?;
+            let kv = self
+                .store
+                .update(&key, bytes, rev)
+                .await
+                .map_err(|e| store_error(res, name, e))?;
+            meta::set(
+                &mut o,
+                "resourceVersion",
+                json!(kv.mod_revision.to_string()),
+            );
+            return Ok((o, false));
+        }
+        // Pods bound to a node terminate gracefully: the kubelet finishes the deletion.
+        if res.plural == "pods" {
+            let grace = opts
+                .grace_period
+                .or_else(|| cur["spec"]["terminationGracePeriodSeconds"].as_i64())
+                .unwrap_or(30);
+            let bound = cur["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty());
+            let finished = matches!(
+                cur["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            );
+            if bound && grace > 0 && !finished {
+                if !cur["metadata"]["deletionTimestamp"].is_null() {
+                    return Ok((cur, false));
+                }
+                let mut o = set_deleting(cur, Some(grace));
+                let bytes = serde_json::to_vec(&o).map_err(StatusError::internal)?;
+                let kv = self
+                    .store
+                    .update(&key, bytes, rev)
+                    .await
+                    .map_err(|e| store_error(res, name, e))?;
+                meta::set(
+                    &mut o,
+                    "resourceVersion",
+                    json!(kv.mod_revision.to_string()),
+                );
+                return Ok((o, false));
+            }
+        }
+        let kv = self
+            .store
+            .delete(&key, Some(rev))
+            .await
+            .map_err(|e| store_error(res, name, e))?;
+        let mut gone = cur.clone();
+        meta::set(
+            &mut gone,
+            "resourceVersion",
+            json!(kv.mod_revision.to_string()),
+        );
+        if res.plural == "services" {
+            let ip = cur["spec"]["clusterIP"].as_str().unwrap_or("");
+            if !ip.is_empty() && ip != "None" {
+                self.alloc.release_ip(ip).await;
+            }
+            for p in cur["spec"]["ports"].as_array().into_iter().flatten() {
+                if let Some(np) = p["nodePort"].as_i64() {
+                    self.alloc.release_port(np as i32).await;
+                }
+            }
+        }
+        Ok((gone, true))
+    }
+
+    async fn handle_dependents(self: &Arc<Self>, ns: &str, owner_uid: &str, policy: &str) {
+        let Some(pods) = xkube_api::resources::find("", "v1", "pods") else {
+            return;
+        };
+        let prefix = pods.key_prefix(Some(ns));
+        let Ok((kvs, _)) = self.store.list(&prefix).await else {
+            return;
+        };
+        for kv in kvs {
+            let Some(pod) = decode(&kv, kv.mod_revision) else {
+                continue;
+            };
+            if !meta::owner_uids(&pod).iter().any(|u| u == owner_uid) {
+                continue;
+            }
+            let name = meta::name(&pod).to_string();
+            if policy == "Orphan" {
+                let mut p = pod.clone();
+                if let Some(refs) = p["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"].as_str() != Some(owner_uid));
+                }
+                let bytes = match serde_json::to_vec(&p) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                };
+                let _ = self.store.update(&kv.key, bytes, kv.mod_revision).await;
+            } else {
+                let _ = self
+                    .delete_leaf(pods, Some(ns), &name, &DeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+
+    /// Removes every object of a terminating namespace, then the namespace.
+    pub async fn finalize_namespace(self: &Arc<Self>, ns: &str) {
+        for res in xkube_api::RESOURCES.iter().filter(|r| r.namespaced) {
+            for attempt in 0..50 {
+                let Ok((kvs, _)) = self.store.list(&res.key_prefix(Some(ns))).await else {
+                    break;
+                };
+                if kvs.is_empty() {
+                    break;
+                }
+                for kv in kvs {
+                    let _ = self.store.delete(&kv.key, None).await;
+                    if res.plural == "services"
+                        && let Some(svc) = decode(&kv, kv.mod_revision)
+                    {
+                        if let Some(ip) = svc["spec"]["clusterIP"]
+                            .as_str()
+                            .filter(|i| *i != "None" && !i.is_empty())
+                        {
+                            self.alloc.release_ip(ip).await;
+                        }
+                        for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+                            if let Some(np) = p["nodePort"].as_i64() {
+                                self.alloc.release_port(np as i32).await;
+                            }
+                        }
+                    }
+                }
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        if let Some(nsres) = xkube_api::resources::find("", "v1", "namespaces") {
+            let _ = self.store.delete(&nsres.key(None, ns), None).await;
+        }
+    }
+
+    /// Namespace state for admission.
+    pub async fn namespace_state(&self, ns: &str) -> crate::admission::NamespaceState {
+        use crate::admission::NamespaceState;
+        match self.store.get(&format!("/registry/namespaces/{ns}")).await {
+            Ok(Some(kv)) => match decode(&kv, kv.mod_revision) {
+                Some(v) if !v["metadata"]["deletionTimestamp"].is_null() => {
+                    NamespaceState::Terminating
+                }
+                _ => NamespaceState::Active,
+            },
+            _ => NamespaceState::Missing,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Allocated {
+    ips: Vec<String>,
+    ports: Vec<i32>,
+}

@@ -1,0 +1,440 @@
+//! Assembling and running the apiserver: store, allocators, watch caches, built-in objects,
+//! PKI, listeners (TLS on the secure port, plain HTTP on 127.0.0.1 for the insecure port).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use xkube_store::{Store, StoreSpec};
+
+use crate::admission;
+use crate::alloc::{Allocators, IpRange, PortRange};
+use crate::auth::{Authenticator, Authorizer};
+use crate::error::{Error, Result};
+use crate::http::{App, ConnInfo};
+use crate::metrics::Metrics;
+use crate::options::{Options, StorageBackend};
+use crate::pki::{self, Pki};
+use crate::registry::{Registry, WriteOptions};
+use crate::watchcache::WatchCache;
+
+/// Where to listen.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// TLS address (authentication and authorization apply).
+    pub secure: Option<SocketAddr>,
+    /// Plain HTTP address (no authentication; keep it on loopback).
+    pub insecure: Option<SocketAddr>,
+}
+
+impl Listen {
+    /// The listeners the flags ask for.
+    pub fn from_options(o: &Options) -> Self {
+        Listen {
+            secure: Some(SocketAddr::new(o.bind_address, o.secure_port)),
+            insecure: (o.insecure_port != 0)
+                .then(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), o.insecure_port)),
+        }
+    }
+}
+
+/// A started apiserver.
+pub struct RunningServer {
+    /// Bound TLS address.
+    pub secure_addr: Option<SocketAddr>,
+    /// Bound plain HTTP address.
+    pub insecure_addr: Option<SocketAddr>,
+    /// The admin kubeconfig written for the secure address.
+    pub kubeconfig: Option<PathBuf>,
+    /// The cluster CA certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// The store the server uses.
+    pub store: Arc<dyn Store>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RunningServer {
+    /// Base URL of the plain HTTP listener (`http://127.0.0.1:port`).
+    pub fn http_url(&self) -> Option<String> {
+        self.insecure_addr.map(|a| format!("http://{a}"))
+    }
+
+    /// Stops serving and waits for the tasks to end.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        let deadline = tokio::time::sleep(Duration::from_secs(10));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => {
+                    self.tasks.abort_all();
+                    break;
+                }
+                r = self.tasks.join_next() => if r.is_none() { break },
+            }
+        }
+    }
+
+    /// Waits until the server's token is cancelled, then stops.
+    pub async fn wait(self) {
+        self.cancel.cancelled().await;
+        self.stop().await;
+    }
+}
+
+async fn open_store(o: &Options) -> Result<Arc<dyn Store>> {
+    let spec = match o.backend() {
+        StorageBackend::Memory => StoreSpec::Memory,
+        StorageBackend::Embedded => StoreSpec::Embedded {
+            dir: o.data_dir.clone(),
+        },
+        StorageBackend::Etcd => {
+            if o.etcd_servers.is_empty() {
+                return Err(Error::Config(
+                    "--storage-backend=etcd needs --etcd-servers".into(),
+                ));
+            }
+            StoreSpec::Etcd {
+                endpoints: o.etcd_servers.clone(),
+                prefix: o.etcd_prefix.clone(),
+            }
+        }
+    };
+    Ok(xkube_store::open(&spec).await?)
+}
+
+async fn serve_conn<I>(io: I, router: Router, info: ConnInfo, cancel: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        let router = router.clone();
+        async move { router.oneshot(req.map(axum::body::Body::new)).await }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    cancel: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (sock, _peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        let router = router.clone();
+        let cancel = cancel.clone();
+        let tls = tls.clone();
+        conns.spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(pki::client_identity);
+                    let info = ConnInfo {
+                        secure: true,
+                        client_cert,
+                    };
+                    serve_conn(stream, router, info, cancel).await;
+                }
+                None => serve_conn(sock, router, ConnInfo::default(), cancel).await,
+            }
+        });
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn ignore_exists(
+    r: std::result::Result<crate::registry::Written, xkube_api::StatusError>,
+) -> Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(Error::Config(format!(
+            "creating a built-in object: {}",
+            e.message
+        ))),
+    }
+}
+
+async fn ensure_builtins(
+    reg: &Arc<Registry>,
+    first_ip: Ipv4Addr,
+    endpoint: SocketAddr,
+) -> Result<()> {
+    let find = |p| {
+        xkube_api::resources::find("", "v1", p)
+            .ok_or_else(|| Error::Config(format!("resource {p} is not registered")))
+    };
+    let namespaces = find("namespaces")?;
+    let opts = WriteOptions::default();
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if reg.get(namespaces, None, ns).await.is_err() {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            ignore_exists(reg.create(namespaces, None, obj, &opts).await)?;
+        }
+    }
+    let services = find("services")?;
+    if reg
+        .get(services, Some("default"), "kubernetes")
+        .await
+        .is_err()
+    {
+        let svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": first_ip.to_string(),
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": endpoint.port()}]},
+        });
+        ignore_exists(reg.create(services, Some("default"), svc, &opts).await)?;
+    }
+    let endpoints = find("endpoints")?;
+    let ep = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": endpoint.ip().to_string()}],
+                     "ports": [{"name": "https", "port": endpoint.port(), "protocol": "TCP"}]}],
+    });
+    match reg.get(endpoints, Some("default"), "kubernetes").await {
+        Ok((cur, _)) if cur["subsets"] == ep["subsets"] => {}
+        Ok(_) => {
+            reg.update(
+                endpoints,
+                Some("default"),
+                "kubernetes",
+                ep,
+                None,
+                &opts,
+                None,
+            )
+            .await
+            .map_err(|e| {
+                Error::Config(format!("updating the kubernetes endpoints: {}", e.message))
+            })?;
+        }
+        Err(_) => ignore_exists(reg.create(endpoints, Some("default"), ep, &opts).await)?,
+    }
+    Ok(())
+}
+
+/// Starts an apiserver with `opts` on `listen`, on `store` (or the store the flags select).
+/// Returns once it serves; `cancel` stops it.
+pub async fn start(
+    opts: Options,
+    listen: Listen,
+    store: Option<Arc<dyn Store>>,
+    cancel: CancellationToken,
+) -> Result<RunningServer> {
+    let ips = IpRange::parse(&opts.service_cluster_ip_range)?;
+    let ports = PortRange::parse(&opts.service_node_port_range)?;
+    let chain = admission::parse_chain(&opts.admission_control)?;
+    let authn = Authenticator::load(
+        opts.token_auth_file.as_deref(),
+        opts.basic_auth_file.as_deref(),
+        opts.anonymous_auth,
+    )?;
+    let authz = Authorizer::load(
+        opts.authorization_mode,
+        opts.authorization_policy_file.as_deref(),
+    )?;
+    let data_dir = opts.data_dir.clone();
+    tokio::fs::create_dir_all(&data_dir)
+        .await
+        .map_err(Error::io("create", &data_dir))?;
+    let store = match store {
+        Some(s) => s,
+        None => open_store(&opts).await?,
+    };
+    let alloc = Allocators::new(store.clone(), ips, ports);
+    alloc.repair().await?;
+
+    let mut tasks = JoinSet::new();
+    let mut caches = HashMap::new();
+    let bookmark = Duration::from_secs(opts.bookmark_interval_seconds.max(1));
+    for res in xkube_api::RESOURCES.iter() {
+        let cache = WatchCache::new(res, opts.watch_cache_size);
+        tasks.spawn(cache.clone().run(store.clone(), bookmark, cancel.clone()));
+        caches.insert(res.plural, cache);
+    }
+    let registry = Arc::new(Registry {
+        store: store.clone(),
+        alloc,
+        caches,
+    });
+
+    // Listeners first: the built-in Endpoints publish the bound port.
+    let secure_listener = match listen.secure {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let insecure_listener = match listen.insecure {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let secure_addr = secure_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let insecure_addr = insecure_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let advertise_ip = opts
+        .advertise_address
+        .unwrap_or_else(|| match opts.bind_address {
+            a if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            a => a,
+        });
+    let port = secure_addr.or(insecure_addr).map_or(0, |a| a.port());
+    let endpoint = SocketAddr::new(advertise_ip, port);
+    ensure_builtins(&registry, ips.first(), endpoint).await?;
+
+    let mut kubeconfig = None;
+    let mut ca_cert = None;
+    let tls = match secure_addr {
+        Some(addr) => {
+            let sans =
+                pki::default_sans(IpAddr::V4(ips.first()), &[opts.bind_address, advertise_ip]);
+            let dir = data_dir.clone();
+            let client_ca = opts.client_ca_file.clone();
+            let host = if addr.ip().is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                addr.ip()
+            };
+            let server_url = format!("https://{}", SocketAddr::new(host, addr.port()));
+            let kc_path = data_dir.join("admin.kubeconfig");
+            let kc = kc_path.clone();
+            let (cfg, pki) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let pki = Pki::ensure(&dir, &sans)?;
+                pki.write_kubeconfig(&kc, &server_url)?;
+                let cfg = pki::server_config(&pki, client_ca.as_deref())?;
+                Ok((cfg, pki))
+            })
+            .await
+            .map_err(|e| Error::Tls(format!("certificate task failed: {e}")))??;
+            kubeconfig = Some(kc_path);
+            ca_cert = Some(pki.ca_cert.clone());
+            Some(tokio_rustls::TlsAcceptor::from(cfg))
+        }
+        None => None,
+    };
+
+    let app = Arc::new(App {
+        registry: registry.clone(),
+        authn,
+        authz,
+        admission: chain,
+        metrics: Metrics::default(),
+        advertise: endpoint.to_string(),
+        shutdown: cancel.clone(),
+    });
+    let router = Router::new().fallback(crate::http::handle).with_state(app);
+    if let Some(l) = secure_listener {
+        tracing::info!(addr = ?secure_addr, "serving securely");
+        tasks.spawn(accept_loop(l, tls, router.clone(), cancel.clone()));
+    }
+    if let Some(l) = insecure_listener {
+        tracing::info!(addr = ?insecure_addr, "serving insecurely on loopback");
+        tasks.spawn(accept_loop(l, None, router.clone(), cancel.clone()));
+    }
+    if opts.compaction_interval_seconds > 0 {
+        tasks.spawn(compactor(
+            store.clone(),
+            Duration::from_secs(opts.compaction_interval_seconds),
+            cancel.clone(),
+        ));
+    }
+    Ok(RunningServer {
+        secure_addr,
+        insecure_addr,
+        kubeconfig,
+        ca_cert,
+        store,
+        cancel,
+        tasks,
+    })
+}
+
+/// Compacts the store every `every`, keeping one interval of history (as Kubernetes does).
+async fn compactor(store: Arc<dyn Store>, every: Duration, cancel: CancellationToken) {
+    let mut last: Option<i64> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Some(rev) = last
+            && let Err(e) = store.compact(rev).await
+        {
+            tracing::warn!(error = %e, "compaction failed");
+        }
+        last = store.current_revision().await.ok();
+    }
+}
+
+/// Runs the apiserver the flags describe until `shutdown` is cancelled.
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
+    let listen = Listen::from_options(&opts);
+    let server = start(opts, listen, None, shutdown.child_token()).await?;
+    if let Some(k) = &server.kubeconfig {
+        tracing::info!(kubeconfig = %k.display(), "admin kubeconfig written");
+    }
+    shutdown.cancelled().await;
+    server.stop().await;
+    Ok(())
+}

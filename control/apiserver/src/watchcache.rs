@@ -1,0 +1,322 @@
+//! One watch cache per resource: a single task follows one store watch and keeps the current
+//! objects plus a window of recent events; every HTTP watcher reads from it, so N watchers
+//! cost no store reads.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use xkube_api::ResourceInfo;
+use xkube_store::{EventKind, KeyValue, Revision, Store};
+
+/// Type of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// `ADDED`.
+    Added,
+    /// `MODIFIED`.
+    Modified,
+    /// `DELETED`.
+    Deleted,
+}
+
+impl EventType {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// A decoded change to one object.
+#[derive(Debug, Clone)]
+pub struct CachedEvent {
+    /// Type.
+    pub kind: EventType,
+    /// Store key.
+    pub key: String,
+    /// Revision of the change.
+    pub revision: Revision,
+    /// The object after the change (for deletes: the last state, at the deletion revision).
+    pub object: Arc<Value>,
+    /// The object before the change, if any.
+    pub prev: Option<Arc<Value>>,
+}
+
+/// What the cache broadcasts to live watchers.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A change.
+    Event(Arc<CachedEvent>),
+    /// Nothing before this revision is pending (bookmark).
+    Progress(Revision),
+    /// The cache re-listed: watchers must end so clients re-watch.
+    Reset,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Arc<Value>>,
+    history: VecDeque<Arc<CachedEvent>>,
+    /// Events with revision > `oldest` are in `history`.
+    oldest: Revision,
+    /// Last revision applied.
+    revision: Revision,
+    ready: bool,
+}
+
+/// What a new watcher starts from.
+pub enum Start {
+    /// The resourceVersion is older than the cache window.
+    TooOld {
+        /// Oldest resourceVersion the cache can serve.
+        oldest: Revision,
+    },
+    /// Events to send first, then the live receiver.
+    Ok {
+        /// Initial events (synthetic ADDED or replayed history).
+        initial: Vec<Arc<CachedEvent>>,
+        /// Revision the initial events bring the watcher to.
+        revision: Revision,
+        /// Live messages after that.
+        live: broadcast::Receiver<Message>,
+    },
+    /// The cache has not finished its first list.
+    NotReady,
+}
+
+/// The watch cache of one resource.
+pub struct WatchCache {
+    /// The resource.
+    pub resource: &'static ResourceInfo,
+    state: RwLock<State>,
+    tx: broadcast::Sender<Message>,
+    capacity: usize,
+}
+
+/// Decodes a stored value and stamps its resourceVersion.
+pub fn decode(kv: &KeyValue, revision: Revision) -> Option<Value> {
+    let mut v: Value = serde_json::from_slice(&kv.value).ok()?;
+    xkube_api::meta::set(
+        &mut v,
+        "resourceVersion",
+        Value::String(revision.to_string()),
+    );
+    Some(v)
+}
+
+impl WatchCache {
+    /// A cache keeping `capacity` events; call [`WatchCache::run`] to feed it.
+    pub fn new(resource: &'static ResourceInfo, capacity: usize) -> Arc<Self> {
+        let (tx, _) = broadcast::channel(4096);
+        Arc::new(WatchCache {
+            resource,
+            state: RwLock::new(State::default()),
+            tx,
+            capacity: capacity.max(1),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A poisoned lock means the single writer panicked mid-update; the data is still the
+        // last consistent state it wrote, so keep serving it.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The feeder: the only writer of the cache. Lists, watches, and re-lists on errors.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        bookmark: Duration,
+        cancel: CancellationToken,
+    ) {
+        let prefix = self.resource.key_prefix(None);
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let (items, rev) = match store.list(&prefix).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(resource = self.resource.plural, error = %e, "watch cache list failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
+                }
+            };
+            {
+                let mut st = self.write();
+                let was_ready = st.ready;
+                st.objects = items
+                    .iter()
+                    .filter_map(|kv| {
+                        decode(kv, kv.mod_revision).map(|v| (kv.key.clone(), Arc::new(v)))
+                    })
+                    .collect();
+                st.history.clear();
+                st.oldest = rev;
+                st.revision = rev;
+                st.ready = true;
+                if was_ready {
+                    let _ = self.tx.send(Message::Reset);
+                }
+            }
+            let mut stream = match store.watch(&prefix, rev).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(resource = self.resource.plural, error = %e, "watch cache watch failed");
+                    continue;
+                }
+            };
+            let mut tick = tokio::time::interval(bookmark);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {
+                        let rev = self.read().revision;
+                        let _ = self.tx.send(Message::Progress(rev));
+                    }
+                    ev = stream.next() => match ev {
+                        Some(Ok(ev)) => self.apply(ev),
+                        Some(Err(e)) => {
+                            tracing::warn!(resource = self.resource.plural, error = %e, "watch cache re-lists");
+                            break;
+                        }
+                        None => {
+                            tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                _ = tokio::time::sleep(Duration::from_millis(200)) => break,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, ev: xkube_store::WatchEvent) {
+        let revision = ev.revision();
+        let prev = ev
+            .prev
+            .as_ref()
+            .and_then(|p| decode(p, p.mod_revision))
+            .map(Arc::new);
+        let Some(obj) = decode(&ev.kv, revision) else {
+            tracing::warn!(key = ev.kv.key, "undecodable object in store");
+            return;
+        };
+        let obj = Arc::new(obj);
+        let mut st = self.write();
+        let kind = match ev.kind {
+            EventKind::Delete => {
+                st.objects.remove(&ev.kv.key);
+                EventType::Deleted
+            }
+            EventKind::Put => {
+                let existed = st.objects.insert(ev.kv.key.clone(), obj.clone()).is_some();
+                if existed || prev.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                }
+            }
+        };
+        let ce = Arc::new(CachedEvent {
+            kind,
+            key: ev.kv.key,
+            revision,
+            object: obj,
+            prev,
+        });
+        st.history.push_back(ce.clone());
+        while st.history.len() > self.capacity {
+            if let Some(old) = st.history.pop_front() {
+                st.oldest = old.revision;
+            }
+        }
+        st.revision = revision;
+        // Sent under the lock so a watcher that snapshots then subscribes misses nothing.
+        let _ = self.tx.send(Message::Event(ce));
+    }
+
+    /// The current objects under `prefix` and the cache revision.
+    pub fn list(&self, prefix: &str) -> Option<(Vec<Arc<Value>>, Revision)> {
+        let st = self.read();
+        if !st.ready {
+            return None;
+        }
+        let items = st
+            .objects
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        Some((items, st.revision))
+    }
+
+    /// Starts a watcher from `from` (`None` = current state as synthetic ADDED events).
+    pub fn start(&self, prefix: &str, from: Option<Revision>) -> Start {
+        let st = self.read();
+        if !st.ready {
+            return Start::NotReady;
+        }
+        let live = self.tx.subscribe();
+        match from {
+            None => {
+                let initial = st
+                    .objects
+                    .range(prefix.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| {
+                        Arc::new(CachedEvent {
+                            kind: EventType::Added,
+                            key: k.clone(),
+                            revision: xkube_api::meta::resource_version(v).parse().unwrap_or(0),
+                            object: v.clone(),
+                            prev: None,
+                        })
+                    })
+                    .collect();
+                Start::Ok {
+                    initial,
+                    revision: st.revision,
+                    live,
+                }
+            }
+            Some(rv) if rv < st.oldest => Start::TooOld {
+                oldest: st.oldest + 1,
+            },
+            Some(rv) => Start::Ok {
+                initial: st
+                    .history
+                    .iter()
+                    .filter(|e| e.revision > rv && e.key.starts_with(prefix))
+                    .cloned()
+                    .collect(),
+                revision: st.revision.max(rv),
+                live,
+            },
+        }
+    }
+
+    /// Waits until the cache has seen `revision` (or the timeout passes).
+    pub async fn wait_for(&self, revision: Revision, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.read().revision < revision && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
