@@ -16,7 +16,9 @@ use std::{
 use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::StreamExt;
 use tokio::runtime::Runtime;
-use xkube_store::{EmbeddedStore, EtcdStore, MemoryStore, Store, testing::EtcdServer};
+use xkube_store::{
+    EmbeddedOptions, EmbeddedStore, EtcdStore, MemoryStore, Store, testing::EtcdServer,
+};
 
 const CONCURRENT_WRITERS: u64 = 16;
 const LIST_KEYS: usize = 1000;
@@ -28,7 +30,14 @@ fn value() -> Vec<u8> {
     vec![b'x'; 1024]
 }
 
-fn bench_backend(c: &mut Criterion, rt: &Runtime, name: &str, store: Arc<dyn Store>) {
+/// Runs every figure, or only the two create figures when `writes_only`.
+fn bench_backend(
+    c: &mut Criterion,
+    rt: &Runtime,
+    name: &str,
+    store: Arc<dyn Store>,
+    writes_only: bool,
+) {
     let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
@@ -84,6 +93,11 @@ fn bench_backend(c: &mut Criterion, rt: &Runtime, name: &str, store: Arc<dyn Sto
             })
         },
     );
+
+    if writes_only {
+        group.finish();
+        return;
+    }
 
     rt.block_on(store.create("/bench/get", value()))
         .expect("create the key to get");
@@ -186,13 +200,33 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
-    bench_backend(&mut c, &rt, "memory", Arc::new(MemoryStore::new()));
+    bench_backend(&mut c, &rt, "memory", Arc::new(MemoryStore::new()), false);
 
     let dir = tempfile::tempdir().expect("temp dir");
     let embedded = rt
         .block_on(EmbeddedStore::open(dir.path()))
         .expect("open embedded store");
-    bench_backend(&mut c, &rt, "embedded", Arc::new(embedded));
+    bench_backend(&mut c, &rt, "embedded", Arc::new(embedded), false);
+
+    // The same without redb's quick repair: one fsync per commit instead of two, paid for by a
+    // full-file repair when reopening after a crash.
+    let dir_1pc = tempfile::tempdir().expect("temp dir");
+    let embedded_1pc = rt
+        .block_on(EmbeddedStore::open_with(
+            dir_1pc.path(),
+            EmbeddedOptions {
+                quick_repair: false,
+                ..EmbeddedOptions::default()
+            },
+        ))
+        .expect("open embedded store");
+    bench_backend(
+        &mut c,
+        &rt,
+        "embedded_no_quick_repair",
+        Arc::new(embedded_1pc),
+        true,
+    );
 
     let etcd = rt.block_on(EtcdServer::start());
     let store = rt
@@ -201,7 +235,7 @@ fn main() {
             "/xkube-bench",
         ))
         .expect("connect to etcd");
-    bench_backend(&mut c, &rt, "etcd", Arc::new(store));
+    bench_backend(&mut c, &rt, "etcd", Arc::new(store), false);
     drop(etcd);
 
     c.final_summary();

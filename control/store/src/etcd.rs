@@ -18,14 +18,18 @@ use futures::StreamExt;
 
 use crate::{Error, EventKind, KeyValue, Result, Revision, Store, WatchEvent, WatchStream};
 
-/// Keys per page when listing.
+/// Keys per page when listing, by default.
 const LIST_PAGE: i64 = 1000;
 
 /// A store on an etcd cluster.
+///
+/// Keys are stored as `prefix + key`, byte for byte (like etcd's own `--namespace`): pick a
+/// prefix no other user's keys start with.
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
     prefix: String,
+    list_page: i64,
 }
 
 impl EtcdStore {
@@ -40,10 +44,17 @@ impl EtcdStore {
         let store = EtcdStore {
             client,
             prefix: prefix.to_owned(),
+            list_page: LIST_PAGE,
         };
         let revision = store.current_revision().await?;
         tracing::info!(?endpoints, prefix, revision, "connected to etcd");
         Ok(store)
+    }
+
+    /// Lists in pages of `keys` (at least 1), all read at the first page's revision.
+    pub fn with_list_page(mut self, keys: i64) -> Self {
+        self.list_page = keys.max(1);
+        self
     }
 
     fn full(&self, key: &str) -> Vec<u8> {
@@ -178,7 +189,7 @@ impl Store for EtcdStore {
         loop {
             let mut options = GetOptions::new()
                 .with_range(end.clone())
-                .with_limit(LIST_PAGE)
+                .with_limit(self.list_page)
                 .with_sort(SortTarget::Key, SortOrder::Ascend);
             if revision > 0 {
                 // Later pages read the snapshot of the first.

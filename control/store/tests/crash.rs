@@ -11,10 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xkube_store::{EmbeddedStore, Revision, Store};
+use xkube_store::{EmbeddedOptions, EmbeddedStore, Revision, Store};
 
 const CHILD_DIR: &str = "XKUBE_STORE_CRASH_CHILD_DIR";
 const CHILD_ROUND: &str = "XKUBE_STORE_CRASH_CHILD_ROUND";
+const CHILD_QUICK_REPAIR: &str = "XKUBE_STORE_CRASH_CHILD_QUICK_REPAIR";
 const WRITERS: usize = 4;
 
 /// The child's work; does nothing unless the parent test started this binary with
@@ -27,7 +28,8 @@ async fn crash_child_writer() {
         return;
     };
     let round = std::env::var(CHILD_ROUND).unwrap_or_default();
-    let store = EmbeddedStore::open(&dir)
+    let quick_repair = std::env::var(CHILD_QUICK_REPAIR).as_deref() != Ok("0");
+    let store = EmbeddedStore::open_with(&dir, options(quick_repair))
         .await
         .unwrap_or_else(|e| panic!("child: open {dir}: {e}"));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -77,6 +79,13 @@ async fn crash_child_writer() {
     }
 }
 
+fn options(quick_repair: bool) -> EmbeddedOptions {
+    EmbeddedOptions {
+        quick_repair,
+        ..EmbeddedOptions::default()
+    }
+}
+
 fn ack(line: &str) {
     // Straight to the process's stdout (not libtest's capture), flushed before the next write.
     let mut out = std::io::stdout().lock();
@@ -119,6 +128,17 @@ impl Acked {
 
 #[test]
 fn sigkill_mid_write_loses_no_acknowledged_write() {
+    sigkill_rounds(true);
+}
+
+/// The same with one-phase commits (redb checksums instead of quick repair's two-phase
+/// commit), repaired by a full walk on reopen.
+#[test]
+fn sigkill_mid_write_loses_no_acknowledged_write_without_quick_repair() {
+    sigkill_rounds(false);
+}
+
+fn sigkill_rounds(quick_repair: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let exe = std::env::current_exe().expect("test binary path");
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -136,6 +156,7 @@ fn sigkill_mid_write_loses_no_acknowledged_write() {
             ])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_ROUND, round.to_string())
+            .env(CHILD_QUICK_REPAIR, if quick_repair { "1" } else { "0" })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -170,6 +191,12 @@ fn sigkill_mid_write_loses_no_acknowledged_write() {
                 }
             }
         }
+        // A little jitter so the kill lands at different points of a commit.
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() % 3_000)
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_micros(u64::from(jitter)));
         child.kill().expect("SIGKILL the child");
         let status = child.wait().expect("reap the child");
         assert!(
@@ -187,7 +214,7 @@ fn sigkill_mid_write_loses_no_acknowledged_write() {
         );
 
         rt.block_on(async {
-            let store = EmbeddedStore::open(dir.path())
+            let store = EmbeddedStore::open_with(dir.path(), options(quick_repair))
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: reopen after SIGKILL: {e}"));
             let revision = store.current_revision().await.expect("revision");
