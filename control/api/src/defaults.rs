@@ -109,7 +109,8 @@ pub fn default_service(svc: &mut Service) {
         if p.protocol.is_none() {
             p.protocol = Some("TCP".into());
         }
-        if p.target_port.is_none() || p.target_port == Some(IntOrString::Int(0)) {
+        // Port 0 is invalid; leave targetPort alone so only `port` is reported.
+        if p.port != 0 && (p.target_port.is_none() || p.target_port == Some(IntOrString::Int(0))) {
             p.target_port = Some(IntOrString::Int(p.port));
         }
     }

@@ -648,9 +648,8 @@ async fn serve_resource(
             let bytes = read_body(body).await?;
             let opts = delete_options(&parts.headers, &bytes, &q)?;
             admit(app, Operation::Delete, res, ns.unwrap_or(""), name, None).await?;
-            let obj = reg.delete(res, ns, name, &opts).await?;
-            let pending =
-                !obj["metadata"]["deletionTimestamp"].is_null() && res.plural != "namespaces";
+            let (obj, removed) = reg.delete(res, ns, name, &opts).await?;
+            let pending = !removed && res.plural != "namespaces";
             Ok(object_response(
                 if pending { 202 } else { 200 },
                 &obj,
@@ -688,7 +687,7 @@ async fn serve_resource(
                 )
                 .await?;
                 match reg.delete(res, item_ns.as_deref(), &name, &opts).await {
-                    Ok(o) => deleted.push(o),
+                    Ok((o, _)) => deleted.push(o),
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }

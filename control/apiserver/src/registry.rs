@@ -640,10 +640,10 @@ impl Registry {
         ns: Option<&str>,
         name: &str,
         opts: &DeleteOptions,
-    ) -> Result<Value, StatusError> {
+    ) -> Result<(Value, bool), StatusError> {
         let (gone, removed) = self.delete_leaf(res, ns, name, opts).await?;
         if !removed {
-            return Ok(gone);
+            return Ok((gone, false));
         }
         // Dependents: Background/Foreground delete them, Orphan (the default for
         // ReplicationControllers, as in Kubernetes' v1 API) strips their owner reference.
@@ -664,7 +664,7 @@ impl Registry {
                 tokio::spawn(async move { me.handle_dependents(&ns, &uid, &policy).await });
             }
         }
-        Ok(gone)
+        Ok((gone, true))
     }
 
     /// Deletes one object without touching dependents; `true` when it is gone from the store

@@ -1,0 +1,311 @@
+//! Upstream kubectl (v1.32 at /usr/bin/kubectl) against an in-process apiserver, using only the
+//! written admin kubeconfig: no workaround flags.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use xkube_apiserver::testing::TestServer;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+const MANIFEST: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: nginx
+  namespace: demo
+  labels:
+    app: nginx
+spec:
+  containers:
+  - name: nginx
+    image: nginx:1.25
+    ports:
+    - containerPort: 80
+---
+apiVersion: v1
+kind: ReplicationController
+metadata:
+  name: web
+  namespace: demo
+spec:
+  replicas: 2
+  selector:
+    app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  type: NodePort
+  selector:
+    app: web
+  ports:
+  - port: 80
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+  namespace: demo
+type: Opaque
+data:
+  user: YWRtaW4=
+  pass: c2VjcmV0
+"#;
+
+const APPLIED: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: demo
+data:
+  mode: fast
+"#;
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+    home: PathBuf,
+}
+
+impl Kubectl {
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(KUBECTL);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .env("HOME", &self.home);
+        c.stdin(Stdio::null()).kill_on_drop(true);
+        c
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
+            .expect("kubectl runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {stdout}\n{stderr}"
+        );
+        stdout
+    }
+}
+
+fn header(out: &str) -> Vec<&str> {
+    out.lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write manifest");
+    p.to_string_lossy().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_kubectl_core_flows() {
+    if !Path::new(KUBECTL).exists() {
+        eprintln!("skipping: {KUBECTL} is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::builder(dir.path().join("data"))
+        .secure()
+        .start()
+        .await
+        .expect("apiserver starts");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let k = Kubectl {
+        kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
+        home,
+    };
+    let manifest = write(dir.path(), "all.yaml", MANIFEST);
+    let out = k.ok(&["create", "-f", &manifest]).await;
+    for line in [
+        "namespace/demo created",
+        "pod/nginx created",
+        "replicationcontroller/web created",
+        "service/web created",
+        "secret/creds created",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+
+    let pods = k.ok(&["-n", "demo", "get", "pods"]).await;
+    assert_eq!(
+        header(&pods),
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    );
+    assert!(
+        pods.contains("nginx") && pods.contains("0/1") && pods.contains("Pending"),
+        "{pods}"
+    );
+    let rc = k.ok(&["-n", "demo", "get", "rc"]).await;
+    assert_eq!(header(&rc), ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]);
+    let svc = k.ok(&["-n", "demo", "get", "svc"]).await;
+    assert_eq!(
+        header(&svc),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    assert!(
+        svc.contains("NodePort") && svc.contains("<none>") && svc.contains("80:3"),
+        "{svc}"
+    );
+    let secrets = k.ok(&["-n", "demo", "get", "secrets"]).await;
+    assert_eq!(header(&secrets), ["NAME", "TYPE", "DATA", "AGE"]);
+    assert!(
+        secrets.contains("Opaque") && secrets.contains(" 2 "),
+        "{secrets}"
+    );
+    let ns = k.ok(&["get", "namespaces"]).await;
+    assert_eq!(header(&ns), ["NAME", "STATUS", "AGE"]);
+    assert!(ns.contains("kube-system") && ns.contains("Active"));
+    let ep = k.ok(&["get", "endpoints"]).await;
+    assert_eq!(header(&ep), ["NAME", "ENDPOINTS", "AGE"]);
+    assert!(ep.contains("kubernetes"), "{ep}");
+
+    let wide = k.ok(&["-n", "demo", "get", "pods", "-o", "wide"]).await;
+    assert_eq!(
+        &header(&wide)[..7],
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    );
+    let yaml = k
+        .ok(&["-n", "demo", "get", "pod", "nginx", "-o", "yaml"])
+        .await;
+    assert!(
+        yaml.contains("kind: Pod") && yaml.contains("restartPolicy: Always"),
+        "{yaml}"
+    );
+    let selected = k
+        .ok(&["-n", "demo", "get", "pods", "-l", "app=nginx", "-o", "name"])
+        .await;
+    assert_eq!(selected.trim(), "pod/nginx");
+    let none = k
+        .ok(&["-n", "demo", "get", "pods", "-l", "app=other", "-o", "name"])
+        .await;
+    assert_eq!(none.trim(), "");
+
+    let described = k.ok(&["-n", "demo", "describe", "pod", "nginx"]).await;
+    assert!(
+        described.contains("Name:")
+            && described.contains("nginx:1.25")
+            && described.contains("QoS Class:"),
+        "{described}"
+    );
+    let described = k.ok(&["-n", "demo", "describe", "svc", "web"]).await;
+    assert!(
+        described.contains("NodePort:") && described.contains("Selector:"),
+        "{described}"
+    );
+    k.ok(&["-n", "demo", "describe", "rc", "web"]).await;
+
+    let labeled = k
+        .ok(&["-n", "demo", "label", "pod", "nginx", "tier=frontend"])
+        .await;
+    assert!(labeled.contains("pod/nginx labeled"), "{labeled}");
+    let scaled = k
+        .ok(&["-n", "demo", "scale", "rc", "web", "--replicas=3"])
+        .await;
+    assert!(
+        scaled.contains("replicationcontroller/web scaled"),
+        "{scaled}"
+    );
+    let rc = k
+        .ok(&[
+            "-n",
+            "demo",
+            "get",
+            "rc",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+        .await;
+    assert_eq!(rc, "3");
+
+    let applied = write(dir.path(), "applied.yaml", APPLIED);
+    assert!(
+        k.ok(&["apply", "-f", &applied])
+            .await
+            .contains("configmap/settings created")
+    );
+    let again = k.ok(&["apply", "-f", &applied]).await;
+    assert!(again.contains("configmap/settings unchanged"), "{again}");
+    write(dir.path(), "applied.yaml", &APPLIED.replace("fast", "slow"));
+    assert!(
+        k.ok(&["apply", "-f", &applied])
+            .await
+            .contains("configmap/settings configured")
+    );
+
+    // get -w sees a change.
+    let mut watch = k
+        .command(&["-n", "demo", "get", "pods", "-w", "--request-timeout=0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl -w");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    k.ok(&[
+        "-n",
+        "demo",
+        "label",
+        "pod",
+        "nginx",
+        "tier=backend",
+        "--overwrite",
+    ])
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = watch.start_kill();
+    let out = watch.wait_with_output().await.expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().filter(|l| l.starts_with("nginx")).count() >= 2,
+        "{text}"
+    );
+
+    for (kind, name) in [
+        ("pod", "nginx"),
+        ("rc", "web"),
+        ("svc", "web"),
+        ("secret", "creds"),
+        ("configmap", "settings"),
+    ] {
+        let out = k.ok(&["-n", "demo", "delete", kind, name]).await;
+        assert!(out.contains("deleted"), "{out}");
+    }
+    let out = k.ok(&["delete", "namespace", "demo"]).await;
+    assert!(out.contains("namespace \"demo\" deleted"), "{out}");
+    server.stop().await;
+}
