@@ -253,17 +253,21 @@ fn remove(path: &Path) -> Result<()> {
 }
 
 /// Creates a veth pair: `a_name` in `a`, `b_name` in `b`, both up, without addresses.
+/// `b_name` may exist in `a` already (every pod has an `eth0`): the peer is created under a
+/// temporary name, moved, then renamed.
 pub fn veth_pair(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<()> {
     let b_file = b.open()?;
     let b_fd = b_file.as_raw_fd();
+    let tmp = format!("xkv{:08x}", rand::random::<u32>());
+    let tmp_ref = tmp.as_str();
     a.block_on(async move {
         let h = connect()?;
         h.link()
-            .add(LinkVeth::new(a_name, b_name).build())
+            .add(LinkVeth::new(a_name, tmp_ref).build())
             .execute()
             .await
             .map_err(nl(format!("add veth {a_name}/{b_name}")))?;
-        let peer = link_index(&h, b_name).await?;
+        let peer = link_index(&h, tmp_ref).await?;
         h.link()
             .set(LinkUnspec::new_with_index(peer).setns_by_fd(b_fd).build())
             .execute()
@@ -272,7 +276,16 @@ pub fn veth_pair(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<()>
         link_up(&h, a_name).await
     })??;
     drop(b_file);
-    b.block_on(async { link_up(&connect()?, b_name).await })?
+    b.block_on(async {
+        let h = connect()?;
+        let idx = link_index(&h, tmp_ref).await?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).name(b_name).build())
+            .execute()
+            .await
+            .map_err(nl(format!("rename veth peer to {b_name}")))?;
+        link_up(&h, b_name).await
+    })?
 }
 
 /// Removes every namespace named `<prefix>-<pid>-...` whose creating process is gone.
@@ -422,6 +435,23 @@ mod tests {
     }
 
     #[test]
+    fn tx_checksum_offload_can_be_turned_off() {
+        assert!(
+            is_root(),
+            "network namespace tests need root (CI runs as root)"
+        );
+        let a = NetNs::unique("xkt").expect("create a");
+        let b = NetNs::unique("xkt").expect("create b");
+        veth_pair(&a, "va", &b, "vb").expect("veth pair");
+        assert!(
+            a.tx_checksum("va").expect("get"),
+            "veth offloads by default"
+        );
+        a.set_tx_checksum("va", false).expect("set");
+        assert!(!a.tx_checksum("va").expect("get"));
+    }
+
+    #[test]
     fn reap_stale_removes_only_namespaces_of_dead_processes() {
         assert!(
             is_root(),
@@ -436,4 +466,69 @@ mod tests {
         assert!(!stale.path().exists());
         assert!(live.path().exists());
     }
+}
+
+pub mod cgroup;
+pub mod sysctl;
+
+impl NetNs {
+    /// Turns transmit checksum offload of `iface` on or off (`ethtool -K <iface> tx off`).
+    ///
+    /// A veth hands its peer packets whose TCP/UDP checksum is still partial (the kernel
+    /// metadata says "to be completed"). XDP sees only the bytes, so a program that rewrites
+    /// such a packet and transmits it (`XDP_TX`) sends a wrong checksum. Real NICs deliver
+    /// complete checksums; on the veth topologies xkube builds, the senders compute them.
+    pub fn set_tx_checksum(&self, iface: &str, enabled: bool) -> Result<()> {
+        self.run(|| ethtool_tx_csum(iface, ETHTOOL_STXCSUM, u32::from(enabled)))?
+            .map(drop)
+    }
+
+    /// Whether transmit checksum offload of `iface` is on.
+    pub fn tx_checksum(&self, iface: &str) -> Result<bool> {
+        self.run(|| ethtool_tx_csum(iface, ETHTOOL_GTXCSUM, 0))?
+            .map(|v| v != 0)
+    }
+}
+
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+fn ethtool_tx_csum(iface: &str, cmd: u32, data: u32) -> Result<u32> {
+    use nix::libc;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let bytes = iface.as_bytes();
+    if bytes.len() >= libc::IFNAMSIZ {
+        return Err(Error::NoSuchLink(iface.to_owned()));
+    }
+    let mut value = EthtoolValue { cmd, data };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: plain socket(2); the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(sys("socket")(nix::Error::last()));
+    }
+    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    let err = nix::Error::last();
+    // SAFETY: fd came from socket(2) above and is not used afterwards.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(sys("SIOCETHTOOL tx checksum")(err));
+    }
+    Ok(value.data)
 }

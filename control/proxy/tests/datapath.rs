@@ -472,7 +472,7 @@ fn privileged_maglev_follows_the_table_and_conntrack_revalidates_backends() {
             vip.port.to_be(),
             IPPROTO_TCP,
         );
-        let want = if (h % MAGLEV_TABLE_SIZE) % 2 == 0 {
+        let want = if (h % MAGLEV_TABLE_SIZE).is_multiple_of(2) {
             b1
         } else {
             b2

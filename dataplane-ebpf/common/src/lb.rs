@@ -224,6 +224,10 @@ pub const CT_DIR_REPLY: u8 = 1;
 
 /// The forward entry also rewrote the source (SNAT to the node or hairpin address).
 pub const CT_F_SNAT: u16 = 1 << 0;
+/// The flow came in through the uplink (XDP). Its replies are translated on the uplink only:
+/// a reply rewritten to the node's own address on a pod interface would be dropped by the
+/// stack as a martian (local source arriving from outside).
+pub const CT_F_EXTERNAL: u16 = 1 << 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -10,8 +10,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use xkube_common::lb::{
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_SNAT, CtKey, CtValue, NodeConfig,
-    SVC_F_SNAT_REMOTE, flow_hash,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT, CtKey, CtValue,
+    NodeConfig, SVC_F_SNAT_REMOTE, flow_hash,
 };
 
 use crate::{
@@ -39,7 +39,8 @@ pub struct Rewrite {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    /// Forward path: the backend runs on this node.
+    /// Forward path: the backend runs on this node. Reply path: the flow came in through the
+    /// uplink (see `CT_F_EXTERNAL`).
     pub local: bool,
     pub rev_nat_id: u16,
 }
@@ -146,7 +147,12 @@ pub fn forward(t: &Tuple, origin: Origin, cfg: &NodeConfig) -> Forward {
         nat_addr: t.saddr,
         nat_port: t.sport,
         rev_nat_id: id,
-        flags: if snat { CT_F_SNAT } else { 0 },
+        flags: if snat { CT_F_SNAT } else { 0 }
+            | if origin == Origin::External {
+                CT_F_EXTERNAL
+            } else {
+                0
+            },
         svc_port: t.dport,
         svc_addr: t.daddr,
         _pad: 0,
@@ -205,20 +211,38 @@ fn alloc_snat_port(t: &Tuple, cfg: &NodeConfig, rkey: &mut CtKey, rval: &CtValue
     None
 }
 
+/// Where a reply is being looked at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ReplyAt {
+    /// XDP on the uplink: every reply.
+    UplinkIngress,
+    /// tc on the uplink's egress: replies of flows that came in through the uplink.
+    UplinkEgress,
+    /// tc on a pod's veth: replies of flows from pods and host processes.
+    Pod,
+}
+
 /// The reply path: a packet from a backend back to a translated client.
 #[inline(always)]
-pub fn reply(t: &Tuple) -> Option<Rewrite> {
+pub fn reply(t: &Tuple, at: ReplyAt) -> Option<Rewrite> {
     let key = ct_key(t, CT_DIR_REPLY);
     let ct = XKUBE_CONNTRACK.get_ptr_mut(&key)?;
     // SAFETY: a valid map value pointer.
     let v = unsafe { *ct };
+    let external = v.flags & CT_F_EXTERNAL != 0;
+    match at {
+        ReplyAt::UplinkIngress => {}
+        ReplyAt::UplinkEgress if external => {}
+        ReplyAt::Pod if !external => {}
+        _ => return None,
+    }
     unsafe { (*ct).last_seen = bpf_ktime_get_ns() };
     Some(Rewrite {
         saddr: v.svc_addr,
         sport: v.svc_port,
         daddr: v.nat_addr,
         dport: v.nat_port,
-        local: false,
+        local: external,
         rev_nat_id: v.rev_nat_id,
     })
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 
 use crate::{
     lb::Origin,
-    nat::{self, Forward, Rewrite, Tuple},
+    nat::{self, Forward, ReplyAt, Rewrite, Tuple},
     net::{
         self, ETH_HDR_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, L4_OFF, TCP_CHECK, UDP_CHECK, ip,
         load,
@@ -27,7 +27,7 @@ use crate::{
 #[classifier]
 pub fn xkube_tc_pod_ingress(ctx: TcContext) -> i32 {
     // Unparseable or foreign traffic continues untouched.
-    match handle(&ctx, true) {
+    match handle(&ctx, ReplyAt::Pod, true) {
         Ok(action) => action,
         Err(()) => TC_ACT_OK as i32,
     }
@@ -35,7 +35,7 @@ pub fn xkube_tc_pod_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn xkube_tc_pod_egress(ctx: TcContext) -> i32 {
-    match handle(&ctx, false) {
+    match handle(&ctx, ReplyAt::Pod, false) {
         Ok(action) => action,
         Err(()) => TC_ACT_OK as i32,
     }
@@ -43,13 +43,13 @@ pub fn xkube_tc_pod_egress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn xkube_tc_uplink_egress(ctx: TcContext) -> i32 {
-    match handle(&ctx, false) {
+    match handle(&ctx, ReplyAt::UplinkEgress, false) {
         Ok(action) => action,
         Err(()) => TC_ACT_OK as i32,
     }
 }
 
-fn handle(ctx: &TcContext, forward: bool) -> Result<i32, ()> {
+fn handle(ctx: &TcContext, at: ReplyAt, forward: bool) -> Result<i32, ()> {
     if net::ethertype(ctx)? != ETH_P_IP {
         return Ok(TC_ACT_OK as i32);
     }
@@ -69,7 +69,7 @@ fn handle(ctx: &TcContext, forward: bool) -> Result<i32, ()> {
         dport: load(ctx, L4_OFF + 2)?,
         proto,
     };
-    if let Some(rw) = nat::reply(&t) {
+    if let Some(rw) = nat::reply(&t, at) {
         rewrite(ctx, &t, &rw)?;
         nat::count_packet(rw.rev_nat_id, u64::from(ctx.len()));
         return Ok(TC_ACT_OK as i32);

@@ -160,7 +160,8 @@ impl Datapath {
             }
             let p: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
             let id = p
-                .attach(&file, CgroupAttachMode::AllowMultiple)
+                // bpf_link attachments take no flags (links always coexist); Single = no flags.
+                .attach(&file, CgroupAttachMode::Single)
                 .map_err(prog_err(name))?;
             let link = p.take_link(id).map_err(prog_err(name))?;
             let link = FdLink::try_from(link).map_err(|e| Error::Link { name, source: e })?;
@@ -170,8 +171,9 @@ impl Datapath {
     }
 
     /// Attaches the XDP uplink program to `iface` and the tc reply translator to its egress,
-    /// in the calling thread's network namespace.
+    /// in the calling thread's network namespace, after [`prepare_uplink`].
     pub fn attach_uplink(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        prepare_uplink(iface)?;
         let what = format!("{iface}-{}", programs::XDP_UPLINK);
         if !self.already_attached(&what) {
             let p: &mut Xdp = program_mut(&mut self.ebpf, programs::XDP_UPLINK)?;
@@ -239,6 +241,26 @@ impl Datapath {
         let link = FdLink::try_from(link).map_err(|e| Error::Link { name, source: e })?;
         self.pin_link(&what, link)
     }
+}
+
+/// Kernel settings the uplink needs (calling thread's namespace).
+///
+/// When `bpf_fib_lookup` cannot give a next hop (no neighbour entry yet) the XDP program hands
+/// a translated frame to the stack, which forwards it and resolves the neighbour. SNATed frames
+/// and translated replies then carry the node's own address as their source, which the stack
+/// drops as martian unless `accept_local` is set; they also leave through the interface they
+/// came in on, which must not trigger ICMP redirects. IP forwarding is on for pods anyway.
+pub fn prepare_uplink(iface: &str) -> Result<()> {
+    for (key, value) in [
+        ("net/ipv4/ip_forward".to_owned(), "1"),
+        (format!("net/ipv4/conf/{iface}/accept_local"), "1"),
+        (format!("net/ipv4/conf/{iface}/send_redirects"), "0"),
+        ("net/ipv4/conf/all/send_redirects".to_owned(), "0"),
+    ] {
+        let path = Path::new("/proc/sys").join(key);
+        std::fs::write(&path, value).map_err(io("write sysctl", &path))?;
+    }
+    Ok(())
 }
 
 /// Removes everything pinned under `pin_dir`: links first (which detaches the programs), then
