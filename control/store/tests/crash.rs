@@ -28,7 +28,7 @@ async fn crash_child_writer() {
         return;
     };
     let round = std::env::var(CHILD_ROUND).unwrap_or_default();
-    let quick_repair = std::env::var(CHILD_QUICK_REPAIR).as_deref() != Ok("0");
+    let quick_repair = std::env::var(CHILD_QUICK_REPAIR).as_deref() == Ok("1");
     let store = EmbeddedStore::open_with(&dir, options(quick_repair))
         .await
         .unwrap_or_else(|e| panic!("child: open {dir}: {e}"));
@@ -126,16 +126,16 @@ impl Acked {
     }
 }
 
+/// With the default one-phase commits (redb checksums), repaired by a full walk on reopen.
 #[test]
 fn sigkill_mid_write_loses_no_acknowledged_write() {
-    sigkill_rounds(true);
+    sigkill_rounds(false);
 }
 
-/// The same with one-phase commits (redb checksums instead of quick repair's two-phase
-/// commit), repaired by a full walk on reopen.
+/// The same with redb's quick repair (two-phase commits, saved allocator state).
 #[test]
-fn sigkill_mid_write_loses_no_acknowledged_write_without_quick_repair() {
-    sigkill_rounds(false);
+fn sigkill_mid_write_loses_no_acknowledged_write_with_quick_repair() {
+    sigkill_rounds(true);
 }
 
 fn sigkill_rounds(quick_repair: bool) {
