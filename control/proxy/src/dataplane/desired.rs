@@ -377,12 +377,10 @@ impl Ids {
     fn begin(&mut self) -> Round<'_> {
         self.generation += 1;
         Round {
-            old_service_ids: self.services.values().copied().collect(),
-            old_backend_ids: self.backends.values().copied().collect(),
             services: BTreeMap::new(),
             backends: BTreeMap::new(),
-            new_service_ids: BTreeSet::new(),
-            new_backend_ids: BTreeSet::new(),
+            taken_services: None,
+            taken_backends: None,
             ids: self,
         }
     }
@@ -401,12 +399,12 @@ pub struct IdCounts {
 /// ids; new ones get ids that were not in use at the start of the round, nor quarantined.
 struct Round<'a> {
     ids: &'a mut Ids,
-    old_service_ids: BTreeSet<u16>,
-    old_backend_ids: BTreeSet<u32>,
     services: BTreeMap<ServiceIdent, u16>,
     backends: BTreeMap<BackendIdent, u32>,
-    new_service_ids: BTreeSet<u16>,
-    new_backend_ids: BTreeSet<u32>,
+    /// Ids in use at the start of the round plus those allocated in it; built on the first
+    /// allocation only (most rounds allocate nothing new).
+    taken_services: Option<BTreeSet<u16>>,
+    taken_backends: Option<BTreeSet<u32>>,
 }
 
 impl Round<'_> {
@@ -417,25 +415,25 @@ impl Round<'_> {
         let id = match self.ids.services.get(&ident) {
             Some(id) => *id,
             None => {
-                let mut id = self.ids.next_service;
+                let ids = &mut *self.ids;
+                let taken = self
+                    .taken_services
+                    .get_or_insert_with(|| ids.services.values().copied().collect());
+                let mut id = ids.next_service;
                 let mut tries = 0u32;
-                while id == 0
-                    || self.old_service_ids.contains(&id)
-                    || self.new_service_ids.contains(&id)
-                    || self.ids.quarantined_services.contains_key(&id)
-                {
+                while id == 0 || taken.contains(&id) || ids.quarantined_services.contains_key(&id) {
                     id = id.wrapping_add(1);
                     tries += 1;
                     if tries > u32::from(u16::MAX) + 1 {
                         return None;
                     }
                 }
-                self.ids.next_service = id.wrapping_add(1);
+                taken.insert(id);
+                ids.next_service = id.wrapping_add(1);
                 id
             }
         };
         self.services.insert(ident, id);
-        self.new_service_ids.insert(id);
         Some(id)
     }
 
@@ -446,37 +444,42 @@ impl Round<'_> {
         let id = match self.ids.backends.get(&ident) {
             Some(id) => *id,
             None => {
-                let mut id = self.ids.next_backend;
+                let ids = &mut *self.ids;
+                let taken = self
+                    .taken_backends
+                    .get_or_insert_with(|| ids.backends.values().copied().collect());
+                let mut id = ids.next_backend;
                 let mut tries = 0u64;
-                while id == 0
-                    || self.old_backend_ids.contains(&id)
-                    || self.new_backend_ids.contains(&id)
-                    || self.ids.quarantined_backends.contains_key(&id)
-                {
+                while id == 0 || taken.contains(&id) || ids.quarantined_backends.contains_key(&id) {
                     id = id.wrapping_add(1);
                     tries += 1;
                     if tries > u64::from(u32::MAX) {
                         return None;
                     }
                 }
-                self.ids.next_backend = id.wrapping_add(1);
+                taken.insert(id);
+                ids.next_backend = id.wrapping_add(1);
                 id
             }
         };
         self.backends.insert(ident, id);
-        self.new_backend_ids.insert(id);
         Some(id)
     }
 
     /// Ends the round: identities not seen are dropped and their ids quarantined until this
-    /// generation is applied.
+    /// generation is applied. (A new id is never an old one, so an old identity that is gone
+    /// frees exactly its id.)
     fn finish(self) {
         let generation = self.ids.generation;
-        for id in self.old_service_ids.difference(&self.new_service_ids) {
-            self.ids.quarantined_services.insert(*id, generation);
+        for (ident, id) in &self.ids.services {
+            if !self.services.contains_key(ident) {
+                self.ids.quarantined_services.insert(*id, generation);
+            }
         }
-        for id in self.old_backend_ids.difference(&self.new_backend_ids) {
-            self.ids.quarantined_backends.insert(*id, generation);
+        for (ident, id) in &self.ids.backends {
+            if !self.backends.contains_key(ident) {
+                self.ids.quarantined_backends.insert(*id, generation);
+            }
         }
         self.ids.services = self.services;
         self.ids.backends = self.backends;

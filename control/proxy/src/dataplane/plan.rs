@@ -86,21 +86,46 @@ impl Op {
     }
 }
 
-/// Upserts for keys whose value differs, deletes for keys gone from `desired`.
+/// Upserts for keys whose value differs, deletes for keys gone from `desired`: one merge walk
+/// over both sorted maps.
 fn diff<K: Ord + Copy, V: PartialEq + Copy>(
     actual: &BTreeMap<K, V>,
     desired: &BTreeMap<K, V>,
 ) -> (Vec<(K, V)>, Vec<K>) {
-    let upserts = desired
-        .iter()
-        .filter(|(k, v)| actual.get(k) != Some(v))
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let deletes = actual
-        .keys()
-        .filter(|k| !desired.contains_key(k))
-        .copied()
-        .collect();
+    let mut upserts = Vec::new();
+    let mut deletes = Vec::new();
+    let mut a = actual.iter().peekable();
+    let mut d = desired.iter().peekable();
+    loop {
+        match (a.peek(), d.peek()) {
+            (None, None) => break,
+            (Some((ak, _)), None) => {
+                deletes.push(**ak);
+                a.next();
+            }
+            (None, Some((dk, dv))) => {
+                upserts.push((**dk, **dv));
+                d.next();
+            }
+            (Some((ak, av)), Some((dk, dv))) => match ak.cmp(dk) {
+                std::cmp::Ordering::Less => {
+                    deletes.push(**ak);
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    upserts.push((**dk, **dv));
+                    d.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if av != dv {
+                        upserts.push((**dk, **dv));
+                    }
+                    a.next();
+                    d.next();
+                }
+            },
+        }
+    }
     (upserts, deletes)
 }
 

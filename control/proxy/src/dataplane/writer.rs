@@ -250,6 +250,7 @@ fn elapsed(now_ns: u64, then_ns: u64) -> Duration {
 ///
 /// Keys are collected first and deleted afterwards (deleting while walking a hash map can
 /// restart the walk); entries the datapath refreshed in between are re-checked.
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn gc(maps: &mut Maps, now_ns: u64, idle: &IdleTimeouts) -> Result<GcStats> {
     let mut st = GcStats::default();
     let mut backends: StdHashMap<u32, Backend> = StdHashMap::new();
@@ -431,6 +432,7 @@ pub fn read_counters(
 
 /// Diffs `desired` against `written`, applies, and updates `written` to what the maps now hold
 /// (`desired` on success, the re-read actual state on failure).
+#[tracing::instrument(level = "debug", skip_all)]
 pub fn sync(
     maps: &mut Maps,
     written: &mut Arc<DesiredState>,
