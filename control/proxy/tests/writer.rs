@@ -626,3 +626,60 @@ fn privileged_writer_task_applies_the_latest_state_and_reports_generations() {
         );
     });
 }
+
+#[test]
+fn privileged_writer_recovers_from_a_failed_apply() {
+    require_root();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async {
+        let mut ebpf = load();
+        let maps = Maps::from_ebpf(&mut ebpf).unwrap_or_else(|e| panic!("maps: {e}"));
+        let writer =
+            Writer::new(maps, WriterConfig::default()).unwrap_or_else(|e| panic!("writer: {e}"));
+        let mut ids = Ids::from_actual(writer.actual());
+        let mut status = writer.subscribe();
+        let (tx, rx) = tokio::sync::watch::channel::<Option<Arc<Desired>>>(None);
+        let task = tokio::spawn(writer.run(rx));
+        let svcs = [svc("a", "10.96.0.10")];
+        let endpoints = [eps("a", &["10.244.1.5"])];
+
+        // More node addresses than XKUBE_LOCAL_ADDRS holds: the apply fails part-way.
+        let mut too_many = node();
+        too_many.node_addrs = (0..100u8).map(|i| Ipv4Addr::new(198, 18, 1, i)).collect();
+        let bad = xkube_proxy::dataplane::desired(&svcs, &endpoints, &too_many, &mut ids);
+        tx.send_replace(Some(Arc::new(Desired::new(bad, &ids))));
+        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.errors >= 1))
+            .await
+            .unwrap_or_else(|_| panic!("the failed apply is reported within 10 s"))
+            .unwrap_or_else(|e| panic!("status: {e}"));
+        assert_eq!(
+            status.borrow().applied_generation,
+            0,
+            "nothing reported applied"
+        );
+
+        let good = xkube_proxy::dataplane::desired(&svcs, &endpoints, &node(), &mut ids);
+        tx.send_replace(Some(Arc::new(Desired::new(good.clone(), &ids))));
+        let want = ids.generation();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            status.wait_for(|s| s.applied_generation == want),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the next state is applied within 10 s"))
+        .unwrap_or_else(|e| panic!("status: {e}"));
+        drop(tx);
+        let maps = task
+            .await
+            .unwrap_or_else(|e| panic!("writer task: {e}"))
+            .unwrap_or_else(|e| panic!("writer: {e}"));
+        assert_eq!(
+            read_actual(&maps).unwrap_or_else(|e| panic!("read: {e}")),
+            good,
+            "after re-reading the half-applied maps, the writer converged on the new state"
+        );
+    });
+}
