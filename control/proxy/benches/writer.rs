@@ -136,8 +136,9 @@ fn bench(c: &mut Criterion) {
     });
     // New backend, old backend removed, and the slots from the changed position on (slots are
     // sorted by address; the new pod sorts last here, so all 5 slots are rewritten).
+    // (0 when a filter skipped that benchmark.)
     assert!(
-        (3..=2 + ENDPOINTS as usize).contains(&ops_seen),
+        ops_seen == 0 || (3..=2 + ENDPOINTS as usize).contains(&ops_seen),
         "one endpoint change is a handful of ops, got {ops_seen}"
     );
 

@@ -230,7 +230,7 @@ impl Desired {
 }
 
 /// What identifies a service id: the service port's ClusterIP, port and protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceIdent {
     pub cluster_ip: Ipv4Addr,
     pub port: u16,
@@ -238,12 +238,47 @@ pub struct ServiceIdent {
 }
 
 /// What identifies a backend id: its service id and the endpoint address, port and protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackendIdent {
     pub service: u16,
     pub addr: Ipv4Addr,
     pub port: u16,
     pub proto: u8,
+}
+
+// Ordered through integers: `Ipv4Addr`'s own `Ord` compares octet arrays with `memcmp`, which
+// showed up in the 10k-service profile.
+impl Ord for ServiceIdent {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (u32::from(self.cluster_ip), self.port, self.proto).cmp(&(
+            u32::from(o.cluster_ip),
+            o.port,
+            o.proto,
+        ))
+    }
+}
+
+impl PartialOrd for ServiceIdent {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for BackendIdent {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.service, u32::from(self.addr), self.port, self.proto).cmp(&(
+            o.service,
+            u32::from(o.addr),
+            o.port,
+            o.proto,
+        ))
+    }
+}
+
+impl PartialOrd for BackendIdent {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
 }
 
 /// Service id (`u16`, never 0) and backend id (`u32`, never 0) allocator.
@@ -655,8 +690,9 @@ fn add_service(
         };
 
         // Backends: ready addresses x the endpoint port of the same name, sorted by (addr,
-        // port) so an unchanged service writes identical slots.
-        let mut eps_found: BTreeMap<(Ipv4Addr, u16), bool> = BTreeMap::new();
+        // port) so an unchanged service writes identical slots. Keyed by the host-order
+        // address: sorted like the addresses, compared as integers.
+        let mut eps_found: BTreeMap<(u32, u16), bool> = BTreeMap::new();
         for subset in eps.iter().flat_map(|e| e.subsets.iter().flatten()) {
             let Some(target) = endpoint_port(subset, sp.name.as_deref(), proto) else {
                 continue;
@@ -667,15 +703,20 @@ fn add_service(
                     continue;
                 };
                 let local = node.is_local(ip, a.node_name.as_deref());
-                *eps_found.entry((ip, target)).or_insert(false) |= local;
+                *eps_found.entry((u32::from(ip), target)).or_insert(false) |= local;
             }
+        }
+        if eps_found.len() > usize::from(u16::MAX) {
+            warn!(service = %format!("{ns}/{name}"), endpoints = eps_found.len(), "more endpoints than slots; truncated");
         }
         let mut all = Vec::with_capacity(eps_found.len());
         let mut local = Vec::new();
-        for ((ip, bport), is_local) in &eps_found {
+        let mut maglev_names: Vec<(String, u32)> = Vec::new();
+        for ((ip, bport), is_local) in eps_found.iter().take(usize::from(u16::MAX)) {
+            let ip = Ipv4Addr::from(*ip);
             let Some(id) = round.backend(BackendIdent {
                 service: svc_id,
-                addr: *ip,
+                addr: ip,
                 port: *bport,
                 proto,
             }) else {
@@ -685,7 +726,7 @@ fn add_service(
             state.backends.insert(
                 id,
                 Backend {
-                    addr: ne(*ip),
+                    addr: ne(ip),
                     port: bport.to_be(),
                     proto,
                     flags: if *is_local { BACKEND_F_LOCAL } else { 0 },
@@ -697,11 +738,9 @@ fn add_service(
             if *is_local {
                 local.push(id);
             }
-        }
-        if all.len() > usize::from(u16::MAX) {
-            warn!(service = %format!("{ns}/{name}"), endpoints = all.len(), "more endpoints than slots; truncated");
-            all.truncate(usize::from(u16::MAX));
-            local.retain(|id| all.contains(id));
+            if maglev {
+                maglev_names.push((format!("{ip}:{bport}"), id));
+            }
         }
 
         state.revnat.insert(
@@ -712,13 +751,8 @@ fn add_service(
                 _pad: 0,
             },
         );
-        if maglev && !all.is_empty() {
-            let names: Vec<(String, u32)> = eps_found
-                .keys()
-                .zip(&all)
-                .map(|((ip, p), id)| (format!("{ip}:{p}"), *id))
-                .collect();
-            let mb: Vec<MaglevBackend<'_>> = names
+        if !maglev_names.is_empty() {
+            let mb: Vec<MaglevBackend<'_>> = maglev_names
                 .iter()
                 .map(|(name, id)| MaglevBackend { name, id: *id })
                 .collect();
@@ -823,7 +857,7 @@ fn endpoint_port(subset: &EndpointSubset, name: Option<&str>, proto: u8) -> Opti
 }
 
 fn write_frontend(state: &mut DesiredState, key: ServiceKey, value: ServiceValue, ids: &[u32]) {
-    // `ids.len()` fits: callers truncate to u16::MAX.
+    // `ids.len()` fits: the caller takes at most u16::MAX endpoints.
     let count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
     state.services.insert(key, ServiceValue { count, ..value });
     for (i, id) in ids.iter().take(usize::from(count)).enumerate() {
