@@ -291,8 +291,8 @@ impl PartialOrd for BackendIdent {
 /// cursor, so a released id is reused as late as possible.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ids {
-    services: BTreeMap<ServiceIdent, u16>,
-    backends: BTreeMap<BackendIdent, u32>,
+    services: HashMap<ServiceIdent, u16>,
+    backends: HashMap<BackendIdent, u32>,
     /// Quarantined ids -> the generation whose application releases them.
     quarantined_services: BTreeMap<u16, u64>,
     quarantined_backends: BTreeMap<u32, u64>,
@@ -351,10 +351,10 @@ impl Ids {
                 proto: b.proto,
             };
             match ids.backends.entry(ident) {
-                std::collections::btree_map::Entry::Occupied(_) => {
+                std::collections::hash_map::Entry::Occupied(_) => {
                     ids.quarantined_backends.insert(*id, 1);
                 }
-                std::collections::btree_map::Entry::Vacant(v) => {
+                std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(*id);
                 }
             }
@@ -412,8 +412,8 @@ impl Ids {
     fn begin(&mut self) -> Round<'_> {
         self.generation += 1;
         Round {
-            services: BTreeMap::new(),
-            backends: BTreeMap::new(),
+            services: HashMap::with_capacity(self.services.len()),
+            backends: HashMap::with_capacity(self.backends.len()),
             taken_services: None,
             taken_backends: None,
             ids: self,
@@ -434,8 +434,8 @@ pub struct IdCounts {
 /// ids; new ones get ids that were not in use at the start of the round, nor quarantined.
 struct Round<'a> {
     ids: &'a mut Ids,
-    services: BTreeMap<ServiceIdent, u16>,
-    backends: BTreeMap<BackendIdent, u32>,
+    services: HashMap<ServiceIdent, u16>,
+    backends: HashMap<BackendIdent, u32>,
     /// Ids in use at the start of the round plus those allocated in it; built on the first
     /// allocation only (most rounds allocate nothing new).
     taken_services: Option<BTreeSet<u16>>,
