@@ -137,6 +137,16 @@ pub fn read_actual(maps: &Maps) -> Result<DesiredState> {
     }
     for e in maps.maglev.iter() {
         let (k, v) = e.map_err(map_err(MAGLEV))?;
+        // A table of this program is MAGLEV_TABLE_SIZE long; tolerate a somewhat larger one
+        // (an older object's pinned map) but never size a vector from a wild index.
+        if k.index > u32::from(u16::MAX) {
+            warn!(
+                service = k.rev_nat_id,
+                index = k.index,
+                "{MAGLEV} index out of range; ignored"
+            );
+            continue;
+        }
         let t = s
             .maglev
             .entry(k.rev_nat_id)
