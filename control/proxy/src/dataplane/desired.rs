@@ -1541,6 +1541,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ids_found_in_the_maps_without_an_owner_stay_quarantined_until_the_first_apply() {
+        let mut ids = Ids::new();
+        let s = compute(
+            &[web("a", "10.96.0.1"), web("b", "10.96.0.2")],
+            &[web_eps("a", &["10.244.1.5"])],
+            &mut ids,
+        );
+        // A crash left b's revnat and backend but not its ClusterIP frontend.
+        let mut actual = s.clone();
+        let b_key = key([10, 96, 0, 2], 80, IPPROTO_TCP, SCOPE_DEFAULT, 0);
+        let b_id = frontend(&s, b_key).rev_nat_id;
+        actual.services.remove(&b_key);
+        let mut rebuilt = Ids::from_actual(&actual);
+        assert_eq!(
+            rebuilt.counts().quarantined_services,
+            1,
+            "b's id has no owner"
+        );
+        rebuilt.next_service = b_id;
+        let again = compute(&[web("c", "10.96.0.3")], &[], &mut rebuilt);
+        let c_id = frontend(
+            &again,
+            key([10, 96, 0, 3], 80, IPPROTO_TCP, SCOPE_DEFAULT, 0),
+        );
+        assert_ne!(
+            c_id.rev_nat_id, b_id,
+            "the orphan id is not reused before an apply"
+        );
+    }
+
+    #[test]
     fn frontend_conflicts_resolve_deterministically() {
         let mut ids = Ids::new();
         let a = service(json!({

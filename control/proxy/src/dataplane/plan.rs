@@ -644,6 +644,29 @@ mod tests {
     }
 
     #[test]
+    fn partially_written_maglev_table_is_completed() {
+        let mut ids = Ids::new();
+        let s = state(
+            &[maglev(web("web", "10.96.0.10"))],
+            &[web_eps("web", &["10.244.1.5", "10.244.1.6"])],
+            &mut ids,
+        );
+        let mut actual = s.clone();
+        for t in actual.maglev.values_mut() {
+            for e in t.iter_mut().skip(100) {
+                *e = 0; // as read back after a crash part-way through the table
+            }
+        }
+        let ops = plan(&actual, &s);
+        assert_eq!(
+            ops.len(),
+            MAGLEV_TABLE_SIZE as usize - 100,
+            "only the missing entries are written"
+        );
+        assert!(ops.iter().all(|o| matches!(o, Op::UpsertMaglev { .. })));
+    }
+
+    #[test]
     fn enabling_two_scopes_writes_the_internal_copy_before_the_default_frontend() {
         let mut ids = Ids::new();
         let np = |policy: &str| {
