@@ -320,7 +320,10 @@ fn columns(plural: &str) -> Vec<Col> {
                 ty: "integer",
                 ..col("Count", 1, "The number of times this event has occurred.")
             },
-            NAME,
+            Col {
+                priority: 1,
+                ..NAME
+            },
         ],
         "resourcequotas" => vec![
             NAME,

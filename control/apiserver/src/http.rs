@@ -400,6 +400,21 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
         .get::<ConnInfo>()
         .cloned()
         .unwrap_or_default();
+    // Health checks need no credentials (probes and load balancers call them).
+    let health = matches!(
+        req.uri().path().split('/').nth(1),
+        Some("healthz" | "livez" | "readyz")
+    );
+    if health && req.method() == Method::GET {
+        let segs: Vec<&str> = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let resp = discovery::non_resource(app, req.method(), &segs, req.headers()).await;
+        return ("GET", String::new(), resp);
+    }
     let user = if conn.secure {
         let authz = req
             .headers()

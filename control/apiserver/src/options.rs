@@ -103,7 +103,14 @@ pub struct Options {
 
     /// Serve requests without credentials as `system:anonymous` (off by default: such
     /// requests get 401).
-    #[arg(long, env = "XKUBE_ANONYMOUS_AUTH", default_value_t = false)]
+    #[arg(
+        long,
+        env = "XKUBE_ANONYMOUS_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub anonymous_auth: bool,
 
     /// Authorization mode.

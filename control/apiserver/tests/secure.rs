@@ -88,6 +88,17 @@ async fn tokens_basic_auth_client_certs_and_abac() {
         .0,
         401
     );
+    // Health checks answer without credentials.
+    assert_eq!(
+        client
+            .get(url("/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status()
+            .as_u16(),
+        200
+    );
     assert_eq!(
         call(
             &client,
