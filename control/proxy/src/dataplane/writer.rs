@@ -522,7 +522,9 @@ impl Default for WriterConfig {
 /// Start-up reads the actual state from the maps (pinned maps survive an agent restart), so
 /// the caller can rebuild its [`super::desired::Ids`] from [`Writer::actual`] and the first
 /// sync writes nothing for unchanged objects. Until the first desired state arrives (`None` in
-/// the channel) nothing is written, so a restart never wipes a working dataplane.
+/// the channel) nothing is written, so a restart never wipes a working dataplane: send the first
+/// state only once the Service and Endpoints caches have synced (a state computed from a partial
+/// list would remove the services not listed yet).
 #[derive(Debug)]
 pub struct Writer {
     maps: Maps,
