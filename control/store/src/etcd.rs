@@ -66,19 +66,7 @@ impl EtcdStore {
 
     /// The etcd range `[start, end)` of every key under `prefix`.
     fn range(&self, prefix: &str) -> (Vec<u8>, Vec<u8>) {
-        let start = self.full(prefix);
-        if start.is_empty() {
-            return (vec![0], vec![0]);
-        }
-        let mut end = start.clone();
-        while let Some(last) = end.pop() {
-            if last < 0xff {
-                end.push(last + 1);
-                return (start, end);
-            }
-        }
-        // All 0xff: everything from `start` on.
-        (start, vec![0])
+        prefix_range(self.full(prefix))
     }
 
     fn kv(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue> {
@@ -151,6 +139,23 @@ impl EtcdStore {
             },
         }
     }
+}
+
+/// The etcd range `[start, end)` of every key starting with `start` (etcd's `\0` end means "to
+/// the last key").
+fn prefix_range(start: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    if start.is_empty() {
+        return (vec![0], vec![0]);
+    }
+    let mut end = start.clone();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return (start, end);
+        }
+    }
+    // All 0xff: everything from `start` on.
+    (start, vec![0])
 }
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision> {
@@ -462,5 +467,28 @@ impl Store for EtcdStore {
             Err(e) if is_compacted(&e) => Ok(()),
             Err(e) => Err(Error::etcd("compact")(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_range;
+
+    #[test]
+    fn prefix_range_ends_after_the_last_key_with_the_prefix() {
+        assert_eq!(
+            prefix_range(b"/a/".to_vec()),
+            (b"/a/".to_vec(), b"/a0".to_vec())
+        );
+        assert_eq!(
+            prefix_range(vec![b'a', 0xff, 0xff]),
+            (vec![b'a', 0xff, 0xff], vec![b'b'])
+        );
+        assert_eq!(prefix_range(vec![0xff]), (vec![0xff], vec![0]));
+        assert_eq!(
+            prefix_range(Vec::new()),
+            (vec![0], vec![0]),
+            "empty prefix: all keys"
+        );
     }
 }
