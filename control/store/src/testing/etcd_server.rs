@@ -6,6 +6,7 @@ use std::{
     os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -18,11 +19,15 @@ use std::{
 pub struct EtcdServer {
     child: Child,
     endpoint: String,
+    name: String,
     dir: tempfile::TempDir,
 }
 
+/// Makes member names unique within this process (with the pid, across processes).
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
 impl EtcdServer {
-    /// Starts etcd and waits until it answers.
+    /// Starts etcd and waits until it answers (as itself, not another test's etcd).
     pub async fn start() -> Self {
         let mut last_failure = String::new();
         // A port picked free can be taken before etcd binds it: try a few times.
@@ -46,9 +51,16 @@ impl EtcdServer {
         let log_err = log
             .try_clone()
             .map_err(|e| format!("clone etcd log: {e}"))?;
+        // A unique member name, checked when probing: a port collision with another test's
+        // etcd then fails the probe instead of silently sharing that server.
+        let name = format!(
+            "xkube-test-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        );
         let mut cmd = Command::new("etcd");
         cmd.arg("--name")
-            .arg("xkube-test")
+            .arg(&name)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--listen-client-urls")
@@ -60,7 +72,7 @@ impl EtcdServer {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("xkube-test={peer}"))
+            .arg(format!("{name}={peer}"))
             .arg("--heartbeat-interval")
             .arg("20")
             .arg("--election-timeout")
@@ -88,6 +100,7 @@ impl EtcdServer {
         let mut server = EtcdServer {
             child,
             endpoint,
+            name,
             dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -117,7 +130,10 @@ impl EtcdServer {
             .with_connect_timeout(Duration::from_millis(500))
             .with_timeout(Duration::from_secs(1));
         match etcd_client::Client::connect([self.endpoint.as_str()], Some(options)).await {
-            Ok(mut client) => client.get("/", None).await.is_ok(),
+            Ok(mut client) => match client.member_list().await {
+                Ok(members) => members.members().iter().any(|m| m.name() == self.name),
+                Err(_) => false,
+            },
             Err(_) => false,
         }
     }
