@@ -532,3 +532,23 @@ fn ethtool_tx_csum(iface: &str, cmd: u32, data: u32) -> Result<u32> {
     }
     Ok(value.data)
 }
+
+impl NetNs {
+    /// Whether an XDP program is attached to `iface` (in any mode).
+    pub fn xdp_attached(&self, iface: &str) -> Result<bool> {
+        use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
+        self.block_on(async {
+            let h = connect()?;
+            let mut links = h.link().get().match_name(iface.to_owned()).execute();
+            let link = links
+                .try_next()
+                .await
+                .map_err(nl(format!("get link {iface}")))?
+                .ok_or_else(|| Error::NoSuchLink(iface.to_owned()))?;
+            Ok(link.attributes.iter().any(|a| {
+                matches!(a, LinkAttribute::Xdp(x) if x.iter().any(|x| matches!(x,
+                    LinkXdp::Attached(m) if *m != XdpAttached::None)))
+            }))
+        })?
+    }
+}

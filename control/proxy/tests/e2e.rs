@@ -620,3 +620,64 @@ fn xdp_mode() -> XdpMode {
         _ => XdpMode::Driver,
     }
 }
+
+#[test]
+fn privileged_e2e_teardown_leaves_no_program_link_or_pin() {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut fx = Fixture::new();
+    fx.apply(
+        &[service("web", json!({}))],
+        &[fx.endpoints("web", &["pod-1a"])],
+    );
+    let to = SocketAddrV4::new(node_addr(0), NODE_PORT);
+    fx.tcp_from_client(to).expect("served before teardown");
+    let tcx = |ns: &NetNs, iface: &str, at: TcAttachType| -> usize {
+        ns.run(|| SchedClassifier::query_tcx(iface, at))
+            .expect("enter namespace")
+            .map(|(_, progs)| progs.len())
+            .expect("query tcx")
+    };
+    for (i, n) in fx.nodes.iter_mut().enumerate() {
+        assert!(n.ns.xdp_attached("eth0").expect("query xdp"));
+        n.maps = None;
+        n.dp = None;
+        // Pinned links keep the programs attached after the agent is gone...
+        assert!(n.ns.xdp_attached("eth0").expect("query xdp"));
+        datapath::teardown(&n.pin_dir).expect("teardown");
+        // ...and teardown removes them all.
+        assert!(!n.pin_dir.exists(), "{} left behind", n.pin_dir.display());
+        assert!(
+            !n.ns.xdp_attached("eth0").expect("query xdp"),
+            "node{} XDP",
+            i + 1
+        );
+        assert_eq!(
+            tcx(&n.ns, "eth0", TcAttachType::Egress),
+            0,
+            "node{} tc egress",
+            i + 1
+        );
+        for host in [10u8, 11] {
+            let veth = format!("veth{host}");
+            if n.ns.ifindex(&veth).is_ok() {
+                assert_eq!(
+                    tcx(&n.ns, &veth, TcAttachType::Ingress),
+                    0,
+                    "{veth} ingress"
+                );
+                assert_eq!(tcx(&n.ns, &veth, TcAttachType::Egress), 0, "{veth} egress");
+            }
+        }
+        assert!(
+            !fx._fabric
+                .xdp_attached(&format!("n{i}"))
+                .expect("query xdp"),
+            "fabric end of node{}",
+            i + 1
+        );
+    }
+    assert!(
+        fx.tcp_from_client(to).is_err(),
+        "NodePort still served after teardown"
+    );
+}

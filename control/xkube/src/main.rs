@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agnhost;
 mod demo;
+mod pause;
+mod signals;
 
 /// The Kubernetes API level xkube speaks (the k8s-openapi version feature).
 const KUBERNETES_API: &str = "v1.33";
@@ -33,6 +36,27 @@ enum Cmd {
         #[command(subcommand)]
         demo: demo::Demo,
     },
+    /// The Kubernetes API server.
+    Apiserver(Box<xkube_apiserver::Options>),
+    /// Test workload modelled on Kubernetes' agnhost netexec: HTTP, TCP and UDP echo.
+    Agnhost(agnhost::Args),
+    /// Holds a pod's namespaces: sleeps until SIGTERM/SIGINT, reaps children.
+    Pause,
+}
+
+/// Runs an async component on a multi-threaded runtime with the signal-driven shutdown token.
+fn run_async<F, Fut>(f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let token = signals::shutdown_token()?;
+        f(token).await
+    })
 }
 
 fn init_tracing(verbose: u8) {
@@ -64,6 +88,13 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Demo { demo } => demo.run(),
+        Cmd::Apiserver(opts) => run_async(|token| async move {
+            xkube_apiserver::run(*opts, token)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Cmd::Agnhost(args) => run_async(|token| agnhost::run(args, token)),
+        Cmd::Pause => pause::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
