@@ -274,7 +274,8 @@ pub enum WatchEvent<K> {
     Error(ApiStatus),
 }
 
-fn encode_query(pairs: &[(String, String)]) -> String {
+/// Encodes query pairs as `?k=v&k2=v2` (empty when none).
+pub fn encode_query(pairs: &[(String, String)]) -> String {
     let mut s = String::new();
     for (k, v) in pairs {
         s.push(if s.is_empty() { '?' } else { '&' });
