@@ -12,6 +12,9 @@ pub enum Error {
     /// An object did not decode into its Kubernetes type.
     #[error("{0}")]
     Decode(String),
+    /// A body encoding this crate cannot decode for that kind (a 415 for the server).
+    #[error("{0}")]
+    UnsupportedEncoding(String),
     /// A patch could not be applied.
     #[error("{0}")]
     Patch(String),

@@ -301,6 +301,13 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, StatusError> {
         | "application/apply-patch+yaml" => serde_yaml::from_slice(body).map_err(|e| {
             StatusError::bad_request(format!("the request body is not valid YAML: {e}"))
         })?,
+        "application/vnd.kubernetes.protobuf" => match xkube_api::protobuf::decode(body) {
+            Ok(v) => v,
+            Err(e @ xkube_api::Error::UnsupportedEncoding(_)) => {
+                return Err(StatusError::new(415, "UnsupportedMediaType", e.to_string()));
+            }
+            Err(e) => return Err(StatusError::bad_request(e.to_string())),
+        },
         other => return Err(StatusError::unsupported_media_type(other)),
     };
     Ok(v)
@@ -656,8 +663,28 @@ async fn serve_resource(
                 return update_scale(app, res, ns, name, &scale, &opts, &accept).await;
             }
             admit(app, Operation::Update, res, ns.unwrap_or(""), name, None).await?;
-            let w = reg.patch(res, ns, name, &patch, ty, sub, &opts).await?;
-            Ok(object_response(200, &w.object, &accept, res, &w.warnings))
+            match reg.patch(res, ns, name, &patch, ty, sub, &opts).await {
+                Ok(w) => Ok(object_response(200, &w.object, &accept, res, &w.warnings)),
+                // Server-side apply creates what does not exist yet.
+                Err(e) if e.code == 404 && ty == PatchType::Apply && sub.is_none() => {
+                    let mut obj = patch.clone();
+                    check_kind(res, &mut obj)?;
+                    set_namespace(res, ns, &mut obj)?;
+                    meta::set(&mut obj, "name", json!(name));
+                    admit(
+                        app,
+                        Operation::Create,
+                        res,
+                        ns.unwrap_or(""),
+                        name,
+                        Some(&obj),
+                    )
+                    .await?;
+                    let w = reg.create(res, ns, obj, &opts).await?;
+                    Ok(object_response(201, &w.object, &accept, res, &w.warnings))
+                }
+                Err(e) => Err(e),
+            }
         }
         (Method::DELETE, Some(name), None) => {
             let bytes = read_body(body).await?;

@@ -157,6 +157,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .arg(dir.path())
         .args(["--secure-port", &free_port().to_string()])
         .args(["--insecure-port", &port.to_string()])
+        .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()
         .expect("spawn apiserver");

@@ -155,6 +155,57 @@ async fn upstream_kubectl_core_flows() {
         assert!(out.contains(line), "{out}");
     }
 
+    // Typed `create` subcommands send protobuf bodies.
+    let out = k
+        .ok(&[
+            "-n",
+            "demo",
+            "create",
+            "secret",
+            "generic",
+            "gen",
+            "--from-literal=user=admin",
+        ])
+        .await;
+    assert!(out.contains("secret/gen created"), "{out}");
+    let out = k
+        .ok(&[
+            "-n",
+            "demo",
+            "create",
+            "configmap",
+            "cfg",
+            "--from-literal=a=b",
+        ])
+        .await;
+    assert!(out.contains("configmap/cfg created"), "{out}");
+    let out = k
+        .ok(&[
+            "-n",
+            "demo",
+            "create",
+            "service",
+            "clusterip",
+            "cip",
+            "--tcp=80:8080",
+        ])
+        .await;
+    assert!(out.contains("service/cip created"), "{out}");
+    let out = k.ok(&["create", "namespace", "extra"]).await;
+    assert!(out.contains("namespace/extra created"), "{out}");
+    let user = k
+        .ok(&[
+            "-n",
+            "demo",
+            "get",
+            "secret",
+            "gen",
+            "-o",
+            "jsonpath={.data.user}",
+        ])
+        .await;
+    assert_eq!(user, "YWRtaW4=");
+
     let pods = k.ok(&["-n", "demo", "get", "pods"]).await;
     assert_eq!(
         header(&pods),
@@ -268,6 +319,10 @@ async fn upstream_kubectl_core_flows() {
             .await
             .contains("configmap/settings configured")
     );
+
+    let ssa = write(dir.path(), "ssa.yaml", &APPLIED.replace("settings", "ssa"));
+    let out = k.ok(&["apply", "--server-side", "-f", &ssa]).await;
+    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
 
     // get -w sees a change.
     let mut watch = k

@@ -169,7 +169,7 @@ async fn bad_input_gets_4xx_and_the_server_keeps_serving() {
         .send(
             reqwest::Method::POST,
             "/api/v1/namespaces/default/pods",
-            "application/vnd.kubernetes.protobuf",
+            "text/plain",
             Some("x".into()),
         )
         .await;

@@ -1,0 +1,481 @@
+//! Decoding of Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`) into JSON
+//! for the kinds kubectl's typed `create` commands send (Secret, ConfigMap, Namespace, Service,
+//! ServiceAccount, ResourceQuota). Field numbers follow `k8s.io/api/core/v1/generated.proto`
+//! and `k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto`; unknown fields are skipped.
+
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+
+/// The 4-byte prefix of Kubernetes protobuf messages.
+pub const MAGIC: &[u8] = b"k8s\x00";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Bool,
+    Int,
+    Msg(&'static [Field]),
+    MapStr,
+    MapBytes,
+    MapQuantity,
+    RepStr,
+    RepMsg(&'static [Field]),
+    Time,
+    IntOrString,
+}
+
+#[derive(Clone, Copy)]
+struct Field {
+    num: u64,
+    name: &'static str,
+    kind: Kind,
+}
+
+const fn f(num: u64, name: &'static str, kind: Kind) -> Field {
+    Field { num, name, kind }
+}
+
+const OWNER_REFERENCE: &[Field] = &[
+    f(1, "kind", Kind::Str),
+    f(3, "name", Kind::Str),
+    f(4, "uid", Kind::Str),
+    f(5, "apiVersion", Kind::Str),
+    f(6, "controller", Kind::Bool),
+    f(7, "blockOwnerDeletion", Kind::Bool),
+];
+
+const OBJECT_META: &[Field] = &[
+    f(1, "name", Kind::Str),
+    f(2, "generateName", Kind::Str),
+    f(3, "namespace", Kind::Str),
+    f(5, "uid", Kind::Str),
+    f(6, "resourceVersion", Kind::Str),
+    f(7, "generation", Kind::Int),
+    f(8, "creationTimestamp", Kind::Time),
+    f(9, "deletionTimestamp", Kind::Time),
+    f(10, "deletionGracePeriodSeconds", Kind::Int),
+    f(11, "labels", Kind::MapStr),
+    f(12, "annotations", Kind::MapStr),
+    f(13, "ownerReferences", Kind::RepMsg(OWNER_REFERENCE)),
+    f(14, "finalizers", Kind::RepStr),
+];
+
+const SECRET: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "data", Kind::MapBytes),
+    f(3, "type", Kind::Str),
+    f(4, "stringData", Kind::MapStr),
+    f(5, "immutable", Kind::Bool),
+];
+
+const CONFIG_MAP: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "data", Kind::MapStr),
+    f(3, "binaryData", Kind::MapBytes),
+    f(4, "immutable", Kind::Bool),
+];
+
+const NAMESPACE_SPEC: &[Field] = &[f(1, "finalizers", Kind::RepStr)];
+const NAMESPACE_STATUS: &[Field] = &[f(1, "phase", Kind::Str)];
+const NAMESPACE: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(NAMESPACE_SPEC)),
+    f(3, "status", Kind::Msg(NAMESPACE_STATUS)),
+];
+
+const SERVICE_PORT: &[Field] = &[
+    f(1, "name", Kind::Str),
+    f(2, "protocol", Kind::Str),
+    f(3, "port", Kind::Int),
+    f(4, "targetPort", Kind::IntOrString),
+    f(5, "nodePort", Kind::Int),
+    f(6, "appProtocol", Kind::Str),
+];
+
+const SERVICE_SPEC: &[Field] = &[
+    f(1, "ports", Kind::RepMsg(SERVICE_PORT)),
+    f(2, "selector", Kind::MapStr),
+    f(3, "clusterIP", Kind::Str),
+    f(4, "type", Kind::Str),
+    f(5, "externalIPs", Kind::RepStr),
+    f(7, "sessionAffinity", Kind::Str),
+    f(8, "loadBalancerIP", Kind::Str),
+    f(9, "loadBalancerSourceRanges", Kind::RepStr),
+    f(10, "externalName", Kind::Str),
+    f(11, "externalTrafficPolicy", Kind::Str),
+    f(12, "healthCheckNodePort", Kind::Int),
+    f(13, "publishNotReadyAddresses", Kind::Bool),
+    f(17, "ipFamilyPolicy", Kind::Str),
+    f(18, "clusterIPs", Kind::RepStr),
+    f(19, "ipFamilies", Kind::RepStr),
+    f(20, "allocateLoadBalancerNodePorts", Kind::Bool),
+    f(21, "loadBalancerClass", Kind::Str),
+    f(22, "internalTrafficPolicy", Kind::Str),
+];
+
+const SERVICE: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(SERVICE_SPEC)),
+];
+
+const OBJECT_REFERENCE: &[Field] = &[
+    f(1, "kind", Kind::Str),
+    f(2, "namespace", Kind::Str),
+    f(3, "name", Kind::Str),
+    f(4, "uid", Kind::Str),
+    f(5, "apiVersion", Kind::Str),
+    f(6, "resourceVersion", Kind::Str),
+    f(7, "fieldPath", Kind::Str),
+];
+
+const LOCAL_OBJECT_REFERENCE: &[Field] = &[f(1, "name", Kind::Str)];
+
+const SERVICE_ACCOUNT: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "secrets", Kind::RepMsg(OBJECT_REFERENCE)),
+    f(3, "imagePullSecrets", Kind::RepMsg(LOCAL_OBJECT_REFERENCE)),
+    f(4, "automountServiceAccountToken", Kind::Bool),
+];
+
+const RESOURCE_QUOTA_SPEC: &[Field] = &[
+    f(1, "hard", Kind::MapQuantity),
+    f(2, "scopes", Kind::RepStr),
+];
+
+const RESOURCE_QUOTA: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(RESOURCE_QUOTA_SPEC)),
+];
+
+fn schema(api_version: &str, kind: &str) -> Option<&'static [Field]> {
+    if api_version != "v1" {
+        return None;
+    }
+    Some(match kind {
+        "Secret" => SECRET,
+        "ConfigMap" => CONFIG_MAP,
+        "Namespace" => NAMESPACE,
+        "Service" => SERVICE,
+        "ServiceAccount" => SERVICE_ACCOUNT,
+        "ResourceQuota" => RESOURCE_QUOTA,
+        _ => return None,
+    })
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+enum Wire<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+fn err(m: &str) -> Error {
+    Error::Decode(format!("invalid protobuf: {m}"))
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let (&b, rest) = self
+                .buf
+                .split_first()
+                .ok_or_else(|| err("truncated varint"))?;
+            self.buf = rest;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(err("varint too long"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.buf.len() < n {
+            return Err(err("truncated field"));
+        }
+        let (h, t) = self.buf.split_at(n);
+        self.buf = t;
+        Ok(h)
+    }
+
+    fn next(&mut self) -> Result<Option<(u64, Wire<'a>)>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let w = match key & 7 {
+            0 => Wire::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Wire::Fixed
+            }
+            2 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| err("length overflow"))?;
+                Wire::Bytes(self.take(n)?)
+            }
+            5 => {
+                self.take(4)?;
+                Wire::Fixed
+            }
+            _ => return Err(err("unsupported wire type")),
+        };
+        Ok(Some((key >> 3, w)))
+    }
+}
+
+fn string(b: &[u8]) -> Result<String> {
+    String::from_utf8(b.to_vec()).map_err(|_| err("string is not UTF-8"))
+}
+
+fn map_entry(b: &[u8]) -> Result<(String, &[u8])> {
+    let mut r = Reader { buf: b };
+    let (mut k, mut v) = (String::new(), &b[..0]);
+    while let Some((n, w)) = r.next()? {
+        match (n, w) {
+            (1, Wire::Bytes(x)) => k = string(x)?,
+            (2, Wire::Bytes(x)) => v = x,
+            _ => {}
+        }
+    }
+    Ok((k, v))
+}
+
+fn time(b: &[u8]) -> Result<Value> {
+    let mut r = Reader { buf: b };
+    let mut secs = 0i64;
+    while let Some((n, w)) = r.next()? {
+        if let (1, Wire::Varint(v)) = (n, w) {
+            secs = v as i64;
+        }
+    }
+    // Go's zero time (year 1) is `null` in JSON.
+    if secs <= 0 {
+        return Ok(Value::Null);
+    }
+    let t = jiff::Timestamp::from_second(secs).map_err(|_| err("time out of range"))?;
+    Ok(json!(crate::meta::format_time(t)))
+}
+
+fn int_or_string(b: &[u8]) -> Result<Value> {
+    let mut r = Reader { buf: b };
+    let (mut ty, mut i, mut s) = (0u64, 0i64, String::new());
+    while let Some((n, w)) = r.next()? {
+        match (n, w) {
+            (1, Wire::Varint(v)) => ty = v,
+            (2, Wire::Varint(v)) => i = i64::from(v as i32),
+            (3, Wire::Bytes(x)) => s = string(x)?,
+            _ => {}
+        }
+    }
+    Ok(if ty == 1 { json!(s) } else { json!(i) })
+}
+
+fn quantity(b: &[u8]) -> Result<Value> {
+    let mut r = Reader { buf: b };
+    let mut s = String::new();
+    while let Some((n, w)) = r.next()? {
+        if let (1, Wire::Bytes(x)) = (n, w) {
+            s = string(x)?;
+        }
+    }
+    Ok(json!(s))
+}
+
+fn message(b: &[u8], fields: &[Field]) -> Result<Value> {
+    let mut out = Map::new();
+    let mut r = Reader { buf: b };
+    while let Some((n, w)) = r.next()? {
+        let Some(field) = fields.iter().find(|f| f.num == n) else {
+            continue;
+        };
+        let name = field.name.to_string();
+        match (field.kind, w) {
+            // Go omits zero values (`omitempty`); gogo-protobuf still encodes them.
+            (Kind::Str, Wire::Bytes([])) => {}
+            (Kind::Bool | Kind::Int, Wire::Varint(0)) => {}
+            (Kind::Str, Wire::Bytes(x)) => {
+                out.insert(name, json!(string(x)?));
+            }
+            (Kind::Bool, Wire::Varint(v)) => {
+                out.insert(name, json!(v != 0));
+            }
+            (Kind::Int, Wire::Varint(v)) => {
+                out.insert(name, json!(v as i64));
+            }
+            (Kind::Msg(sub), Wire::Bytes(x)) => {
+                out.insert(name, message(x, sub)?);
+            }
+            (Kind::Time, Wire::Bytes(x)) => {
+                let t = time(x)?;
+                if !t.is_null() {
+                    out.insert(name, t);
+                }
+            }
+            (Kind::IntOrString, Wire::Bytes(x)) => {
+                out.insert(name, int_or_string(x)?);
+            }
+            (Kind::MapStr | Kind::MapBytes | Kind::MapQuantity, Wire::Bytes(x)) => {
+                let (k, v) = map_entry(x)?;
+                let v = match field.kind {
+                    Kind::MapStr => json!(string(v)?),
+                    Kind::MapBytes => json!(base64::engine::general_purpose::STANDARD.encode(v)),
+                    _ => quantity(v)?,
+                };
+                let m = out.entry(name).or_insert_with(|| json!({}));
+                if let Some(m) = m.as_object_mut() {
+                    m.insert(k, v);
+                }
+            }
+            (Kind::RepStr, Wire::Bytes(x)) => {
+                let list = out.entry(name).or_insert_with(|| json!([]));
+                if let Some(l) = list.as_array_mut() {
+                    l.push(json!(string(x)?));
+                }
+            }
+            (Kind::RepMsg(sub), Wire::Bytes(x)) => {
+                let item = message(x, sub)?;
+                let list = out.entry(name).or_insert_with(|| json!([]));
+                if let Some(l) = list.as_array_mut() {
+                    l.push(item);
+                }
+            }
+            _ => {
+                return Err(err(&format!(
+                    "field {} has an unexpected wire type",
+                    field.name
+                )));
+            }
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Decodes a `k8s\0`-prefixed `runtime.Unknown` envelope into a JSON object with `apiVersion`
+/// and `kind`. Kinds without a schema here are an error naming the kind.
+pub fn decode(body: &[u8]) -> Result<Value> {
+    let inner = body
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| err("missing the k8s\\0 prefix"))?;
+    let mut r = Reader { buf: inner };
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &inner[..0]);
+    while let Some((n, w)) = r.next()? {
+        match (n, w) {
+            (1, Wire::Bytes(tm)) => {
+                let mut t = Reader { buf: tm };
+                while let Some((n, w)) = t.next()? {
+                    match (n, w) {
+                        (1, Wire::Bytes(x)) => api_version = string(x)?,
+                        (2, Wire::Bytes(x)) => kind = string(x)?,
+                        _ => {}
+                    }
+                }
+            }
+            (2, Wire::Bytes(x)) => raw = x,
+            _ => {}
+        }
+    }
+    let fields = schema(&api_version, &kind).ok_or_else(|| {
+        Error::UnsupportedEncoding(format!(
+            "protobuf bodies of {kind} ({api_version}) are not supported; send application/json"
+        ))
+    })?;
+    let mut v = message(raw, fields)?;
+    if let Some(m) = v.as_object_mut() {
+        m.insert("apiVersion".into(), json!(api_version));
+        m.insert("kind".into(), json!(kind));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn bytes_field(n: u64, b: &[u8], out: &mut Vec<u8>) {
+        varint(n << 3 | 2, out);
+        varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+
+    fn int_field(n: u64, v: u64, out: &mut Vec<u8>) {
+        varint(n << 3, out);
+        varint(v, out);
+    }
+
+    #[test]
+    fn decodes_a_secret_like_kubectl_sends_it() {
+        let mut meta = Vec::new();
+        bytes_field(1, b"s2", &mut meta);
+        let mut entry = Vec::new();
+        bytes_field(1, b"a", &mut entry);
+        bytes_field(2, b"b", &mut entry);
+        let mut secret = Vec::new();
+        bytes_field(1, &meta, &mut secret);
+        bytes_field(2, &entry, &mut secret);
+        bytes_field(3, b"Opaque", &mut secret);
+        let mut tm = Vec::new();
+        bytes_field(1, b"v1", &mut tm);
+        bytes_field(2, b"Secret", &mut tm);
+        let mut body = MAGIC.to_vec();
+        bytes_field(1, &tm, &mut body);
+        bytes_field(2, &secret, &mut body);
+        let v = decode(&body).expect("decodes");
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s2"},
+                   "data": {"a": "Yg=="}, "type": "Opaque"})
+        );
+    }
+
+    #[test]
+    fn decodes_service_ports_with_int_or_string() {
+        let mut tp = Vec::new();
+        int_field(2, 8080, &mut tp);
+        let mut port = Vec::new();
+        bytes_field(1, b"80-8080", &mut port);
+        int_field(3, 80, &mut port);
+        bytes_field(4, &tp, &mut port);
+        let mut spec = Vec::new();
+        bytes_field(1, &port, &mut spec);
+        bytes_field(4, b"ClusterIP", &mut spec);
+        let mut svc = Vec::new();
+        bytes_field(2, &spec, &mut svc);
+        let mut tm = Vec::new();
+        bytes_field(1, b"v1", &mut tm);
+        bytes_field(2, b"Service", &mut tm);
+        let mut body = MAGIC.to_vec();
+        bytes_field(1, &tm, &mut body);
+        bytes_field(2, &svc, &mut body);
+        let v = decode(&body).expect("decodes");
+        assert_eq!(
+            v["spec"]["ports"][0],
+            json!({"name": "80-8080", "port": 80, "targetPort": 8080})
+        );
+        assert_eq!(v["spec"]["type"], "ClusterIP");
+        let mut tm = Vec::new();
+        bytes_field(1, b"apps/v1", &mut tm);
+        bytes_field(2, b"Deployment", &mut tm);
+        let mut body = MAGIC.to_vec();
+        bytes_field(1, &tm, &mut body);
+        assert!(decode(&body).is_err());
+        assert!(decode(b"garbage").is_err());
+    }
+}
