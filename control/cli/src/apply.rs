@@ -59,6 +59,29 @@ fn list_holds(modified: &[Value], live: &[Value]) -> bool {
         })
 }
 
+/// The strategic-merge key of a list field (as in `xkube_api::patch`), for lists of objects.
+fn merge_key(field: &str, modified: &[Value], live: &[Value]) -> Option<&'static str> {
+    if !modified.iter().chain(live).all(Value::is_object) {
+        return None;
+    }
+    match field {
+        "containers" | "initContainers" | "env" | "volumes" | "imagePullSecrets" | "secrets" => {
+            Some("name")
+        }
+        "volumeMounts" => Some("mountPath"),
+        "ports"
+            if modified
+                .iter()
+                .chain(live)
+                .any(|i| i.get("containerPort").is_some()) =>
+        {
+            Some("containerPort")
+        }
+        "ports" => Some("port"),
+        _ => None,
+    }
+}
+
 /// YAML numbers vs strings for the same value (`"80"` vs `80`).
 fn loosely_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -94,7 +117,19 @@ pub fn diff_object(
             }
             (Value::Array(ma), Some(Value::Array(la))) => {
                 if !list_holds(ma, la) {
-                    patch.insert(k.clone(), m.clone());
+                    let mut items = ma.clone();
+                    // Items merged by key stay unless deleted explicitly.
+                    if let (Some(key), Some(Value::Array(oa))) = (merge_key(k, ma, la), orig) {
+                        for o in oa {
+                            let Some(kv) = o.get(key) else { continue };
+                            let still = ma.iter().any(|x| x.get(key) == Some(kv));
+                            let live_has = la.iter().any(|x| x.get(key) == Some(kv));
+                            if !still && live_has {
+                                items.push(json!({key: kv, "$patch": "delete"}));
+                            }
+                        }
+                    }
+                    patch.insert(k.clone(), Value::Array(items));
                 }
             }
             (Value::Null, None) => {}
@@ -113,7 +148,7 @@ pub async fn run(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
     let (client, default_ns) = g.client()?;
     let mut errs = Errors::default();
     for (d, res) in docs {
-        let ns = object_namespace(res, &d.object, &default_ns);
+        let ns = object_namespace(res, &d.object, &default_ns, g.namespace.as_deref())?;
         let api = Api::<DynamicObject>::dynamic(client.clone(), res, ns.as_deref());
         let name = xkube_api::meta::name(&d.object).to_string();
         let mut modified = d.object.clone();
@@ -212,5 +247,21 @@ mod tests {
         );
         let p = diff_object(Some(&orig), &m, &live);
         assert_eq!(Value::Object(p), json!({"data": {"a": "9", "b": null}}));
+    }
+
+    #[test]
+    fn removed_list_items_are_deleted_by_merge_key() {
+        let orig = obj(
+            json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}),
+        );
+        let m = obj(json!({"spec": {"containers": [{"name": "a", "image": "x"}]}}));
+        let live = obj(
+            json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}, {"name": "b", "image": "y"}]}}),
+        );
+        let p = diff_object(Some(&orig), &m, &live);
+        assert_eq!(
+            Value::Object(p),
+            json!({"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "$patch": "delete"}]}})
+        );
     }
 }

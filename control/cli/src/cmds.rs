@@ -37,17 +37,29 @@ pub struct CreateArgs {
     output: Option<String>,
 }
 
-/// The namespace of a manifest object: its own, else the flag/context one.
-pub fn object_namespace(res: &ResourceInfo, obj: &Value, default_ns: &str) -> Option<String> {
+/// The namespace of a manifest object: its own, else the flag/context one. An explicit
+/// `--namespace` that contradicts the object's is an error, as in kubectl.
+pub fn object_namespace(
+    res: &ResourceInfo,
+    obj: &Value,
+    default_ns: &str,
+    explicit: Option<&str>,
+) -> anyhow::Result<Option<String>> {
     if !res.namespaced {
-        return None;
+        return Ok(None);
     }
     let own = xkube_api::meta::namespace(obj);
-    Some(if own.is_empty() {
+    if let Some(flag) = explicit.filter(|f| !f.is_empty() && !own.is_empty() && *f != own) {
+        return Err(Reported(format!(
+            "error: the namespace from the provided object \"{own}\" does not match the namespace \"{flag}\". You must pass '--namespace={own}' to perform this operation."
+        ))
+        .into());
+    }
+    Ok(Some(if own.is_empty() {
         default_ns.to_string()
     } else {
         own.to_string()
-    })
+    }))
 }
 
 /// Collects per-object errors and reports them at the end (kubectl continues with the rest).
@@ -95,7 +107,7 @@ pub async fn create(g: &Global, a: CreateArgs) -> anyhow::Result<()> {
     let (client, default_ns) = g.client()?;
     let mut errs = Errors::default();
     for (d, res) in docs {
-        let ns = object_namespace(res, &d.object, &default_ns);
+        let ns = object_namespace(res, &d.object, &default_ns, g.namespace.as_deref())?;
         let api = Api::<DynamicObject>::dynamic(client.clone(), res, ns.as_deref());
         let mut obj = d.object.clone();
         if a.save_config {
@@ -137,7 +149,7 @@ pub struct DeleteArgs {
     #[arg(short = 'A', long)]
     all_namespaces: bool,
     /// background, orphan, foreground (true = background, false = orphan).
-    #[arg(long, default_value = "background")]
+    #[arg(long, default_value = "background", num_args = 0..=1, default_missing_value = "background")]
     cascade: String,
     /// Seconds the resource has to terminate gracefully (-1: the default).
     #[arg(long, default_value_t = -1)]
@@ -202,7 +214,7 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
     if !a.files.filename.is_empty() {
         let docs = docs_with_resources(read_all(&a.files.filename, a.files.recursive)?)?;
         for (d, res) in docs {
-            let ns = object_namespace(res, &d.object, &default_ns);
+            let ns = object_namespace(res, &d.object, &default_ns, g.namespace.as_deref())?;
             let api = Api::<DynamicObject>::dynamic(client.clone(), res, ns.as_deref());
             let name = xkube_api::meta::name(&d.object).to_string();
             let r = api.delete(&name, &dp).await;
@@ -285,7 +297,8 @@ pub async fn scale(g: &Global, a: ScaleArgs) -> anyhow::Result<()> {
     let mut items: Vec<(&'static ResourceInfo, String, String)> = Vec::new();
     if !a.files.filename.is_empty() {
         for (d, res) in docs_with_resources(read_all(&a.files.filename, a.files.recursive)?)? {
-            let ns = object_namespace(res, &d.object, &default_ns).unwrap_or_default();
+            let ns = object_namespace(res, &d.object, &default_ns, g.namespace.as_deref())?
+                .unwrap_or_default();
             items.push((res, ns, xkube_api::meta::name(&d.object).to_string()));
         }
     } else {
@@ -392,7 +405,8 @@ pub async fn label(g: &Global, a: MetaArgs, field: &str) -> anyhow::Result<()> {
     let mut objs: Vec<(&'static ResourceInfo, String, String)> = Vec::new();
     if !a.files.filename.is_empty() {
         for (d, res) in docs_with_resources(read_all(&a.files.filename, a.files.recursive)?)? {
-            let ns = object_namespace(res, &d.object, &default_ns).unwrap_or_default();
+            let ns = object_namespace(res, &d.object, &default_ns, g.namespace.as_deref())?
+                .unwrap_or_default();
             objs.push((res, ns, xkube_api::meta::name(&d.object).to_string()));
         }
     } else {
@@ -564,7 +578,8 @@ pub async fn expose(g: &Global, a: ExposeArgs) -> anyhow::Result<()> {
             .into_iter()
             .next()
             .ok_or_else(|| Reported("error: no objects passed to expose".into()))?;
-        let ns = object_namespace(res, &d.object, &default_ns).unwrap_or_default();
+        let ns = object_namespace(res, &d.object, &default_ns, g.namespace.as_deref())?
+            .unwrap_or_default();
         (res, ns, xkube_api::meta::name(&d.object).to_string())
     } else {
         let ts = targets(&a.args)?;

@@ -28,28 +28,37 @@ pub struct DescribeArgs {
     all_namespaces: bool,
 }
 
-/// A describe page under construction.
+/// A describe page under construction: `label: value` lines aligned like kubectl's tabwriter
+/// (each run of consecutive key/value lines shares one value column).
 struct Page {
-    out: String,
+    lines: Vec<Line>,
 }
 
-const WIDTH: usize = 18;
+enum Line {
+    /// `indent`, label (empty for a continuation line), value.
+    Kv(usize, String, String),
+    Raw(String),
+}
 
 impl Page {
     fn new() -> Self {
-        Page { out: String::new() }
+        Page { lines: Vec::new() }
     }
 
     fn kv(&mut self, indent: usize, key: &str, value: impl AsRef<str>) {
-        let pad = " ".repeat(indent);
-        let label = format!("{key}:");
-        let w = if indent == 0 { WIDTH } else { 16 }.max(label.len() + 2);
-        let _ = writeln!(self.out, "{pad}{label:<w$}{}", value.as_ref());
+        let mut values = value.as_ref().split('\n');
+        let first = values.next().unwrap_or("").to_string();
+        self.lines.push(Line::Kv(indent, format!("{key}:"), first));
+        for v in values {
+            self.lines
+                .push(Line::Kv(indent, String::new(), v.to_string()));
+        }
     }
 
     fn line(&mut self, s: impl AsRef<str>) {
-        self.out.push_str(s.as_ref());
-        self.out.push('\n');
+        for l in s.as_ref().split('\n') {
+            self.lines.push(Line::Raw(l.to_string()));
+        }
     }
 
     fn map(&mut self, indent: usize, key: &str, m: &Value) {
@@ -58,20 +67,44 @@ impl Page {
             self.kv(indent, key, "<none>");
             return;
         }
-        let mut first = true;
-        for (k, v) in map {
-            let entry = format!("{k}={v}");
-            if first {
-                self.kv(indent, key, entry);
-                first = false;
-            } else {
-                let _ = writeln!(
-                    self.out,
-                    "{}{entry}",
-                    " ".repeat(WIDTH.max(indent + key.len() + 2))
-                );
+        let joined: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.kv(indent, key, joined.join("\n"));
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let mut i = 0;
+        while i < self.lines.len() {
+            match &self.lines[i] {
+                Line::Raw(l) => {
+                    out.push_str(l);
+                    out.push('\n');
+                    i += 1;
+                }
+                Line::Kv(..) => {
+                    let start = i;
+                    while i < self.lines.len() && matches!(self.lines[i], Line::Kv(..)) {
+                        i += 1;
+                    }
+                    let width = self.lines[start..i]
+                        .iter()
+                        .map(|l| match l {
+                            Line::Kv(ind, label, _) => ind + label.len(),
+                            Line::Raw(_) => 0,
+                        })
+                        .max()
+                        .unwrap_or(0)
+                        + 2;
+                    for l in &self.lines[start..i] {
+                        if let Line::Kv(ind, label, value) = l {
+                            let cell = format!("{}{label}", " ".repeat(*ind));
+                            let _ = writeln!(out, "{cell:<width$}{value}");
+                        }
+                    }
+                }
             }
         }
+        out
     }
 }
 
@@ -142,11 +175,9 @@ fn describe_pod(p: &mut Page, o: &Value) {
         "Priority",
         spec["priority"].as_i64().unwrap_or(0).to_string(),
     );
-    p.kv(
-        0,
-        "Service Account",
-        s(&spec["serviceAccountName"], "default"),
-    );
+    if let Some(sa) = spec["serviceAccountName"].as_str() {
+        p.kv(0, "Service Account", sa);
+    }
     let node = match (spec["nodeName"].as_str(), status["hostIP"].as_str()) {
         (Some(n), Some(ip)) => format!("{n}/{ip}"),
         (Some(n), None) => n.to_string(),
@@ -201,9 +232,14 @@ fn describe_pod(p: &mut Page, o: &Value) {
             .cloned()
             .unwrap_or(Value::Null);
         p.line(format!("  {name}:"));
-        p.kv(4, "Container ID", s(&cs["containerID"], ""));
+        let has_status = !cs.is_null();
+        if has_status {
+            p.kv(4, "Container ID", s(&cs["containerID"], ""));
+        }
         p.kv(4, "Image", s(&c["image"], ""));
-        p.kv(4, "Image ID", s(&cs["imageID"], ""));
+        if has_status {
+            p.kv(4, "Image ID", s(&cs["imageID"], ""));
+        }
         let ports: Vec<String> = c["ports"]
             .as_array()
             .into_iter()
@@ -252,35 +288,37 @@ fn describe_pod(p: &mut Page, o: &Value) {
                 p.line(format!("      {}", s(a, "")));
             }
         }
-        let (state, details) = container_state(&cs["state"]);
-        p.kv(4, "State", state);
-        for (k, v) in details {
-            p.kv(6, &k, v);
-        }
-        if let Some(last) = cs
-            .get("lastState")
-            .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
-        {
-            let (st, details) = container_state(last);
-            p.kv(4, "Last State", st);
+        if has_status {
+            let (state, details) = container_state(&cs["state"]);
+            p.kv(4, "State", state);
             for (k, v) in details {
                 p.kv(6, &k, v);
             }
+            if let Some(last) = cs
+                .get("lastState")
+                .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+            {
+                let (st, details) = container_state(last);
+                p.kv(4, "Last State", st);
+                for (k, v) in details {
+                    p.kv(6, &k, v);
+                }
+            }
+            p.kv(
+                4,
+                "Ready",
+                if cs["ready"] == Value::Bool(true) {
+                    "True"
+                } else {
+                    "False"
+                },
+            );
+            p.kv(
+                4,
+                "Restart Count",
+                cs["restartCount"].as_i64().unwrap_or(0).to_string(),
+            );
         }
-        p.kv(
-            4,
-            "Ready",
-            if cs["ready"] == Value::Bool(true) {
-                "True"
-            } else {
-                "False"
-            },
-        );
-        p.kv(
-            4,
-            "Restart Count",
-            cs["restartCount"].as_i64().unwrap_or(0).to_string(),
-        );
         let env: Vec<String> = c["env"]
             .as_array()
             .into_iter()
@@ -322,16 +360,18 @@ fn describe_pod(p: &mut Page, o: &Value) {
         }
     }
     let conds: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
-    p.line("Conditions:");
-    let mut rows = vec![vec!["  Type".to_string(), "Status".to_string()]];
-    for c in conds {
-        rows.push(vec![
-            format!("  {}", s(&c["type"], "")),
-            s(&c["status"], "").to_string(),
-        ]);
-    }
-    for l in crate::output::align(&rows) {
-        p.line(l);
+    if !conds.is_empty() {
+        p.line("Conditions:");
+        let mut rows = vec![vec!["  Type".to_string(), "Status".to_string()]];
+        for c in conds {
+            rows.push(vec![
+                format!("  {}", s(&c["type"], "")),
+                s(&c["status"], "").to_string(),
+            ]);
+        }
+        for l in crate::output::align(&rows) {
+            p.line(l);
+        }
     }
     let vols: Vec<Value> = spec["volumes"].as_array().cloned().unwrap_or_default();
     if vols.is_empty() {
@@ -396,7 +436,7 @@ fn describe_pod(p: &mut Page, o: &Value) {
         if tol.is_empty() {
             "<none>".into()
         } else {
-            tol.join("\n                  ")
+            tol.join("\n")
         },
     );
 }
@@ -413,6 +453,21 @@ fn describe_service(p: &mut Page, o: &Value, endpoints: Option<&Value>) {
         0,
         "IP Family Policy",
         s(&spec["ipFamilyPolicy"], "SingleStack"),
+    );
+    let fams: Vec<&str> = spec["ipFamilies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    p.kv(
+        0,
+        "IP Families",
+        if fams.is_empty() {
+            "IPv4".to_string()
+        } else {
+            fams.join(",")
+        },
     );
     p.kv(0, "IP", s(&spec["clusterIP"], "None"));
     let ips: Vec<&str> = spec["clusterIPs"]
@@ -564,6 +619,27 @@ fn describe_rc(p: &mut Page, o: &Value, pods: &[Value]) {
                 ports.join(", ")
             },
         );
+        let hports: Vec<String> = c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|pt| {
+                format!(
+                    "{}/{}",
+                    pt["hostPort"].as_i64().unwrap_or(0),
+                    s(&pt["protocol"], "TCP")
+                )
+            })
+            .collect();
+        p.kv(
+            4,
+            "Host Port",
+            if hports.is_empty() {
+                "<none>".to_string()
+            } else {
+                hports.join(", ")
+            },
+        );
         let env: Vec<String> = c["env"]
             .as_array()
             .into_iter()
@@ -581,6 +657,12 @@ fn describe_rc(p: &mut Page, o: &Value, pods: &[Value]) {
         p.kv(4, "Mounts", "<none>");
     }
     p.kv(2, "Volumes", "<none>");
+    p.map(
+        2,
+        "Node-Selectors",
+        &spec["template"]["spec"]["nodeSelector"],
+    );
+    p.kv(2, "Tolerations", "<none>");
 }
 
 fn describe_node(p: &mut Page, o: &Value, pods: &[Value], now: jiff::Timestamp) {
@@ -612,7 +694,7 @@ fn describe_node(p: &mut Page, o: &Value, pods: &[Value], now: jiff::Timestamp) 
         if taints.is_empty() {
             "<none>".into()
         } else {
-            taints.join("\n                  ")
+            taints.join("\n")
         },
     );
     p.kv(
@@ -684,7 +766,7 @@ fn describe_node(p: &mut Page, o: &Value, pods: &[Value], now: jiff::Timestamp) 
         ("Kubelet Version", "kubeletVersion"),
         ("Kube-Proxy Version", "kubeProxyVersion"),
     ] {
-        let _ = writeln!(p.out, "  {:<27}{}", format!("{label}:"), s(&info[key], ""));
+        p.kv(2, label, s(&info[key], ""));
     }
     if let Some(c) = o["spec"]["podCIDR"].as_str() {
         p.kv(0, "PodCIDR", c);
@@ -850,7 +932,7 @@ fn describe_generic(p: &mut Page, o: &Value) -> anyhow::Result<()> {
     if let Some(m) = rest.as_object_mut() {
         m.remove("metadata");
     }
-    p.out.push_str(&serde_yaml::to_string(&rest)?);
+    p.line(serde_yaml::to_string(&rest)?.trim_end());
     Ok(())
 }
 
@@ -1009,7 +1091,7 @@ async fn describe_one(client: &Client, res: &ResourceInfo, o: &Value) -> anyhow:
     if !matches!(res.kind, "Secret" | "Namespace" | "Event") {
         events_section(&mut p, client, o, res.kind, now).await;
     }
-    Ok(p.out)
+    Ok(p.render())
 }
 
 /// `describe`.

@@ -256,6 +256,18 @@ async fn create_get_describe_label_scale_delete() {
         })))
         .await
         .expect("event");
+    // What a kubelet would report.
+    c.api("pods", Some("demo"))
+        .patch_status(
+            "nginx",
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "10.244.1.5",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{"name": "nginx", "image": "nginx:1.25", "imageID": "docker://sha256:1",
+                    "containerID": "docker://abc", "ready": true, "restartCount": 0,
+                    "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}]}})),
+        )
+        .await
+        .expect("pod status");
     let d = c.k(&["describe", "pod", "nginx", "-n", "demo"]).await.ok();
     for want in [
         "Name:",
@@ -264,19 +276,25 @@ async fn create_get_describe_label_scale_delete() {
         "Labels:",
         "app=nginx",
         "Status:",
-        "Pending",
+        "Running",
         "IP:",
+        "10.244.1.5",
         "Containers:",
         "  nginx:",
+        "Container ID:",
+        "docker://abc",
         "Image:",
         "nginx:1.25",
         "Port:",
         "80/TCP",
         "State:",
+        "Started:",
         "Ready:",
+        "True",
         "Restart Count:",
         "Mounts:",
         "Conditions:",
+        "PodScheduled",
         "Volumes:",
         "QoS Class:",
         "BestEffort",
@@ -721,6 +739,34 @@ async fn expose_run_proxy_and_info_commands() {
         "{view}"
     );
 
+    // KUBECONFIG with two files merged: clusters and contexts in one, users in the other.
+    let admin: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&c.kubeconfig).expect("read kubeconfig"))
+            .expect("kubeconfig yaml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("clusters.yaml");
+    let b = dir.path().join("users.yaml");
+    let mut first = admin.clone();
+    first.as_object_mut().expect("map").remove("users");
+    let second = json!({"apiVersion": "v1", "kind": "Config", "users": admin["users"],
+        "current-context": "ignored-because-the-first-file-wins"});
+    std::fs::write(&a, serde_yaml::to_string(&first).expect("yaml")).expect("write a");
+    std::fs::write(&b, serde_yaml::to_string(&second).expect("yaml")).expect("write b");
+    let out = tokio::process::Command::new(BIN)
+        .args(["get", "ns", "kube-system", "-o", "name"])
+        .env(
+            "KUBECONFIG",
+            format!("{}:{}:/nonexistent/skipped", a.display(), b.display()),
+        )
+        .output()
+        .await
+        .expect("xkubectl runs");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "namespace/kube-system\n"
+    );
+
     // proxy: GET /api through it, with the kubeconfig's client certificate.
     let mut child = tokio::process::Command::new(BIN)
         .arg("--kubeconfig")
@@ -821,6 +867,16 @@ async fn bad_input_fails_with_kubernetes_messages() {
     assert!(
         e.contains("Error from server (Invalid)")
             && e.contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{e}"
+    );
+    let e = c
+        .k(&["create", "-f", &fixture("pod.yaml"), "-n", "other"])
+        .await
+        .fails();
+    assert!(
+        e.contains(
+            "the namespace from the provided object \"demo\" does not match the namespace \"other\""
+        ),
         "{e}"
     );
     // Usage errors exit with clap's code (2).

@@ -106,6 +106,8 @@ impl Client {
             .use_rustls_tls()
             .no_proxy()
             .tcp_nodelay(true)
+            // A silently dead apiserver must not hang watches forever.
+            .tcp_keepalive(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("xkube-client/", env!("CARGO_PKG_VERSION")));

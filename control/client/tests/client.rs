@@ -251,8 +251,14 @@ async fn tls_kubeconfig_crud_selectors_patches_and_subresources() {
     .await
     .expect("delete rc");
     // A bound pod is deleted gracefully (the kubelet finishes it) unless the grace is 0.
-    let graceful = pods.delete("a", &DeleteParams::default()).await.expect("delete a");
-    assert!(graceful["metadata"]["deletionTimestamp"].is_string(), "{graceful}");
+    let graceful = pods
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("delete a");
+    assert!(
+        graceful["metadata"]["deletionTimestamp"].is_string(),
+        "{graceful}"
+    );
     pods.delete(
         "a",
         &DeleteParams {
@@ -622,5 +628,82 @@ async fn api_errors_carry_kubernetes_status() {
         .await
         .expect_err("unknown resource");
     assert_eq!(err.status().map(|s| s.code), Some(404));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bearer_tokens_and_basic_auth_from_kubeconfig_users() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "s3cr3t-token,alice,1001,\"devs\"\n").expect("token file");
+    let basic = dir.path().join("basic.csv");
+    std::fs::write(&basic, "pa55word,bob,1002\n").expect("basic file");
+    let server = TestServer::builder(dir.path().join("data"))
+        .memory()
+        .secure()
+        .options(|o| {
+            o.token_auth_file = Some(tokens.clone());
+            o.basic_auth_file = Some(basic.clone());
+        })
+        .start()
+        .await
+        .expect("apiserver starts");
+    let addr = server.secure_addr.expect("tls address");
+    let ca = server.ca_cert.clone().expect("ca");
+    let kc = dir.path().join("users.kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{addr}\n    certificate-authority: {}\nusers:\n- name: alice\n  user:\n    token: s3cr3t-token\n- name: bob\n  user:\n    username: bob\n    password: pa55word\n- name: mallory\n  user:\n    token: wrong\ncontexts:\n- name: a\n  context: {{cluster: c, user: alice}}\n- name: b\n  context: {{cluster: c, user: bob, namespace: kube-system}}\n- name: m\n  context: {{cluster: c, user: mallory}}\ncurrent-context: a\n",
+            ca.display()
+        ),
+    )
+    .expect("kubeconfig");
+    for ctx in ["a", "b"] {
+        let cfg = Config::load(
+            Some(&kc),
+            &Overrides {
+                context: Some(ctx.into()),
+                ..Overrides::default()
+            },
+        )
+        .expect("resolves");
+        let client = Client::new(&cfg).expect("client");
+        let ns = client.default_namespace().to_string();
+        Api::<Pod>::namespaced(client, &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("context {ctx} authenticates: {e}"));
+    }
+    let cfg = Config::load(
+        Some(&kc),
+        &Overrides {
+            context: Some("m".into()),
+            ..Overrides::default()
+        },
+    )
+    .expect("resolves");
+    let err = Api::<Pod>::namespaced(Client::new(&cfg).expect("client"), "default")
+        .list(&ListParams::default())
+        .await
+        .expect_err("a wrong token is refused");
+    assert_eq!(err.status().map(|s| s.code), Some(401), "{err}");
+    // insecure-skip-tls-verify works without the CA.
+    let cfg = Config::load(
+        Some(&kc),
+        &Overrides {
+            insecure_skip_tls_verify: true,
+            ..Overrides::default()
+        },
+    )
+    .expect("resolves");
+    let cfg = Config {
+        root_certs_pem: None,
+        ..cfg
+    };
+    Api::<Pod>::namespaced(Client::new(&cfg).expect("client"), "default")
+        .list(&ListParams::default())
+        .await
+        .expect("insecure-skip-tls-verify accepts the self-signed chain");
     server.stop().await;
 }
