@@ -32,6 +32,8 @@ pub enum Error {
         #[source]
         source: aya::programs::links::LinkError,
     },
+    #[error("node {node}: {reason}")]
+    NodeConfig { node: String, reason: String },
     #[error("aya-log: {0}")]
     Log(#[from] aya_log::Error),
     #[error("{op} {path}: {source}")]

@@ -4,6 +4,7 @@
 //! program and a `BPF_PROG_TEST_RUN` harness. The Service/Endpoints -> dataplane writer and the
 //! iptables and userspace modes build on these.
 
+pub mod agent;
 pub mod dataplane;
 pub mod ebpf;
 pub mod error;

@@ -38,10 +38,38 @@ enum Cmd {
     },
     /// The Kubernetes API server.
     Apiserver(Box<xkube_apiserver::Options>),
+    /// The service proxy (eBPF dataplane).
+    Proxy(Box<ProxyArgs>),
     /// Test workload modelled on Kubernetes' agnhost netexec: HTTP, TCP and UDP echo.
     Agnhost(agnhost::Args),
     /// Holds a pod's namespaces: sleeps until SIGTERM/SIGINT, reaps children.
     Pause,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    proxy: xkube_proxy::agent::Options,
+}
+
+/// How a component reaches the apiserver.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, env = "XKUBE_KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<xkube_client::Client> {
+        let config = xkube_client::Config::load(
+            self.kubeconfig.as_deref(),
+            &xkube_client::Overrides::default(),
+        )?;
+        Ok(xkube_client::Client::new(&config)?)
+    }
 }
 
 /// Runs an async component on a multi-threaded runtime with the signal-driven shutdown token.
@@ -90,6 +118,12 @@ fn main() -> ExitCode {
         Cmd::Demo { demo } => demo.run(),
         Cmd::Apiserver(opts) => run_async(|token| async move {
             xkube_apiserver::run(*opts, token)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        Cmd::Proxy(args) => run_async(|token| async move {
+            let client = args.client.client()?;
+            xkube_proxy::agent::run(args.proxy, client, token)
                 .await
                 .map_err(anyhow::Error::from)
         }),
