@@ -33,8 +33,39 @@ fn text(body: String, ctype: &'static str) -> Response {
 
 /// `/api/v1` resource list.
 pub fn core_resources() -> Value {
+    resources("", "v1")
+}
+
+/// The API groups other than core, each with its versions (`/apis`).
+pub fn groups() -> Value {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, vs)) if !vs.contains(&r.version) => vs.push(r.version),
+            Some(_) => {}
+            None => groups.push((r.group, vec![r.version])),
+        }
+    }
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, vs)| {
+            let versions: Vec<Value> = vs
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
+            json!({"name": g, "versions": versions, "preferredVersion": versions[0].clone()})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// The resource list of one group version (`/api/v1`, `/apis/{group}/{version}`).
+pub fn resources(group: &str, version: &str) -> Value {
     let mut out = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group.is_empty()) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut e = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -64,7 +95,12 @@ pub fn core_resources() -> Value {
             out.push(e);
         }
     }
-    json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": out})
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out})
 }
 
 /// `/version`.
@@ -90,18 +126,26 @@ fn operation_params() -> Value {
     ])
 }
 
-/// A small OpenAPI v3 document for `api/v1`: the paths and operations with the
+/// A small OpenAPI v3 document for one group version: the paths and operations with the
 /// `fieldValidation` parameter (kubectl then validates on the server), and `x-kubernetes-*`
 /// extensions on the kinds.
-pub fn openapi_v3_core() -> Value {
+pub fn openapi_v3(group: &str, version: &str) -> Value {
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group.is_empty()) {
-        let gvk = json!([{"group": "", "version": "v1", "kind": r.kind}]);
+    let root = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        let gvk = json!([{"group": group, "version": version, "kind": r.kind}]);
         let base = if r.namespaced {
-            format!("/api/v1/namespaces/{{namespace}}/{}", r.plural)
+            format!("{root}/namespaces/{{namespace}}/{}", r.plural)
         } else {
-            format!("/api/v1/{}", r.plural)
+            format!("{root}/{}", r.plural)
         };
         let op = |id: String| {
             json!({
@@ -117,8 +161,13 @@ pub fn openapi_v3_core() -> Value {
             json!({"put": op(format!("replace{}", r.kind)), "patch": op(format!("patch{}", r.kind)),
                    "get": op(format!("read{}", r.kind)), "delete": op(format!("delete{}", r.kind))}),
         );
+        let pkg = if group.is_empty() {
+            "core"
+        } else {
+            group.split('.').next().unwrap_or(group)
+        };
         schemas.insert(
-            format!("io.k8s.api.core.v1.{}", r.kind),
+            format!("io.k8s.api.{pkg}.{version}.{}", r.kind),
             json!({"type": "object", "x-kubernetes-group-version-kind": gvk}),
         );
     }
@@ -164,19 +213,36 @@ pub async fn non_resource(
                     "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": app.advertise}]}),
         ),
         ["api", "v1"] => json(200, &core_resources()),
-        ["apis"] => json(
-            200,
-            &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
-        ),
+        ["apis"] => json(200, &groups()),
+        ["apis", g, v] if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) => {
+            json(200, &resources(g, v))
+        }
         ["version"] => json(200, &version()),
         ["healthz"] | ["livez"] | ["readyz"] => text("ok".into(), "text/plain; charset=utf-8"),
         ["healthz" | "livez" | "readyz", _] => text("ok".into(), "text/plain; charset=utf-8"),
         ["metrics"] => text(app.metrics.render(), "text/plain; version=0.0.4"),
-        ["openapi", "v3"] => json(
-            200,
-            &json!({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=xkube1"}}}),
-        ),
-        ["openapi", "v3", "api", "v1"] => json(200, &openapi_v3_core()),
+        ["openapi", "v3"] => {
+            let mut paths = serde_json::Map::new();
+            for r in RESOURCES.iter() {
+                let (key, url) = if r.group.is_empty() {
+                    (
+                        "api/v1".to_string(),
+                        "/openapi/v3/api/v1?hash=xkube1".to_string(),
+                    )
+                } else {
+                    let gv = format!("apis/{}/{}", r.group, r.version);
+                    (gv.clone(), format!("/openapi/v3/{gv}?hash=xkube1"))
+                };
+                paths.insert(key, json!({"serverRelativeURL": url}));
+            }
+            json(200, &json!({"paths": paths}))
+        }
+        ["openapi", "v3", "api", "v1"] => json(200, &openapi_v3("", "v1")),
+        ["openapi", "v3", "apis", g, v]
+            if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) =>
+        {
+            json(200, &openapi_v3(g, v))
+        }
         _ => json(404, &StatusError::path_not_found().to_value()),
     }
 }

@@ -392,6 +392,7 @@ pub async fn start(
         tracing::info!(addr = ?insecure_addr, "serving insecurely on loopback");
         tasks.spawn(accept_loop(l, None, router.clone(), cancel.clone()));
     }
+    tasks.spawn(event_gc(store.clone(), opts.event_ttl, cancel.clone()));
     if opts.compaction_interval_seconds > 0 {
         tasks.spawn(compactor(
             store.clone(),
@@ -424,6 +425,36 @@ async fn compactor(store: Arc<dyn Store>, every: Duration, cancel: CancellationT
             tracing::warn!(error = %e, "compaction failed");
         }
         last = store.current_revision().await.ok();
+    }
+}
+
+/// Deletes events older than `ttl` (by last timestamp), like Kubernetes' event TTL.
+async fn event_gc(store: Arc<dyn Store>, ttl: Duration, cancel: CancellationToken) {
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Ok((events, _)) = store.list("/registry/events/").await else {
+            continue;
+        };
+        let now = jiff::Timestamp::now();
+        for kv in events {
+            let Ok(ev) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
+                continue;
+            };
+            let at = ["lastTimestamp", "eventTime", "firstTimestamp"]
+                .iter()
+                .find_map(|k| ev[*k].as_str())
+                .or_else(|| ev["metadata"]["creationTimestamp"].as_str())
+                .and_then(xkube_api::meta::parse_time);
+            let expired =
+                at.is_some_and(|t| now.as_second() - t.as_second() > ttl.as_secs() as i64);
+            if expired {
+                let _ = store.delete(&kv.key, Some(kv.mod_revision)).await;
+            }
+        }
     }
 }
 

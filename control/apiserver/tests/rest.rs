@@ -794,3 +794,34 @@ async fn discovery_health_and_metrics() {
     ));
     api.stop().await;
 }
+
+#[tokio::test]
+async fn events_expire_after_the_event_ttl() {
+    let api = start_with(|b| b.options(|o| o.event_ttl = Duration::from_secs(2))).await;
+    let ev = |name: &str, last: &str| {
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name},
+               "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+               "reason": "Test", "message": "m", "type": "Normal", "lastTimestamp": last})
+    };
+    let events = "/api/v1/namespaces/default/events";
+    assert_eq!(api.post(events, &ev("old", "2020-01-01T00:00:00Z")).await.0, 201);
+    let now = xkube_api::meta::format_time(jiff::Timestamp::now());
+    assert_eq!(api.post(events, &ev("new", &now)).await.0, 201);
+    let mut gone = false;
+    for _ in 0..40 {
+        if api.get(&format!("{events}/old")).await.0 == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "expired event was not collected");
+    assert_eq!(api.get(&format!("{events}/new")).await.0, 200);
+    // Field selectors kubectl describe uses.
+    let (code, l) = api
+        .get(&format!("{events}?fieldSelector=involvedObject.name%3Dp,involvedObject.kind%3DPod"))
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(l["items"].as_array().expect("items").len(), 1);
+    api.stop().await;
+}
