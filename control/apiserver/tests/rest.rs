@@ -804,7 +804,10 @@ async fn events_expire_after_the_event_ttl() {
                "reason": "Test", "message": "m", "type": "Normal", "lastTimestamp": last})
     };
     let events = "/api/v1/namespaces/default/events";
-    assert_eq!(api.post(events, &ev("old", "2020-01-01T00:00:00Z")).await.0, 201);
+    assert_eq!(
+        api.post(events, &ev("old", "2020-01-01T00:00:00Z")).await.0,
+        201
+    );
     let now = xkube_api::meta::format_time(jiff::Timestamp::now());
     assert_eq!(api.post(events, &ev("new", &now)).await.0, 201);
     let mut gone = false;
@@ -819,7 +822,9 @@ async fn events_expire_after_the_event_ttl() {
     assert_eq!(api.get(&format!("{events}/new")).await.0, 200);
     // Field selectors kubectl describe uses.
     let (code, l) = api
-        .get(&format!("{events}?fieldSelector=involvedObject.name%3Dp,involvedObject.kind%3DPod"))
+        .get(&format!(
+            "{events}?fieldSelector=involvedObject.name%3Dp,involvedObject.kind%3DPod"
+        ))
         .await;
     assert_eq!(code, 200);
     assert_eq!(l["items"].as_array().expect("items").len(), 1);
