@@ -24,18 +24,13 @@ pub struct ApplyArgs {
     output: Option<String>,
 }
 
-/// Stores the object itself (without the annotation) in its last-applied annotation.
-pub fn set_last_applied(obj: &mut Value) -> anyhow::Result<()> {
-    let mut clean = obj.clone();
-    if let Some(a) = clean["metadata"]["annotations"].as_object_mut() {
-        a.remove(LAST_APPLIED);
-        if a.is_empty()
-            && let Some(m) = clean["metadata"].as_object_mut()
-        {
-            m.remove("annotations");
-        }
+/// Stores the object itself in its last-applied annotation, byte for byte as kubectl does
+/// (keys sorted, the namespace filled in, `annotations` without the annotation itself, a
+/// trailing newline), so kubectl and xkubectl agree on what was applied.
+pub fn set_last_applied(obj: &mut Value, namespace: Option<&str>) -> anyhow::Result<()> {
+    if let Some(ns) = namespace {
+        xkube_api::meta::set(obj, "namespace", Value::String(ns.to_string()));
     }
-    let text = serde_json::to_string(&clean)?;
     let meta = xkube_api::meta::metadata_mut(obj);
     let ann = meta
         .entry("annotations")
@@ -44,6 +39,13 @@ pub fn set_last_applied(obj: &mut Value) -> anyhow::Result<()> {
         *ann = Value::Object(Map::new());
     }
     if let Some(a) = ann.as_object_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    let text = serde_json::to_string(&*obj)?;
+    if let Some(a) = xkube_api::meta::metadata_mut(obj)
+        .get_mut("annotations")
+        .and_then(Value::as_object_mut)
+    {
         a.insert(LAST_APPLIED.to_string(), Value::String(text + "\n"));
     }
     Ok(())
@@ -155,7 +157,7 @@ pub async fn run(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
         if res.namespaced && xkube_api::meta::namespace(&modified).is_empty() {
             // The configuration as given; the namespace comes from the context.
         }
-        set_last_applied(&mut modified)?;
+        set_last_applied(&mut modified, ns.as_deref())?;
         let say = |verb: &str| {
             if a.output.as_deref() == Some("name") {
                 println!("{}/{}", res.singular, name);
@@ -186,6 +188,12 @@ pub async fn run(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
         let original: Option<Value> = live.0["metadata"]["annotations"][LAST_APPLIED]
             .as_str()
             .and_then(|s| serde_json::from_str(s).ok());
+        if original.is_none() {
+            eprintln!(
+                "Warning: resource {} \"{name}\" is missing the {LAST_APPLIED} annotation which is required by xkubectl apply. xkubectl apply should only be used on resources created declaratively by either xkubectl create --save-config or xkubectl apply. The missing annotation will be patched automatically.",
+                res.qualified_plural()
+            );
+        }
         let (Some(mm), Some(lm)) = (modified.as_object(), live.0.as_object()) else {
             continue;
         };
@@ -224,6 +232,20 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn last_applied_matches_kubectl_bytes() {
+        let mut o = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "settings", "labels": {"tier": "config"}},
+            "data": {"mode": "fast", "level": "3"}});
+        set_last_applied(&mut o, Some("default")).expect("annotates");
+        // What kubectl 1.32 stores for the same file.
+        assert_eq!(
+            o["metadata"]["annotations"][LAST_APPLIED],
+            "{\"apiVersion\":\"v1\",\"data\":{\"level\":\"3\",\"mode\":\"fast\"},\"kind\":\"ConfigMap\",\"metadata\":{\"annotations\":{},\"labels\":{\"tier\":\"config\"},\"name\":\"settings\",\"namespace\":\"default\"}}\n"
+        );
+        assert_eq!(o["metadata"]["namespace"], "default");
     }
 
     #[test]

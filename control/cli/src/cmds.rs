@@ -111,7 +111,7 @@ pub async fn create(g: &Global, a: CreateArgs) -> anyhow::Result<()> {
         let api = Api::<DynamicObject>::dynamic(client.clone(), res, ns.as_deref());
         let mut obj = d.object.clone();
         if a.save_config {
-            crate::apply::set_last_applied(&mut obj)?;
+            crate::apply::set_last_applied(&mut obj, ns.as_deref())?;
         }
         match api.create(&DynamicObject(obj)).await {
             Ok(o) => {

@@ -554,6 +554,20 @@ async fn apply_twice_is_unchanged_and_edits_are_configured() {
             "service \"front\" unchanged",
         ]
     );
+    // Upstream kubectl agrees: same last-applied bytes, nothing to patch.
+    let settings = fixture("app/settings.yaml");
+    let up = tokio::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["apply", "-f", &settings])
+        .output()
+        .await
+        .expect("upstream kubectl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&up.stdout),
+        "configmap/settings unchanged\nservice/front unchanged\n",
+        "{up:?}"
+    );
     // A live change by someone else survives an apply that does not mention it; a field
     // removed from the file is removed from the object.
     c.api("configmaps", Some("default"))

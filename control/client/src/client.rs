@@ -158,6 +158,11 @@ impl Client {
         })
     }
 
+    /// A client for [`Config::infer`] (kubeconfig as kubectl finds it, or in-cluster).
+    pub fn try_default() -> Result<Self> {
+        Self::new(&Config::infer()?)
+    }
+
     /// Base URL (`https://127.0.0.1:6443`).
     pub fn base_url(&self) -> &str {
         &self.base

@@ -263,6 +263,9 @@ impl Kubeconfig {
     }
 }
 
+/// Where a pod's service-account credentials are mounted.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 /// Command-line overrides (kubectl's global flags).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -476,9 +479,56 @@ impl Config {
         Self::from_kubeconfig(&kc, o)
     }
 
-    /// Like [`Config::load`] with no explicit file and no overrides.
+    /// Like [`Config::load`] with no explicit file and no overrides; inside a pod (no
+    /// kubeconfig file, `KUBERNETES_SERVICE_HOST` set) the in-cluster config.
     pub fn infer() -> Result<Self> {
+        let paths = Kubeconfig::paths(None)?;
+        if !paths.iter().any(|p| p.exists())
+            && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        {
+            return Self::in_cluster();
+        }
         Self::load(None, &Overrides::default())
+    }
+
+    /// The config of a pod: `KUBERNETES_SERVICE_HOST`/`_PORT` and the service-account token,
+    /// CA and namespace mounted at `/var/run/secrets/kubernetes.io/serviceaccount`.
+    pub fn in_cluster() -> Result<Self> {
+        Self::in_cluster_from(Path::new(SERVICE_ACCOUNT_DIR))
+    }
+
+    /// [`Config::in_cluster`] with the service-account files in `dir`.
+    pub fn in_cluster_from(dir: &Path) -> Result<Self> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+            Error::Kubeconfig("not in a cluster: KUBERNETES_SERVICE_HOST is not set".into())
+        })?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        Self::in_cluster_with(dir, &host, &port)
+    }
+
+    /// The in-cluster config for an apiserver at `host:port` with the service-account files
+    /// in `dir`.
+    pub fn in_cluster_with(dir: &Path, host: &str, port: &str) -> Result<Self> {
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(Error::io("read", p))
+        };
+        let token = String::from_utf8_lossy(&read("token")?).trim().to_string();
+        let namespace = read("namespace")
+            .map(|n| String::from_utf8_lossy(&n).trim().to_string())
+            .unwrap_or_else(|_| "default".into());
+        Ok(Config {
+            server: format!("https://{host}:{port}"),
+            namespace,
+            root_certs_pem: Some(read("ca.crt")?),
+            token: Some(token),
+            ..Config::default()
+        })
     }
 }
 
@@ -604,6 +654,23 @@ mod tests {
         assert!(err.to_string().contains("illegal base64"), "{err}");
         std::fs::write(&bad, "clusters: [").expect("write");
         assert!(Config::load(Some(&bad), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn in_cluster_uses_the_service_account_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("token"), "tok\n").expect("token");
+        std::fs::write(dir.path().join("ca.crt"), "CA").expect("ca");
+        std::fs::write(dir.path().join("namespace"), "team-a").expect("ns");
+        let cfg = Config::in_cluster_with(dir.path(), "10.96.0.1", "443").expect("in-cluster");
+        assert_eq!(cfg.server, "https://10.96.0.1:443");
+        assert_eq!(cfg.token.as_deref(), Some("tok"));
+        assert_eq!(cfg.namespace, "team-a");
+        assert_eq!(cfg.root_certs_pem.as_deref(), Some(&b"CA"[..]));
+        let v6 = Config::in_cluster_with(dir.path(), "fd00::1", "6443").expect("v6");
+        assert_eq!(v6.server, "https://[fd00::1]:6443");
+        std::fs::remove_file(dir.path().join("token")).expect("rm");
+        assert!(Config::in_cluster_with(dir.path(), "10.96.0.1", "443").is_err());
     }
 
     #[test]
