@@ -288,15 +288,21 @@ pub async fn start(
     let ips = IpRange::parse(&opts.service_cluster_ip_range)?;
     let ports = PortRange::parse(&opts.service_node_port_range)?;
     let chain = admission::parse_chain(&opts.admission_control)?;
-    let authn = Authenticator::load(
-        opts.token_auth_file.as_deref(),
-        opts.basic_auth_file.as_deref(),
-        opts.anonymous_auth,
-    )?;
-    let authz = Authorizer::load(
-        opts.authorization_mode,
-        opts.authorization_policy_file.as_deref(),
-    )?;
+    let (authn, authz) = {
+        let o = opts.clone();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let authn = Authenticator::load(
+                o.token_auth_file.as_deref(),
+                o.basic_auth_file.as_deref(),
+                o.anonymous_auth,
+            )?;
+            let authz =
+                Authorizer::load(o.authorization_mode, o.authorization_policy_file.as_deref())?;
+            Ok((authn, authz))
+        })
+        .await
+        .map_err(|e| Error::Config(format!("loading auth files failed: {e}")))??
+    };
     let data_dir = opts.data_dir.clone();
     tokio::fs::create_dir_all(&data_dir)
         .await
@@ -347,8 +353,8 @@ pub async fn start(
     let mut ca_cert = None;
     let tls = match secure_addr {
         Some(addr) => {
-            let sans =
-                pki::default_sans(IpAddr::V4(ips.first()), &[opts.bind_address, advertise_ip]);
+            let extra = [opts.bind_address, advertise_ip];
+            let first_ip = IpAddr::V4(ips.first());
             let dir = data_dir.clone();
             let client_ca = opts.client_ca_file.clone();
             let host = if addr.ip().is_unspecified() {
@@ -360,6 +366,7 @@ pub async fn start(
             let kc_path = data_dir.join("admin.kubeconfig");
             let kc = kc_path.clone();
             let (cfg, pki) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let sans = pki::default_sans(first_ip, &extra);
                 let pki = Pki::ensure(&dir, &sans)?;
                 pki.write_kubeconfig(&kc, &server_url)?;
                 let cfg = pki::server_config(&pki, client_ca.as_deref())?;
