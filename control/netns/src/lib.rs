@@ -78,6 +78,8 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
 pub struct NetNs {
     name: String,
     path: PathBuf,
+    /// Removed in `Drop` (false for the process's own namespace and for kept ones).
+    owned: bool,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -116,6 +118,7 @@ impl NetNs {
         let ns = Self {
             name: name.to_owned(),
             path,
+            owned: true,
         };
         // A fresh namespace has loopback down; everything we build expects it up.
         ns.block_on(async { link_up(&connect()?, "lo").await })??;
@@ -135,6 +138,39 @@ impl NetNs {
                 other => return other,
             }
         }
+    }
+
+    /// A guard for the existing named namespace `name`; dropping it removes the namespace.
+    pub fn existing(name: &str) -> Result<Self> {
+        let path = Path::new(NETNS_DIR).join(name);
+        if !path.exists() {
+            return Err(Error::Io {
+                op: "open network namespace",
+                path,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            path,
+            owned: true,
+        })
+    }
+
+    /// The namespace this process was started in (never removed).
+    pub fn current() -> Self {
+        Self {
+            name: "host".to_owned(),
+            path: PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
+            owned: false,
+        }
+    }
+
+    /// Keeps the namespace after this guard is gone (for long-lived topologies such as
+    /// `xkube cluster up`); returns its name.
+    pub fn keep(mut self) -> String {
+        self.owned = false;
+        std::mem::take(&mut self.name)
     }
 
     pub fn name(&self) -> &str {
@@ -231,6 +267,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         if let Err(e) = remove(&self.path) {
             tracing::warn!(name = %self.name, error = %e, "removing network namespace");
         } else {

@@ -38,12 +38,30 @@ enum Cmd {
     },
     /// The Kubernetes API server.
     Apiserver(Box<xkube_apiserver::Options>),
+    /// The control plane in one process: apiserver, controller-manager and scheduler, each
+    /// talking to the others only through the API.
+    Server(Box<xkube_apiserver::Options>),
+    /// A local multi-node cluster in network namespaces.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// The service proxy (eBPF dataplane).
     Proxy(Box<ProxyArgs>),
     /// Test workload modelled on Kubernetes' agnhost netexec: HTTP, TCP and UDP echo.
     Agnhost(agnhost::Args),
     /// Holds a pod's namespaces: sleeps until SIGTERM/SIGINT, reaps children.
     Pause,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Build the cluster (removes a stale one of the same name first).
+    Up(xkube_cluster::UpOptions),
+    /// Remove everything the cluster made (safe to run twice).
+    Down(xkube_cluster::NameOptions),
+    /// Show the cluster's processes and nodes.
+    Status(xkube_cluster::NameOptions),
 }
 
 #[derive(clap::Args)]
@@ -70,6 +88,15 @@ impl ClientArgs {
         )?;
         Ok(xkube_client::Client::new(&config)?)
     }
+}
+
+/// `xkube server`: the apiserver, then the control loops against it through the API.
+async fn server(
+    opts: xkube_apiserver::Options,
+    token: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    xkube_apiserver::run(opts, token).await?;
+    Ok(())
 }
 
 /// Runs an async component on a multi-threaded runtime with the signal-driven shutdown token.
@@ -121,6 +148,19 @@ fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }),
+        Cmd::Server(opts) => run_async(|token| server(*opts, token)),
+        Cmd::Cluster { cmd } => match cmd {
+            ClusterCmd::Up(o) => run_async(|_| async move {
+                xkube_cluster::up(&o).await?;
+                Ok(())
+            }),
+            ClusterCmd::Down(o) => xkube_cluster::down(&o)
+                .map(|()| println!("cluster {:?} removed", o.name))
+                .map_err(anyhow::Error::from),
+            ClusterCmd::Status(o) => xkube_cluster::status(&o)
+                .map(|s| print!("{s}"))
+                .map_err(anyhow::Error::from),
+        },
         Cmd::Proxy(args) => run_async(|token| async move {
             let client = args.client.client()?;
             xkube_proxy::agent::run(args.proxy, client, token)

@@ -1,0 +1,659 @@
+//! `xkube cluster up|down|status`: a real multi-node cluster on one machine, built from network
+//! namespaces (DESIGN.md section 6).
+//!
+//! ```text
+//! host ── xk<name>h (198.18.0.1/24) ──┐
+//!                                      fabric ns: bridge br0
+//!   control plane ns (198.18.0.2): xkube server (apiserver :6443 + controllers + scheduler)
+//!   node ns i      (198.18.0.(10+i)): xkube agent (kubelet + proxy), pods on cbr0
+//!   client ns      (198.18.0.100): the "outside machine"
+//! ```
+//! The host reaches the fabric through one veth and a /24 route; no route for service or pod
+//! ranges exists in the host namespace and the fabric has no way out. Names derive from the
+//! cluster name, so `up` first removes a stale cluster of the same name and `down` finds
+//! everything again; the state file records what was made.
+
+use std::{
+    fs::{File, OpenOptions},
+    net::Ipv4Addr,
+    os::{fd::AsRawFd, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use xkube_netns::{NetNs, cgroup, sysctl, veth_pair};
+
+pub const FABRIC_PREFIX: u8 = 24;
+pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CONTROL_PLANE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xkube/clusters";
+pub const APISERVER_PORT: u16 = 6443;
+
+/// The address of node `i` (0-based).
+pub fn node_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 11 + i as u8)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("network setup: {0}")]
+    Net(#[from] xkube_netns::Error),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {what}: {source}")]
+    Spawn {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("timed out after {secs} s waiting for {what}; see the logs in {logs}")]
+    Timeout {
+        what: String,
+        secs: u64,
+        logs: PathBuf,
+    },
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_owned();
+    move |source| Error::Io { op, path, source }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Runtime {
+    Process,
+    Docker,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpOptions {
+    /// Cluster name (namespaces, links and data are named after it; at most 8 characters).
+    #[arg(long, default_value = "xk")]
+    pub name: String,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
+    pub nodes: u8,
+    /// Container runtime of the nodes.
+    #[arg(long, value_enum, default_value_t = Runtime::Process)]
+    pub runtime: Runtime,
+    /// Service proxy mode of the nodes.
+    #[arg(long, value_enum, default_value_t = xkube_proxy::agent::ProxyMode::Ebpf)]
+    pub proxy_mode: xkube_proxy::agent::ProxyMode,
+    /// Where cluster data (control-plane store, kubeconfig, logs) lives.
+    #[arg(long, default_value = DEFAULT_DATA_ROOT)]
+    pub data_root: PathBuf,
+    /// The xkube binary to run inside the namespaces (default: this one).
+    #[arg(long)]
+    pub xkube: Option<PathBuf>,
+    /// Seconds to wait for the control plane and the nodes.
+    #[arg(long, default_value_t = 90)]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct NameOptions {
+    /// Cluster name.
+    #[arg(long, default_value = "xk")]
+    pub name: String,
+    #[arg(long, default_value = DEFAULT_DATA_ROOT)]
+    pub data_root: PathBuf,
+}
+
+/// What `up` made, recorded for `down` and `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    pub namespaces: Vec<String>,
+    pub host_link: String,
+    pub cgroups: Vec<PathBuf>,
+    pub processes: Vec<Proc>,
+    pub nodes: Vec<NodeState>,
+    pub kubeconfig: PathBuf,
+    pub bpf_pins: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proc {
+    pub role: String,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub namespace: String,
+    pub addr: Ipv4Addr,
+    pub cgroup: PathBuf,
+}
+
+/// Names derived from the cluster name.
+pub struct Names {
+    pub cluster: String,
+}
+
+impl Names {
+    pub fn new(cluster: &str) -> Result<Self> {
+        if cluster.is_empty()
+            || cluster.len() > 8
+            || !cluster
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return Err(Error::Invalid(format!(
+                "cluster name {cluster:?}: 1-8 lowercase letters or digits (it is part of \
+                 interface names, which are limited to 15 bytes)"
+            )));
+        }
+        Ok(Self {
+            cluster: cluster.to_owned(),
+        })
+    }
+    pub fn fabric(&self) -> String {
+        format!("xkc-{}-fabric", self.cluster)
+    }
+    pub fn control_plane(&self) -> String {
+        format!("xkc-{}-cp", self.cluster)
+    }
+    pub fn client(&self) -> String {
+        format!("xkc-{}-client", self.cluster)
+    }
+    pub fn node_ns(&self, i: usize) -> String {
+        format!("xkc-{}-node{}", self.cluster, i + 1)
+    }
+    pub fn node(&self, i: usize) -> String {
+        format!("{}-node{}", self.cluster, i + 1)
+    }
+    pub fn host_link(&self) -> String {
+        format!("xk{}h", self.cluster)
+    }
+    pub fn cgroup_root(&self) -> Result<PathBuf> {
+        Ok(cgroup::v2_root()?.join(format!("xkube-{}", self.cluster)))
+    }
+    pub fn data_dir(&self, root: &Path) -> PathBuf {
+        root.join(&self.cluster)
+    }
+}
+
+fn say(msg: impl AsRef<str>) {
+    println!("{}", msg.as_ref());
+}
+
+/// Brings a cluster up and returns its state. A stale cluster of the same name is removed
+/// first. On failure everything made so far is removed again.
+pub async fn up(opts: &UpOptions) -> Result<State> {
+    let names = Names::new(&opts.name)?;
+    let data = names.data_dir(&opts.data_root);
+    if data.join("state.json").exists()
+        || Path::new(xkube_netns::NETNS_DIR)
+            .join(names.fabric())
+            .exists()
+    {
+        say(format!("removing the previous cluster {:?}", opts.name));
+        down(&NameOptions {
+            name: opts.name.clone(),
+            data_root: opts.data_root.clone(),
+        })?;
+    }
+    let mut state = State {
+        name: opts.name.clone(),
+        host_link: names.host_link(),
+        ..Default::default()
+    };
+    match build(opts, &names, &data, &mut state).await {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            let _ = save(&data, &state);
+            let _ = teardown(&state, &data);
+            Err(e)
+        }
+    }
+}
+
+fn save(data: &Path, state: &State) -> Result<()> {
+    std::fs::create_dir_all(data).map_err(io("create directory", data))?;
+    let path = data.join("state.json");
+    let text = serde_json::to_string_pretty(state).map_err(|source| Error::State {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, text).map_err(io("write", &path))
+}
+
+async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) -> Result<()> {
+    let n = usize::from(opts.nodes);
+    let xkube = match &opts.xkube {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(io("locate", Path::new("xkube")))?,
+    };
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs).map_err(io("create directory", &logs))?;
+
+    say(format!(
+        "[1/5] network: fabric, control plane, {n} node(s), client (198.18.0.0/24)"
+    ));
+    let fabric = named(names.fabric(), state)?;
+    fabric.add_bridge("br0")?;
+    let host = NetNs::current();
+    veth_pair(&host, &names.host_link(), &fabric, "host")?;
+    fabric.enslave("host", "br0")?;
+    host.configure(&names.host_link(), HOST_ADDR, FABRIC_PREFIX)?;
+    let attach = |ns: &NetNs, port: &str, addr: Ipv4Addr| -> Result<()> {
+        veth_pair(ns, "eth0", &fabric, port)?;
+        fabric.enslave(port, "br0")?;
+        ns.configure("eth0", addr, FABRIC_PREFIX)?;
+        // Senders on veth must compute full checksums for the XDP dataplane
+        // (docs/decisions.md).
+        ns.set_tx_checksum("eth0", false)?;
+        Ok(())
+    };
+    let cp = named(names.control_plane(), state)?;
+    attach(&cp, "cp", CONTROL_PLANE_ADDR)?;
+    let client = named(names.client(), state)?;
+    attach(&client, "client", CLIENT_ADDR)?;
+    let cg_root = names.cgroup_root()?;
+    std::fs::create_dir_all(&cg_root).map_err(io("create cgroup", &cg_root))?;
+    state.cgroups.push(cg_root.clone());
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let ns = named(names.node_ns(i), state)?;
+        attach(&ns, &format!("n{}", i + 1), node_addr(i))?;
+        sysctl::set(&ns, "net/ipv4/ip_forward", "1")?;
+        let cg = cg_root.join(format!("node{}", i + 1));
+        std::fs::create_dir_all(&cg).map_err(io("create cgroup", &cg))?;
+        // Child cgroups (pods) need the controllers delegated.
+        let _ = std::fs::write(cg_root.join("cgroup.subtree_control"), "+cpu +memory +pids");
+        state.cgroups.insert(0, cg.clone());
+        state.nodes.push(NodeState {
+            name: names.node(i),
+            namespace: ns.name().to_owned(),
+            addr: node_addr(i),
+            cgroup: cg,
+        });
+        state
+            .bpf_pins
+            .push(PathBuf::from(xkube_proxy::ebpf::datapath::PIN_ROOT).join(names.node(i)));
+        nodes.push(ns);
+    }
+    save(data, state)?;
+
+    say("[2/5] control plane: xkube server (apiserver on 198.18.0.2:6443, controllers, scheduler)");
+    let cp_data = data.join("control-plane");
+    let kubeconfig = cp_data.join("admin.kubeconfig");
+    let _ = std::fs::remove_file(&kubeconfig);
+    let mut cmd = Command::new(&xkube);
+    cmd.args(["server", "--data-dir"]).arg(&cp_data).args([
+        "--bind-address",
+        &CONTROL_PLANE_ADDR.to_string(),
+        "--secure-port",
+        &APISERVER_PORT.to_string(),
+    ]);
+    let log = logs.join("control-plane.log");
+    let pid = spawn_in(cp.path(), None, &mut cmd, &log, "control plane")?;
+    state.processes.push(Proc {
+        role: "control-plane".into(),
+        pid,
+        log: log.clone(),
+    });
+    state.kubeconfig = kubeconfig.clone();
+    save(data, state)?;
+    wait_for(
+        opts.timeout,
+        "the apiserver's admin kubeconfig",
+        &logs,
+        || async { kubeconfig.exists() },
+    )
+    .await?;
+    let client_api = {
+        let config = xkube_client::Config::load(Some(&kubeconfig), &Default::default())
+            .map_err(|e| Error::Invalid(format!("reading {}: {e}", kubeconfig.display())))?;
+        xkube_client::Client::new(&config)
+            .map_err(|e| Error::Invalid(format!("client for {}: {e}", kubeconfig.display())))?
+    };
+    wait_for(opts.timeout, "the apiserver to answer", &logs, || {
+        let c = client_api.clone();
+        async move {
+            c.request(reqwest::Method::GET, "/readyz")
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await?;
+
+    say(format!(
+        "[3/5] nodes: xkube agent (kubelet + {:?} proxy) on {n} node(s)",
+        opts.proxy_mode
+    )
+    .to_lowercase());
+    for (i, ns) in nodes.iter().enumerate() {
+        let node = &state.nodes[i];
+        let mut cmd = Command::new(&xkube);
+        cmd.arg("agent")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "--node-name",
+                &node.name,
+                "--node-ip",
+                &node.addr.to_string(),
+            ])
+            .arg("--root-dir")
+            .arg(data.join(&node.name))
+            .arg("--runtime")
+            .arg(match opts.runtime {
+                Runtime::Process => "process",
+                Runtime::Docker => "docker",
+            })
+            .arg("--cgroup-root")
+            .arg(&node.cgroup);
+        let log = logs.join(format!("{}.log", node.name));
+        let pid = spawn_in(ns.path(), Some(&node.cgroup), &mut cmd, &log, &node.name)?;
+        state.processes.push(Proc {
+            role: node.name.clone(),
+            pid,
+            log,
+        });
+    }
+    save(data, state)?;
+
+    say("[4/5] waiting for the nodes to be Ready");
+    let nodes_api: xkube_client::Api<k8s_openapi::api::core::v1::Node> =
+        xkube_client::Api::all(client_api.clone());
+    let want = n;
+    wait_for(opts.timeout, "every node to be Ready", &logs, || {
+        let api = nodes_api.clone();
+        async move {
+            api.list(&Default::default()).await.is_ok_and(|l| {
+                l.items
+                    .iter()
+                    .filter(|n| {
+                        n.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                    })
+                    .count()
+                    >= want
+            })
+        }
+    })
+    .await?;
+
+    say(format!(
+        "[5/5] cluster {:?} is up: kubeconfig {}\n      xkubectl --kubeconfig {0} get nodes   (or kubectl)\n      client namespace: ip netns exec {} ...",
+        opts.name,
+        kubeconfig.display(),
+        names.client()
+    ));
+    Ok(())
+}
+
+/// Creates the named namespace and records it; the namespace outlives this process.
+fn named(name: String, state: &mut State) -> Result<NetNs> {
+    let ns = NetNs::create(&name)?;
+    state.namespaces.push(name);
+    Ok(ns)
+}
+
+/// Starts `cmd` detached (own session) inside the network namespace at `netns` and, when
+/// given, the cgroup `cgroup`; output goes to `log`. Returns the pid.
+fn spawn_in(
+    netns: &Path,
+    cgroup: Option<&Path>,
+    cmd: &mut Command,
+    log: &Path,
+    what: &str,
+) -> Result<u32> {
+    let ns = File::open(netns).map_err(io("open", netns))?;
+    let procs = match cgroup {
+        Some(c) => Some(
+            OpenOptions::new()
+                .write(true)
+                .open(c.join("cgroup.procs"))
+                .map_err(io("open", &c.join("cgroup.procs")))?,
+        ),
+        None => None,
+    };
+    let out = File::create(log).map_err(io("create", log))?;
+    let err = out.try_clone().map_err(io("open", log))?;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    let ns_fd = ns.as_raw_fd();
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: only async-signal-safe calls (setsid, setns, write) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::libc::setsid();
+            if nix::libc::setns(ns_fd, nix::libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = procs_fd {
+                // "0" moves the writing process.
+                if nix::libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
+        what: what.to_owned(),
+        source,
+    })?;
+    Ok(child.id())
+}
+
+async fn wait_for<F, Fut>(secs: u64, what: &str, logs: &Path, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(Error::Timeout {
+        what: what.to_owned(),
+        secs,
+        logs: logs.to_owned(),
+    })
+}
+
+/// Removes a cluster: processes, eBPF pins, namespaces, the host link, cgroups, state. Safe to
+/// run twice and on half-built clusters.
+pub fn down(opts: &NameOptions) -> Result<()> {
+    let names = Names::new(&opts.name)?;
+    let data = names.data_dir(&opts.data_root);
+    let path = data.join("state.json");
+    let state = match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|source| Error::State {
+            path: path.clone(),
+            source,
+        })?,
+        // No state: clean up by name (a run killed before it wrote its state).
+        Err(_) => State {
+            name: opts.name.clone(),
+            host_link: names.host_link(),
+            namespaces: vec![names.fabric(), names.control_plane(), names.client()]
+                .into_iter()
+                .chain((0..20).map(|i| names.node_ns(i)))
+                .collect(),
+            cgroups: (0..20)
+                .filter_map(|i| {
+                    names
+                        .cgroup_root()
+                        .ok()
+                        .map(|r| r.join(format!("node{}", i + 1)))
+                })
+                .chain(names.cgroup_root().ok())
+                .collect(),
+            bpf_pins: (0..20)
+                .map(|i| PathBuf::from(xkube_proxy::ebpf::datapath::PIN_ROOT).join(names.node(i)))
+                .collect(),
+            ..Default::default()
+        },
+    };
+    teardown(&state, &data)
+}
+
+fn teardown(state: &State, data: &Path) -> Result<()> {
+    // 1. Processes: SIGTERM, then SIGKILL after a grace period. Also anything still in the
+    //    node cgroups (pods).
+    let mut pids: Vec<i32> = state.processes.iter().map(|p| p.pid as i32).collect();
+    for cg in &state.cgroups {
+        pids.extend(cgroup_pids(cg));
+    }
+    signal_all(&pids, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for cg in &state.cgroups {
+        pids.extend(cgroup_pids(cg));
+    }
+    signal_all(&pids, nix::sys::signal::Signal::SIGKILL);
+    // 2. eBPF: every pinned program, link and map of the nodes.
+    for pin in &state.bpf_pins {
+        if pin.exists() {
+            xkube_proxy::ebpf::datapath::teardown(pin)
+                .map_err(|e| Error::Invalid(format!("removing {}: {e}", pin.display())))?;
+        }
+    }
+    // 3. Namespaces (their links go with them), then the host end of the fabric link.
+    for name in &state.namespaces {
+        if let Ok(ns) = NetNs::existing(name) {
+            drop(ns);
+        }
+    }
+    let host = NetNs::current();
+    let _ = host.block_on(async {
+        let h = xkube_netns::connect()?;
+        if let Ok(idx) = xkube_netns::link_index(&h, &state.host_link).await {
+            let _ = h.link().del(idx).execute().await;
+        }
+        Ok::<_, xkube_netns::Error>(())
+    });
+    // 4. cgroups, innermost first (pods are below the node cgroups).
+    for cg in &state.cgroups {
+        remove_cgroup_tree(cg);
+    }
+    let state_file = data.join("state.json");
+    let _ = std::fs::remove_file(&state_file);
+    Ok(())
+}
+
+fn cgroup_pids(cg: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(cg) else {
+        return out;
+    };
+    if let Ok(text) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    for e in entries.flatten() {
+        if e.path().is_dir() {
+            out.extend(cgroup_pids(&e.path()));
+        }
+    }
+    out
+}
+
+fn remove_cgroup_tree(cg: &Path) {
+    if let Ok(entries) = std::fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(cg);
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+}
+
+fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
+    for p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+    }
+}
+
+/// A short report of a cluster's state for `xkube cluster status`.
+pub fn status(opts: &NameOptions) -> Result<String> {
+    let names = Names::new(&opts.name)?;
+    let data = names.data_dir(&opts.data_root);
+    let path = data.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        Error::Invalid(format!(
+            "no cluster named {:?} (no {})",
+            opts.name,
+            path.display()
+        ))
+    })?;
+    let state: State =
+        serde_json::from_str(&text).map_err(|source| Error::State { path, source })?;
+    let mut out = String::new();
+    let _ = writeln_str(
+        &mut out,
+        format!(
+            "cluster {:?}: kubeconfig {}",
+            state.name,
+            state.kubeconfig.display()
+        ),
+    );
+    for p in &state.processes {
+        let _ = writeln_str(
+            &mut out,
+            format!(
+                "  {:<16} pid {:<8} {}  log {}",
+                p.role,
+                p.pid,
+                if alive(p.pid as i32) {
+                    "running"
+                } else {
+                    "NOT RUNNING"
+                },
+                p.log.display()
+            ),
+        );
+    }
+    for n in &state.nodes {
+        let _ = writeln_str(
+            &mut out,
+            format!("  node {} {} netns {}", n.name, n.addr, n.namespace),
+        );
+    }
+    Ok(out)
+}
+
+fn writeln_str(out: &mut String, line: String) -> std::fmt::Result {
+    use std::fmt::Write as _;
+    writeln!(out, "{line}")
+}
