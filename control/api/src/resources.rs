@@ -252,6 +252,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         &[],
         &[],
     ),
+    ResourceInfo {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        short_names: &[],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources: &[],
+        categories: &[],
+    },
 ];
 
 /// Finds a resource by group, version and plural name.

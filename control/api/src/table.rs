@@ -325,6 +325,21 @@ fn columns(plural: &str) -> Vec<Col> {
                 ..NAME
             },
         ],
+        "endpointslices" => vec![
+            NAME,
+            col(
+                "AddressType",
+                0,
+                "Type of address carried by this EndpointSlice.",
+            ),
+            col(
+                "Ports",
+                0,
+                "Port numbers which will be exposed on each endpoint.",
+            ),
+            col("Endpoints", 0, "Addresses of the endpoints."),
+            AGE,
+        ],
         "resourcequotas" => vec![
             NAME,
             AGE,
@@ -691,6 +706,33 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(age(&json!(first), now)),
                 json!(o["count"].as_i64().unwrap_or(1)),
                 name,
+            ]
+        }
+        "endpointslices" => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["port"].as_i64().map(|n| n.to_string()))
+                .collect();
+            let addrs: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                or_none(addrs.join(","))
+            };
+            vec![
+                name,
+                json!(str_or(&o["addressType"], "IPv4")),
+                json!(or_none(ports.join(","))),
+                json!(shown),
+                json!(created),
             ]
         }
         "resourcequotas" => vec![name, json!(created), json!(""), json!("")],

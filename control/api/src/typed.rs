@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ReplicationController,
     ResourceQuota, Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -210,6 +211,24 @@ pub fn prepare(kind: &str, input: Value, apply_defaults: bool) -> Result<Prepare
             apply_defaults,
             |_: &mut LimitRange| {},
             |s: &LimitRange| meta_only(&s.metadata, "LimitRange", true),
+        ),
+        "EndpointSlice" => roundtrip::<EndpointSlice, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            |_: &mut EndpointSlice| {},
+            |s: &EndpointSlice| {
+                let mut e = meta_only(&s.metadata, "EndpointSlice", true);
+                const TYPES: &[&str] = &["FQDN", "IPv4", "IPv6"];
+                if !TYPES.contains(&s.address_type.as_str()) {
+                    e.push(FieldError::not_supported(
+                        "addressType",
+                        s.address_type.as_str(),
+                        TYPES,
+                    ));
+                }
+                e
+            },
         ),
         _ => Ok(Prepared {
             object: input,

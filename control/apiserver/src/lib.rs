@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
 pub mod options;
 pub mod pki;
 pub mod registry;

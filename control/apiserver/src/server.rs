@@ -400,6 +400,7 @@ pub async fn start(
         tasks.spawn(accept_loop(l, None, router.clone(), cancel.clone()));
     }
     tasks.spawn(event_gc(store.clone(), opts.event_ttl, cancel.clone()));
+    tasks.spawn(crate::mirror::run(registry.clone(), cancel.clone()));
     if opts.compaction_interval_seconds > 0 {
         tasks.spawn(compactor(
             store.clone(),

@@ -280,6 +280,8 @@ async fn upstream_kubectl_core_flows() {
         "{described}"
     );
     k.ok(&["-n", "demo", "describe", "rc", "web"]).await;
+    let described = k.ok(&["describe", "svc", "kubernetes"]).await;
+    assert!(described.contains("Endpoints:") && described.contains("127.0.0.1:"), "{described}");
 
     let labeled = k
         .ok(&["-n", "demo", "label", "pod", "nginx", "tier=frontend"])
