@@ -223,9 +223,12 @@ pub async fn run(g: &Global, a: GetArgs) -> anyhow::Result<()> {
     let output = a.output.clone().unwrap_or_default();
     let wide = output == "wide";
     let table_mode = output.is_empty() || wide;
-    if !table_mode && !matches!(output.as_str(), "json" | "yaml" | "name") {
+    if !table_mode
+        && !matches!(output.as_str(), "json" | "yaml" | "name")
+        && !output.starts_with("jsonpath=")
+    {
         return Err(Reported(format!(
-            "error: unable to match a printer suitable for the output format \"{output}\", allowed formats are: json,name,wide,yaml"
+            "error: unable to match a printer suitable for the output format \"{output}\", allowed formats are: json,jsonpath,name,wide,yaml"
         ))
         .into());
     }

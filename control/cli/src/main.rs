@@ -4,6 +4,7 @@ mod apply;
 mod cmds;
 mod describe;
 mod get;
+mod jsonpath;
 mod manifest;
 mod output;
 mod proxy;

@@ -96,9 +96,19 @@ pub fn print_objects(
                 print!("{}", serde_yaml::to_string(&v)?);
             }
         }
+        f if f.starts_with("jsonpath=") => {
+            let template = &f["jsonpath=".len()..];
+            let v = if !as_list && items.len() == 1 {
+                with_kind(items[0].0, items[0].1.clone())
+            } else {
+                json!({"apiVersion": "v1", "kind": "List",
+                       "items": items.iter().map(|(r, o)| with_kind(r, o.clone())).collect::<Vec<_>>()})
+            };
+            print!("{}", crate::jsonpath::render(template, &v)?);
+        }
         other => {
             return Err(Reported(format!(
-                "error: unable to match a printer suitable for the output format \"{other}\", allowed formats are: json,name,wide,yaml"
+                "error: unable to match a printer suitable for the output format \"{other}\", allowed formats are: json,jsonpath,name,wide,yaml"
             ))
             .into());
         }

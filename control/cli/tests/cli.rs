@@ -232,6 +232,24 @@ async fn create_get_describe_label_scale_delete() {
         (Some("Pod"), Some("nginx"))
     );
     assert_eq!(v["spec"]["restartPolicy"], "Always");
+    let ip = c
+        .k(&[
+            "get",
+            "svc",
+            "web",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .await
+        .ok();
+    assert_eq!(ip, r[2], "jsonpath prints the cluster IP of the table");
+    let names = c
+        .k(&["get", "ns", "-o", "jsonpath={.items[*].metadata.name}"])
+        .await
+        .ok();
+    assert!(names.split(' ').any(|n| n == "demo"), "{names}");
     let list = c
         .k(&["get", "secrets", "-n", "demo", "-o", "json"])
         .await
