@@ -41,12 +41,10 @@ pub fn slices_for(ep: &Value) -> Vec<Value> {
             .into_iter()
             .flatten()
             .map(|p| {
-                let mut q =
-                    json!({"port": p["port"], "protocol": p["protocol"].as_str().unwrap_or("TCP")});
-                if let Some(n) = p["name"].as_str() {
-                    q["name"] = json!(n);
-                }
-                q
+                // `name` is always set (empty for unnamed ports), as Kubernetes' controllers
+                // do: kubectl dereferences it.
+                json!({"name": p["name"].as_str().unwrap_or(""), "port": p["port"],
+                       "protocol": p["protocol"].as_str().unwrap_or("TCP")})
             })
             .collect();
         let slice_name = if i == 0 {
@@ -228,6 +226,9 @@ mod tests {
             json!({"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "n1"})
         );
         assert_eq!(s[0]["endpoints"][1]["conditions"]["ready"], false);
-        assert_eq!(s[1]["ports"], json!([{"port": 81, "protocol": "TCP"}]));
+        assert_eq!(
+            s[1]["ports"],
+            json!([{"name": "", "port": 81, "protocol": "TCP"}])
+        );
     }
 }

@@ -71,6 +71,21 @@ data:
   pass: c2VjcmV0
 "#;
 
+const ENDPOINTS: &str = r#"apiVersion: v1
+kind: Endpoints
+metadata:
+  name: web
+  namespace: demo
+subsets:
+- addresses:
+  - ip: 10.244.0.1
+  - ip: 10.244.0.2
+  - ip: 10.244.0.3
+  - ip: 10.244.0.4
+  ports:
+  - port: 80
+"#;
+
 const APPLIED: &str = r#"apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -281,7 +296,31 @@ async fn upstream_kubectl_core_flows() {
     );
     k.ok(&["-n", "demo", "describe", "rc", "web"]).await;
     let described = k.ok(&["describe", "svc", "kubernetes"]).await;
-    assert!(described.contains("Endpoints:") && described.contains("127.0.0.1:"), "{described}");
+    assert!(
+        described.contains("Endpoints:") && described.contains("127.0.0.1:"),
+        "{described}"
+    );
+    let ep = write(dir.path(), "ep.yaml", ENDPOINTS);
+    k.ok(&["create", "-f", &ep]).await;
+    let ep = k.ok(&["-n", "demo", "get", "endpoints", "web"]).await;
+    assert!(
+        ep.contains("10.244.0.1:80,10.244.0.2:80,10.244.0.3:80 + 1 more..."),
+        "{ep}"
+    );
+    let mut described = String::new();
+    for _ in 0..20 {
+        described = k.ok(&["-n", "demo", "describe", "svc", "web"]).await;
+        if described.contains("+ 1 more...") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        described.contains(
+            "Endpoints:                10.244.0.1:80,10.244.0.2:80,10.244.0.3:80 + 1 more..."
+        ),
+        "{described}"
+    );
 
     let labeled = k
         .ok(&["-n", "demo", "label", "pod", "nginx", "tier=frontend"])

@@ -836,7 +836,12 @@ async fn endpoints_are_mirrored_into_endpoint_slices() {
     let api = start().await;
     let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web"},
         "subsets": [{"addresses": [{"ip": "10.1.0.1"}, {"ip": "10.1.0.2"}], "ports": [{"port": 80}]}]});
-    assert_eq!(api.post("/api/v1/namespaces/default/endpoints", &ep).await.0, 201);
+    assert_eq!(
+        api.post("/api/v1/namespaces/default/endpoints", &ep)
+            .await
+            .0,
+        201
+    );
     let slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
     let mut found = None;
     for _ in 0..50 {
@@ -850,7 +855,12 @@ async fn endpoints_are_mirrored_into_endpoint_slices() {
     let s = found.expect("mirrored slice");
     assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "web");
     assert_eq!(s["endpoints"].as_array().expect("endpoints").len(), 2);
-    assert_eq!(api.delete("/api/v1/namespaces/default/endpoints/web").await.0, 200);
+    assert_eq!(
+        api.delete("/api/v1/namespaces/default/endpoints/web")
+            .await
+            .0,
+        200
+    );
     let mut gone = false;
     for _ in 0..50 {
         if api.get(&format!("{slices}/web")).await.0 == 404 {
