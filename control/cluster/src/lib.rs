@@ -135,6 +135,13 @@ pub struct Proc {
     pub role: String,
     pub pid: u32,
     pub log: PathBuf,
+    /// The command line, to restart it.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub netns: String,
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -312,6 +319,9 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
         role: "control-plane".into(),
         pid,
         log: log.clone(),
+        argv: argv(&cmd),
+        netns: cp.name().to_owned(),
+        cgroup: None,
     });
     state.kubeconfig = kubeconfig.clone();
     save(data, state)?;
@@ -371,6 +381,9 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             role: node.name.clone(),
             pid,
             log,
+            argv: argv(&cmd),
+            netns: ns.name().to_owned(),
+            cgroup: Some(node.cgroup.clone()),
         });
     }
     save(data, state)?;
@@ -409,6 +422,73 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     Ok(())
 }
 
+fn argv(cmd: &Command) -> Vec<String> {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn load_state(opts: &NameOptions) -> Result<(State, PathBuf)> {
+    let names = Names::new(&opts.name)?;
+    let data = names.data_dir(&opts.data_root);
+    let path = data.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        Error::Invalid(format!(
+            "no cluster named {:?} (no {})",
+            opts.name,
+            path.display()
+        ))
+    })?;
+    let state = serde_json::from_str(&text).map_err(|source| Error::State {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((state, data))
+}
+
+/// Restarts the process with role `role` (the control plane or a node's agent): SIGKILL when
+/// `kill`, else SIGTERM and a grace period; then the same command in the same namespace and
+/// cgroup. Returns the new pid.
+pub fn restart(opts: &NameOptions, role: &str, kill: bool) -> Result<u32> {
+    let (mut state, data) = load_state(opts)?;
+    let p = state
+        .processes
+        .iter_mut()
+        .find(|p| p.role == role)
+        .ok_or_else(|| Error::Invalid(format!("no process {role:?} in cluster {:?}", opts.name)))?;
+    let pid = p.pid as i32;
+    signal_all(
+        &[pid],
+        if kill {
+            nix::sys::signal::Signal::SIGKILL
+        } else {
+            nix::sys::signal::Signal::SIGTERM
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (prog, args) = p
+        .argv
+        .split_first()
+        .ok_or_else(|| Error::Invalid(format!("no command recorded for {role:?}")))?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    let ns = Path::new(xkube_netns::NETNS_DIR).join(&p.netns);
+    let log = p.log.clone();
+    let out = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .map_err(io("open", &log))?;
+    p.pid = spawn_in_with(&ns, p.cgroup.as_deref(), &mut cmd, out, role)?;
+    let new = p.pid;
+    save(&data, &state)?;
+    Ok(new)
+}
+
 /// Creates the named namespace and records it; the namespace outlives this process.
 fn named(name: String, state: &mut State) -> Result<NetNs> {
     let ns = NetNs::create(&name)?;
@@ -425,6 +505,17 @@ fn spawn_in(
     log: &Path,
     what: &str,
 ) -> Result<u32> {
+    let out = File::create(log).map_err(io("create", log))?;
+    spawn_in_with(netns, cgroup, cmd, out, what)
+}
+
+fn spawn_in_with(
+    netns: &Path,
+    cgroup: Option<&Path>,
+    cmd: &mut Command,
+    out: File,
+    what: &str,
+) -> Result<u32> {
     let ns = File::open(netns).map_err(io("open", netns))?;
     let procs = match cgroup {
         Some(c) => Some(
@@ -435,8 +526,10 @@ fn spawn_in(
         ),
         None => None,
     };
-    let out = File::create(log).map_err(io("create", log))?;
-    let err = out.try_clone().map_err(io("open", log))?;
+    let err = out.try_clone().map_err(|source| Error::Spawn {
+        what: what.to_owned(),
+        source,
+    })?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let ns_fd = ns.as_raw_fd();
     let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());

@@ -157,6 +157,13 @@ impl NetNs {
         })
     }
 
+    /// A handle on the existing named namespace `name` that does not remove it.
+    pub fn borrowed(name: &str) -> Result<Self> {
+        let mut ns = Self::existing(name)?;
+        ns.owned = false;
+        Ok(ns)
+    }
+
     /// The namespace this process was started in (never removed).
     pub fn current() -> Self {
         Self {

@@ -1,7 +1,9 @@
 //! `xkube agnhost`: a test workload modelled on Kubernetes' agnhost `netexec`.
 //!
 //! HTTP (`--http-port`, default 8080): `/hostname`, `/clientip` (`ip:port` as the server saw
-//! it), `/whoami` (`<hostname> <client ip>`), `/echo?msg=...`, `/healthz`, `/` (`NOW: <time>`).
+//! it), `/whoami` (`<hostname> <client ip>`), `/echo?msg=...`, `/healthz`, `/` (`NOW: <time>`),
+//! `/dial?host=H&port=P&path=/hostname` (this pod fetches `http://H:P/path` and returns the
+//! body: how tests make a pod talk to a service, e.g. itself through its service).
 //! TCP (`--tcp-port`): echoes what it reads. UDP (`--udp-port`): answers `hostname` with the
 //! hostname, `clientip` with the client address, anything else with itself.
 
@@ -50,7 +52,6 @@ pub async fn run(args: Args, token: CancellationToken) -> anyhow::Result<()> {
             .with_context(|| format!("binding HTTP port {}", args.http_port))?;
         let h = host.clone();
         let h2 = host.clone();
-        let h3 = host.clone();
         let app = Router::new()
             .route("/", get(|| async { format!("NOW: {}", jiff_now()) }))
             .route("/hostname", get(move || async move { h.to_string() }))
@@ -72,13 +73,8 @@ pub async fn run(args: Args, token: CancellationToken) -> anyhow::Result<()> {
                     q.get("msg").cloned().unwrap_or_default()
                 }),
             )
-            .route(
-                "/healthz",
-                get(move || async move {
-                    let _ = &h3;
-                    "ok"
-                }),
-            );
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/dial", get(dial));
         let t = token.clone();
         tasks.spawn(async move {
             axum::serve(
@@ -141,6 +137,40 @@ pub async fn run(args: Args, token: CancellationToken) -> anyhow::Result<()> {
         r.context("agnhost task")??;
     }
     Ok(())
+}
+
+/// `/dial`: one bounded HTTP/1.0 GET from this pod.
+async fn dial(Query(q): Query<HashMap<String, String>>) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let (Some(host), Some(port)) = (q.get("host"), q.get("port")) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "host and port are required\n".into(),
+        );
+    };
+    let path = q.get("path").map_or("/hostname", String::as_str);
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(format!("{host}:{port}")).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), fetch).await {
+        Ok(Ok(text)) => match text.split_once("\r\n\r\n") {
+            Some((_, body)) => (StatusCode::OK, body.to_owned()),
+            None => (StatusCode::BAD_GATEWAY, text),
+        },
+        Ok(Err(e)) => (
+            StatusCode::BAD_GATEWAY,
+            format!("dial {host}:{port}: {e}\n"),
+        ),
+        Err(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("dial {host}:{port}: timed out\n"),
+        ),
+    }
 }
 
 fn jiff_now() -> String {

@@ -62,6 +62,16 @@ enum ClusterCmd {
     Down(xkube_cluster::NameOptions),
     /// Show the cluster's processes and nodes.
     Status(xkube_cluster::NameOptions),
+    /// Restart one of the cluster's processes (`control-plane` or a node name).
+    Restart {
+        #[command(flatten)]
+        cluster: xkube_cluster::NameOptions,
+        /// The process: `control-plane` or a node name such as `xk-node1`.
+        role: String,
+        /// SIGKILL instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -159,6 +169,13 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from),
             ClusterCmd::Status(o) => xkube_cluster::status(&o)
                 .map(|s| print!("{s}"))
+                .map_err(anyhow::Error::from),
+            ClusterCmd::Restart {
+                cluster,
+                role,
+                kill,
+            } => xkube_cluster::restart(&cluster, &role, kill)
+                .map(|pid| println!("{role} restarted (pid {pid})"))
                 .map_err(anyhow::Error::from),
         },
         Cmd::Proxy(args) => run_async(|token| async move {
