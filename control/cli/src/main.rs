@@ -5,6 +5,7 @@ mod cmds;
 mod describe;
 mod get;
 mod jsonpath;
+mod logs;
 mod manifest;
 mod output;
 mod proxy;
@@ -98,6 +99,8 @@ enum Cmd {
     Get(get::GetArgs),
     /// Show details of a specific resource or group of resources.
     Describe(describe::DescribeArgs),
+    /// Print the logs for a container in a pod.
+    Logs(logs::LogsArgs),
     /// Delete resources by file names, stdin, resources and names, or by label selector.
     Delete(cmds::DeleteArgs),
     /// Set a new size for a replication controller.
@@ -219,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Get(a) => get::run(g, a).await,
         Cmd::Describe(a) => describe::run(g, a).await,
         Cmd::Delete(a) => cmds::delete(g, a).await,
+        Cmd::Logs(a) => logs::run(g, a).await,
         Cmd::Scale(a) => cmds::scale(g, a).await,
         Cmd::Label(a) => cmds::label(g, a, "labels").await,
         Cmd::Annotate(a) => cmds::label(g, a, "annotations").await,

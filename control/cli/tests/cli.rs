@@ -1125,3 +1125,62 @@ async fn rolling_update_prints_the_seed_lines_and_keeps_pods_available() {
     ctrl.await.expect("fake controller");
     c.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_stream_the_pod_log_subresource() {
+    // The apiserver does not serve pods/log yet: a stand-in serves the subresource the way
+    // Kubernetes does (plain text, query parameters) and answers 404 Status otherwise.
+    async fn log(
+        axum::extract::Path((ns, pod)): axum::extract::Path<(String, String)>,
+        axum::extract::RawQuery(q): axum::extract::RawQuery,
+    ) -> (http::StatusCode, String) {
+        if ns == "default" && pod == "p" {
+            (
+                http::StatusCode::OK,
+                format!("query={}\nline 1\nline 2\n", q.unwrap_or_default()),
+            )
+        } else {
+            (
+                http::StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                       "reason": "NotFound", "message": format!("pods \"{pod}\" not found")})
+                .to_string(),
+            )
+        }
+    }
+    let app = axum::Router::new().route(
+        "/api/v1/namespaces/{ns}/pods/{pod}/log",
+        axum::routing::get(log),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let srv = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kc = dir.path().join("kc");
+    std::fs::write(
+        &kc,
+        format!("clusters:\n- name: c\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: x\n  context: {{cluster: c}}\ncurrent-context: x\n"),
+    )
+    .expect("kubeconfig");
+    let out = run_with(
+        &kc,
+        &["logs", "p", "-c", "app", "--tail=2", "--timestamps"],
+        None,
+    )
+    .await
+    .ok();
+    assert_eq!(
+        out,
+        "query=container=app&tailLines=2&timestamps=true\nline 1\nline 2\n"
+    );
+    let out = run_with(&kc, &["logs", "pod/p", "side"], None).await.ok();
+    assert!(out.starts_with("query=container=side\n"), "{out}");
+    let e = run_with(&kc, &["logs", "nope"], None).await.fails();
+    assert_eq!(
+        e.trim(),
+        "Error from server (NotFound): pods \"nope\" not found"
+    );
+    srv.abort();
+}

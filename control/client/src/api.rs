@@ -259,6 +259,48 @@ pub struct ObjectList<K> {
     pub continue_token: Option<String>,
 }
 
+/// Parameters of the pod `log` subresource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogParams {
+    /// Container (required when the pod has several).
+    pub container: Option<String>,
+    /// Keep streaming new output.
+    pub follow: bool,
+    /// Only the last lines.
+    pub tail_lines: Option<i64>,
+    /// The previous instance of the container.
+    pub previous: bool,
+    /// Prefix lines with RFC 3339 timestamps.
+    pub timestamps: bool,
+    /// Only output newer than this many seconds.
+    pub since_seconds: Option<i64>,
+}
+
+impl LogParams {
+    fn query(&self) -> Vec<(String, String)> {
+        let mut q = Vec::new();
+        if let Some(c) = &self.container {
+            q.push(("container".into(), c.clone()));
+        }
+        if self.follow {
+            q.push(("follow".into(), "true".into()));
+        }
+        if let Some(t) = self.tail_lines {
+            q.push(("tailLines".into(), t.to_string()));
+        }
+        if self.previous {
+            q.push(("previous".into(), "true".into()));
+        }
+        if self.timestamps {
+            q.push(("timestamps".into(), "true".into()));
+        }
+        if let Some(s) = self.since_seconds {
+            q.push(("sinceSeconds".into(), s.to_string()));
+        }
+        q
+    }
+}
+
 /// One event of a watch stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent<K> {
@@ -653,6 +695,25 @@ impl<K: Object> Api<K> {
             .send(Method::GET, &path, None, None, None)
             .await?;
         Ok(line_stream(Box::pin(resp.bytes_stream())))
+    }
+
+    /// The `log` subresource of pod `name` as a byte stream (ends when the log does, or
+    /// never with `follow` until the container stops).
+    pub async fn logs(
+        &self,
+        name: &str,
+        lp: &LogParams,
+    ) -> Result<impl Stream<Item = Result<bytes::Bytes>> + Send + use<K>> {
+        let path = format!(
+            "{}{}",
+            self.object_path(name, Some("log")),
+            encode_query(&lp.query())
+        );
+        let resp = self
+            .client
+            .send(Method::GET, &path, None, Some("*/*"), None)
+            .await?;
+        Ok(resp.bytes_stream().map(|r| r.map_err(Error::Http)))
     }
 
     /// Polls until `cond` holds for the object (or it is absent and `cond(None)` holds).

@@ -18,8 +18,8 @@ pub mod reflector;
 pub mod watcher;
 
 pub use api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Object, ObjectList, Patch,
-    PropagationPolicy, WatchEvent,
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, LogParams, Object, ObjectList,
+    Patch, PropagationPolicy, WatchEvent,
 };
 pub use client::Client;
 pub use config::{Config, Kubeconfig, Overrides};
