@@ -218,7 +218,29 @@ pub async fn non_resource(
             json(200, &resources(g, v))
         }
         ["version"] => json(200, &version()),
-        ["healthz"] | ["livez"] | ["readyz"] => text("ok".into(), "text/plain; charset=utf-8"),
+        ["readyz"] => {
+            let pending: Vec<&str> = app
+                .registry
+                .caches
+                .iter()
+                .filter(|(_, c)| !c.is_ready())
+                .map(|(p, _)| *p)
+                .collect();
+            if pending.is_empty() {
+                text("ok".into(), "text/plain; charset=utf-8")
+            } else {
+                let mut r = text(
+                    format!(
+                        "[-]watch-cache-sync failed: {}\nreadyz check failed\n",
+                        pending.join(",")
+                    ),
+                    "text/plain; charset=utf-8",
+                );
+                *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                r
+            }
+        }
+        ["healthz"] | ["livez"] => text("ok".into(), "text/plain; charset=utf-8"),
         ["healthz" | "livez" | "readyz", _] => text("ok".into(), "text/plain; charset=utf-8"),
         ["metrics"] => text(app.metrics.render(), "text/plain; version=0.0.4"),
         ["openapi", "v3"] => {

@@ -322,6 +322,15 @@ pub async fn start(
         tasks.spawn(cache.clone().run(store.clone(), bookmark, cancel.clone()));
         caches.insert(res.plural, cache);
     }
+    // Serve only once every watch cache holds its first list (bounded wait).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !caches.values().all(|c: &Arc<WatchCache>| c.is_ready()) {
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!("watch caches are not ready after 30s; serving anyway");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let registry = Arc::new(Registry {
         store: store.clone(),
         alloc,

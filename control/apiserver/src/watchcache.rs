@@ -252,6 +252,11 @@ impl WatchCache {
         let _ = self.tx.send(Message::Event(ce));
     }
 
+    /// Whether the first list has been loaded.
+    pub fn is_ready(&self) -> bool {
+        self.read().ready
+    }
+
     /// The current objects under `prefix` and the cache revision.
     pub fn list(&self, prefix: &str) -> Option<(Vec<Arc<Value>>, Revision)> {
         let st = self.read();
