@@ -797,7 +797,7 @@ async fn discovery_health_and_metrics() {
 
 #[tokio::test]
 async fn events_expire_after_the_event_ttl() {
-    let api = start_with(|b| b.options(|o| o.event_ttl = Duration::from_secs(2))).await;
+    let api = start_with(|b| b.options(|o| o.event_ttl = Duration::from_secs(6))).await;
     let ev = |name: &str, last: &str| {
         json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name},
                "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
@@ -811,7 +811,7 @@ async fn events_expire_after_the_event_ttl() {
     let now = xkube_api::meta::format_time(jiff::Timestamp::now());
     assert_eq!(api.post(events, &ev("new", &now)).await.0, 201);
     let mut gone = false;
-    for _ in 0..40 {
+    for _ in 0..50 {
         if api.get(&format!("{events}/old")).await.0 == 404 {
             gone = true;
             break;
