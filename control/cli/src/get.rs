@@ -211,9 +211,37 @@ fn list_query(a: &GetArgs, extra: &[(&str, String)]) -> String {
 }
 
 async fn get_table(client: &Client, path: &str) -> Result<Value, xkube_client::Error> {
-    client
+    let v = client
         .request_json(Method::GET, path, None, Some(ACCEPT_TABLE))
-        .await
+        .await?;
+    Ok(as_table(v))
+}
+
+/// A server that answers with objects instead of a Table gets kubectl's default columns.
+fn as_table(v: Value) -> Value {
+    if v["kind"] == "Table" {
+        return v;
+    }
+    let items: Vec<Value> = match v["items"].as_array() {
+        Some(items) => items.clone(),
+        None => vec![v],
+    };
+    let now = jiff::Timestamp::now();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let age = o["metadata"]["creationTimestamp"]
+                .as_str()
+                .and_then(xkube_api::meta::parse_time)
+                .map(|t| xkube_api::table::human_duration(now.as_second() - t.as_second()))
+                .unwrap_or_else(|| "<unknown>".into());
+            json!({"cells": [xkube_api::meta::name(o), age],
+                   "object": {"metadata": o["metadata"].clone()}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1",
+           "columnDefinitions": [{"name": "Name", "priority": 0}, {"name": "Age", "priority": 0}],
+           "rows": rows})
 }
 
 /// Runs `get`.
@@ -465,4 +493,22 @@ async fn watch(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_without_a_table_get_name_and_age() {
+        let t = as_table(json!({"kind": "WidgetList", "items": [
+            {"metadata": {"name": "w1", "creationTimestamp": "2020-01-01T00:00:00Z"}}]}));
+        let p = TablePrinter::new(false, false, None, false);
+        let mut p = p;
+        p.learn(&t);
+        assert_eq!(p.header(), ["NAME", "AGE"]);
+        let rows = p.rows(&t);
+        assert_eq!(rows[0][0], "w1");
+        assert!(rows[0][1].ends_with('d'), "{:?}", rows[0]);
+    }
 }
