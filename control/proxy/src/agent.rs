@@ -123,7 +123,8 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         info!(dir = %pin_dir.display(), "removed every eBPF program, link, pin and map");
         return Ok(());
     }
-    let services: Store<Service> = spawn(Api::all(client.clone()), ListParams::default(), &shutdown);
+    let services: Store<Service> =
+        spawn(Api::all(client.clone()), ListParams::default(), &shutdown);
     let endpoints: Store<Endpoints> =
         spawn(Api::all(client.clone()), ListParams::default(), &shutdown);
     let nodes: Store<Node> = spawn(
@@ -246,7 +247,10 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
 
 fn note<T>(r: &std::result::Result<T, tokio::sync::broadcast::error::RecvError>) {
     if let Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) = r {
-        debug!(missed = n, "change notifications lagged; recomputing from the caches");
+        debug!(
+            missed = n,
+            "change notifications lagged; recomputing from the caches"
+        );
     }
 }
 
@@ -336,7 +340,11 @@ fn service_names(svcs: &[Service], ids: &Ids) -> BTreeMap<u16, String> {
             continue;
         };
         let ns = s.metadata.namespace.as_deref().unwrap_or("default");
-        let Some(ip) = spec.cluster_ip.as_deref().and_then(|i| i.parse::<Ipv4Addr>().ok()) else {
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|i| i.parse::<Ipv4Addr>().ok())
+        else {
             continue;
         };
         for p in spec.ports.iter().flatten() {
