@@ -1,0 +1,46 @@
+//! The official Python `kubernetes` client as a second real client (skipped when the module
+//! is not installed; `XKUBE_PYTHON` picks the interpreter, default `python3`).
+
+use std::time::Duration;
+
+use xkube_apiserver::testing::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kubernetes_client() {
+    let python = std::env::var("XKUBE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_module = std::process::Command::new(&python)
+        .args(["-c", "import kubernetes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_module {
+        eprintln!("skipping: {python} cannot import kubernetes (pip install kubernetes)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::builder(dir.path())
+        .secure()
+        .start()
+        .await
+        .expect("starts");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/client.py");
+    let kubeconfig = server.kubeconfig.clone().expect("kubeconfig");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(&kubeconfig)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python client timed out")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok"), "{stdout}");
+    server.stop().await;
+}
