@@ -233,19 +233,36 @@ async fn ensure_builtins(
         }
     }
     let services = find("services")?;
-    if reg
-        .get(services, Some("default"), "kubernetes")
-        .await
-        .is_err()
-    {
-        let svc = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"clusterIP": first_ip.to_string(),
-                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": endpoint.port()}]},
-        });
-        ignore_exists(reg.create(services, Some("default"), svc, &opts).await)?;
+    match reg.get(services, Some("default"), "kubernetes").await {
+        // The secure port may differ from the last start: keep targetPort in step.
+        Ok((svc, _)) if svc["spec"]["ports"][0]["targetPort"] != json!(endpoint.port()) => {
+            let mut s = svc.clone();
+            s["spec"]["ports"][0]["targetPort"] = json!(endpoint.port());
+            reg.update(
+                services,
+                Some("default"),
+                "kubernetes",
+                s,
+                None,
+                &opts,
+                None,
+            )
+            .await
+            .map_err(|e| {
+                Error::Config(format!("updating the kubernetes service: {}", e.message))
+            })?;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            let svc = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"clusterIP": first_ip.to_string(),
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": endpoint.port()}]},
+            });
+            ignore_exists(reg.create(services, Some("default"), svc, &opts).await)?;
+        }
     }
     let endpoints = find("endpoints")?;
     let ep = json!({

@@ -507,6 +507,12 @@ async fn cluster_ip_and_node_port_allocation() {
         )
         .await;
     assert_eq!(code, 422);
+    let (_, k) = api2.get(&format!("{svcs}/kubernetes")).await;
+    let port = api2.server.insecure_addr.expect("addr").port();
+    assert_eq!(
+        k["spec"]["ports"][0]["targetPort"], port,
+        "kubernetes targetPort follows the port"
+    );
     let (_, l) = api2.get(svcs).await;
     assert_eq!(l["items"].as_array().expect("items").len(), 4);
     api2.stop().await;
