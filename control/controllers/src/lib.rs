@@ -1,0 +1,405 @@
+//! The xkube controller-manager: level-triggered controllers that talk to the apiserver only
+//! through the API (list + watch into reflector caches, writes via REST).
+//!
+//! - [`replication`]: exactly `spec.replicas` pods per ReplicationController.
+//! - [`endpoints`]: one Endpoints object per selector Service.
+//! - [`nodelifecycle`]: podCIDRs, Ready=Unknown and taints for silent nodes, eviction.
+//! - [`namespace`]: empties and finalizes terminating namespaces.
+//! - [`serviceaccount`]: a `default` ServiceAccount per namespace and token Secrets signed by
+//!   [`token::TokenSigner`]; the apiserver authenticates them with [`token::TokenVerifier`].
+//! - [`podgc`]: deletes terminated pods beyond a threshold.
+//! - [`quota`]: keeps `ResourceQuota.status.used` current.
+//!
+//! Shared building blocks, also used by the scheduler: [`queue::WorkQueue`] (dedup, one
+//! worker per key, backoff), [`informer`] (reflectors and change subscriptions),
+//! [`recorder::EventRecorder`] (deduplicated events), [`quantity`] and [`podutil`].
+//!
+//! Binaries call [`build_client`] and [`run`] with parsed [`Options`].
+
+pub mod endpoints;
+pub mod error;
+pub mod informer;
+pub mod namespace;
+pub mod nodelifecycle;
+pub mod podgc;
+pub mod podutil;
+pub mod quantity;
+pub mod queue;
+pub mod quota;
+pub mod recorder;
+pub mod replication;
+pub mod serviceaccount;
+pub mod token;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
+    Service, ServiceAccount,
+};
+use tokio_util::sync::CancellationToken;
+use xkube_client::{Client, Config, Overrides};
+
+pub use error::{Error, Result};
+
+use crate::informer::reflect;
+use crate::recorder::EventRecorder;
+
+/// Parses a Go-style duration (`40s`, `5m`, `1m30s`, `500ms`, `1h`); a bare number is seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<f64>() {
+        if n < 0.0 || !n.is_finite() {
+            return Err(format!("invalid duration {s:?}"));
+        }
+        return Ok(Duration::from_secs_f64(n));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let secs = match unit {
+            "ns" => n / 1e9,
+            "us" | "µs" => n / 1e6,
+            "ms" => n / 1e3,
+            "s" => n,
+            "m" => n * 60.0,
+            "h" => n * 3600.0,
+            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
+        };
+        total += Duration::from_secs_f64(secs);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+/// Every controller this crate runs, by its `--controllers` name.
+pub const CONTROLLERS: &[&str] = &[
+    "replication",
+    "endpoints",
+    "nodelifecycle",
+    "namespace",
+    "serviceaccount",
+    "serviceaccount-token",
+    "podgc",
+    "resourcequota",
+];
+
+/// Flags of `xkube controller-manager` (Kubernetes' names and defaults where they exist).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Kubeconfig file with the apiserver's address and credentials.
+    #[arg(long, env = "XKUBE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of the apiserver (overrides the kubeconfig's server).
+    #[arg(long, env = "XKUBE_MASTER")]
+    pub master: Option<String>,
+    /// Controllers to run: `*` for all, `name` to enable, `-name` to disable
+    /// (replication, endpoints, nodelifecycle, namespace, serviceaccount,
+    /// serviceaccount-token, podgc, resourcequota).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub controllers: Vec<String>,
+    /// CIDR range of pods; nodes get consecutive subnets of it.
+    #[arg(long, default_value = "10.244.0.0/16", env = "XKUBE_CLUSTER_CIDR")]
+    pub cluster_cidr: String,
+    /// Allocate a podCIDR to every node from --cluster-cidr.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub allocate_node_cidrs: bool,
+    /// Prefix length of node subnets.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
+    /// How often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub node_monitor_period: Duration,
+    /// How long a node may go without posting status before it is Unknown.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// How long a node stays unhealthy before its pods are evicted.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub pod_eviction_timeout: Duration,
+    /// Terminated pods kept before the oldest are deleted (0 disables).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
+    /// How often pod garbage collection runs.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub pod_gc_period: Duration,
+    /// How often every quota's usage is recomputed in full.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub resource_quota_sync_period: Duration,
+    /// Concurrent ReplicationController syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_rc_syncs: usize,
+    /// Concurrent Endpoints syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_endpoint_syncs: usize,
+    /// Concurrent namespace syncs.
+    #[arg(long, default_value_t = 2)]
+    pub concurrent_namespace_syncs: usize,
+    /// Concurrent ResourceQuota syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_resource_quota_syncs: usize,
+    /// Concurrent ServiceAccount token syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_serviceaccount_token_syncs: usize,
+    /// Data directory (holds the service-account signing key).
+    #[arg(long, default_value = "/var/lib/xkube", env = "XKUBE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// PKCS#8 P-256 key signing service-account tokens (default
+    /// `<data-dir>/service-account-key.pk8`, created when absent).
+    #[arg(long)]
+    pub service_account_private_key_file: Option<PathBuf>,
+    /// CA bundle put into token secrets as `ca.crt`.
+    #[arg(long)]
+    pub root_ca_file: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            kubeconfig: None,
+            master: None,
+            controllers: vec!["*".into()],
+            cluster_cidr: "10.244.0.0/16".into(),
+            allocate_node_cidrs: true,
+            node_cidr_mask_size: 24,
+            node_monitor_period: Duration::from_secs(5),
+            node_monitor_grace_period: Duration::from_secs(40),
+            pod_eviction_timeout: Duration::from_secs(300),
+            terminated_pod_gc_threshold: 12500,
+            pod_gc_period: Duration::from_secs(20),
+            resource_quota_sync_period: Duration::from_secs(300),
+            concurrent_rc_syncs: 5,
+            concurrent_endpoint_syncs: 5,
+            concurrent_namespace_syncs: 2,
+            concurrent_resource_quota_syncs: 5,
+            concurrent_serviceaccount_token_syncs: 5,
+            data_dir: PathBuf::from("/var/lib/xkube"),
+            service_account_private_key_file: None,
+            root_ca_file: None,
+        }
+    }
+}
+
+impl Options {
+    /// Whether `--controllers` enables `name`.
+    pub fn enabled(&self, name: &str) -> bool {
+        let mut on = false;
+        for c in &self.controllers {
+            let c = c.trim();
+            if c == "*" {
+                on = true;
+            } else if c == name {
+                return true;
+            } else if c.strip_prefix('-') == Some(name) {
+                return false;
+            }
+        }
+        on
+    }
+
+    /// The service-account signing key file.
+    pub fn service_account_key_path(&self) -> PathBuf {
+        self.service_account_private_key_file
+            .clone()
+            .unwrap_or_else(|| token::key_path(&self.data_dir))
+    }
+}
+
+/// A client from a kubeconfig file and/or an apiserver URL (`--kubeconfig`, `--master`):
+/// the URL alone means no credentials; neither means what kubectl would load.
+pub fn build_client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Client> {
+    let cfg = match (kubeconfig, master) {
+        (None, Some(url)) => Config::new(url),
+        (path, master) => Config::load(
+            path,
+            &Overrides {
+                server: master.map(str::to_string),
+                ..Overrides::default()
+            },
+        )
+        .map_err(|e| Error::Config(format!("loading kubeconfig: {e}")))?,
+    };
+    Client::new(&cfg).map_err(|e| Error::Config(format!("building client: {e}")))
+}
+
+/// Runs the enabled controllers until `shutdown`.
+pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> Result<()> {
+    for c in &opts.controllers {
+        let name = c.trim().trim_start_matches('-');
+        if name != "*" && !CONTROLLERS.contains(&name) {
+            return Err(Error::Config(format!(
+                "unknown controller {name:?} in --controllers"
+            )));
+        }
+    }
+    let cidrs = if opts.allocate_node_cidrs {
+        Some(nodelifecycle::CidrAllocator::new(
+            &opts.cluster_cidr,
+            opts.node_cidr_mask_size,
+        )?)
+    } else {
+        None
+    };
+    let signer = if opts.enabled("serviceaccount-token") {
+        let path = opts.service_account_key_path();
+        Some(Arc::new(
+            tokio::task::spawn_blocking(move || token::TokenSigner::load_or_create(&path))
+                .await
+                .map_err(|e| Error::Config(format!("loading the signing key: {e}")))??,
+        ))
+    } else {
+        None
+    };
+    let root_ca = match &opts.root_ca_file {
+        Some(p) => Some(std::fs::read(p).map_err(|source| Error::Io {
+            op: "read",
+            path: p.clone(),
+            source,
+        })?),
+        None => None,
+    };
+
+    // One reflector per resource, shared by every controller.
+    let sd = &shutdown;
+    let pods = reflect::<Pod>(&client, sd);
+    let need = |names: &[&str]| names.iter().any(|n| opts.enabled(n));
+    let recorder = EventRecorder::new(client.clone(), "controller-manager");
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let rcs = need(&["replication", "resourcequota"])
+        .then(|| reflect::<ReplicationController>(&client, sd));
+    let services = need(&["endpoints", "resourcequota"]).then(|| reflect::<Service>(&client, sd));
+    let secrets =
+        need(&["serviceaccount-token", "resourcequota"]).then(|| reflect::<Secret>(&client, sd));
+    let namespaces =
+        need(&["namespace", "serviceaccount"]).then(|| reflect::<Namespace>(&client, sd));
+    let accounts = need(&["serviceaccount", "serviceaccount-token"])
+        .then(|| reflect::<ServiceAccount>(&client, sd));
+
+    if let (true, Some(rcs)) = (opts.enabled("replication"), rcs.clone()) {
+        let c = replication::ReplicationManager::new(
+            client.clone(),
+            rcs,
+            pods.clone(),
+            recorder.clone(),
+        );
+        tasks.spawn(c.run(opts.concurrent_rc_syncs, shutdown.clone()));
+    }
+    if let (true, Some(services)) = (opts.enabled("endpoints"), services.clone()) {
+        let eps = reflect::<Endpoints>(&client, sd);
+        let c = endpoints::EndpointsController::new(client.clone(), services, pods.clone(), eps);
+        tasks.spawn(c.run(opts.concurrent_endpoint_syncs, shutdown.clone()));
+    }
+    if opts.enabled("nodelifecycle") {
+        let nodes = reflect::<Node>(&client, sd);
+        let cfg = nodelifecycle::NodeLifecycleConfig {
+            cidrs,
+            monitor_period: opts.node_monitor_period,
+            grace_period: opts.node_monitor_grace_period,
+            pod_eviction_timeout: opts.pod_eviction_timeout,
+        };
+        let c = nodelifecycle::NodeLifecycleController::new(
+            client.clone(),
+            nodes,
+            pods.clone(),
+            recorder.clone(),
+            cfg,
+        );
+        tasks.spawn(c.run(shutdown.clone()));
+    }
+    if let (true, Some(ns)) = (opts.enabled("namespace"), namespaces.clone()) {
+        let c = namespace::NamespaceController::new(client.clone(), ns);
+        tasks.spawn(c.run(opts.concurrent_namespace_syncs, shutdown.clone()));
+    }
+    if let (true, Some(ns), Some(sa)) = (
+        opts.enabled("serviceaccount"),
+        namespaces.clone(),
+        accounts.clone(),
+    ) {
+        let c = serviceaccount::ServiceAccountController::new(client.clone(), ns, sa);
+        tasks.spawn(c.run(1, shutdown.clone()));
+    }
+    if let (Some(signer), Some(sa), Some(secrets)) = (signer, accounts.clone(), secrets.clone()) {
+        let c = serviceaccount::TokenController::new(client.clone(), sa, secrets, signer, root_ca);
+        tasks.spawn(c.run(opts.concurrent_serviceaccount_token_syncs, shutdown.clone()));
+    }
+    if opts.enabled("podgc") {
+        let c = podgc::PodGcController::new(
+            client.clone(),
+            pods.clone(),
+            opts.terminated_pod_gc_threshold,
+            opts.pod_gc_period,
+        );
+        tasks.spawn(c.run(shutdown.clone()));
+    }
+    if let (true, Some(rcs), Some(services), Some(secrets)) =
+        (opts.enabled("resourcequota"), rcs, services, secrets)
+    {
+        let caches = quota::QuotaCaches {
+            quotas: reflect::<ResourceQuota>(&client, sd),
+            pods: pods.clone(),
+            services,
+            rcs,
+            secrets,
+            configmaps: reflect::<ConfigMap>(&client, sd),
+        };
+        let c =
+            quota::QuotaController::new(client.clone(), caches, opts.resource_quota_sync_period);
+        tasks.spawn(c.run(opts.concurrent_resource_quota_syncs, shutdown.clone()));
+    }
+    tracing::info!(controllers = ?opts.controllers, "controller-manager running");
+    shutdown.cancelled().await;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_duration("40s"), Ok(Duration::from_secs(40)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flags_have_kubernetes_defaults_and_controllers_can_be_disabled() {
+        let cli = Cli::parse_from(["cm"]);
+        assert_eq!(cli.opts.cluster_cidr, "10.244.0.0/16");
+        assert_eq!(cli.opts.node_monitor_grace_period, Duration::from_secs(40));
+        assert_eq!(cli.opts.pod_eviction_timeout, Duration::from_secs(300));
+        assert!(CONTROLLERS.iter().all(|c| cli.opts.enabled(c)));
+        let cli = Cli::parse_from(["cm", "--controllers=*,-podgc", "--pod-eviction-timeout=2s"]);
+        assert!(!cli.opts.enabled("podgc"));
+        assert!(cli.opts.enabled("replication"));
+        assert_eq!(cli.opts.pod_eviction_timeout, Duration::from_secs(2));
+        let cli = Cli::parse_from(["cm", "--controllers=endpoints"]);
+        assert!(cli.opts.enabled("endpoints") && !cli.opts.enabled("replication"));
+    }
+}

@@ -1,0 +1,293 @@
+//! Service-account tokens: ES256-signed JWTs in the legacy Kubernetes format, signed with a
+//! P-256 key kept in the data dir, and the verification the apiserver uses to authenticate
+//! them.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `iss` of service-account tokens.
+pub const ISSUER: &str = "kubernetes/serviceaccount";
+/// Secret type of token secrets.
+pub const SECRET_TYPE: &str = "kubernetes.io/service-account-token";
+/// Annotation naming the service account of a token secret.
+pub const ANNOTATION_NAME: &str = "kubernetes.io/service-account.name";
+/// Annotation holding the uid of the service account of a token secret.
+pub const ANNOTATION_UID: &str = "kubernetes.io/service-account.uid";
+
+/// Claims of a service-account token (Kubernetes' legacy token format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccountClaims {
+    /// `kubernetes/serviceaccount`.
+    pub iss: String,
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub sub: String,
+    /// Namespace of the account.
+    #[serde(rename = "kubernetes.io/serviceaccount/namespace")]
+    pub namespace: String,
+    /// Name of the secret holding the token.
+    #[serde(rename = "kubernetes.io/serviceaccount/secret.name")]
+    pub secret_name: String,
+    /// Name of the account.
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.name")]
+    pub service_account_name: String,
+    /// Uid of the account.
+    #[serde(rename = "kubernetes.io/serviceaccount/service-account.uid")]
+    pub service_account_uid: String,
+}
+
+impl ServiceAccountClaims {
+    /// Claims for a token of account `name` (uid `uid`) in `namespace`, stored in `secret`.
+    pub fn new(namespace: &str, name: &str, uid: &str, secret: &str) -> Self {
+        ServiceAccountClaims {
+            iss: ISSUER.into(),
+            sub: format!("system:serviceaccount:{namespace}:{name}"),
+            namespace: namespace.into(),
+            secret_name: secret.into(),
+            service_account_name: name.into(),
+            service_account_uid: uid.into(),
+        }
+    }
+
+    /// The user name the apiserver should authenticate the token as.
+    pub fn username(&self) -> &str {
+        &self.sub
+    }
+
+    /// Groups of the account: `system:serviceaccounts` and `system:serviceaccounts:<ns>`.
+    pub fn groups(&self) -> Vec<String> {
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{}", self.namespace),
+        ]
+    }
+}
+
+/// Default key file name in the data dir.
+pub const KEY_FILE: &str = "service-account-key.pk8";
+
+/// Path of the signing key under `data_dir`.
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(KEY_FILE)
+}
+
+/// Signs service-account tokens.
+pub struct TokenSigner {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").finish_non_exhaustive()
+    }
+}
+
+fn key_err(e: impl std::fmt::Display) -> Error {
+    Error::Config(format!("service account signing key: {e}"))
+}
+
+impl TokenSigner {
+    /// Loads the PKCS#8 P-256 key at `path`, creating it (mode 0600) when absent.
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        let rng = SystemRandom::new();
+        let pkcs8 = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(key_err)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                        op: "create",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                write_private(path, doc.as_ref())?;
+                doc.as_ref().to_vec()
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "read",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+            .map_err(key_err)?;
+        Ok(TokenSigner { key, rng })
+    }
+
+    /// The verifier of this signer's tokens.
+    pub fn verifier(&self) -> TokenVerifier {
+        TokenVerifier {
+            public_key: self.key.public_key().as_ref().to_vec(),
+        }
+    }
+
+    /// Signs `claims` into a compact JWT (`header.payload.signature`).
+    pub fn sign(&self, claims: &ServiceAccountClaims) -> Result<String> {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+        let payload = serde_json::to_vec(claims).map_err(|source| Error::Encode {
+            what: "token claims",
+            source,
+        })?;
+        let signing_input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(payload));
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(key_err)?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(sig.as_ref())
+        ))
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Verifies service-account tokens: the apiserver's authenticator calls
+/// [`TokenVerifier::verify`] on a bearer token and, on success, should also check that the
+/// secret named in the claims still exists and holds this token and that the service
+/// account's uid matches (so deleting either revokes the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenVerifier {
+    public_key: Vec<u8>,
+}
+
+impl TokenVerifier {
+    /// The verifier for the signing key at `path` (the same file the controller-manager
+    /// uses; `<data-dir>/service-account-key.pk8` by default).
+    pub fn from_key_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            op: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &bytes,
+            &SystemRandom::new(),
+        )
+        .map_err(key_err)?;
+        Ok(TokenVerifier {
+            public_key: key.public_key().as_ref().to_vec(),
+        })
+    }
+
+    /// A verifier from an uncompressed SEC1 P-256 public key.
+    pub fn from_public_key(public_key: Vec<u8>) -> Self {
+        TokenVerifier { public_key }
+    }
+
+    /// Checks the signature and issuer of `token`, returning its claims.
+    pub fn verify(&self, token: &str) -> Result<ServiceAccountClaims> {
+        let bad = |m: &str| Error::InvalidToken(m.to_string());
+        let mut parts = token.trim().split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("not a JWT"));
+        };
+        let header: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| bad("malformed header"))?;
+        if header["alg"] != "ES256" {
+            return Err(bad("unsupported algorithm"));
+        }
+        let sig = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| bad("malformed signature"))?;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public_key)
+            .verify(format!("{h}.{p}").as_bytes(), &sig)
+            .map_err(|_| bad("signature does not verify"))?;
+        let claims: ServiceAccountClaims = URL_SAFE_NO_PAD
+            .decode(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| bad("malformed claims"))?;
+        if claims.iss != ISSUER {
+            return Err(bad("wrong issuer"));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_tokens_verify_and_tampered_ones_do_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = key_path(dir.path());
+        let signer = TokenSigner::load_or_create(&path).expect("key created");
+        let claims =
+            ServiceAccountClaims::new("default", "default", "uid-1", "default-token-abcde");
+        let token = signer.sign(&claims).expect("signed");
+        let v = TokenVerifier::from_key_file(&path).expect("verifier from the key file");
+        assert_eq!(v, signer.verifier());
+        let got = v.verify(&token).expect("verifies");
+        assert_eq!(got, claims);
+        assert_eq!(got.username(), "system:serviceaccount:default:default");
+
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&ServiceAccountClaims::new("kube-system", "admin", "x", "y"))
+                .expect("json"),
+        );
+        parts[1] = &forged;
+        assert!(
+            v.verify(&parts.join(".")).is_err(),
+            "forged claims rejected"
+        );
+        assert!(v.verify("a.b").is_err());
+
+        let again = TokenSigner::load_or_create(&path).expect("key reloaded");
+        assert_eq!(again.verifier(), v, "the same key is reused");
+        let other_dir = tempfile::tempdir().expect("tempdir");
+        let other = TokenSigner::load_or_create(&key_path(other_dir.path())).expect("other key");
+        assert!(
+            other.verifier().verify(&token).is_err(),
+            "another key rejects"
+        );
+    }
+}
