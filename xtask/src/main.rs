@@ -122,6 +122,7 @@ fn setup() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     nextest()?;
+    python_client()?;
     if root {
         bpffs()?;
     } else {
@@ -303,6 +304,37 @@ fn nextest() -> Result<()> {
     run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
+/// The venv holding the official Python `kubernetes` client (a second real client in the
+/// apiserver tests).
+fn python_venv() -> Result<PathBuf> {
+    Ok(home()?.join(".local/xkube-venv"))
+}
+
+fn python_client() -> Result<()> {
+    let venv = python_venv()?;
+    let python = venv.join("bin/python");
+    if output(Command::new(&python).args(["-c", "import kubernetes"])).is_ok() {
+        return Ok(());
+    }
+    say(format!(
+        "installing the Python kubernetes client into {} (apiserver interoperability test)",
+        venv.display()
+    ));
+    if !python.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("creating the Python venv (python3 -m venv)")?;
+    }
+    run(Command::new(&python).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "kubernetes",
+    ]))
+    .context("pip install kubernetes (needs PyPI)")
+}
+
 fn bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     if mounts
@@ -338,6 +370,7 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
     say("cargo nextest run (unit, integration and privileged tests)");
     run(cargo(&root)
         .args(["nextest", "run", "--profile", "ci", "--no-fail-fast"])
+        .env("XKUBE_PYTHON", python_venv()?.join("bin/python"))
         .args(nextest_args))
 }
 

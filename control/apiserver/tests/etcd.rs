@@ -11,14 +11,6 @@ use xkube_store::testing::TestStore;
 
 #[tokio::test]
 async fn rest_and_watch_on_etcd() {
-    if std::process::Command::new("etcd")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: etcd is not installed");
-        return;
-    }
     let store = TestStore::etcd().await;
     let shared = store.store.clone();
     let api = start_with(move |b| b.store(shared)).await;

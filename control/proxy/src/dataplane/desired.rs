@@ -454,6 +454,11 @@ impl Round<'_> {
                 let taken = self
                     .taken_services
                     .get_or_insert_with(|| ids.services.values().copied().collect());
+                // Exhausted (65,535 service ports): fail at once instead of scanning the whole
+                // id space for every further service.
+                if taken.len() + ids.quarantined_services.len() >= usize::from(u16::MAX) {
+                    return None;
+                }
                 let mut id = ids.next_service;
                 let mut tries = 0u32;
                 while id == 0 || taken.contains(&id) || ids.quarantined_services.contains_key(&id) {
@@ -922,6 +927,19 @@ pub(crate) mod tests {
             uplink_ifindex: 2,
             ..NodeContext::new("node-a", Ipv4Addr::new(198, 18, 0, 11))
         }
+    }
+
+    #[test]
+    fn service_ids_are_capped_at_65535_and_further_service_ports_are_skipped() {
+        let base = u32::from(Ipv4Addr::new(10, 96, 0, 10));
+        let svcs: Vec<Service> = (0..65_600u32)
+            .map(|i| web(&format!("s{i}"), &Ipv4Addr::from(base + i).to_string()))
+            .collect();
+        let mut ids = Ids::new();
+        let state = desired(&svcs, &[], &node(), &mut ids);
+        let frontends = state.services.keys().filter(|k| k.slot == 0).count();
+        assert_eq!(frontends, usize::from(u16::MAX));
+        assert_eq!(ids.counts().services, usize::from(u16::MAX));
     }
 
     fn key(ip: [u8; 4], port: u16, proto: u8, scope: u8, slot: u16) -> ServiceKey {
