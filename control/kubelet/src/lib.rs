@@ -1,0 +1,537 @@
+//! The xkube kubelet: registers its Node and heartbeats, watches the pods bound to it and
+//! drives each through an explicit state machine ([`state`]) on a [`ContainerRuntime`]
+//! ([`runtime::process::ProcessRuntime`] by default), wires pods into the node's pod network
+//! ([`network`]) and serves the kubelet API ([`server`]).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use xkube_client::{Api, Client, Config, Event, ListParams, Overrides, Reflector, Store, watcher};
+
+pub mod env;
+pub mod error;
+pub mod ipam;
+pub mod network;
+pub mod node;
+pub mod nsutil;
+pub mod pods;
+pub mod probes;
+pub mod runtime;
+pub mod server;
+pub mod state;
+pub mod volumes;
+
+pub use error::{Error, Result};
+pub use network::{PodNetworkEvent, PodNetworkEventKind};
+pub use nsutil::NsRef;
+pub use runtime::ContainerRuntime;
+
+/// Which runtime runs containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+}
+
+/// Kubelet flags (Kubernetes names where Kubernetes has the flag).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// This node's name (default: the hostname).
+    #[arg(long, env = "XKUBE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubeconfig with the apiserver address and credentials.
+    #[arg(long, env = "XKUBE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Directory for pod dirs, volumes, logs and IPAM state.
+    #[arg(long, env = "XKUBE_ROOT_DIR", default_value = "/var/lib/xkube/kubelet")]
+    pub root_dir: PathBuf,
+    /// Container runtime.
+    #[arg(long, env = "XKUBE_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// Pod CIDR of this node (default: the node's spec.podCIDR from the node controller).
+    #[arg(long, env = "XKUBE_POD_CIDR")]
+    pub pod_cidr: Option<String>,
+    /// The node's InternalIP (default: the first global IPv4 address of the node network).
+    #[arg(long, env = "XKUBE_NODE_IP")]
+    pub node_ip: Option<Ipv4Addr>,
+    /// The cluster's pod network; traffic leaving it is masqueraded.
+    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    #[arg(long, env = "XKUBE_MAX_PODS", default_value_t = 110)]
+    pub max_pods: u32,
+    /// CPU capacity to report (default: the machine's).
+    #[arg(long, env = "XKUBE_CPU")]
+    pub cpu: Option<String>,
+    /// Memory capacity to report, e.g. `8Gi` (default: the machine's).
+    #[arg(long, env = "XKUBE_MEMORY")]
+    pub memory: Option<String>,
+    /// Extra node labels, `k=v,k2=v2`.
+    #[arg(long, env = "XKUBE_NODE_LABELS", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Kubelet API port (0: any).
+    #[arg(long, env = "XKUBE_KUBELET_PORT", default_value_t = 10250)]
+    pub port: u16,
+    /// The pod infra command (default: `<this xkube binary> pause`).
+    #[arg(long, env = "XKUBE_PAUSE_COMMAND", num_args = 1.., value_delimiter = ' ')]
+    pub pause_command: Vec<String>,
+    /// Parent cgroup (relative to the cgroup v2 mount) of the pod cgroups; empty: none.
+    #[arg(long, env = "XKUBE_CGROUP_ROOT", default_value = "xkube")]
+    pub cgroup_root: String,
+    /// Node status heartbeat period, seconds.
+    #[arg(long, env = "XKUBE_NODE_STATUS_UPDATE_FREQUENCY", default_value_t = 10)]
+    pub node_status_update_frequency: u64,
+    /// Network namespace holding the node's network (default: the kubelet's own). Lets a test
+    /// or `xkube cluster` run a kubelet in-process for a node in a namespace.
+    #[arg(long, env = "XKUBE_NODE_NETNS")]
+    pub node_netns: Option<PathBuf>,
+    /// First CrashLoopBackOff delay, seconds (Kubernetes: 10).
+    #[arg(long, default_value_t = 10, hide = true)]
+    pub backoff_initial_seconds: u64,
+    /// The xkube binary used by the process runtime's image mapping (default: this one).
+    #[arg(long, env = "XKUBE_BINARY")]
+    pub xkube_binary: Option<PathBuf>,
+}
+
+impl Options {
+    /// Options with the defaults (for tests and embedding).
+    pub fn new(node_name: &str, root_dir: PathBuf) -> Self {
+        Self {
+            node_name: Some(node_name.to_owned()),
+            kubeconfig: None,
+            root_dir,
+            runtime: RuntimeKind::Process,
+            pod_cidr: None,
+            node_ip: None,
+            cluster_cidr: "10.244.0.0/16".into(),
+            max_pods: 110,
+            cpu: None,
+            memory: None,
+            node_labels: Vec::new(),
+            port: 10250,
+            pause_command: Vec::new(),
+            cgroup_root: "xkube".into(),
+            node_status_update_frequency: 10,
+            node_netns: None,
+            backoff_initial_seconds: 10,
+            xkube_binary: None,
+        }
+    }
+}
+
+/// What every pod worker shares.
+pub(crate) struct Ctx {
+    pub node_name: String,
+    pub node_ip: Ipv4Addr,
+    pub client: Client,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub network: Arc<network::PodNetwork>,
+    pub root: PathBuf,
+    pub node_ns: NsRef,
+    pub cgroup_root: Option<PathBuf>,
+    pub services: Store<Service>,
+    pub backoff_initial: Duration,
+    /// Pods known to the kubelet API (uid -> view).
+    pub views: Mutex<HashMap<String, Arc<Mutex<pods::PodView>>>>,
+}
+
+impl Ctx {
+    pub fn views(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<pods::PodView>>>> {
+        self.views.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A kubelet, built from [`Options`]; subscribe to pod-network events before running it.
+pub struct Kubelet {
+    opts: Options,
+    client: Option<Client>,
+    runtime: Option<Arc<dyn ContainerRuntime>>,
+    events: broadcast::Sender<PodNetworkEvent>,
+}
+
+/// Runs a kubelet until `shutdown` (pods keep running).
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
+    Kubelet::new(opts).run(shutdown).await
+}
+
+fn first_global_ipv4(ns: &NsRef) -> Option<Ipv4Addr> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
+    ns.block_on(async {
+        let h = xkube_netns::connect().ok()?;
+        let mut addrs = h.address().get().execute();
+        while let Ok(Some(a)) = addrs.try_next().await {
+            if a.header.scope != AddressScope::Universe {
+                continue;
+            }
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(v)) = attr
+                    && !v.is_loopback()
+                    && !v.is_link_local()
+                {
+                    return Some(*v);
+                }
+            }
+        }
+        None
+    })
+    .ok()
+    .flatten()
+}
+
+impl Kubelet {
+    pub fn new(opts: Options) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            opts,
+            client: None,
+            runtime: None,
+            events,
+        }
+    }
+
+    /// Uses this client instead of one from `--kubeconfig`.
+    pub fn with_client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// Uses this runtime instead of the one `--runtime` names.
+    pub fn with_runtime(mut self, rt: Arc<dyn ContainerRuntime>) -> Self {
+        self.runtime = Some(rt);
+        self
+    }
+
+    /// Pod network events (a pod's veth added or removed), for the proxy's tc programs.
+    pub fn pod_network_events(&self) -> broadcast::Receiver<PodNetworkEvent> {
+        self.events.subscribe()
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let opts = self.opts;
+        let node_name = opts
+            .node_name
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_lowercase())
+            })
+            .ok_or_else(|| error::invalid("node name", "none given and no hostname"))?;
+        let client = match self.client {
+            Some(c) => c,
+            None => {
+                let cfg = Config::load(opts.kubeconfig.as_deref(), &Overrides::default())?;
+                Client::new(&cfg)?
+            }
+        };
+        let node_ns = NsRef(opts.node_netns.clone());
+        let node_ip = match opts.node_ip {
+            Some(ip) => ip,
+            None => {
+                let ns = node_ns.clone();
+                tokio::task::spawn_blocking(move || first_global_ipv4(&ns))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(Ipv4Addr::LOCALHOST)
+            }
+        };
+        let xkube = opts
+            .xkube_binary
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("xkube"));
+        let runtime: Arc<dyn ContainerRuntime> = match self.runtime {
+            Some(r) => r,
+            None => match opts.runtime {
+                RuntimeKind::Process => {
+                    let pause = if opts.pause_command.is_empty() {
+                        vec![xkube.to_string_lossy().into_owned(), "pause".into()]
+                    } else {
+                        opts.pause_command.clone()
+                    };
+                    Arc::new(runtime::process::ProcessRuntime::new(pause, xkube.clone()))
+                }
+                RuntimeKind::Docker => {
+                    return Err(Error::Runtime(
+                        "the docker runtime is not implemented yet; use --runtime process".into(),
+                    ));
+                }
+            },
+        };
+        std::fs::create_dir_all(&opts.root_dir).map_err(error::io("create", &opts.root_dir))?;
+
+        // Register, then wait for a podCIDR.
+        let machine =
+            node::Machine::detect(opts.cpu.as_deref(), opts.memory.as_deref(), opts.max_pods);
+        let mut extra = BTreeMap::new();
+        for l in &opts.node_labels {
+            if let Some((k, v)) = l.split_once('=') {
+                extra.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let labels = node::node_labels(&node_name, &extra);
+        let since = node::now_str();
+        let runtime_version = runtime.version();
+        let status = |now: &str| {
+            node::node_status(
+                &machine,
+                &node_name,
+                node_ip,
+                &runtime_version,
+                opts.port,
+                now,
+                &since,
+            )
+        };
+        let mut node = loop {
+            match node::register(
+                &client,
+                &node_name,
+                &labels,
+                opts.pod_cidr.as_deref(),
+                status(&node::now_str()),
+            )
+            .await
+            {
+                Ok(n) => break n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registering node, retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        };
+        let node_api = Api::<Node>::all(client.clone());
+        let pod_cidr = loop {
+            if let Some(c) = opts
+                .pod_cidr
+                .clone()
+                .or_else(|| node.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
+                .filter(|c| !c.is_empty())
+            {
+                break ipam::Cidr::parse(&c)?;
+            }
+            tracing::info!(node = %node_name, "waiting for a podCIDR");
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if let Ok(n) = node_api.get(&node_name).await {
+                node = n;
+            }
+        };
+        let cluster_cidr = ipam::Cidr::parse(&opts.cluster_cidr)?;
+        let net = Arc::new(network::PodNetwork::new(
+            node_ns.clone(),
+            pod_cidr,
+            cluster_cidr,
+            &network::ipam_dir(&opts.root_dir),
+            self.events.clone(),
+        )?);
+        {
+            let net = net.clone();
+            tokio::task::spawn_blocking(move || net.setup_node())
+                .await
+                .map_err(|e| Error::Runtime(format!("network setup task: {e}")))??;
+        }
+        let cgroup_root = if opts.cgroup_root.is_empty() {
+            None
+        } else {
+            match xkube_netns::cgroup::v2_root() {
+                Ok(r) => {
+                    let p = r.join(&opts.cgroup_root);
+                    match std::fs::create_dir_all(&p) {
+                        Ok(()) => {
+                            // Best effort: hybrid hosts keep cpu/memory on cgroup v1.
+                            let _ =
+                                std::fs::write(p.join("cgroup.subtree_control"), "+cpu +memory");
+                            Some(p)
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %p.display(), error = %e, "no pod cgroups");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no cgroup v2 mount: no pod cgroups");
+                    None
+                }
+            }
+        };
+
+        let mut tasks = tokio::task::JoinSet::new();
+        let (services, svc_task) =
+            Reflector::new(Api::<Service>::all(client.clone()), ListParams::default())
+                .spawn(shutdown.child_token());
+        drop(svc_task);
+        let ctx = Arc::new(Ctx {
+            node_name: node_name.clone(),
+            node_ip,
+            client: client.clone(),
+            runtime,
+            network: net.clone(),
+            root: opts.root_dir.clone(),
+            node_ns: node_ns.clone(),
+            cgroup_root,
+            services,
+            backoff_initial: Duration::from_secs(opts.backoff_initial_seconds),
+            views: Mutex::new(HashMap::new()),
+        });
+
+        // Heartbeats.
+        {
+            let client = client.clone();
+            let name = node_name.clone();
+            let token = shutdown.clone();
+            let period = Duration::from_secs(opts.node_status_update_frequency.max(1));
+            let statuses: Vec<serde_json::Value> = Vec::new();
+            drop(statuses);
+            let machine = machine.clone();
+            let rv = ctx.runtime.version();
+            let since = since.clone();
+            let port = opts.port;
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(period) => {}
+                    }
+                    let s = node::node_status(
+                        &machine,
+                        &name,
+                        node_ip,
+                        &rv,
+                        port,
+                        &node::now_str(),
+                        &since,
+                    );
+                    if let Err(e) = node::heartbeat(&client, &name, s).await {
+                        tracing::warn!(error = %e, "node heartbeat");
+                    }
+                }
+            });
+        }
+        // Routes to the other nodes' podCIDRs.
+        {
+            let token = shutdown.clone();
+            let net = net.clone();
+            let api = node_api.clone();
+            tasks.spawn(async move {
+                let mut routes: HashMap<String, (ipam::Cidr, Ipv4Addr)> = HashMap::new();
+                let stream = watcher(api, ListParams::default());
+                futures::pin_mut!(stream);
+                loop {
+                    let ev = tokio::select! {
+                        _ = token.cancelled() => return,
+                        ev = stream.next() => ev,
+                    };
+                    let Some(ev) = ev else { return };
+                    let changed = match ev {
+                        Ok(Event::Applied(n)) => {
+                            let name = n.metadata.name.clone().unwrap_or_default();
+                            let r = node::route_of(&n)
+                                .and_then(|(c, ip)| Some((ipam::Cidr::parse(&c).ok()?, ip)));
+                            match r {
+                                Some(r) => routes.insert(name, r) != Some(r),
+                                None => routes.remove(&name).is_some(),
+                            }
+                        }
+                        Ok(Event::Deleted(n)) => routes
+                            .remove(n.metadata.name.as_deref().unwrap_or(""))
+                            .is_some(),
+                        Ok(Event::Restarted(all)) => {
+                            routes = all
+                                .iter()
+                                .filter_map(|n| {
+                                    let (c, ip) = node::route_of(n)?;
+                                    Some((
+                                        n.metadata.name.clone()?,
+                                        (ipam::Cidr::parse(&c).ok()?, ip),
+                                    ))
+                                })
+                                .collect();
+                            true
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "node watch");
+                            false
+                        }
+                    };
+                    if changed {
+                        let want: BTreeMap<ipam::Cidr, Ipv4Addr> =
+                            routes.values().copied().collect();
+                        let net = net.clone();
+                        match tokio::task::spawn_blocking(move || net.sync_routes(&want)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!(error = %e, "syncing node routes"),
+                            Err(e) => tracing::warn!(error = %e, "route task"),
+                        }
+                    }
+                }
+            });
+        }
+        // Kubelet API.
+        let listener = server::bind(&node_ns, opts.port).await?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "kubelet API listening");
+        {
+            let ctx = ctx.clone();
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = server::serve(listener, ctx, token).await {
+                    tracing::error!(error = %e, "kubelet API");
+                }
+            });
+        }
+        // Pods.
+        let result = pods::sync_loop(ctx.clone(), shutdown.clone()).await;
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
+
+    #[test]
+    fn flags_use_kubernetes_names_and_defaults() {
+        let c = Cli::try_parse_from([
+            "kubelet",
+            "--node-name=n1",
+            "--pod-cidr=10.244.1.0/24",
+            "--node-ip=198.18.0.11",
+            "--node-labels=a=b,c=d",
+            "--max-pods=50",
+            "--runtime=process",
+        ])
+        .expect("flags parse");
+        assert_eq!(c.opts.node_name.as_deref(), Some("n1"));
+        assert_eq!(c.opts.port, 10250);
+        assert_eq!(c.opts.root_dir, PathBuf::from("/var/lib/xkube/kubelet"));
+        assert_eq!(c.opts.cluster_cidr, "10.244.0.0/16");
+        assert_eq!(c.opts.node_labels, ["a=b", "c=d"]);
+        assert_eq!(c.opts.max_pods, 50);
+        assert_eq!(c.opts.node_status_update_frequency, 10);
+    }
+}

@@ -1,0 +1,123 @@
+//! The container runtime interface the pod workers drive, and its implementations:
+//! [`process::ProcessRuntime`] (the default) and [`fake::FakeRuntime`] (tests).
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+pub mod fake;
+pub mod process;
+
+/// What a sandbox (the pod's namespaces and infra process) is made from.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    /// The pod's hostname (its name).
+    pub hostname: String,
+    /// Share the node's network (and hostname) instead of new namespaces.
+    pub host_network: bool,
+    /// The node's network namespace for `host_network` (`None`: the kubelet's own).
+    pub host_netns: Option<PathBuf>,
+    /// The pod's cgroup v2 directory, if cgroups are in use.
+    pub cgroup: Option<PathBuf>,
+    pub pod_dir: PathBuf,
+}
+
+/// A running sandbox, persisted in the pod dir so a restarted kubelet adopts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// Runtime id (`process://<pid>.<start time>`).
+    pub id: String,
+    /// The infra process.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (guards against pid reuse).
+    pub start_time: u64,
+    /// The pod's network namespace (`/proc/<pid>/ns/net`).
+    pub netns: PathBuf,
+    pub host_network: bool,
+    pub cgroup: Option<PathBuf>,
+}
+
+/// A volume mount, host path -> path inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    pub read_only: bool,
+}
+
+/// What a container is made from (after the kubelet resolved env, volumes and command).
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub attempt: u32,
+    pub image: String,
+    /// `command` of the spec (may be empty).
+    pub command: Vec<String>,
+    /// `args` of the spec.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub mounts: Vec<Mount>,
+    /// stdout and stderr go here.
+    pub log_path: PathBuf,
+}
+
+/// A container as the runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerStatus {
+    Running,
+    Exited {
+        exit_code: i32,
+        signal: Option<i32>,
+        finished_at: jiff::Timestamp,
+    },
+    /// The runtime does not know it (or lost track of its exit).
+    Unknown,
+}
+
+/// The result of a command run inside a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Why a container could not start (maps to the Waiting reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    /// `ErrImagePull`, `RunContainerError`, `CreateContainerConfigError`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// `process`, `docker`, `fake`.
+    fn name(&self) -> &'static str;
+    /// `process://0.1.0` for nodeInfo.containerRuntimeVersion.
+    fn version(&self) -> String;
+    /// Makes `image` available (no-op for the process runtime).
+    async fn pull_image(&self, image: &str) -> Result<(), StartError>;
+    async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox>;
+    /// Whether the sandbox's infra process still runs.
+    async fn sandbox_alive(&self, sb: &Sandbox) -> bool;
+    /// Stops the infra process (the namespaces go with it).
+    async fn stop_sandbox(&self, sb: &Sandbox) -> Result<()>;
+    /// Starts a container in the sandbox; returns its id.
+    async fn start_container(
+        &self,
+        sb: &Sandbox,
+        cfg: &ContainerConfig,
+    ) -> Result<String, StartError>;
+    async fn container_status(&self, id: &str) -> ContainerStatus;
+    /// SIGTERM, then SIGKILL after `grace`; returns when it is gone.
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()>;
+    /// Runs `cmd` inside the container's namespaces.
+    async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput>;
+}

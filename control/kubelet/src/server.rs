@@ -1,0 +1,284 @@
+//! The kubelet API (port 10250), plain HTTP:
+//! - `GET /healthz` -> `ok`
+//! - `GET /pods` -> a `PodList` of the pods this kubelet runs
+//! - `GET /stats/summary` -> node and per-pod figures (memory/cpu from the pod cgroups)
+//! - `GET /containerLogs/{ns}/{pod}/{container}?follow=true&tailLines=N&previous=true`
+//! - `POST|GET /run/{ns}/{pod}/{container}?cmd=<command line>` -> combined output
+//! - `POST|GET /exec/{ns}/{pod}/{container}?command=a&command=b` -> combined output
+//!   (non-interactive; the exit code is in the `X-Exit-Code` header)
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Seek as _},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Path, RawQuery, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Ctx, error::Result, nsutil::NsRef, pods::PodView};
+
+/// Binds the API port inside the node's network namespace.
+pub async fn bind(ns: &NsRef, port: u16) -> Result<tokio::net::TcpListener> {
+    let l = ns
+        .run_async(move || -> std::io::Result<std::net::TcpListener> {
+            let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .await?
+        .map_err(crate::error::io("bind kubelet port", format!(":{port}")))?;
+    tokio::net::TcpListener::from_std(l).map_err(crate::error::io("listen", format!(":{port}")))
+}
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    token: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/pods", get(pods))
+        .route("/stats/summary", get(stats))
+        .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
+        .route("/run/{ns}/{pod}/{container}", get(run).post(run))
+        .route("/exec/{ns}/{pod}/{container}", get(run).post(run))
+        .with_state(ctx);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+}
+
+fn query(raw: Option<String>) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn find(ctx: &Ctx, ns: &str, name: &str) -> Option<PodView> {
+    ctx.views().values().find_map(|v| {
+        let v = v.lock().unwrap_or_else(|e| e.into_inner());
+        (v.pod.metadata.namespace.as_deref() == Some(ns)
+            && v.pod.metadata.name.as_deref() == Some(name))
+        .then(|| v.clone())
+    })
+}
+
+fn not_found(what: String) -> Response {
+    (StatusCode::NOT_FOUND, what).into_response()
+}
+
+async fn pods(State(ctx): State<Arc<Ctx>>) -> Response {
+    let items: Vec<_> = ctx
+        .views()
+        .values()
+        .map(|v| v.lock().unwrap_or_else(|e| e.into_inner()).pod.clone())
+        .collect();
+    axum::Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+        .into_response()
+}
+
+fn read_u64(p: PathBuf) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn cpu_usage_nanos(dir: &std::path::Path) -> Option<u64> {
+    let s = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|u| u * 1000)
+}
+
+async fn stats(State(ctx): State<Arc<Ctx>>) -> Response {
+    let now = crate::node::now_str();
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |k: &str| {
+        mem.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    let pods: Vec<_> = ctx
+        .views()
+        .values()
+        .map(|v| {
+            let v = v.lock().unwrap_or_else(|e| e.into_inner());
+            let uid = v.pod.metadata.uid.clone().unwrap_or_default();
+            let cg = ctx.cgroup_root.as_ref().map(|r| r.join(format!("pod{uid}")));
+            json!({
+                "podRef": {"name": v.pod.metadata.name, "namespace": v.pod.metadata.namespace, "uid": uid},
+                "startTime": v.pod.status.as_ref().and_then(|s| s.start_time.clone()),
+                "containers": v.containers.keys().map(|c| json!({"name": c})).collect::<Vec<_>>(),
+                "cpu": {"time": now, "usageCoreNanoSeconds": cg.as_ref().and_then(|c| cpu_usage_nanos(c))},
+                "memory": {"time": now, "workingSetBytes": cg.as_ref().and_then(|c| read_u64(c.join("memory.current")))},
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "node": {
+            "nodeName": ctx.node_name,
+            "memory": {"time": now, "availableBytes": field("MemAvailable:"),
+                       "usageBytes": field("MemTotal:").zip(field("MemAvailable:")).map(|(t, a)| t - a)},
+        },
+        "pods": pods,
+    }))
+    .into_response()
+}
+
+/// The last `n` lines of `data`.
+pub fn tail(data: &[u8], n: usize) -> &[u8] {
+    if n == 0 {
+        return &data[data.len()..];
+    }
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut count = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            count += 1;
+            if count == n {
+                return &data[i + 1..];
+            }
+        }
+    }
+    data
+}
+
+async fn logs(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let q: HashMap<String, String> = query(q).into_iter().collect();
+    let Some(view) = find(&ctx, &ns, &pod) else {
+        return not_found(format!("pod {ns}/{pod} not found on this node"));
+    };
+    let previous = q.get("previous").is_some_and(|v| v == "true" || v == "1");
+    let Some(path) = view.log_path(&container, previous) else {
+        return not_found(format!("container {container} not found in pod {ns}/{pod}"));
+    };
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let start = match q.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => data.len() - tail(&data, n).len(),
+        None => 0,
+    };
+    let follow = q.get("follow").is_some_and(|v| v == "true" || v == "1");
+    if !follow {
+        return (
+            [(header::CONTENT_TYPE, "text/plain")],
+            data[start..].to_vec(),
+        )
+            .into_response();
+    }
+    // Follow: the file from `start`, then whatever is appended, until the pod goes away.
+    let uid = view.pod.metadata.uid.clone().unwrap_or_default();
+    let stream = futures::stream::unfold(
+        (path, start as u64, ctx, uid, 0u32),
+        |(path, mut off, ctx, uid, idle)| async move {
+            let p = path.clone();
+            let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let mut f = std::fs::File::open(&p)?;
+                f.seek(std::io::SeekFrom::Start(off))?;
+                let mut buf = Vec::new();
+                f.take(1 << 20).read_to_end(&mut buf)?;
+                Ok(buf)
+            })
+            .await;
+            if let Ok(Ok(b)) = chunk
+                && !b.is_empty()
+            {
+                off += b.len() as u64;
+                return Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(b)),
+                    (path, off, ctx, uid, 0),
+                ));
+            }
+            // The pod is gone, or nothing was written for an hour: end the stream.
+            if !ctx.views().contains_key(&uid) || idle > 36_000 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((Ok(bytes::Bytes::new()), (path, off, ctx, uid, idle + 1)))
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn run(
+    State(ctx): State<Arc<Ctx>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let q = query(q);
+    let mut cmd: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if cmd.is_empty()
+        && let Some((_, c)) = q.iter().find(|(k, _)| k == "cmd")
+    {
+        cmd = c.split_whitespace().map(str::to_owned).collect();
+    }
+    if cmd.is_empty() {
+        return (StatusCode::BAD_REQUEST, "missing cmd or command").into_response();
+    }
+    let Some(view) = find(&ctx, &ns, &pod) else {
+        return not_found(format!("pod {ns}/{pod} not found on this node"));
+    };
+    let Some((Some(id), _)) = view.containers.get(&container).cloned() else {
+        return not_found(format!(
+            "container {container} not running in pod {ns}/{pod}"
+        ));
+    };
+    match ctx.runtime.exec(&id, &cmd, Duration::from_secs(60)).await {
+        Ok(out) => {
+            let mut body = out.stdout;
+            body.extend_from_slice(&out.stderr);
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "text/plain".to_owned()),
+                    (
+                        header::HeaderName::from_static("x-exit-code"),
+                        out.exit_code.to_string(),
+                    ),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_returns_the_last_lines() {
+        assert_eq!(tail(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail(b"a\nb\nc", 1), b"c");
+        assert_eq!(tail(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail(b"a\nb\n", 0), b"");
+    }
+}
