@@ -96,6 +96,20 @@ pub struct Options {
     /// First CrashLoopBackOff delay, seconds (Kubernetes: 10).
     #[arg(long, default_value_t = 10, hide = true)]
     pub backoff_initial_seconds: u64,
+    /// Docker Engine socket (docker runtime).
+    #[arg(
+        long,
+        env = "XKUBE_DOCKER_ENDPOINT",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_endpoint: String,
+    /// The pause image of the docker runtime (built locally, see deploy/).
+    #[arg(
+        long,
+        env = "XKUBE_POD_INFRA_CONTAINER_IMAGE",
+        default_value = "xkube/pause:latest"
+    )]
+    pub pod_infra_container_image: String,
     /// The xkube binary used by the process runtime's image mapping (default: this one).
     #[arg(long, env = "XKUBE_BINARY")]
     pub xkube_binary: Option<PathBuf>,
@@ -122,6 +136,8 @@ impl Options {
             node_status_update_frequency: 10,
             node_netns: None,
             backoff_initial_seconds: 10,
+            docker_endpoint: "unix:///var/run/docker.sock".into(),
+            pod_infra_container_image: "xkube/pause:latest".into(),
             xkube_binary: None,
         }
     }
@@ -162,7 +178,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     Kubelet::new(opts).run(shutdown).await
 }
 
-fn first_global_ipv4(ns: &NsRef) -> Option<Ipv4Addr> {
+fn first_global_ipv4(ns: &NsRef, skip: Option<ipam::Cidr>) -> Option<Ipv4Addr> {
     use futures::TryStreamExt;
     use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
     ns.block_on(async {
@@ -176,6 +192,7 @@ fn first_global_ipv4(ns: &NsRef) -> Option<Ipv4Addr> {
                 if let AddressAttribute::Address(std::net::IpAddr::V4(v)) = attr
                     && !v.is_loopback()
                     && !v.is_link_local()
+                    && !skip.is_some_and(|c| c.contains(*v))
                 {
                     return Some(*v);
                 }
@@ -238,7 +255,9 @@ impl Kubelet {
             Some(ip) => ip,
             None => {
                 let ns = node_ns.clone();
-                tokio::task::spawn_blocking(move || first_global_ipv4(&ns))
+                // Not the bridge's address (a restarted kubelet finds cbr0 up).
+                let skip = ipam::Cidr::parse(&opts.cluster_cidr).ok();
+                tokio::task::spawn_blocking(move || first_global_ipv4(&ns, skip))
                     .await
                     .ok()
                     .flatten()
@@ -261,11 +280,13 @@ impl Kubelet {
                     };
                     Arc::new(runtime::process::ProcessRuntime::new(pause, xkube.clone()))
                 }
-                RuntimeKind::Docker => {
-                    return Err(Error::Runtime(
-                        "the docker runtime is not implemented yet; use --runtime process".into(),
-                    ));
-                }
+                RuntimeKind::Docker => Arc::new(
+                    runtime::docker::DockerRuntime::connect(
+                        &opts.docker_endpoint,
+                        &opts.pod_infra_container_image,
+                    )
+                    .await?,
+                ),
             },
         };
         std::fs::create_dir_all(&opts.root_dir).map_err(error::io("create", &opts.root_dir))?;

@@ -722,3 +722,65 @@ async fn host_network_pod_uses_the_node_address() {
     c.wait_gone("hostnet").await;
     c.assert_clean(0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_image_backs_off_with_events_while_other_pods_run() {
+    // The fake runtime fails to pull `fake/missing`; the kubelet logic is the same for docker.
+    let fake = std::sync::Arc::new(xkube_kubelet::runtime::fake::FakeRuntime::new());
+    let rt: std::sync::Arc<dyn xkube_kubelet::ContainerRuntime> = fake.clone();
+    let c = Cluster::start_custom(1, |_| {}, move |_| Some(rt.clone())).await;
+    let host = |name: &str, image: &str| {
+        json!({
+            "metadata": {"name": name},
+            "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "image": image}]},
+        })
+    };
+    c.create_pod(0, host("ghost", "fake/missing")).await;
+    c.create_pod(0, host("fine", "fake/sleeper")).await;
+    let p = c
+        .wait_pod("ghost", "ImagePullBackOff", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .is_some_and(|r| r == "ImagePullBackOff")
+        })
+        .await;
+    assert_eq!(phase(&p), "Pending");
+    let failed = wait_event(&c, "ghost", "Failed").await;
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("Failed to pull image \"fake/missing\"")),
+        "{failed:?}"
+    );
+    let backoff = wait_event(&c, "ghost", "BackOff").await;
+    assert!(
+        backoff
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("Back-off pulling image"))
+    );
+    // The other pod is unaffected.
+    let fine = c.wait_running("fine").await;
+    assert_eq!(pod_ip(&fine), c.nodes[0].ip.to_string());
+    // A crash reported by the runtime restarts the container.
+    let id = container_status(&fine, "c").container_id.expect("id");
+    fake.crash(&id, 1);
+    c.wait_pod("fine", "restarted", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.restart_count == 1))
+    })
+    .await;
+    for n in ["ghost", "fine"] {
+        delete(&c, n).await;
+    }
+    for n in ["ghost", "fine"] {
+        c.wait_gone(n).await;
+    }
+}

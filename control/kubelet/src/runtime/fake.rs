@@ -1,6 +1,6 @@
 //! An in-memory runtime for tests: sandboxes and containers are records; a container whose
 //! image is `fake/exit:<code>` exits at once with that code, `fake/missing` fails to pull,
-//! anything else runs until stopped.
+//! anything else runs until stopped. Only hostNetwork pods (it has no network namespaces).
 
 use std::{
     collections::HashMap,
@@ -69,6 +69,12 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox> {
+        if !cfg.host_network {
+            // There is no namespace to wire: refusing keeps veths out of the caller's own.
+            return Err(Error::Runtime(
+                "the fake runtime runs hostNetwork pods only".into(),
+            ));
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("fake://sandbox-{n}");
         self.sandboxes

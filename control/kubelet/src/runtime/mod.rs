@@ -1,5 +1,6 @@
 //! The container runtime interface the pod workers drive, and its implementations:
-//! [`process::ProcessRuntime`] (the default) and [`fake::FakeRuntime`] (tests).
+//! [`process::ProcessRuntime`] (the default), [`docker::DockerRuntime`] and
+//! [`fake::FakeRuntime`] (tests).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -7,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+pub mod docker;
 pub mod fake;
 pub mod process;
 

@@ -39,6 +39,8 @@ pub struct NodeFix {
     pub token: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<xkube_kubelet::Result<()>>>,
     pub events: Option<tokio::sync::broadcast::Receiver<PodNetworkEvent>>,
+    /// A runtime to use instead of the process runtime.
+    pub runtime: Option<std::sync::Arc<dyn xkube_kubelet::ContainerRuntime>>,
 }
 
 pub struct Cluster {
@@ -55,6 +57,15 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, tweak: impl Fn(&mut Options)) -> Self {
+        Self::start_custom(n, tweak, |_| None).await
+    }
+
+    /// `runtime_for(i)`: a runtime for node `i` instead of the process runtime.
+    pub async fn start_custom(
+        n: usize,
+        tweak: impl Fn(&mut Options),
+        runtime_for: impl Fn(usize) -> Option<std::sync::Arc<dyn xkube_kubelet::ContainerRuntime>>,
+    ) -> Self {
         assert_root();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -115,7 +126,9 @@ impl Cluster {
                 token: CancellationToken::new(),
                 task: None,
                 events: None,
+                runtime: None,
             };
+            node.runtime = runtime_for(i);
             c.start_kubelet(&mut node);
             c.nodes.push(node);
         }
@@ -134,7 +147,10 @@ impl Cluster {
 
     pub fn start_kubelet(&self, node: &mut NodeFix) {
         node.token = CancellationToken::new();
-        let k = Kubelet::new(node.opts.clone()).with_client(self.client.clone());
+        let mut k = Kubelet::new(node.opts.clone()).with_client(self.client.clone());
+        if let Some(rt) = &node.runtime {
+            k = k.with_runtime(rt.clone());
+        }
         node.events = Some(k.pod_network_events());
         let token = node.token.clone();
         node.task = Some(tokio::spawn(k.run(token)));

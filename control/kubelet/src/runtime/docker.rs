@@ -1,0 +1,467 @@
+//! The `docker` runtime, through bollard: a pause container (`k8s_POD_<pod>_<ns>_<uid>_0`)
+//! owns the pod's namespaces with `NetworkMode: none` (the kubelet wires its network like a CNI
+//! plugin would, through `/proc/<pid>/ns/net`); app containers (`k8s_<c>_<pod>_<ns>_<uid>_<n>`)
+//! join it with `NetworkMode`/`IpcMode: container:<pause>`. Images are never pulled (no
+//! registry is reachable): a missing image is `ErrImagePull`, reported at once. Container
+//! output is copied from the Docker log stream into the kubelet's log file.
+
+use std::{collections::HashMap, time::Duration};
+
+use bollard::{
+    Docker,
+    container::LogOutput,
+    models::{ContainerCreateBody, HostConfig},
+    query_parameters::{
+        CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
+        RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    },
+};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox, SandboxConfig,
+    StartError,
+};
+use crate::error::{Error, Result};
+
+const LABEL_UID: &str = "io.kubernetes.pod.uid";
+
+pub struct DockerRuntime {
+    docker: Docker,
+    pause_image: String,
+    version: String,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("pause_image", &self.pause_image)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+fn derr(op: &str) -> impl FnOnce(bollard::errors::Error) -> Error + '_ {
+    move |e| Error::Runtime(format!("docker {op}: {e}"))
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>` (`POD` for the infra container).
+pub fn container_name(container: &str, pod: &str, ns: &str, uid: &str, attempt: u32) -> String {
+    format!("k8s_{container}_{pod}_{ns}_{uid}_{attempt}")
+}
+
+fn strip(id: &str) -> &str {
+    id.strip_prefix("docker://").unwrap_or(id)
+}
+
+impl DockerRuntime {
+    /// Connects to the engine at `socket` and negotiates the API version (Debian's Docker
+    /// 20.10 speaks 1.41 at most).
+    pub async fn connect(socket: &str, pause_image: &str) -> Result<Self> {
+        let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(derr("connect"))?
+            .negotiate_version()
+            .await
+            .map_err(derr("negotiate version"))?;
+        let v = docker.version().await.map_err(derr("version"))?;
+        Ok(Self {
+            docker,
+            pause_image: pause_image.to_owned(),
+            version: format!("docker://{}", v.version.unwrap_or_default()),
+        })
+    }
+
+    async fn remove_named(&self, name: &str) {
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.remove_container(name, Some(opts)).await
+            && !is_not_found(&e)
+        {
+            tracing::warn!(name, error = %e, "removing container");
+        }
+    }
+
+    /// Copies the container's output into `path` until it stops.
+    fn copy_logs(&self, id: String, path: std::path::PathBuf) {
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let Ok(mut f) = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await
+            else {
+                return;
+            };
+            let opts = LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            };
+            let mut s = docker.logs(&id, Some(opts));
+            while let Some(Ok(chunk)) = s.next().await {
+                let b = match chunk {
+                    LogOutput::StdOut { message }
+                    | LogOutput::StdErr { message }
+                    | LogOutput::Console { message } => message,
+                    LogOutput::StdIn { .. } => continue,
+                };
+                if f.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<(), StartError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(StartError {
+                reason: "ErrImagePull",
+                message: format!(
+                    "image {image:?} is not present on the node and no registry is reachable: build or import it locally"
+                ),
+            }),
+            Err(e) => Err(StartError {
+                reason: "ErrImagePull",
+                message: format!("inspecting image {image:?}: {e}"),
+            }),
+        }
+    }
+
+    async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox> {
+        if self.docker.inspect_image(&self.pause_image).await.is_err() {
+            return Err(Error::Runtime(format!(
+                "pod infra image {:?} is not present on the node",
+                self.pause_image
+            )));
+        }
+        let name = container_name("POD", &cfg.name, &cfg.namespace, &cfg.uid, 0);
+        self.remove_named(&name).await;
+        let labels = HashMap::from([
+            (LABEL_UID.to_owned(), cfg.uid.clone()),
+            ("io.kubernetes.pod.name".to_owned(), cfg.name.clone()),
+            (
+                "io.kubernetes.pod.namespace".to_owned(),
+                cfg.namespace.clone(),
+            ),
+            ("io.kubernetes.container.name".to_owned(), "POD".to_owned()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(self.pause_image.clone()),
+            hostname: (!cfg.host_network).then(|| cfg.hostname.clone()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some(if cfg.host_network { "host" } else { "none" }.into()),
+                ipc_mode: Some("shareable".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(derr("create pause container"))?;
+        self.docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(derr("start pause container"))?;
+        let info = self
+            .docker
+            .inspect_container(&created.id, None::<InspectContainerOptions>)
+            .await
+            .map_err(derr("inspect pause container"))?;
+        let pid = info
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| Error::Runtime("pause container has no pid".into()))?;
+        let start_time = super::process::proc_stat(pid).map(|(s, _)| s).unwrap_or(0);
+        Ok(Sandbox {
+            id: format!("docker://{}", created.id),
+            pid,
+            start_time,
+            netns: format!("/proc/{pid}/ns/net").into(),
+            host_network: cfg.host_network,
+            cgroup: None,
+        })
+    }
+
+    async fn sandbox_alive(&self, sb: &Sandbox) -> bool {
+        self.docker
+            .inspect_container(strip(&sb.id), None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|i| i.state?.running)
+            .unwrap_or(false)
+    }
+
+    async fn stop_sandbox(&self, sb: &Sandbox) -> Result<()> {
+        let id = strip(&sb.id);
+        let uid = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|i| i.config?.labels?.get(LABEL_UID).cloned());
+        if let Some(uid) = uid {
+            let opts = ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(
+                    "label".to_owned(),
+                    vec![format!("{LABEL_UID}={uid}")],
+                )])),
+                ..Default::default()
+            };
+            for c in self
+                .docker
+                .list_containers(Some(opts))
+                .await
+                .map_err(derr("list containers"))?
+            {
+                if let Some(cid) = c.id
+                    && cid != id
+                {
+                    self.remove_named(&cid).await;
+                }
+            }
+        }
+        self.remove_named(id).await;
+        Ok(())
+    }
+
+    async fn start_container(
+        &self,
+        sb: &Sandbox,
+        cfg: &ContainerConfig,
+    ) -> Result<String, StartError> {
+        let run_err = |m: String| StartError {
+            reason: "RunContainerError",
+            message: m,
+        };
+        let pause = strip(&sb.id).to_owned();
+        let info = self
+            .docker
+            .inspect_container(&pause, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| run_err(format!("inspect pause container: {e}")))?;
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+        let (pod, ns, uid) = (
+            get("io.kubernetes.pod.name"),
+            get("io.kubernetes.pod.namespace"),
+            get(LABEL_UID),
+        );
+        let name = container_name(&cfg.name, &pod, &ns, &uid, cfg.attempt);
+        self.remove_named(&name).await;
+        let binds: Vec<String> = cfg
+            .mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}{}",
+                    m.host_path.display(),
+                    m.container_path.display(),
+                    if m.read_only { ":ro" } else { "" }
+                )
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(cfg.image.clone()),
+            entrypoint: (!cfg.command.is_empty()).then(|| cfg.command.clone()),
+            cmd: (!cfg.args.is_empty()).then(|| cfg.args.clone()),
+            env: Some(cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: cfg.working_dir.clone().filter(|d| !d.is_empty()),
+            labels: Some(HashMap::from([
+                (LABEL_UID.to_owned(), uid.clone()),
+                ("io.kubernetes.pod.name".to_owned(), pod.clone()),
+                ("io.kubernetes.pod.namespace".to_owned(), ns.clone()),
+                ("io.kubernetes.container.name".to_owned(), cfg.name.clone()),
+            ])),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!("container:{pause}")),
+                ipc_mode: Some(format!("container:{pause}")),
+                binds: Some(binds),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| run_err(format!("create container: {e}")))?;
+        if let Some(parent) = cfg.log_path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        self.docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| run_err(format!("start container: {e}")))?;
+        self.copy_logs(created.id.clone(), cfg.log_path.clone());
+        Ok(format!("docker://{}", created.id))
+    }
+
+    async fn container_status(&self, id: &str) -> ContainerStatus {
+        match self
+            .docker
+            .inspect_container(strip(id), None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(i) => {
+                let Some(st) = i.state else {
+                    return ContainerStatus::Unknown;
+                };
+                if st.running == Some(true) {
+                    return ContainerStatus::Running;
+                }
+                let code = st
+                    .exit_code
+                    .and_then(|c| i32::try_from(c).ok())
+                    .unwrap_or(255);
+                ContainerStatus::Exited {
+                    exit_code: code,
+                    signal: (code > 128).then_some(code - 128),
+                    finished_at: st
+                        .finished_at
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or_else(jiff::Timestamp::now),
+                }
+            }
+            Err(_) => ContainerStatus::Unknown,
+        }
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let t = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        match self
+            .docker
+            .stop_container(
+                strip(id),
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(derr("stop container")(e)),
+        }
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let exec = self
+            .docker
+            .create_exec(
+                strip(id),
+                CreateExecOptions {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd.to_vec()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(derr("create exec"))?;
+        let run = async {
+            let mut out = ExecOutput {
+                exit_code: 0,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            if let StartExecResults::Attached { mut output, .. } = self
+                .docker
+                .start_exec(&exec.id, None)
+                .await
+                .map_err(derr("start exec"))?
+            {
+                while let Some(Ok(chunk)) = output.next().await {
+                    match chunk {
+                        LogOutput::StdErr { message } => out.stderr.extend_from_slice(&message),
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                            out.stdout.extend_from_slice(&message)
+                        }
+                        LogOutput::StdIn { .. } => {}
+                    }
+                }
+            }
+            let info = self
+                .docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(derr("inspect exec"))?;
+            out.exit_code = info
+                .exit_code
+                .and_then(|c| i32::try_from(c).ok())
+                .unwrap_or(255);
+            Ok::<_, Error>(out)
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| Error::Runtime(format!("exec in {id} timed out after {timeout:?}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_names_follow_the_kubernetes_pattern() {
+        assert_eq!(
+            container_name("nginx", "web", "default", "u-1", 2),
+            "k8s_nginx_web_default_u-1_2"
+        );
+        assert_eq!(
+            container_name("POD", "web", "default", "u-1", 0),
+            "k8s_POD_web_default_u-1_0"
+        );
+        assert_eq!(strip("docker://abc"), "abc");
+    }
+}
