@@ -7,9 +7,12 @@
 
 pub mod defaults;
 pub mod error;
+pub mod limitrange;
 pub mod meta;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
+pub mod quota;
 pub mod resources;
 pub mod selector;
 pub mod status;

@@ -166,6 +166,13 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 version: "v1",
                 verbs: &["create"],
             },
+            SubresourceInfo {
+                name: "log",
+                kind: "Pod",
+                group: "",
+                version: "v1",
+                verbs: &["get"],
+            },
         ],
         &["all"],
     ),

@@ -103,7 +103,14 @@ where
 /// Decodes `input` as `kind`, optionally defaults it, validates it and re-encodes it.
 /// Kinds without a typed model pass through unchanged. The error is a decode message
 /// (`Pod in version "v1" cannot be handled as a Pod: ...`), a 400 for the server.
-pub fn prepare(kind: &str, input: Value, apply_defaults: bool) -> Result<Prepared, String> {
+pub fn prepare(kind: &str, mut input: Value, apply_defaults: bool) -> Result<Prepared, String> {
+    if apply_defaults {
+        match kind {
+            "Pod" => crate::limitrange::default_requests_from_limits(&mut input),
+            "LimitRange" => crate::limitrange::default_limit_range(&mut input),
+            _ => {}
+        }
+    }
     match kind {
         "Pod" => roundtrip::<Pod, _, _>(
             kind,

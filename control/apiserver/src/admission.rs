@@ -19,7 +19,18 @@ pub enum Plugin {
     NamespaceExists,
     /// Pods may not set SELinux options, run-as-user, supplemental groups or fsGroup.
     SecurityContextDeny,
+    /// Pods get their service account (`default` unless set), its token secret mounted at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` and its imagePullSecrets.
+    ServiceAccount,
+    /// Pods get the container defaults of the namespace's LimitRanges and must stay within
+    /// their bounds.
+    LimitRanger,
+    /// Creations that would exceed a ResourceQuota of the namespace are refused.
+    ResourceQuota,
 }
+
+/// Every plugin name, in Kubernetes' recommended order.
+pub const KNOWN: &str = "AlwaysAdmit, AlwaysDeny, NamespaceLifecycle, NamespaceExists, SecurityContextDeny, ServiceAccount, LimitRanger, ResourceQuota";
 
 impl Plugin {
     /// Parses a plugin name.
@@ -30,9 +41,12 @@ impl Plugin {
             "NamespaceLifecycle" => Plugin::NamespaceLifecycle,
             "NamespaceExists" => Plugin::NamespaceExists,
             "SecurityContextDeny" => Plugin::SecurityContextDeny,
+            "ServiceAccount" => Plugin::ServiceAccount,
+            "LimitRanger" => Plugin::LimitRanger,
+            "ResourceQuota" => Plugin::ResourceQuota,
             other => {
                 return Err(Error::Config(format!(
-                    "unknown admission plugin {other:?} (known: AlwaysAdmit, AlwaysDeny, NamespaceLifecycle, NamespaceExists, SecurityContextDeny)"
+                    "unknown admission plugin {other:?} (known: {KNOWN})"
                 )));
             }
         })
@@ -161,6 +175,8 @@ pub fn admit(
                     return Err(forbidden(v));
                 }
             }
+            // Plugins that read the store run in [`Admission::run`].
+            Plugin::ServiceAccount | Plugin::LimitRanger | Plugin::ResourceQuota => {}
         }
     }
     Ok(())

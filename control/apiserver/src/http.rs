@@ -23,6 +23,7 @@ use crate::admission::{self, Operation, Plugin};
 use crate::auth::{Attributes, Authenticator, AuthnResult, Authorizer, UserInfo};
 use crate::discovery;
 use crate::metrics::Metrics;
+use crate::plugins::{Admitted, QuotaLocks};
 use crate::registry::{DeleteOptions, FieldValidation, Registry, WriteOptions};
 use crate::watchcache::{CachedEvent, EventType, Message, Start};
 
@@ -48,6 +49,14 @@ pub struct App {
     pub authz: Authorizer,
     /// Admission chain.
     pub admission: Vec<Plugin>,
+    /// Per-namespace locks of quota-charged creations.
+    pub quota_locks: QuotaLocks,
+    /// Verifier of service-account tokens.
+    pub sa_verifier: Option<crate::satoken::Verifier>,
+    /// `--service-account-lookup`.
+    pub sa_lookup: bool,
+    /// Client of the kubelets (pods/log).
+    pub kubelet: crate::logs::KubeletClient,
     /// Metrics.
     pub metrics: Metrics,
     /// Address advertised in discovery.
@@ -427,7 +436,22 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match app.authn.authenticate(authz, conn.client_cert.as_ref()) {
+        let bearer = authz
+            .map(str::trim)
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let mut result = app.authn.authenticate(authz, conn.client_cert.as_ref());
+        if result == AuthnResult::Unauthorized
+            && let (Some(token), Some(v)) = (bearer, app.sa_verifier.as_ref())
+            && let Some(u) =
+                crate::satoken::authenticate(v, app.sa_lookup, &app.registry, token).await
+        {
+            result = AuthnResult::User(u);
+        }
+        match result {
             AuthnResult::User(u) => u,
             AuthnResult::Unauthorized => {
                 return (
@@ -491,23 +515,39 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
     (metric_verb(verb), resource, resp)
 }
 
+/// Runs the admission chain; the caller keeps the result until the write is done and then
+/// [`Admitted::commit`]s it.
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     app: &App,
     op: Operation,
     res: &ResourceInfo,
     ns: &str,
     name: &str,
-    obj: Option<&Value>,
-) -> Result<(), StatusError> {
+    obj: Option<&mut Value>,
+    dry_run: bool,
+) -> Result<Admitted, StatusError> {
     if app.admission.is_empty() {
-        return Ok(());
+        return Ok(Admitted::default());
     }
     let state = if admission::needs_namespace(&app.admission) && res.namespaced && !ns.is_empty() {
         Some(app.registry.namespace_state(ns).await)
     } else {
         None
     };
-    admission::admit(&app.admission, op, res, ns, name, obj, state)
+    admission::admit(&app.admission, op, res, ns, name, obj.as_deref(), state)?;
+    crate::plugins::run(
+        &app.admission,
+        &app.quota_locks,
+        &app.registry,
+        op,
+        res,
+        ns,
+        name,
+        obj,
+        dry_run,
+    )
+    .await
 }
 
 #[instrument(skip_all, fields(verb, resource = route.res.plural, ns = ?route.ns, name = ?route.name, sub = ?route.sub, user = %user.name))]
@@ -564,6 +604,10 @@ async fn serve_resource(
                 .map_err(|e| StatusError::bad_request(e.to_string()))?;
             watch_response(app, res, ns, LabelSelector::default(), fields, &q, accept)
         }
+        (Method::GET, Some(name), Some("log")) if res.plural == "pods" => {
+            crate::logs::pod_log(reg, &app.kubelet, res, ns.unwrap_or(""), name, &q).await
+        }
+        (_, Some(_), Some("log")) => Err(StatusError::method_not_allowed()),
         (Method::GET, Some(name), None | Some("status")) => {
             let (obj, _) = reg.get(res, ns, name).await?;
             Ok(object_response(200, &obj, &accept, res, &[]))
@@ -587,17 +631,20 @@ async fn serve_resource(
             check_kind(res, &mut obj)?;
             set_namespace(res, ns, &mut obj)?;
             let opts = write_options(&q)?;
+            Registry::generate_name(&mut obj);
             let name = meta::name(&obj).to_string();
-            admit(
+            let admitted = admit(
                 app,
                 Operation::Create,
                 res,
                 ns.unwrap_or(""),
                 &name,
-                Some(&obj),
+                Some(&mut obj),
+                opts.dry_run,
             )
             .await?;
             let w = reg.create(res, ns, obj, &opts).await?;
+            admitted.commit(reg).await;
             Ok(object_response(201, &w.object, &accept, res, &w.warnings))
         }
         (Method::POST, Some(name), Some("binding")) => {
@@ -633,7 +680,8 @@ async fn serve_resource(
                 res,
                 ns.unwrap_or(""),
                 name,
-                Some(&obj),
+                Some(&mut obj),
+                opts.dry_run,
             )
             .await?;
             let w = reg.update(res, ns, name, obj, sub, &opts, None).await?;
@@ -662,7 +710,16 @@ async fn serve_resource(
                     .map_err(|e| StatusError::bad_request(e.to_string()))?;
                 return update_scale(app, res, ns, name, &scale, &opts, &accept).await;
             }
-            admit(app, Operation::Update, res, ns.unwrap_or(""), name, None).await?;
+            admit(
+                app,
+                Operation::Update,
+                res,
+                ns.unwrap_or(""),
+                name,
+                None,
+                opts.dry_run,
+            )
+            .await?;
             match reg.patch(res, ns, name, &patch, ty, sub, &opts).await {
                 Ok(w) => Ok(object_response(200, &w.object, &accept, res, &w.warnings)),
                 // Server-side apply creates what does not exist yet.
@@ -671,16 +728,18 @@ async fn serve_resource(
                     check_kind(res, &mut obj)?;
                     set_namespace(res, ns, &mut obj)?;
                     meta::set(&mut obj, "name", json!(name));
-                    admit(
+                    let admitted = admit(
                         app,
                         Operation::Create,
                         res,
                         ns.unwrap_or(""),
                         name,
-                        Some(&obj),
+                        Some(&mut obj),
+                        opts.dry_run,
                     )
                     .await?;
                     let w = reg.create(res, ns, obj, &opts).await?;
+                    admitted.commit(reg).await;
                     Ok(object_response(201, &w.object, &accept, res, &w.warnings))
                 }
                 Err(e) => Err(e),
@@ -689,7 +748,16 @@ async fn serve_resource(
         (Method::DELETE, Some(name), None) => {
             let bytes = read_body(body).await?;
             let opts = delete_options(&parts.headers, &bytes, &q)?;
-            admit(app, Operation::Delete, res, ns.unwrap_or(""), name, None).await?;
+            admit(
+                app,
+                Operation::Delete,
+                res,
+                ns.unwrap_or(""),
+                name,
+                None,
+                opts.dry_run,
+            )
+            .await?;
             let (obj, removed) = reg.delete(res, ns, name, &opts).await?;
             let pending = !removed && res.plural != "namespaces";
             Ok(object_response(
@@ -726,6 +794,7 @@ async fn serve_resource(
                     item_ns.as_deref().unwrap_or(""),
                     &name,
                     None,
+                    opts.dry_run,
                 )
                 .await?;
                 match reg.delete(res, item_ns.as_deref(), &name, &opts).await {

@@ -126,13 +126,33 @@ pub struct Options {
     #[arg(long, env = "XKUBE_AUTHORIZATION_POLICY_FILE")]
     pub authorization_policy_file: Option<PathBuf>,
 
+    /// Key verifying service-account tokens: PKCS#8 DER P-256 (the controller-manager's
+    /// `--service-account-private-key-file`), or PEM private/public keys. Default
+    /// `<data-dir>/service-account-key.pk8`, created when missing.
+    #[arg(long, env = "XKUBE_SERVICE_ACCOUNT_KEY_FILE")]
+    pub service_account_key_file: Option<PathBuf>,
+
+    /// Check that a service-account token's Secret and ServiceAccount still exist.
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub service_account_lookup: bool,
+
     /// Ordered admission plugins: AlwaysAdmit, AlwaysDeny, NamespaceLifecycle,
-    /// NamespaceExists, SecurityContextDeny.
+    /// NamespaceExists, SecurityContextDeny, ServiceAccount, LimitRanger, ResourceQuota
+    /// (Kubernetes' recommended order:
+    /// NamespaceLifecycle,NamespaceExists,ServiceAccount,LimitRanger,ResourceQuota).
+    /// ServiceAccount is not in the default: it needs the controller-manager's serviceaccount
+    /// and token controllers, without which every pod creation is refused.
     #[arg(
         long,
         env = "XKUBE_ADMISSION_CONTROL",
         value_delimiter = ',',
-        default_value = "NamespaceLifecycle"
+        default_value = "NamespaceLifecycle,LimitRanger,ResourceQuota"
     )]
     pub admission_control: Vec<String>,
 
@@ -172,7 +192,13 @@ impl Default for Options {
             anonymous_auth: false,
             authorization_mode: AuthorizationMode::AlwaysAllow,
             authorization_policy_file: None,
-            admission_control: vec!["NamespaceLifecycle".into()],
+            service_account_key_file: None,
+            service_account_lookup: true,
+            admission_control: vec![
+                "NamespaceLifecycle".into(),
+                "LimitRanger".into(),
+                "ResourceQuota".into(),
+            ],
             event_ttl: std::time::Duration::from_secs(3600),
             watch_cache_size: 1000,
             bookmark_interval_seconds: 30,
@@ -214,6 +240,13 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 impl Options {
+    /// The service-account key file: the flag, else `<data-dir>/service-account-key.pk8`.
+    pub fn service_account_key_path(&self) -> PathBuf {
+        self.service_account_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(crate::satoken::KEY_FILE))
+    }
+
     /// The backend the flags select.
     pub fn backend(&self) -> StorageBackend {
         match self.storage_backend {
@@ -243,6 +276,16 @@ mod tests {
         assert_eq!(cli.opts.service_node_port_range, "30000-32767");
         assert_eq!(cli.opts.insecure_port, 0);
         assert_eq!(cli.opts.backend(), StorageBackend::Embedded);
+        assert_eq!(
+            cli.opts.admission_control,
+            Options::default().admission_control,
+            "flag and library defaults agree"
+        );
+        assert!(cli.opts.service_account_lookup);
+        assert_eq!(
+            cli.opts.service_account_key_path(),
+            std::path::Path::new("/var/lib/xkube/apiserver/service-account-key.pk8")
+        );
         let cli = Cli::try_parse_from([
             "x",
             "--etcd-servers=http://127.0.0.1:2379",

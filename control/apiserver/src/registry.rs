@@ -229,6 +229,19 @@ impl Registry {
         Ok((p.object, p.errors))
     }
 
+    /// Sets `metadata.name` from `metadata.generateName` plus 5 random characters when the
+    /// object has no name (done before admission, so messages name the object).
+    pub fn generate_name(obj: &mut Value) {
+        if meta::name(obj).is_empty()
+            && let Some(g) = obj["metadata"]["generateName"]
+                .as_str()
+                .filter(|g| !g.is_empty())
+        {
+            let name = format!("{g}{}", random_suffix());
+            meta::set(obj, "name", json!(name));
+        }
+    }
+
     /// Creates an object (already checked against the request's kind and namespace).
     pub async fn create(
         &self,
@@ -238,14 +251,7 @@ impl Registry {
         opts: &WriteOptions,
     ) -> Result<Written, StatusError> {
         let mut warnings = Vec::new();
-        if meta::name(&obj).is_empty()
-            && let Some(g) = obj["metadata"]["generateName"]
-                .as_str()
-                .filter(|g| !g.is_empty())
-        {
-            let name = format!("{g}{}", random_suffix());
-            meta::set(&mut obj, "name", json!(name));
-        }
+        Self::generate_name(&mut obj);
         for k in [
             "resourceVersion",
             "deletionTimestamp",

@@ -324,6 +324,18 @@ pub async fn start(
     tokio::fs::create_dir_all(&data_dir)
         .await
         .map_err(Error::io("create", &data_dir))?;
+    let sa_verifier = {
+        let path = opts.service_account_key_path();
+        let create = opts.service_account_key_file.is_none();
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            if create {
+                crate::satoken::create_key_if_missing(&path)?;
+            }
+            crate::satoken::Verifier::from_file(&path)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("loading the service account key failed: {e}")))??
+    };
     let store = match store {
         Some(s) => s,
         None => open_store(&opts).await?,
@@ -412,6 +424,10 @@ pub async fn start(
         authn,
         authz,
         admission: chain,
+        quota_locks: Default::default(),
+        sa_verifier: Some(sa_verifier),
+        sa_lookup: opts.service_account_lookup,
+        kubelet: crate::logs::KubeletClient::new(),
         metrics: Metrics::default(),
         advertise: endpoint.to_string(),
         shutdown: cancel.clone(),

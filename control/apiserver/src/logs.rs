@@ -1,0 +1,226 @@
+//! `pods/{name}/log`: proxied to the kubelet of the pod's node
+//! (`http://<node address>:<kubelet port>/containerLogs/{ns}/{pod}/{container}`), streamed
+//! as it arrives so `follow=true` works.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use xkube_api::{ResourceInfo, StatusError, meta};
+
+use crate::registry::Registry;
+
+/// Default kubelet port when a node does not publish `status.daemonEndpoints`.
+pub const DEFAULT_KUBELET_PORT: u16 = 10250;
+
+/// Query parameters passed on to the kubelet.
+const PASSED: &[&str] = &[
+    "follow",
+    "tailLines",
+    "timestamps",
+    "previous",
+    "sinceSeconds",
+    "sinceTime",
+    "limitBytes",
+];
+
+/// HTTP client of the kubelets.
+#[derive(Clone)]
+pub struct KubeletClient {
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for KubeletClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KubeletClient {
+    /// A client with a 5 s connect timeout.
+    pub fn new() -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        conn.set_nodelay(true);
+        KubeletClient {
+            client: Client::builder(TokioExecutor::new()).build(conn),
+        }
+    }
+}
+
+/// The container a log request means (Kubernetes' `validateContainer`).
+pub fn choose_container(pod: &Value, requested: Option<&str>) -> Result<String, StatusError> {
+    let name = meta::name(pod);
+    let names = |key: &str| -> Vec<String> {
+        pod["spec"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let containers = names("containers");
+    let inits = names("initContainers");
+    match requested.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            if containers.iter().chain(&inits).any(|n| n == c) {
+                Ok(c.to_string())
+            } else {
+                Err(StatusError::bad_request(format!(
+                    "container {c} is not valid for pod {name}"
+                )))
+            }
+        }
+        None => match containers.len() {
+            1 => Ok(containers[0].clone()),
+            0 => Err(StatusError::bad_request(format!(
+                "a container name must be specified for pod {name}"
+            ))),
+            _ => {
+                let all: Vec<String> = inits.iter().chain(&containers).cloned().collect();
+                Err(StatusError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    all.join(" ")
+                )))
+            }
+        },
+    }
+}
+
+/// The kubelet's `host:port` of a node: InternalIP, else ExternalIP, else Hostname; the
+/// port from `status.daemonEndpoints.kubeletEndpoint.Port` (default 10250).
+pub fn kubelet_address(node: &Value) -> Option<String> {
+    let addrs = node["status"]["addresses"].as_array()?;
+    let host = ["InternalIP", "ExternalIP", "Hostname"]
+        .iter()
+        .find_map(|t| {
+            addrs
+                .iter()
+                .find(|a| a["type"] == *t)
+                .and_then(|a| a["address"].as_str())
+                .filter(|a| !a.is_empty())
+        })?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .filter(|p| *p > 0 && *p <= u64::from(u16::MAX))
+        .map_or(DEFAULT_KUBELET_PORT, |p| p as u16);
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Serves `GET pods/{name}/log`.
+pub async fn pod_log(
+    reg: &Registry,
+    kubelet: &KubeletClient,
+    pods: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response, StatusError> {
+    let (pod, _) = reg.get(pods, Some(ns), name).await?;
+    let container = choose_container(&pod, q.get("container").map(String::as_str))?;
+    let text = |body: Body| {
+        let mut r = Response::new(body);
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r
+    };
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    if node_name.is_empty() {
+        // Not scheduled: nothing to show yet (Kubernetes answers with an empty stream).
+        return Ok(text(Body::empty()));
+    }
+    let nodes = xkube_api::resources::find("", "v1", "nodes")
+        .ok_or_else(|| StatusError::internal("nodes are not registered"))?;
+    let (node, _) = reg.get(nodes, None, node_name).await?;
+    let addr = kubelet_address(&node).ok_or_else(|| {
+        StatusError::internal(format!("node {node_name} has no address for its kubelet"))
+    })?;
+    let mut query: Vec<String> = PASSED
+        .iter()
+        .filter_map(|k| q.get(*k).map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    query.sort();
+    let url = format!(
+        "http://{addr}/containerLogs/{}/{}/{}{}{}",
+        encode(ns),
+        encode(name),
+        encode(&container),
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
+    );
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| StatusError::internal(format!("invalid kubelet URL {url}: {e}")))?;
+    tracing::debug!(%uri, "proxying pod log");
+    let resp = kubelet
+        .client
+        .get(uri)
+        .await
+        .map_err(|e| StatusError::internal(format!("Get \"{url}\": {e}")))?;
+    let status = resp.status();
+    if status != StatusCode::OK {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let msg = String::from_utf8_lossy(&body).trim().to_string();
+        let reason = match status.as_u16() {
+            400 => "BadRequest",
+            404 => "NotFound",
+            _ => "InternalError",
+        };
+        return Err(StatusError::new(status.as_u16(), reason, msg));
+    }
+    Ok(text(Body::new(resp.into_body())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn container_choice_follows_kubernetes() {
+        let one = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(choose_container(&one, None).expect("only one"), "a");
+        let e = choose_container(&one, Some("b")).expect_err("unknown");
+        assert_eq!(e.message, "container b is not valid for pod p");
+        let two = json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "i"}], "containers": [{"name": "a"}, {"name": "b"}]}});
+        let e = choose_container(&two, None).expect_err("ambiguous");
+        assert_eq!(
+            e.message,
+            "a container name must be specified for pod p, choose one of: [i a b]"
+        );
+        assert_eq!(choose_container(&two, Some("i")).expect("init"), "i");
+    }
+
+    #[test]
+    fn kubelet_address_prefers_internal_ip_and_published_port() {
+        let node = json!({"status": {"addresses": [
+            {"type": "Hostname", "address": "n1"}, {"type": "InternalIP", "address": "10.0.0.2"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10251}}}});
+        assert_eq!(kubelet_address(&node).as_deref(), Some("10.0.0.2:10251"));
+        let bare = json!({"status": {"addresses": [{"type": "Hostname", "address": "n1"}]}});
+        assert_eq!(kubelet_address(&bare).as_deref(), Some("n1:10250"));
+        assert_eq!(kubelet_address(&json!({})), None);
+    }
+}

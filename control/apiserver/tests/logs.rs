@@ -1,0 +1,204 @@
+//! `pods/{name}/log` proxied to a stand-in kubelet on loopback, through HTTP and upstream
+//! kubectl (v1.32 at /usr/bin/kubectl).
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::json;
+
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+type Seen = Arc<Mutex<Vec<String>>>;
+
+async fn container_logs(
+    State(seen): State<Seen>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let q = q.unwrap_or_default();
+    seen.lock()
+        .expect("seen lock")
+        .push(format!("{ns}/{pod}/{container}?{q}"));
+    if q.contains("follow=true") {
+        let stream = futures::stream::unfold(0u32, |i| async move {
+            match i {
+                0 => Some((Ok::<_, std::io::Error>(bytes::Bytes::from("first\n")), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Some((Ok(bytes::Bytes::from("second\n")), 2))
+                }
+                _ => {
+                    // Stay open like a running container.
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    None
+                }
+            }
+        });
+        return Response::new(Body::from_stream(stream));
+    }
+    let all = format!("hello from {ns}/{pod}/{container}\nline two\n");
+    let body = if q.contains("tailLines=1") {
+        "line two\n".to_string()
+    } else {
+        all
+    };
+    Response::new(Body::from(body))
+}
+
+async fn fake_kubelet() -> (u16, Seen, tokio::task::JoinHandle<()>) {
+    let seen: Seen = Arc::default();
+    let app = Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .with_state(seen.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake kubelet");
+    let port = l.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, app).await {
+            panic!("fake kubelet failed: {e}");
+        }
+    });
+    (port, seen, task)
+}
+
+async fn node_and_pod(api: &common::Api, kubelet_port: u16) {
+    let (code, body) = api
+        .post(
+            "/api/v1/nodes",
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = api
+        .patch(
+            "/api/v1/nodes/n1/status",
+            "application/merge-patch+json",
+            &json!({"status": {
+                "addresses": [{"type": "Hostname", "address": "n1"},
+                              {"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}}}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let mut pod = common::pod("web", json!({}));
+    pod["spec"]["nodeName"] = json!("n1");
+    let (code, body) = api.post("/api/v1/namespaces/default/pods", &pod).await;
+    assert_eq!(code, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_logs_are_proxied_from_the_nodes_kubelet() {
+    let (port, seen, kubelet) = fake_kubelet().await;
+    let api = common::start().await;
+    node_and_pod(&api, port).await;
+    let log = "/api/v1/namespaces/default/pods/web/log";
+
+    let resp = api.http.get(api.url(log)).send().await.expect("log");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.text().await.expect("text"),
+        "hello from default/web/c\nline two\n"
+    );
+    let (code, body) = api.get(&format!("{log}?tailLines=1&timestamps=true")).await;
+    assert_eq!((code, body), (200, json!("line two\n")));
+    assert_eq!(
+        seen.lock().expect("seen").last().map(String::as_str),
+        Some("default/web/c?tailLines=1&timestamps=true")
+    );
+
+    let (code, body) = api.get(&format!("{log}?container=nope")).await;
+    assert_eq!(code, 400);
+    assert_eq!(body["message"], "container nope is not valid for pod web");
+    let (code, _) = api.get("/api/v1/namespaces/default/pods/absent/log").await;
+    assert_eq!(code, 404);
+
+    // follow=true streams chunks as the kubelet writes them.
+    let mut resp = api
+        .http
+        .get(api.url(&format!("{log}?follow=true")))
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut got = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !got.contains("second\n") {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => got.push_str(&String::from_utf8_lossy(&c)),
+            other => panic!("follow stream ended early ({other:?}) after {got:?}"),
+        }
+    }
+    assert_eq!(got, "first\nsecond\n");
+    drop(resp);
+
+    // A kubelet that does not answer is a 500 naming the URL.
+    let (code, body) = api
+        .patch(
+            "/api/v1/nodes/n1/status",
+            "application/merge-patch+json",
+            &json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": 1}}}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api.get(log).await;
+    assert_eq!(code, 500, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("http://127.0.0.1:1/containerLogs/default/web/c")),
+        "{body}"
+    );
+    api.stop().await;
+    kubelet.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_logs_reads_through_the_apiserver() {
+    let (port, _seen, kubelet) = fake_kubelet().await;
+    let api = common::start_with(|b| b.secure()).await;
+    node_and_pod(&api, port).await;
+    let kubeconfig = api.server.kubeconfig.clone().expect("kubeconfig");
+    let home = api.dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    for (args, want) in [
+        (vec!["logs", "web"], "hello from default/web/c\nline two\n"),
+        (vec!["logs", "web", "--tail=1"], "line two\n"),
+        (
+            vec!["logs", "pod/web", "-c", "c"],
+            "hello from default/web/c\nline two\n",
+        ),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(KUBECTL)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(&args)
+                .env("HOME", &home)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
+        .expect("kubectl runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout, want, "kubectl {args:?}");
+    }
+    api.stop().await;
+    kubelet.abort();
+}
