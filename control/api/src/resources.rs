@@ -271,6 +271,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
         categories: &[],
     },
+    ResourceInfo {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        short_names: &[],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources: &[],
+        categories: &[],
+    },
 ];
 
 /// Finds a resource by group, version and plural name.

@@ -362,6 +362,7 @@ fn columns(plural: &str) -> Vec<Col> {
                 "CreationTimestamp is a timestamp representing the server time when this object was created.",
             ),
         ],
+        "leases" => vec![NAME, col("Holder", 0, "The holder of the lease."), AGE],
         _ => vec![NAME, AGE],
     }
 }
@@ -739,6 +740,11 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
         "limitranges" => vec![
             name,
             json!(str_or(&o["metadata"]["creationTimestamp"], "<unknown>")),
+        ],
+        "leases" => vec![
+            name,
+            json!(str_or(&o["spec"]["holderIdentity"], "")),
+            json!(created),
         ],
         _ => vec![name, json!(created)],
     }

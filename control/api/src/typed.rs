@@ -1,6 +1,7 @@
 //! Typed handling of untyped objects: decode into the k8s-openapi type of a kind, find unknown
 //! fields, apply defaults, validate, and encode back.
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ReplicationController,
     ResourceQuota, Secret, Service, ServiceAccount,
@@ -218,6 +219,13 @@ pub fn prepare(kind: &str, mut input: Value, apply_defaults: bool) -> Result<Pre
             apply_defaults,
             |_: &mut LimitRange| {},
             |s: &LimitRange| meta_only(&s.metadata, "LimitRange", true),
+        ),
+        "Lease" => roundtrip::<Lease, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            |_: &mut Lease| {},
+            |s: &Lease| meta_only(&s.metadata, "Lease", true),
         ),
         "EndpointSlice" => roundtrip::<EndpointSlice, _, _>(
             kind,

@@ -69,32 +69,47 @@ fn key_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Config(format!("service account key file {}: {e}", path.display()))
 }
 
-/// Creates a PKCS#8 P-256 key at `path` (mode 0600) unless one exists.
+/// Creates a PKCS#8 P-256 key at `path` (mode 0600) unless one exists. The key is written to
+/// a temporary file and hard-linked into place, so a reader never sees a partial key and a
+/// key created concurrently by the controller-manager wins without being overwritten.
 pub fn create_key_if_missing(path: &Path) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
     let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
         .map_err(|e| key_err(path, e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        o.mode(0o600);
+        let mut f = o.open(&tmp).map_err(Error::io("create", &tmp))?;
+        f.write_all(doc.as_ref())
+            .map_err(Error::io("write", &tmp))?;
+        f.sync_all().map_err(Error::io("sync", &tmp))?;
     }
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    o.mode(0o600);
-    match o.open(path) {
-        Ok(mut f) => {
-            f.write_all(doc.as_ref())
-                .map_err(Error::io("write", path))?;
-            f.sync_all().map_err(Error::io("sync", path))
-        }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
         // Another process (the controller-manager) created it first.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io("create", path)(e)),
+        Err(e) => Err(Error::io("link", path)(e)),
     }
 }
 

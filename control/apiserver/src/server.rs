@@ -331,7 +331,18 @@ pub async fn start(
             if create {
                 crate::satoken::create_key_if_missing(&path)?;
             }
-            crate::satoken::Verifier::from_file(&path)
+            // A key another process is still writing (the controller-manager creates it
+            // with create-then-write) parses once complete.
+            let mut attempt = 0;
+            loop {
+                match crate::satoken::Verifier::from_file(&path) {
+                    Err(Error::Config(_)) if create && attempt < 20 => {
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    other => break other,
+                }
+            }
         })
         .await
         .map_err(|e| Error::Config(format!("loading the service account key failed: {e}")))??

@@ -397,3 +397,100 @@ async fn service_account_tokens_authenticate_until_the_account_is_deleted() {
     assert_eq!(body["reason"], "Unauthorized");
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_the_controller_manager_authenticate_and_are_mounted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.jsonl");
+    std::fs::write(
+        &policy,
+        concat!(
+            r#"{"apiVersion": "abac.authorization.kubernetes.io/v1beta1", "kind": "Policy", "spec": {"user": "system:serviceaccount:default:default", "namespace": "default", "resource": "pods", "apiGroup": "*", "readonly": true}}"#,
+            "\n",
+        ),
+    )
+    .expect("policy");
+    let api = common::start_with(|b| {
+        b.secure().options(move |o| {
+            o.authorization_mode = AuthorizationMode::Abac;
+            o.authorization_policy_file = Some(policy);
+            o.admission_control = chain(&[
+                "NamespaceLifecycle",
+                "NamespaceExists",
+                "ServiceAccount",
+                "LimitRanger",
+                "ResourceQuota",
+            ]);
+        })
+    })
+    .await;
+    // The controller-manager shares the data dir: it signs with the key the apiserver made.
+    let opts = xkube_controllers::Options {
+        controllers: vec!["serviceaccount".into(), "serviceaccount-token".into()],
+        data_dir: api.dir.path().to_path_buf(),
+        root_ca_file: Some(api.dir.path().join("pki/ca.crt")),
+        ..xkube_controllers::Options::default()
+    };
+    let client = xkube_controllers::build_client(None, Some(&api.base)).expect("client");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cm = tokio::spawn({
+        let s = shutdown.clone();
+        async move { xkube_controllers::run(opts, client, s).await }
+    });
+
+    // The pod waits in admission for the default account and its token.
+    let (code, pod) = api.post(PODS, &common::pod("web", json!({}))).await;
+    assert_eq!(code, 201, "{pod}");
+    let volume = pod["spec"]["volumes"][0].clone();
+    let secret_name = volume["secret"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("token volume: {pod}"))
+        .to_string();
+    assert!(secret_name.starts_with("default-token-"), "{secret_name}");
+    assert_eq!(
+        pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
+    let (code, secret) = api
+        .get(&format!("/api/v1/namespaces/default/secrets/{secret_name}"))
+        .await;
+    assert_eq!(code, 200);
+    let decode = |k: &str| {
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(
+                secret["data"][k]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{k} in {secret}")),
+            )
+            .expect("base64");
+        String::from_utf8(b).expect("utf-8")
+    };
+    assert_eq!(decode("namespace"), "default");
+    assert!(decode("ca.crt").contains("BEGIN CERTIFICATE"));
+    let token = decode("token");
+
+    let ca = std::fs::read(api.server.ca_cert.as_ref().expect("ca")).expect("ca pem");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("ca"))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let port = api.server.secure_addr.expect("secure").port();
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    let (code, body) = call(&https, url(PODS), &token).await;
+    assert_eq!(
+        code, 200,
+        "the token authenticates as the default account: {body}"
+    );
+    let (code, body) = call(&https, url("/api/v1/namespaces/default/secrets"), &token).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("User \"system:serviceaccount:default:default\"")),
+        "{body}"
+    );
+    shutdown.cancel();
+    let _ = cm.await;
+    api.stop().await;
+}
