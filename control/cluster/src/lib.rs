@@ -220,6 +220,11 @@ pub async fn up(opts: &UpOptions) -> Result<State> {
             data_root: opts.data_root.clone(),
         })?;
     }
+    // A new cluster starts from an empty store and fresh node directories.
+    if data.exists() {
+        unmount_under(&data);
+        std::fs::remove_dir_all(&data).map_err(io("remove", &data))?;
+    }
     let mut state = State {
         name: opts.name.clone(),
         host_link: names.host_link(),
@@ -280,9 +285,23 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     std::fs::create_dir_all(&cg_root).map_err(io("create cgroup", &cg_root))?;
     state.cgroups.push(cg_root.clone());
     let mut nodes = Vec::new();
+    // Native XDP_TX on a node uplink needs an XDP program on the fabric end of the veth.
+    let fabric_pins = PathBuf::from(xkube_proxy::ebpf::datapath::PIN_ROOT)
+        .join(format!("{}-fabric", names.cluster));
+    state.bpf_pins.push(fabric_pins.clone());
     for i in 0..n {
         let ns = named(names.node_ns(i), state)?;
-        attach(&ns, &format!("n{}", i + 1), node_addr(i))?;
+        let port = format!("n{}", i + 1);
+        attach(&ns, &port, node_addr(i))?;
+        fabric
+            .run(|| {
+                xkube_proxy::ebpf::datapath::attach_pass(
+                    &fabric_pins,
+                    &port,
+                    aya::programs::XdpMode::Driver,
+                )
+            })?
+            .map_err(|e| Error::Invalid(format!("XDP pass program on fabric port {port}: {e}")))?;
         sysctl::set(&ns, "net/ipv4/ip_forward", "1")?;
         let cg = cg_root.join(format!("node{}", i + 1));
         std::fs::create_dir_all(&cg).map_err(io("create cgroup", &cg))?;
@@ -489,11 +508,12 @@ pub fn restart(opts: &NameOptions, role: &str, kill: bool) -> Result<u32> {
     Ok(new)
 }
 
-/// Creates the named namespace and records it; the namespace outlives this process.
+/// Creates the named namespace and records it; the namespace outlives this process (the
+/// returned handle does not remove it; `down` does).
 fn named(name: String, state: &mut State) -> Result<NetNs> {
-    let ns = NetNs::create(&name)?;
-    state.namespaces.push(name);
-    Ok(ns)
+    let name = NetNs::create(&name)?.keep();
+    state.namespaces.push(name.clone());
+    Ok(NetNs::borrowed(&name)?)
 }
 
 /// Starts `cmd` detached (own session) inside the network namespace at `netns` and, when
@@ -605,6 +625,8 @@ pub fn down(opts: &NameOptions) -> Result<()> {
                 .collect(),
             bpf_pins: (0..20)
                 .map(|i| PathBuf::from(xkube_proxy::ebpf::datapath::PIN_ROOT).join(names.node(i)))
+                .chain([PathBuf::from(xkube_proxy::ebpf::datapath::PIN_ROOT)
+                    .join(format!("{}-fabric", names.cluster))])
                 .collect(),
             ..Default::default()
         },
@@ -649,13 +671,34 @@ fn teardown(state: &State, data: &Path) -> Result<()> {
         }
         Ok::<_, xkube_netns::Error>(())
     });
-    // 4. cgroups, innermost first (pods are below the node cgroups).
+    // 4. Volumes the kubelets mounted (secret and token tmpfs) under the cluster's data.
+    unmount_under(data);
+    // 5. cgroups, innermost first (pods are below the node cgroups).
     for cg in &state.cgroups {
         remove_cgroup_tree(cg);
     }
     let state_file = data.join("state.json");
     let _ = std::fs::remove_file(&state_file);
     Ok(())
+}
+
+/// Unmounts (lazily) every mount point below `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %p.display(), error = %e, "unmounting");
+        }
+    }
 }
 
 fn cgroup_pids(cg: &Path) -> Vec<i32> {

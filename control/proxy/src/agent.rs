@@ -136,16 +136,26 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         _ = async { tokio::join!(services.wait_ready(), endpoints.wait_ready()) } => {}
         _ = shutdown.cancelled() => return Ok(()),
     }
-    let node = loop {
+    // The kubelet registers the Node and posts its addresses; the controller-manager assigns
+    // the pod CIDR. Wait for a usable Node object.
+    let mut waited = 0u32;
+    let ctx = loop {
         if let Some(n) = nodes.get("", &opts.node_name) {
-            break n;
+            match node_context(&opts, &n) {
+                Ok(c) if c.pod_cidr.is_some() => break c,
+                Ok(_) if waited.is_multiple_of(50) => {
+                    info!(node = %opts.node_name, "waiting for the node's podCIDR")
+                }
+                Err(e) if waited.is_multiple_of(50) => info!(error = %e, "waiting for a usable Node object"),
+                _ => {}
+            }
         }
+        waited += 1;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
     };
-    let ctx = node_context(&opts, &node)?;
     info!(node = %opts.node_name, addr = %ctx.node_addr, pod_cidr = ?ctx.pod_cidr, "proxy starting");
 
     let mut dp = Datapath::load(Some(&pin_dir))?;

@@ -40,7 +40,15 @@ enum Cmd {
     Apiserver(Box<xkube_apiserver::Options>),
     /// The control plane in one process: apiserver, controller-manager and scheduler, each
     /// talking to the others only through the API.
-    Server(Box<xkube_apiserver::Options>),
+    Server(Box<ServerArgs>),
+    /// The controller-manager.
+    ControllerManager(Box<xkube_controllers::Options>),
+    /// The scheduler.
+    Scheduler(Box<xkube_scheduler::Options>),
+    /// The kubelet.
+    Kubelet(Box<xkube_kubelet::Options>),
+    /// The node agent: kubelet and proxy in one process.
+    Agent(Box<AgentArgs>),
     /// A local multi-node cluster in network namespaces.
     Cluster {
         #[command(subcommand)]
@@ -75,6 +83,52 @@ enum ClusterCmd {
 }
 
 #[derive(clap::Args)]
+struct ServerArgs {
+    #[command(flatten)]
+    apiserver: xkube_apiserver::Options,
+    /// The cluster's pod network; the node controller gives each node a /24 of it.
+    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// How long a node may miss heartbeats before it is marked Unknown.
+    #[arg(long, default_value = "40s")]
+    node_monitor_grace_period: String,
+    /// How long pods stay on an Unknown node before they are evicted.
+    #[arg(long, default_value = "5m")]
+    pod_eviction_timeout: String,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    kubelet: xkube_kubelet::Options,
+    /// Service proxy mode.
+    #[arg(long, env = "XKUBE_PROXY_MODE", value_enum, default_value_t = xkube_proxy::agent::ProxyMode::Ebpf)]
+    proxy_mode: xkube_proxy::agent::ProxyMode,
+    /// The node's uplink interface (XDP + tc egress).
+    #[arg(long, env = "XKUBE_UPLINK", default_value = "eth0")]
+    uplink: String,
+    /// XDP attach mode on the uplink.
+    #[arg(long, value_enum, default_value_t = xkube_proxy::agent::XdpAttach::Driver)]
+    xdp_mode: xkube_proxy::agent::XdpAttach,
+    /// Proxy metrics address.
+    #[arg(long, default_value = "0.0.0.0:10249")]
+    proxy_metrics_bind_address: std::net::SocketAddr,
+    /// Proxy health address.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    proxy_healthz_bind_address: std::net::SocketAddr,
+}
+
+/// Parses an `Args` struct from no arguments: its defaults (and environment).
+fn defaults<T: clap::Args>() -> anyhow::Result<T> {
+    #[derive(Parser)]
+    struct W<T: clap::Args> {
+        #[command(flatten)]
+        inner: T,
+    }
+    Ok(W::<T>::try_parse_from(["xkube"])?.inner)
+}
+
+#[derive(clap::Args)]
 struct ProxyArgs {
     #[command(flatten)]
     client: ClientArgs,
@@ -100,13 +154,120 @@ impl ClientArgs {
     }
 }
 
-/// `xkube server`: the apiserver, then the control loops against it through the API.
+/// `xkube server`: the apiserver, then the controller-manager and the scheduler, which reach
+/// it through its admin kubeconfig like any other client.
 async fn server(
-    opts: xkube_apiserver::Options,
+    args: ServerArgs,
     token: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    xkube_apiserver::run(opts, token).await?;
-    Ok(())
+    let data_dir = args.apiserver.data_dir.clone();
+    let listen = xkube_apiserver::Listen::from_options(&args.apiserver);
+    let api = xkube_apiserver::start(args.apiserver, listen, None, token.child_token()).await?;
+    let kubeconfig = api.kubeconfig.clone().ok_or_else(|| {
+        anyhow::anyhow!("xkube server needs the secure port (it writes the admin kubeconfig)")
+    })?;
+    let mut cm: xkube_controllers::Options = defaults()?;
+    cm.kubeconfig = Some(kubeconfig.clone());
+    cm.cluster_cidr = args.cluster_cidr;
+    cm.data_dir = data_dir.join("controller-manager");
+    cm.node_monitor_grace_period =
+        xkube_controllers::parse_duration(&args.node_monitor_grace_period)
+            .map_err(anyhow::Error::msg)?;
+    cm.pod_eviction_timeout = xkube_controllers::parse_duration(&args.pod_eviction_timeout)
+        .map_err(anyhow::Error::msg)?;
+    let mut sched: xkube_scheduler::Options = defaults()?;
+    sched.kubeconfig = Some(kubeconfig.clone());
+    let cm_client = xkube_controllers::build_client(Some(&kubeconfig), None)?;
+    let sched_client = xkube_controllers::build_client(Some(&kubeconfig), None)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let t = token.clone();
+    tasks.spawn(async move {
+        xkube_controllers::run(cm, cm_client, t)
+            .await
+            .map_err(|e| anyhow::anyhow!("controller-manager: {e:#}"))
+    });
+    let t = token.clone();
+    tasks.spawn(async move {
+        xkube_scheduler::run(sched, sched_client, t)
+            .await
+            .map_err(|e| anyhow::anyhow!("scheduler: {e:#}"))
+    });
+    tracing::info!(kubeconfig = %kubeconfig.display(), "control plane running");
+    let mut result = Ok(());
+    tokio::select! {
+        _ = token.cancelled() => {}
+        Some(r) = tasks.join_next() => {
+            // A control loop ended on its own: that is a failure of the whole server.
+            result = r.map_err(anyhow::Error::from).and_then(|r| r);
+            token.cancel();
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::warn!(error = %e, "control loop stopped");
+        }
+    }
+    api.stop().await;
+    result
+}
+
+/// `xkube agent`: the kubelet and the proxy of one node.
+async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let node_name = match &args.kubelet.node_name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")?
+            .trim()
+            .to_owned(),
+    };
+    let proxy = xkube_proxy::agent::Options {
+        node_name,
+        proxy_mode: args.proxy_mode,
+        cluster_cidr: args
+            .kubelet
+            .cluster_cidr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
+        uplink: args.uplink,
+        xdp_mode: args.xdp_mode,
+        cgroup: None,
+        pod_bridge: "cbr0".into(),
+        bpf_root: xkube_proxy::ebpf::datapath::PIN_ROOT.into(),
+        metrics_bind_address: args.proxy_metrics_bind_address,
+        healthz_bind_address: args.proxy_healthz_bind_address,
+        cleanup: false,
+    };
+    let client = ClientArgs {
+        kubeconfig: args.kubelet.kubeconfig.clone(),
+    }
+    .client()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let t = token.clone();
+    let kubelet = args.kubelet;
+    tasks.spawn(async move {
+        xkube_kubelet::run(kubelet, t)
+            .await
+            .map_err(|e| anyhow::anyhow!("kubelet: {e:#}"))
+    });
+    let t = token.clone();
+    tasks.spawn(async move {
+        xkube_proxy::agent::run(proxy, client, t)
+            .await
+            .map_err(|e| anyhow::anyhow!("proxy: {e:#}"))
+    });
+    let mut result = Ok(());
+    tokio::select! {
+        _ = token.cancelled() => {}
+        Some(r) = tasks.join_next() => {
+            result = r.map_err(anyhow::Error::from).and_then(|r| r);
+            token.cancel();
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::warn!(error = %e, "agent component stopped");
+        }
+    }
+    result
 }
 
 /// Runs an async component on a multi-threaded runtime with the signal-driven shutdown token.
@@ -158,7 +319,28 @@ fn main() -> ExitCode {
                 .await
                 .map_err(anyhow::Error::from)
         }),
-        Cmd::Server(opts) => run_async(|token| server(*opts, token)),
+        Cmd::Server(args) => run_async(|token| server(*args, token)),
+        Cmd::ControllerManager(opts) => run_async(|token| async move {
+            let client = xkube_controllers::build_client(
+                opts.kubeconfig.as_deref(),
+                opts.master.as_deref(),
+            )?;
+            xkube_controllers::run(*opts, client, token).await?;
+            Ok(())
+        }),
+        Cmd::Scheduler(opts) => run_async(|token| async move {
+            let client = xkube_controllers::build_client(
+                opts.kubeconfig.as_deref(),
+                opts.master.as_deref(),
+            )?;
+            xkube_scheduler::run(*opts, client, token).await?;
+            Ok(())
+        }),
+        Cmd::Kubelet(opts) => run_async(|token| async move {
+            xkube_kubelet::run(*opts, token).await?;
+            Ok(())
+        }),
+        Cmd::Agent(args) => run_async(|token| agent(*args, token)),
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Up(o) => run_async(|_| async move {
                 xkube_cluster::up(&o).await?;

@@ -243,6 +243,45 @@ impl Datapath {
     }
 }
 
+/// Attaches the bare XDP pass program to `iface` (calling thread's namespace) with its link
+/// pinned under `pin_dir/links`: the far end of a veth whose near end transmits with native
+/// XDP (`XDP_TX` on a veth delivers nothing unless the peer runs an XDP program). Loads only
+/// that program, with every map of the object shrunk to one entry.
+pub fn attach_pass(pin_dir: &Path, iface: &str, mode: XdpMode) -> Result<()> {
+    let link = pin_dir
+        .join("links")
+        .join(format!("{iface}-{}", programs::XDP_PASS));
+    if PinnedLink::from_pin(&link).is_ok() {
+        return Ok(());
+    }
+    let mut loader = EbpfLoader::new();
+    for name in MAP_NAMES
+        .into_iter()
+        .chain([xkube_common::probe::PROBE_COUNTERS, "AYA_LOGS"])
+    {
+        loader.map_max_entries(name, 1);
+    }
+    let mut ebpf = loader.load(super::object())?;
+    let p: &mut Xdp = program_mut(&mut ebpf, programs::XDP_PASS)?;
+    p.load().map_err(prog_err(programs::XDP_PASS))?;
+    let id = p
+        .attach(iface, mode)
+        .map_err(prog_err(programs::XDP_PASS))?;
+    let l = p.take_link(id).map_err(prog_err(programs::XDP_PASS))?;
+    let l = FdLink::try_from(l).map_err(|e| Error::Link {
+        name: programs::XDP_PASS,
+        source: e,
+    })?;
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create pin directory", dir))?;
+    }
+    l.pin(&link).map_err(|e| Error::Pin {
+        path: link.clone(),
+        source: e,
+    })?;
+    Ok(())
+}
+
 /// Kernel settings the uplink needs (calling thread's namespace).
 ///
 /// When `bpf_fib_lookup` cannot give a next hop (no neighbour entry yet) the XDP program hands
