@@ -202,3 +202,55 @@ async fn kubectl_logs_reads_through_the_apiserver() {
     api.stop().await;
     kubelet.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_xkubectl_client_reads_and_follows_logs() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use xkube_client::{Api, Client, Config, LogParams};
+
+    let (port, seen, kubelet) = fake_kubelet().await;
+    let api = common::start().await;
+    node_and_pod(&api, port).await;
+    let client = Client::new(&Config::new(api.base.clone())).expect("client");
+    let pods = Api::<Pod>::namespaced(client, "default");
+    let read = |lp: LogParams| {
+        let pods = pods.clone();
+        async move {
+            let stream = pods.logs("web", &lp).await.expect("logs");
+            tokio::pin!(stream);
+            let mut out = String::new();
+            while !out.ends_with("second\n") && !out.ends_with("two\n") {
+                let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                    .await
+                    .expect("log chunk in time");
+                match next {
+                    Some(c) => out.push_str(&String::from_utf8_lossy(&c.expect("chunk"))),
+                    None => break,
+                }
+            }
+            out
+        }
+    };
+    assert_eq!(
+        read(LogParams {
+            tail_lines: Some(1),
+            ..LogParams::default()
+        })
+        .await,
+        "line two\n"
+    );
+    assert_eq!(
+        read(LogParams {
+            follow: true,
+            container: Some("c".into()),
+            ..LogParams::default()
+        })
+        .await,
+        "first\nsecond\n"
+    );
+    let last = seen.lock().expect("seen").last().cloned();
+    assert_eq!(last.as_deref(), Some("default/web/c?follow=true"));
+    api.stop().await;
+    kubelet.abort();
+}
