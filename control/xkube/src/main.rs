@@ -169,7 +169,8 @@ async fn server(
     let mut cm: xkube_controllers::Options = defaults()?;
     cm.kubeconfig = Some(kubeconfig.clone());
     cm.cluster_cidr = args.cluster_cidr;
-    cm.data_dir = data_dir.join("controller-manager");
+    // One service-account key for the token controller (signs) and the apiserver (verifies).
+    cm.data_dir = data_dir.clone();
     cm.node_monitor_grace_period =
         xkube_controllers::parse_duration(&args.node_monitor_grace_period)
             .map_err(anyhow::Error::msg)?;
