@@ -1,0 +1,378 @@
+//! Issue M1 6/6 acceptance: the eBPF proxy on `xkube cluster up --nodes 3 --proxy-mode ebpf`
+//! (SEEDS.md A6, A8, A9, A10; affinity, UDP, hairpin; no KUBE-* iptables rules; agent SIGKILL
+//! under load). Every request is sent from inside the cluster's namespaces.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use xkube_e2e::{Cluster, http_get};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn web_rc(name: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{app: {name}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: agnhost
+        image: xkube/agnhost
+        args: ["--http-port=8080", "--udp-port=8081"]
+        ports:
+        - {{name: http, containerPort: 8080}}
+        - {{name: dns, containerPort: 8081, protocol: UDP}}
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 1
+"#
+    )
+}
+
+fn service(name: &str, app: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {app}}}
+  ports:
+  - {{name: http, port: 80, targetPort: http, protocol: TCP}}
+{extra_spec}
+"#
+    )
+}
+
+fn cluster_ip(c: &Cluster, svc: &str) -> Ipv4Addr {
+    c.get_json(&["svc", svc])["spec"]["clusterIP"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("service {svc} has no clusterIP"))
+}
+
+fn node_port(c: &Cluster, svc: &str) -> u16 {
+    c.get_json(&["svc", svc])["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or_else(|| panic!("service {svc} has no nodePort"))
+}
+
+fn ready_endpoints(c: &Cluster, svc: &str) -> Vec<Ipv4Addr> {
+    let ep = c.get_json(&["endpoints", svc]);
+    ep["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["ip"].as_str().and_then(|i| i.parse().ok()))
+        .collect()
+}
+
+fn wait_endpoints(c: &Cluster, svc: &str, n: usize) -> Vec<Ipv4Addr> {
+    c.wait(
+        &format!("{n} ready endpoints of {svc}"),
+        Duration::from_secs(120),
+        || {
+            let eps = ready_endpoints(c, svc);
+            (eps.len() == n).then_some(eps)
+        },
+    )
+}
+
+/// Pods (name, IP, node index) of app `app`.
+fn pods(c: &Cluster, app: &str) -> Vec<(String, Ipv4Addr, usize)> {
+    let list = c.get_json(&["pods", "-l", &format!("app={app}")]);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let name = p["metadata"]["name"].as_str()?.to_owned();
+            let ip = p["status"]["podIP"].as_str()?.parse().ok()?;
+            let node = p["spec"]["nodeName"].as_str()?;
+            let idx = (0..c.nodes).find(|i| c.node_name(*i) == node)?;
+            Some((name, ip, idx))
+        })
+        .collect()
+}
+
+/// Hostnames (= pod names) answering `to` from `ns` over `tries` requests.
+fn hostnames(ns: &xkube_netns::NetNs, to: SocketAddrV4, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .map(|_| {
+            http_get(ns, to, "/hostname", TIMEOUT)
+                .unwrap_or_else(|e| panic!("GET http://{to}/hostname: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn privileged_cluster_services_through_the_ebpf_proxy() {
+    let c = Cluster::up(3, &["--proxy-mode", "ebpf"]);
+    c.apply(&web_rc("web", 3));
+    c.apply(&service("web", "web", "  type: NodePort"));
+    wait_endpoints(&c, "web", 3);
+    let vip = SocketAddrV4::new(cluster_ip(&c, "web"), 80);
+    let all: BTreeSet<String> = pods(&c, "web").into_iter().map(|p| p.0).collect();
+    assert_eq!(all.len(), 3);
+
+    // A6: ClusterIP from host processes of every node (socket LB on the node cgroup).
+    for i in 0..c.nodes {
+        let seen = c.on_node(i, || -> BTreeSet<String> {
+            (0..30)
+                .map(|_| {
+                    xkube_e2e::http_get_here(vip, "/hostname", TIMEOUT)
+                        .unwrap_or_else(|e| panic!("ClusterIP from node{}: {e}", i + 1))
+                })
+                .collect()
+        });
+        assert_eq!(
+            seen,
+            all,
+            "node{} host processes reach every backend",
+            i + 1
+        );
+    }
+
+    // A6: ClusterIP from pods on every node (agnhost /dial makes the pod connect).
+    for (name, ip, node) in pods(&c, "web") {
+        let path = format!("/dial?host={}&port=80&path=/hostname", vip.ip());
+        let answer = http_get(
+            &c.node_ns(node),
+            SocketAddrV4::new(ip, 8080),
+            &path,
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("pod {name} -> ClusterIP: {e}"));
+        assert!(all.contains(answer.trim()), "{name} got {answer:?}");
+    }
+
+    // A8: NodePort on every node's address from the external client; local and remote
+    // backends answer, each connection with the node address the client used.
+    let np = node_port(&c, "web");
+    for i in 0..c.nodes {
+        let seen = hostnames(&c.client_ns(), SocketAddrV4::new(c.node_addr(i), np), 40);
+        assert_eq!(seen, all, "NodePort on node{}", i + 1);
+    }
+
+    // A10: an off-cluster client reaches the ClusterIP through a route via node1.
+    c.client_ns()
+        .add_route(Ipv4Addr::new(10, 96, 0, 0), 12, c.node_addr(0))
+        .expect("client route to the service range via node1");
+    assert_eq!(
+        hostnames(&c.client_ns(), vip, 40),
+        all,
+        "ClusterIP from outside"
+    );
+
+    // A9: a LoadBalancer service whose ingress IP (assigned in status, no cloud) is routed to
+    // node2 by the client.
+    c.apply(&service("lb", "web", "  type: LoadBalancer"));
+    let lb_ip = Ipv4Addr::new(198, 18, 1, 10);
+    c.kubectl_ok(&[
+        "patch",
+        "svc",
+        "lb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(r#"{{"status":{{"loadBalancer":{{"ingress":[{{"ip":"{lb_ip}"}}]}}}}}}"#),
+    ]);
+    wait_endpoints(&c, "lb", 3);
+    c.client_ns()
+        .add_route(Ipv4Addr::new(198, 18, 1, 0), 24, c.node_addr(1))
+        .expect("client route to the LB range via node2");
+    let via_lb = c.wait(
+        "the LoadBalancer IP to answer",
+        Duration::from_secs(10),
+        || {
+            http_get(
+                &c.client_ns(),
+                SocketAddrV4::new(lb_ip, 80),
+                "/hostname",
+                TIMEOUT,
+            )
+            .ok()
+        },
+    );
+    assert!(all.contains(via_lb.trim()), "{via_lb}");
+
+    // ClientIP affinity sticks.
+    c.apply(&service("sticky", "web", "  sessionAffinity: ClientIP"));
+    wait_endpoints(&c, "sticky", 3);
+    let sticky = SocketAddrV4::new(cluster_ip(&c, "sticky"), 80);
+    assert_eq!(hostnames(&c.client_ns(), sticky, 20).len(), 1, "affinity");
+
+    // A UDP service: the reply comes from the service address.
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: dns, port: 53, targetPort: dns, protocol: UDP}
+"#,
+    );
+    wait_endpoints(&c, "dns", 3);
+    let dns = SocketAddrV4::new(cluster_ip(&c, "dns"), 53);
+    let (answer, from) = c.wait("a UDP answer", Duration::from_secs(10), || {
+        c.client_ns()
+            .run(|| -> std::io::Result<(String, std::net::SocketAddr)> {
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.send_to(b"hostname", dns)?;
+                let mut buf = [0u8; 256];
+                let (n, from) = s.recv_from(&mut buf)?;
+                Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+            })
+            .expect("enter client")
+            .ok()
+    });
+    assert!(all.contains(answer.trim()), "{answer}");
+    assert_eq!(
+        from,
+        std::net::SocketAddr::V4(dns),
+        "UDP reply from the service address"
+    );
+
+    // Hairpin: the only pod of a service reaches itself through that service.
+    c.apply(&web_rc("solo", 1));
+    c.apply(&service("solo", "solo", ""));
+    wait_endpoints(&c, "solo", 1);
+    let solo_vip = cluster_ip(&c, "solo");
+    let (solo, solo_ip, solo_node) = pods(&c, "solo").remove(0);
+    let path = format!("/dial?host={solo_vip}&port=80&path=/hostname");
+    let answer = http_get(
+        &c.node_ns(solo_node),
+        SocketAddrV4::new(solo_ip, 8080),
+        &path,
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("hairpin: {e}"));
+    assert_eq!(
+        answer.trim(),
+        solo,
+        "a pod reaches itself through its service"
+    );
+
+    // Endpoints follow scaling: 3 -> 2 pods, traffic only to the 2.
+    c.kubectl_ok(&["scale", "rc", "web", "--replicas=2"]);
+    wait_endpoints(&c, "web", 2);
+    let started = Instant::now();
+    c.wait(
+        "traffic only to the 2 remaining pods",
+        Duration::from_secs(5),
+        || (hostnames(&c.client_ns(), vip, 20).len() == 2).then_some(()),
+    );
+    println!(
+        "scale-down reflected in traffic after {:?}",
+        started.elapsed()
+    );
+
+    // No KUBE-* iptables rules on any node.
+    for i in 0..c.nodes {
+        let rules = c
+            .node_ns(i)
+            .run(|| std::process::Command::new("iptables-save").output())
+            .expect("enter node")
+            .expect("iptables-save");
+        let text = String::from_utf8_lossy(&rules.stdout);
+        // kube-proxy's chains are KUBE-*; the kubelet's own pod masquerade chain is XKUBE-*.
+        let kube: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .any(|t| t.trim_start_matches(':').starts_with("KUBE-"))
+            })
+            .collect();
+        assert!(kube.is_empty(), "node{} has KUBE rules: {kube:?}", i + 1);
+    }
+
+    // Deleting the Service stops its traffic.
+    c.kubectl_ok(&["delete", "svc", "web"]);
+    c.wait(
+        "the deleted service to stop answering",
+        Duration::from_secs(5),
+        || {
+            http_get(&c.client_ns(), vip, "/hostname", Duration::from_millis(500))
+                .is_err()
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
+    let c = Cluster::up(2, &["--proxy-mode", "ebpf"]);
+    c.apply(&web_rc("web", 2));
+    c.apply(&service("web", "web", "  type: NodePort"));
+    wait_endpoints(&c, "web", 2);
+    let np = node_port(&c, "web");
+    let to = SocketAddrV4::new(c.node_addr(0), np);
+    hostnames(&c.client_ns(), to, 5);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client_path = c.client_ns().path().to_owned();
+    let looper = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&client_path).expect("client namespace");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // Bounded: at most 20,000 requests or 60 s.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let r = xkube_e2e::http_get_here(to, "/hostname", TIMEOUT);
+                match r {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let node = c.node_name(0);
+    c.restart(&node, true);
+    // The agent is back when its proxy answers /healthz again (after its first sync).
+    c.wait(
+        "the restarted agent's proxy to be healthy",
+        Duration::from_secs(60),
+        || {
+            http_get(
+                &c.node_ns(0),
+                SocketAddrV4::new(c.node_addr(0), 10256),
+                "/healthz",
+                TIMEOUT,
+            )
+            .ok()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    looper.join().expect("request loop");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!(
+        "NodePort requests via node1 across its agent's SIGKILL + restart: {ok} ok, {failed} failed"
+    );
+    assert!(ok > 50, "the loop ran ({ok} requests)");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+}
