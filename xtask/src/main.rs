@@ -34,7 +34,8 @@ enum Cmd {
         #[arg(last = true)]
         nextest_args: Vec<String>,
     },
-    /// Setup, then the main job: today the eBPF chain demo.
+    /// Setup, then the main job: a 3-node cluster in network namespaces with a Service
+    /// answering through the eBPF proxy (left running; `xkube cluster down --name demo`).
     Demo,
 }
 
@@ -377,26 +378,29 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
 fn demo() -> Result<()> {
     let root = workspace_root();
     if !is_root() {
-        bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
+        bail!("the demo builds network namespaces and loads eBPF programs: run it as root");
     }
-    say("building and running `xkube demo probe`");
-    run(cargo(&root).args([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "xkube",
-        "--",
-        "version",
-    ]))?;
-    run(cargo(&root).args([
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "xkube",
-        "--",
-        "demo",
-        "probe",
-    ]))
+    say("building xkube");
+    run(cargo(&root).args(["build", "--quiet", "--package", "xkube"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let xkube = target.join("debug/xkube");
+    run(Command::new(&xkube).arg("version"))?;
+    say("xkube cluster up --name demo --nodes 3 (namespaces, control plane, 3 node agents)");
+    run(Command::new(&xkube).args(["cluster", "up", "--name", "demo", "--nodes", "3"]))?;
+    let kubeconfig = PathBuf::from("/var/lib/xkube/clusters/demo/control-plane/admin.kubeconfig");
+    say("kubectl apply -f deploy/examples/web.yaml (3 agnhost pods + a NodePort Service)");
+    run(Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["apply", "-f"])
+        .arg(root.join("deploy/examples/web.yaml")))
+    .context("kubectl (upstream, /usr/bin/kubectl) against the cluster")?;
+    say("calling the Service through the eBPF proxy");
+    run(Command::new(&xkube).args(["demo", "service", "--name", "demo"]))?;
+    run(Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "nodes,pods,svc,endpoints", "-o", "wide"]))
 }

@@ -15,6 +15,22 @@ use xkube_proxy::ebpf::probe::Probe;
 
 #[derive(Subcommand)]
 pub enum Demo {
+    /// On a cluster made by `xkube cluster up`: wait for Service `web` to have ready
+    /// endpoints, then call it through the eBPF proxy — NodePort on every node from the
+    /// external client, ClusterIP from a node's host process — and show the proxy metrics.
+    Service {
+        /// Cluster name.
+        #[arg(long, default_value = "xk")]
+        name: String,
+        #[arg(long, default_value = xkube_cluster::DEFAULT_DATA_ROOT)]
+        data_root: std::path::PathBuf,
+        /// The Service to call.
+        #[arg(long, default_value = "web")]
+        service: String,
+        /// Requests per target (bounded).
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        requests: u32,
+    },
     /// Attach the XDP probe to a veth in a throwaway namespace, send UDP and TCP to it and
     /// show the counters and the program's log lines.
     Probe {
@@ -28,6 +44,12 @@ impl Demo {
     pub fn run(self) -> Result<()> {
         match self {
             Demo::Probe { count } => probe(count),
+            Demo::Service {
+                name,
+                data_root,
+                service,
+                requests,
+            } => service_demo(&name, &data_root, &service, requests),
         }
     }
 }
@@ -127,5 +149,103 @@ fn probe(count: u32) -> Result<()> {
         bail!("the probe missed packets: {c:?}");
     }
     println!("ok: the eBPF chain works (build -> verifier -> attach -> maps -> log)");
+    Ok(())
+}
+
+fn http_get(to: std::net::SocketAddrV4, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())
+        .unwrap_or(out))
+}
+
+fn service_demo(name: &str, data_root: &std::path::Path, svc: &str, requests: u32) -> Result<()> {
+    let state_path = data_root.join(name).join("state.json");
+    let state: xkube_cluster::State = serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("no cluster {name:?} ({})", state_path.display()))?,
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = xkube_client::Config::load(Some(&state.kubeconfig), &Default::default())?;
+    let client = xkube_client::Client::new(&config)?;
+    let services: xkube_client::Api<k8s_openapi::api::core::v1::Service> =
+        xkube_client::Api::namespaced(client.clone(), "default");
+    let endpoints: xkube_client::Api<k8s_openapi::api::core::v1::Endpoints> =
+        xkube_client::Api::namespaced(client, "default");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (cluster_ip, node_port, ready) = loop {
+        let (s, e) = rt.block_on(async { (services.get(svc).await, endpoints.get(svc).await) });
+        if let (Ok(s), Ok(e)) = (s, e) {
+            let spec = s.spec.unwrap_or_default();
+            let ready: usize = e
+                .subsets
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+                .sum();
+            let ip: Option<Ipv4Addr> = spec.cluster_ip.as_deref().and_then(|i| i.parse().ok());
+            let port = spec.ports.as_ref().and_then(|p| p.first());
+            if let (Some(ip), Some(p), true) = (ip, port, ready > 0) {
+                break (ip, (p.port as u16, p.node_port.map(|n| n as u16)), ready);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("service {svc} has no ready endpoints after 120 s (kubectl get pods,ep)");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!(
+        "service {svc}: ClusterIP {cluster_ip}:{}, {ready} ready endpoint(s)",
+        node_port.0
+    );
+    let client_ns = NetNs::borrowed(&format!("xkc-{name}-client"))?;
+    if let Some(np) = node_port.1 {
+        for n in &state.nodes {
+            let to = std::net::SocketAddrV4::new(n.addr, np);
+            let answers = client_ns.run(|| {
+                (0..requests)
+                    .map(|_| http_get(to, "/whoami").unwrap_or_else(|e| format!("FAILED: {e}")))
+                    .collect::<Vec<_>>()
+            })?;
+            println!("external client -> NodePort {to} (XDP on {}):", n.name);
+            for a in answers {
+                println!("    {a}   (pod name, client address the pod saw)");
+            }
+        }
+    }
+    if let Some(n) = state.nodes.first() {
+        let _inside = xkube_netns::cgroup::enter(&n.cgroup)?;
+        let ns = NetNs::borrowed(&n.namespace)?;
+        let to = std::net::SocketAddrV4::new(cluster_ip, node_port.0);
+        let answers = ns.run(|| {
+            (0..requests)
+                .map(|_| http_get(to, "/whoami").unwrap_or_else(|e| format!("FAILED: {e}")))
+                .collect::<Vec<_>>()
+        })?;
+        println!("host process on {} -> ClusterIP {to} (socket LB):", n.name);
+        for a in answers {
+            println!("    {a}");
+        }
+        let metrics =
+            ns.run(|| http_get(std::net::SocketAddrV4::new(n.addr, 10249), "/metrics"))??;
+        println!(
+            "proxy metrics on {} (:10249/metrics, service {svc}):",
+            n.name
+        );
+        for l in metrics.lines().filter(|l| l.contains(&format!("/{svc}:"))) {
+            println!("    {l}");
+        }
+    }
+    println!(
+        "the cluster stays up: kubectl --kubeconfig {} get pods -o wide; xkube cluster down --name {name}",
+        state.kubeconfig.display()
+    );
     Ok(())
 }
