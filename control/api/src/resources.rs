@@ -173,6 +173,13 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 version: "v1",
                 verbs: &["get"],
             },
+            SubresourceInfo {
+                name: "exec",
+                kind: "PodExecOptions",
+                group: "",
+                version: "v1",
+                verbs: &["create", "get"],
+            },
         ],
         &["all"],
     ),

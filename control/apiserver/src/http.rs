@@ -560,6 +560,19 @@ async fn serve_resource(
     watch: bool,
     user: &UserInfo,
 ) -> Result<Response, StatusError> {
+    if route.res.plural == "pods"
+        && route.res.group.is_empty()
+        && route.sub.as_deref() == Some("exec")
+    {
+        let Some(name) = route.name.as_deref() else {
+            return Err(StatusError::path_not_found());
+        };
+        if !matches!(*req.method(), Method::GET | Method::POST) {
+            return Err(StatusError::method_not_allowed());
+        }
+        let ns = route.ns.as_deref().unwrap_or("");
+        return crate::exec::pod_exec(&app.registry, &app.kubelet, route.res, ns, name, req).await;
+    }
     let (parts, body) = req.into_parts();
     let accept = parse_accept(&parts.headers, &q)?;
     let res = route.res;

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod exec;
 pub mod http;
 pub mod logs;
 pub mod metrics;

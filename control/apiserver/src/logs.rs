@@ -56,6 +56,19 @@ impl KubeletClient {
     }
 }
 
+impl KubeletClient {
+    /// A `POST` without body (the kubelet's exec endpoint).
+    pub async fn post(
+        &self,
+        uri: http::Uri,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let mut req = http::Request::new(Empty::<Bytes>::new());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        self.client.request(req).await
+    }
+}
+
 /// The container a log request means (Kubernetes' `validateContainer`).
 pub fn choose_container(pod: &Value, requested: Option<&str>) -> Result<String, StatusError> {
     let name = meta::name(pod);

@@ -1,5 +1,5 @@
-//! `pods/{name}/log` proxied to a stand-in kubelet on loopback, through HTTP and upstream
-//! kubectl (v1.32 at /usr/bin/kubectl).
+//! `pods/{name}/log` and `pods/{name}/exec` proxied to a stand-in kubelet on loopback,
+//! through HTTP and upstream kubectl (v1.32 at /usr/bin/kubectl).
 
 mod common;
 
@@ -53,10 +53,39 @@ async fn container_logs(
     Response::new(Body::from(body))
 }
 
+/// The kubelet's non-interactive exec: `echo` prints its arguments, `fail N` exits with N.
+async fn exec(
+    State(seen): State<Seen>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let q = q.unwrap_or_default();
+    seen.lock()
+        .expect("seen lock")
+        .push(format!("exec {ns}/{pod}/{container}?{q}"));
+    let cmd: Vec<String> = url::form_urlencoded::parse(q.as_bytes())
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let (out, code) = match cmd.first().map(String::as_str) {
+        Some("echo") => (format!("{}\n", cmd[1..].join(" ")), 0),
+        Some("fail") => (
+            "failing\n".to_string(),
+            cmd.get(1).and_then(|c| c.parse().ok()).unwrap_or(1),
+        ),
+        _ => (String::new(), 127),
+    };
+    let mut r = Response::new(Body::from(out));
+    r.headers_mut()
+        .insert("x-exit-code", code.to_string().parse().expect("header"));
+    r
+}
+
 async fn fake_kubelet() -> (u16, Seen, tokio::task::JoinHandle<()>) {
     let seen: Seen = Arc::default();
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .with_state(seen.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -162,8 +191,8 @@ async fn pod_logs_are_proxied_from_the_nodes_kubelet() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_logs_reads_through_the_apiserver() {
-    let (port, _seen, kubelet) = fake_kubelet().await;
+async fn kubectl_logs_and_exec_go_through_the_apiserver() {
+    let (port, seen, kubelet) = fake_kubelet().await;
     let api = common::start_with(|b| b.secure()).await;
     node_and_pod(&api, port).await;
     let kubeconfig = api.server.kubeconfig.clone().expect("kubeconfig");
@@ -199,6 +228,49 @@ async fn kubectl_logs_reads_through_the_apiserver() {
         );
         assert_eq!(stdout, want, "kubectl {args:?}");
     }
+    // exec over WebSocket: output and exit codes.
+    let exec = |args: &'static [&'static str]| {
+        let kubeconfig = kubeconfig.clone();
+        let home = home.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                tokio::process::Command::new(KUBECTL)
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(args)
+                    .env("HOME", &home)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
+            .expect("kubectl runs")
+        }
+    };
+    let out = exec(&["exec", "web", "--", "echo", "hello", "world"]).await;
+    assert!(
+        out.status.success(),
+        "kubectl exec failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+    let out = exec(&["exec", "web", "-c", "c", "--", "fail", "3"]).await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "failing\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("command terminated with exit code 3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .any(|s| s == "exec default/web/c?command=echo&command=hello&command=world"),
+        "the kubelet got the command"
+    );
     api.stop().await;
     kubelet.abort();
 }
