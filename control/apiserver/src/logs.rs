@@ -202,7 +202,33 @@ pub async fn pod_log(
         };
         return Err(StatusError::new(status.as_u16(), reason, msg));
     }
-    Ok(text(Body::new(resp.into_body())))
+    let limit = q
+        .get("limitBytes")
+        .and_then(|l| l.parse::<u64>().ok())
+        .filter(|l| *l > 0);
+    let Some(limit) = limit else {
+        return Ok(text(Body::new(resp.into_body())));
+    };
+    // The kubelet may not honour limitBytes: cut the stream here.
+    let stream = futures::stream::unfold(
+        (resp.into_body().into_data_stream(), limit),
+        |(mut s, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            match futures::StreamExt::next(&mut s).await? {
+                Ok(mut chunk) => {
+                    if chunk.len() as u64 > left {
+                        chunk.truncate(left as usize);
+                    }
+                    let left = left - chunk.len() as u64;
+                    Some((Ok::<Bytes, hyper::Error>(chunk), (s, left)))
+                }
+                Err(e) => Some((Err(e), (s, 0))),
+            }
+        },
+    );
+    Ok(text(Body::from_stream(stream)))
 }
 
 #[cfg(test)]

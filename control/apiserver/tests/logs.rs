@@ -144,6 +144,12 @@ async fn pod_logs_are_proxied_from_the_nodes_kubelet() {
         Some("default/web/c?tailLines=1&timestamps=true")
     );
 
+    let (code, body) = api.get(&format!("{log}?limitBytes=7")).await;
+    assert_eq!(
+        (code, body),
+        (200, json!("hello f")),
+        "limitBytes cuts the log"
+    );
     let (code, body) = api.get(&format!("{log}?container=nope")).await;
     assert_eq!(code, 400);
     assert_eq!(body["message"], "container nope is not valid for pod web");
