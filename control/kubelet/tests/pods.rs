@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use common::{Cluster, condition, phase, pod_ip};
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret, Service};
@@ -241,14 +241,14 @@ async fn a3_pod_to_pod_by_ip_on_one_node_and_across_nodes() {
         json!({
             "metadata": {"name": name},
             "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "c", "image": "busybox",
-                "command": ["socat", "TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:hostname"]}]},
+                "command": ["socat", "TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo $(hostname) $SOCAT_PEERADDR"]}]},
         })
     };
     c.create_pod(0, server("a")).await;
     c.create_pod(0, server("b")).await;
     c.create_pod(1, server("x")).await;
     let a = pod_ip(&c.wait_running("a").await);
-    c.wait_running("b").await;
+    let b = pod_ip(&c.wait_running("b").await);
     let x = pod_ip(&c.wait_running("x").await);
     assert!(
         x.starts_with("10.244.2."),
@@ -262,10 +262,44 @@ async fn a3_pod_to_pod_by_ip_on_one_node_and_across_nodes() {
             "c",
             &["sh", "-c", &format!("socat -T2 - TCP:{x}:8080 </dev/null")],
         );
-        if out.trim() == "x" {
+        if out.starts_with("x ") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // host-gw routes (protocol 0x58 = 88) and the masquerade chain in each node's namespace.
+    for (i, other) in [
+        (0usize, "10.244.2.0/24 via 198.18.0.12"),
+        (1, "10.244.1.0/24 via 198.18.0.11"),
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", c.nodes[i].ns.name(), "route", "show", "proto", "88"])
+            .output()
+            .expect("ip route");
+        let routes = String::from_utf8_lossy(&out.stdout);
+        assert!(routes.contains(other), "node {i} routes: {routes}");
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                c.nodes[i].ns.name(),
+                "iptables",
+                "-t",
+                "nat",
+                "-S",
+            ])
+            .output()
+            .expect("iptables -S");
+        let rules = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            rules.contains(
+                "-A POSTROUTING -m comment --comment \"xkube pod masquerade\" -j XKUBE-POSTROUTING"
+            ) && rules.contains(&format!(
+                "-A XKUBE-POSTROUTING -s {} ! -d 10.244.0.0/16",
+                c.nodes[i].pod_cidr
+            )) && rules.contains("-j MASQUERADE"),
+            "node {i} nat rules: {rules}"
+        );
     }
     let (_, same) = c.exec(
         0,
@@ -273,25 +307,35 @@ async fn a3_pod_to_pod_by_ip_on_one_node_and_across_nodes() {
         "c",
         &["sh", "-c", &format!("socat -T2 - TCP:{a}:8080 </dev/null")],
     );
-    assert_eq!(same.trim(), "a", "same node, pod b -> pod a by IP");
+    assert_eq!(
+        same.trim(),
+        format!("a {b}"),
+        "same node, pod b -> pod a by IP"
+    );
     let (_, across) = c.exec(
         0,
         "b",
         "c",
         &["sh", "-c", &format!("socat -T2 - TCP:{x}:8080 </dev/null")],
     );
-    assert_eq!(across.trim(), "x", "node 1 pod b -> node 2 pod x");
+    // Across nodes the server sees the client pod's own address: no masquerade inside the
+    // cluster CIDR.
+    assert_eq!(
+        across.trim(),
+        format!("x {b}"),
+        "node 1 pod b -> node 2 pod x"
+    );
     let (_, back) = c.exec(
         1,
         "x",
         "c",
         &["sh", "-c", &format!("socat -T2 - TCP:{a}:8080 </dev/null")],
     );
-    assert_eq!(back.trim(), "a", "node 2 pod x -> node 1 pod a");
-    // Pod to pod keeps the source address (no masquerade inside the cluster CIDR).
-    let (_, seen) = c.exec(1, "x", "c", &["sh", "-c",
-        &format!("socat -T2 - TCP:{a}:8080 </dev/null >/dev/null; cat /proc/net/fib_trie | grep -c {x}")]);
-    assert!(seen.trim() != "0", "{seen}");
+    assert_eq!(
+        back.trim(),
+        format!("a {x}"),
+        "node 2 pod x -> node 1 pod a"
+    );
     for p in ["a", "b", "x"] {
         delete(&c, p).await;
     }
@@ -783,4 +827,50 @@ async fn missing_image_backs_off_with_events_while_other_pods_run() {
     for n in ["ghost", "fine"] {
         c.wait_gone(n).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follow_logs_stream_until_the_pod_goes_and_previous_shows_the_last_attempt() {
+    let c = Arc::new(Cluster::start(1).await);
+    c.create_pod(
+        0,
+        sh_pod(
+            "talker",
+            "echo line-1; sleep 1; echo line-2; exec sleep 3600",
+        ),
+    )
+    .await;
+    c.wait_running("talker").await;
+    let follower = {
+        let c = c.clone();
+        tokio::task::spawn_blocking(move || {
+            c.kubelet_get(0, "/containerLogs/default/talker/c?follow=true")
+        })
+    };
+    c.wait_log(0, "talker", "c", "line-2").await;
+    delete(&c, "talker").await;
+    let (code, body) = tokio::time::timeout(Duration::from_secs(60), follower)
+        .await
+        .expect("the follow stream ends with the pod")
+        .expect("follower thread");
+    assert_eq!(code, 200);
+    assert_eq!(body, "line-1\nline-2\n", "followed log");
+    c.wait_gone("talker").await;
+
+    // `previous=true` is the attempt before a restart.
+    let mut p = sh_pod("counter", "echo run; sleep 0.2; exit 1");
+    p["spec"]["restartPolicy"] = json!("OnFailure");
+    c.create_pod(0, p).await;
+    c.wait_pod("counter", "a restart", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.restart_count >= 1))
+    })
+    .await;
+    let (code, prev) = c.kubelet_get(0, "/containerLogs/default/counter/c?previous=true");
+    assert_eq!((code, prev.as_str()), (200, "run\n"));
+    delete(&c, "counter").await;
+    c.wait_gone("counter").await;
+    c.assert_clean(0).await;
 }
