@@ -580,6 +580,32 @@ fn count(v: &Value) -> i64 {
     v.as_object().map_or(0, |m| m.len() as i64)
 }
 
+/// The REQUEST and LIMIT cells of a ResourceQuota (`pods: 2/10, requests.cpu: 500m/2`), from
+/// `status.hard` and `status.used` like Kubernetes' printer.
+fn quota_columns(o: &Value) -> (String, String) {
+    let mut request = Vec::new();
+    let mut limit = Vec::new();
+    let hard: std::collections::BTreeMap<&String, &Value> = o["status"]["hard"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .collect();
+    for (res, hard) in hard {
+        let show = |v: &Value| {
+            v.as_str()
+                .map(crate::quantity::canonical)
+                .unwrap_or_else(|| "0".into())
+        };
+        let cell = format!("{res}: {}/{}", show(&o["status"]["used"][res]), show(hard));
+        if res.split('.').next() == Some("limits") && res.contains('.') {
+            limit.push(cell);
+        } else {
+            request.push(cell);
+        }
+    }
+    (request.join(", "), limit.join(", "))
+}
+
 fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
     let name = json!(meta::name(o));
     let created = age(&o["metadata"]["creationTimestamp"], now);
@@ -736,7 +762,10 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(created),
             ]
         }
-        "resourcequotas" => vec![name, json!(created), json!(""), json!("")],
+        "resourcequotas" => {
+            let (request, limit) = quota_columns(o);
+            vec![name, json!(created), json!(request), json!(limit)]
+        }
         "limitranges" => vec![
             name,
             json!(str_or(&o["metadata"]["creationTimestamp"], "<unknown>")),
@@ -865,5 +894,19 @@ mod tests {
                                       "ports": [{"port": 80}]}]});
         assert_eq!(format_endpoints(&ep), "a:80,b:80,c:80 + 1 more...");
         assert_eq!(format_endpoints(&json!({})), "<none>");
+    }
+
+    #[test]
+    fn quota_rows_show_used_over_hard() {
+        let q = json!({"status": {"hard": {"pods": "10", "requests.cpu": "2", "limits.memory": "1Gi"},
+                                  "used": {"pods": "2", "requests.cpu": "500m", "limits.memory": "256Mi"}}});
+        assert_eq!(
+            quota_columns(&q),
+            (
+                "pods: 2/10, requests.cpu: 500m/2".to_string(),
+                "limits.memory: 256Mi/1Gi".to_string()
+            )
+        );
+        assert_eq!(quota_columns(&json!({})), (String::new(), String::new()));
     }
 }

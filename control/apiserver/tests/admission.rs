@@ -73,6 +73,21 @@ async fn third_pod_over_a_two_pod_quota_is_forbidden_with_kubernetes_message() {
         body["message"],
         "configmaps \"b\" is forbidden: exceeded quota: q, requested: configmaps=1, used: configmaps=1, limited: configmaps=1"
     );
+    // kubectl get quota: REQUEST used/hard from the status admission keeps current.
+    let table: Value = api
+        .http
+        .get(api.url("/api/v1/namespaces/default/resourcequotas"))
+        .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .send()
+        .await
+        .expect("table")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        table["rows"][0]["cells"][2], "configmaps: 1/1, pods: 2/2",
+        "{table}"
+    );
     // Namespaces without quotas are not limited.
     let (code, _) = api
         .post(
