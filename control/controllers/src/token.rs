@@ -112,8 +112,20 @@ impl TokenSigner {
                         source,
                     })?;
                 }
-                write_private(path, doc.as_ref())?;
-                doc.as_ref().to_vec()
+                match write_private(path, doc.as_ref()) {
+                    Ok(()) => doc.as_ref().to_vec(),
+                    // Another component (the apiserver) created it meanwhile: use theirs.
+                    Err(Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        std::fs::read(path).map_err(|source| Error::Io {
+                            op: "read",
+                            path: path.to_path_buf(),
+                            source,
+                        })?
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             Err(source) => {
                 return Err(Error::Io {

@@ -702,3 +702,58 @@ async fn repeated_events_are_counted_on_one_object() {
     assert_eq!(evs.len(), 2, "a different message is a different event");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_created_together_never_overcommit_a_node() {
+    let c = Cluster::start(|_| {}).await;
+    let kubelet = FakeKubelet::start(&c.client, Duration::from_millis(500), &c.shutdown).await;
+    kubelet.add_node("only", "1", "4Gi").await;
+    let api = c.pods("default");
+    let creates = ["p1", "p2", "p3"].map(|n| {
+        let api = api.clone();
+        async move {
+            let p: Pod =
+                serde_json::from_value(pod_json(n, json!({"app": "burst"}), "400m")).expect("pod");
+            api.create(&p).await.expect("pod created");
+        }
+    });
+    futures::future::join_all(creates).await;
+    let events: Api<Event> = Api::namespaced(c.client.clone(), "default");
+    let ev = eventually("the third pod does not fit", || async {
+        let evs = events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items;
+        evs.into_iter()
+            .find(|e| e.reason.as_deref() == Some("FailedScheduling"))
+    })
+    .await;
+    assert_eq!(
+        ev.message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu.")
+    );
+    let pods = eventually("two pods bound", || async {
+        let pods = c.list_pods("default", "app=burst").await;
+        (pods.iter().filter(|p| !node_of(p).is_empty()).count() == 2).then_some(pods)
+    })
+    .await;
+    assert_eq!(pods.len(), 3);
+    // Freeing room lets the third one in.
+    let bound = pods
+        .iter()
+        .find(|p| !node_of(p).is_empty())
+        .expect("a bound pod");
+    api.delete(bound.name(), &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the waiting pod is scheduled once room is freed",
+        || async {
+            let pods = c.list_pods("default", "app=burst").await;
+            (pods.len() == 2 && pods.iter().all(|p| !node_of(p).is_empty())).then_some(())
+        },
+    )
+    .await;
+    c.stop().await;
+}

@@ -538,6 +538,81 @@ mod tests {
         opts: Options,
     }
 
+    use xkube_client::{Config, Event, Writer};
+
+    fn scheduler(nodes: Vec<Node>, pods: Vec<Pod>, services: Vec<Service>) -> Scheduler {
+        fn store<K: Object>(items: Vec<K>) -> Store<K> {
+            let mut w = Writer::new();
+            w.apply(Event::Restarted(items));
+            w.store()
+        }
+        let client = Client::new(&Config::new("http://127.0.0.1:9")).expect("client");
+        Scheduler {
+            opts: Arc::new(Options::default()),
+            recorder: EventRecorder::new(client.clone(), "test"),
+            client,
+            pods: store(pods),
+            nodes: store(nodes),
+            services: store(services),
+            rcs: store(Vec::new()),
+            active: WorkQueue::new(),
+            q: Arc::new(Mutex::new(Queues::default())),
+            bind_slots: Arc::new(Semaphore::new(1)),
+            round_robin: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn node(name: &str, cpu: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .expect("node")
+    }
+
+    fn pod(name: &str, node: Option<&str>, cpu: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c",
+                     "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]},
+            "status": {"phase": if node.is_some() { "Running" } else { "Pending" }}
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn spreads_pods_of_a_service_to_the_node_without_peers() {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"app": "web"}}
+        }))
+        .expect("svc");
+        let s = scheduler(
+            vec![node("a", "4"), node("b", "4"), node("c", "4")],
+            vec![pod("w1", Some("a"), "100m"), pod("w2", Some("b"), "100m")],
+            vec![svc],
+        );
+        let p = pod("new", None, "100m");
+        assert_eq!(s.decide(&p, &s.snapshot()), Decision::Node("c".into()));
+    }
+
+    #[test]
+    fn assumed_pods_hold_resources_until_the_cache_shows_them() {
+        let s = scheduler(vec![node("a", "1")], Vec::new(), Vec::new());
+        let p1 = pod("p1", None, "600m");
+        let d = s.decide(&p1, &s.snapshot());
+        assert_eq!(d, Decision::Node("a".into()));
+        s.lock()
+            .assumed
+            .insert("default/p1".into(), ("a".into(), Arc::new(p1)));
+        let p2 = pod("p2", None, "600m");
+        assert_eq!(
+            s.decide(&p2, &s.snapshot()),
+            Decision::Unschedulable("0/1 nodes are available: 1 Insufficient cpu.".into())
+        );
+    }
+
     #[test]
     fn flags_parse_with_kubernetes_style_names() {
         let cli = Cli::parse_from([
