@@ -277,13 +277,48 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
         .await;
     assert_eq!(phase(&ghost), "Pending");
 
-    for n in ["duo", "ghost"] {
+    // hostNetwork would mean dockerd's namespace (the machine's), not the node's: refused.
+    c.create_pod(
+        0,
+        json!({
+            "metadata": {"name": "hostie"},
+            "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "image": "xkube/tools"}]},
+        }),
+    )
+    .await;
+    let mut refused = false;
+    for _ in 0..300 {
+        let evs = xkube_client::Api::<k8s_openapi::api::core::v1::Event>::namespaced(
+            c.client.clone(),
+            "default",
+        )
+        .list(&xkube_client::ListParams::default())
+        .await
+        .expect("events");
+        refused = evs.items.iter().any(|e| {
+            e.involved_object.name.as_deref() == Some("hostie")
+                && e.reason.as_deref() == Some("FailedCreatePodSandBox")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("dockerd's network namespace"))
+        });
+        if refused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "hostNetwork pod refused with an event");
+    let hostie = c.pods("default").get("hostie").await.expect("pod");
+    assert_eq!(phase(&hostie), "Pending");
+
+    for n in ["duo", "ghost", "hostie"] {
         c.pods("default")
             .delete(n, &DeleteParams::default())
             .await
             .expect("delete");
     }
-    for n in ["duo", "ghost"] {
+    for n in ["duo", "ghost", "hostie"] {
         c.wait_gone(n).await;
     }
     c.assert_clean(0).await;

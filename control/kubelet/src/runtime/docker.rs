@@ -31,6 +31,7 @@ pub struct DockerRuntime {
     docker: Docker,
     pause_image: String,
     version: String,
+    dockerd_netns: Option<NsId>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -61,6 +62,32 @@ pub fn container_name(container: &str, pod: &str, ns: &str, uid: &str, attempt: 
     format!("k8s_{container}_{pod}_{ns}_{uid}_{attempt}")
 }
 
+type NsId = (u64, u64);
+
+fn ns_id(p: &std::path::Path) -> Option<NsId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok()
+}
+
+/// The network namespace of the process serving the Docker socket (from `SO_PEERCRED`).
+fn dockerd_netns(socket: &str) -> Option<NsId> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let path = socket.strip_prefix("unix://").unwrap_or(socket);
+    let s = std::os::unix::net::UnixStream::connect(path).ok()?;
+    let cred = getsockopt(&s, PeerCredentials).ok()?;
+    ns_id(std::path::Path::new(&format!(
+        "/proc/{}/ns/net",
+        cred.pid()
+    )))
+}
+
+/// Whether the node's network namespace (`None`: ours) is dockerd's, so that
+/// `NetworkMode: host` means the node's network.
+fn node_is_dockers_netns(node: Option<&std::path::Path>, dockerd: Option<NsId>) -> bool {
+    let node = ns_id(node.unwrap_or(std::path::Path::new("/proc/self/ns/net")));
+    node.is_some() && node == dockerd
+}
+
 fn strip(id: &str) -> &str {
     id.strip_prefix("docker://").unwrap_or(id)
 }
@@ -75,8 +102,14 @@ impl DockerRuntime {
             .await
             .map_err(derr("negotiate version"))?;
         let v = docker.version().await.map_err(derr("version"))?;
+        let sock = socket.to_owned();
+        let dockerd_netns = tokio::task::spawn_blocking(move || dockerd_netns(&sock))
+            .await
+            .ok()
+            .flatten();
         Ok(Self {
             docker,
+            dockerd_netns,
             pause_image: pause_image.to_owned(),
             version: format!("docker://{}", v.version.unwrap_or_default()),
         })
@@ -160,6 +193,13 @@ impl ContainerRuntime for DockerRuntime {
                 "pod infra image {:?} is not present on the node",
                 self.pause_image
             )));
+        }
+        if cfg.host_network && !node_is_dockers_netns(cfg.host_netns.as_deref(), self.dockerd_netns)
+        {
+            // `NetworkMode: host` is dockerd's namespace, which is not this node's.
+            return Err(Error::Runtime(
+                "hostNetwork pods with the docker runtime need the node network to be dockerd's network namespace".into(),
+            ));
         }
         let name = container_name("POD", &cfg.name, &cfg.namespace, &cfg.uid, 0);
         self.remove_named(&name).await;
@@ -451,6 +491,7 @@ impl ContainerRuntime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn container_names_follow_the_kubernetes_pattern() {
@@ -463,5 +504,18 @@ mod tests {
             "k8s_POD_web_default_u-1_0"
         );
         assert_eq!(strip("docker://abc"), "abc");
+    }
+
+    #[test]
+    fn host_network_is_only_dockers_own_namespace() {
+        let ours = ns_id(Path::new("/proc/self/ns/net"));
+        assert!(ours.is_some(), "procfs mounted");
+        assert!(node_is_dockers_netns(None, ours));
+        assert!(!node_is_dockers_netns(None, None));
+        assert!(!node_is_dockers_netns(None, Some((0, 1))));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = dir.path().join("x");
+        std::fs::write(&other, "").expect("file");
+        assert!(!node_is_dockers_netns(Some(&other), ours));
     }
 }
