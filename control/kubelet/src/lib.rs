@@ -516,6 +516,14 @@ impl Kubelet {
                 }
             });
         }
+        // Service variables are for the services that exist when a pod starts: have them first.
+        tokio::select! {
+            _ = ctx.services.wait_ready() => {}
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                tracing::warn!("service cache not synced after 30 s; starting pods anyway");
+            }
+        }
         // Pods.
         let result = pods::sync_loop(ctx.clone(), shutdown.clone()).await;
         shutdown.cancel();
