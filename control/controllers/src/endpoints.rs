@@ -226,8 +226,15 @@ impl EndpointsController {
         let (ns, name) = split_key(key);
         let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
         let Some(svc) = self.services.get(ns, name) else {
-            // The Service is gone: so are its Endpoints.
+            // The Service is gone: so are its Endpoints. The cache may lag behind a Service
+            // created just now, so the apiserver has the last word.
             if self.endpoints.get(ns, name).is_some() {
+                let svc_api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+                match svc_api.get_opt(name).await {
+                    Ok(None) => {}
+                    Ok(Some(_)) => return Ok(Some(Duration::from_millis(50))),
+                    Err(e) => return Err(Error::api(format!("get service {key}"))(e)),
+                }
                 match api.delete(name, &DeleteParams::default()).await {
                     Ok(_) => tracing::info!("deleted endpoints of a deleted service"),
                     Err(e) if e.is_not_found() => {}

@@ -440,8 +440,17 @@ impl NodeLifecycleController {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), pod.namespace());
             if let Some(ts) = &pod.metadata.deletion_timestamp {
                 // Nobody will finish the deletion on an unreachable node: force it once the
-                // grace period has passed.
-                if health == Health::Unreachable && ts.0 <= jiff::Timestamp::now() {
+                // grace period (at most the eviction timeout) has passed since it was marked.
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .unwrap_or(0)
+                    .max(0);
+                let marked = ts.0 - jiff::SignedDuration::from_secs(grace);
+                let wait = grace.min(self.cfg.pod_eviction_timeout.as_secs() as i64);
+                if health == Health::Unreachable
+                    && marked + jiff::SignedDuration::from_secs(wait) <= jiff::Timestamp::now()
+                {
                     let dp = DeleteParams {
                         grace_period_seconds: Some(0),
                         ..DeleteParams::default()

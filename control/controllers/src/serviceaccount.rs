@@ -227,7 +227,18 @@ impl TokenController {
             })
         };
         let Some(sa) = self.accounts.get(ns, name) else {
-            for s in tokens_named(name) {
+            let tokens = tokens_named(name);
+            if tokens.is_empty() {
+                return Ok(None);
+            }
+            // The cache may lag behind an account created just now: ask the apiserver.
+            let sa_api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+            match sa_api.get_opt(name).await {
+                Ok(None) => {}
+                Ok(Some(_)) => return Ok(Some(Duration::from_millis(50))),
+                Err(e) => return Err(Error::api(format!("get service account {key}"))(e)),
+            }
+            for s in tokens {
                 match secret_api.delete(s.name(), &DeleteParams::default()).await {
                     Ok(_) | Err(_) => {}
                 }
