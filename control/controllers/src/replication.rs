@@ -606,6 +606,35 @@ mod tests {
     }
 
     #[test]
+    fn expectations_hold_until_creates_and_deletes_are_observed() {
+        let mut w: xkube_client::Writer<Pod> = xkube_client::Writer::new();
+        let store = w.store();
+        let e = Expectations::default();
+        assert!(e.satisfied("default/web", &store), "nothing pending");
+        e.expect(
+            "default/web",
+            &["web-aaaaa".into(), "web-bbbbb".into()],
+            &["old".into()],
+        );
+        w.apply(xkube_client::Event::Restarted(vec![
+            (*pod("old", json!({}))).clone(),
+        ]));
+        assert!(!e.satisfied("default/web", &store), "creates not seen yet");
+        w.apply(xkube_client::Event::Applied(
+            (*pod("web-aaaaa", json!({}))).clone(),
+        ));
+        e.lower("default/web", Some("web-bbbbb"), None);
+        assert!(
+            !e.satisfied("default/web", &store),
+            "the delete is not seen yet"
+        );
+        w.apply(xkube_client::Event::Deleted(
+            (*pod("old", json!({}))).clone(),
+        ));
+        assert!(e.satisfied("default/web", &store));
+    }
+
+    #[test]
     fn names_are_rc_dash_five_lowercase_alphanumerics() {
         let n = pod_name("frontend");
         let suffix = n.strip_prefix("frontend-").expect("prefix");

@@ -757,3 +757,36 @@ async fn pods_created_together_never_overcommit_a_node() {
     .await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_deleted_node_are_removed() {
+    let c = Cluster::start(|_| {}).await;
+    let kubelet = FakeKubelet::start(&c.client, Duration::from_millis(500), &c.shutdown).await;
+    kubelet.add_node("doomed", "4", "8Gi").await;
+    let mut p = pod_json("stranded", json!({"app": "s"}), "100m");
+    p["spec"]["nodeName"] = json!("doomed");
+    c.pods("default")
+        .create(&serde_json::from_value(p).expect("pod"))
+        .await
+        .expect("pod bound at creation");
+    eventually("pod running", || async {
+        let p = c.pods("default").get("stranded").await.expect("pod");
+        running_ready(&p).then_some(())
+    })
+    .await;
+    kubelet.stop_node("doomed");
+    Api::<Node>::all(c.client.clone())
+        .delete("doomed", &DeleteParams::default())
+        .await
+        .expect("delete node");
+    eventually("pod of the deleted node removed", || async {
+        c.pods("default")
+            .get_opt("stranded")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    c.stop().await;
+}
