@@ -790,3 +790,64 @@ async fn pods_of_a_deleted_node_are_removed() {
     .await;
     c.stop().await;
 }
+
+fn taint_keys(n: &Node) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.effect))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_node_is_tainted_avoided_and_untainted_when_it_recovers() {
+    // Eviction is pushed out so that this test sees only the taints.
+    let c = Cluster::start(|o| o.pod_eviction_timeout = Duration::from_secs(600)).await;
+    let kubelet = FakeKubelet::start(&c.client, Duration::from_millis(200), &c.shutdown).await;
+    kubelet.add_node("sick", "4", "8Gi").await;
+    kubelet.add_node("well", "4", "8Gi").await;
+    kubelet.set_node_ready("sick", false);
+    let nodes: Api<Node> = Api::all(c.client.clone());
+    let not_ready = vec![
+        (
+            "node.kubernetes.io/not-ready".to_string(),
+            "NoExecute".to_string(),
+        ),
+        (
+            "node.kubernetes.io/not-ready".to_string(),
+            "NoSchedule".to_string(),
+        ),
+    ];
+    eventually("not-ready taints", || async {
+        let n = nodes.get("sick").await.expect("node");
+        (taint_keys(&n) == not_ready).then_some(())
+    })
+    .await;
+    for i in 0..4 {
+        let p: Pod =
+            serde_json::from_value(pod_json(&format!("p{i}"), json!({"app": "nr"}), "100m"))
+                .expect("pod");
+        c.pods("default").create(&p).await.expect("pod");
+    }
+    let pods = eventually("pods bound", || async {
+        let pods = c.list_pods("default", "app=nr").await;
+        pods.iter().all(|p| !node_of(p).is_empty()).then_some(pods)
+    })
+    .await;
+    assert!(
+        pods.iter().all(|p| node_of(p) == "well"),
+        "nothing on the NotReady node"
+    );
+    kubelet.set_node_ready("sick", true);
+    eventually("taints removed on recovery", || async {
+        let n = nodes.get("sick").await.expect("node");
+        taint_keys(&n).is_empty().then_some(())
+    })
+    .await;
+    c.stop().await;
+}

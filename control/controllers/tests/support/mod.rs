@@ -148,6 +148,8 @@ pub fn pod_json(name: &str, labels: serde_json::Value, cpu: &str) -> serde_json:
 struct KubeletState {
     /// Nodes and whether they heartbeat.
     alive: HashMap<String, bool>,
+    /// Nodes whose kubelet reports Ready=False.
+    unhealthy: HashSet<String>,
     /// `ns/name` of pods whose readiness the test overrides to false.
     not_ready: HashSet<String>,
     /// Node index for pod IPs.
@@ -254,6 +256,16 @@ impl FakeKubelet {
         self.lock().alive.insert(node.to_string(), false);
     }
 
+    /// Makes `node`'s kubelet report Ready=False (or True again) in its heartbeats.
+    pub fn set_node_ready(&self, node: &str, ready: bool) {
+        let mut s = self.lock();
+        if ready {
+            s.unhealthy.remove(node);
+        } else {
+            s.unhealthy.insert(node.to_string());
+        }
+    }
+
     /// Overrides the readiness of pod `ns/name`.
     pub fn set_ready(&self, key: &str, ready: bool) {
         let mut s = self.lock();
@@ -265,18 +277,24 @@ impl FakeKubelet {
     }
 
     async fn heartbeat(&self) {
-        let nodes: Vec<String> = self
-            .lock()
-            .alive
-            .iter()
-            .filter(|(_, a)| **a)
-            .map(|(n, _)| n.clone())
-            .collect();
+        let nodes: Vec<(String, bool)> = {
+            let s = self.lock();
+            s.alive
+                .iter()
+                .filter(|(_, a)| **a)
+                .map(|(n, _)| (n.clone(), !s.unhealthy.contains(n)))
+                .collect()
+        };
         let api: Api<Node> = Api::all(self.client.clone());
-        for n in nodes {
+        for (n, ready) in nodes {
             let now = xkube_api::meta::format_time(jiff::Timestamp::now());
-            let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
-                "reason": "KubeletReady", "message": "kubelet is posting ready status",
+            let (status, reason, message) = if ready {
+                ("True", "KubeletReady", "kubelet is posting ready status")
+            } else {
+                ("False", "KubeletNotReady", "container runtime is down")
+            };
+            let patch = json!({"status": {"conditions": [{"type": "Ready", "status": status,
+                "reason": reason, "message": message,
                 "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
             let _ = api.patch_status(&n, &Patch::Merge(patch)).await;
         }
