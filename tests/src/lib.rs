@@ -27,7 +27,15 @@ pub fn bin_dir() -> PathBuf {
 }
 
 pub fn xkube_bin() -> PathBuf {
-    let p = bin_dir().join("xkube");
+    if let Some(p) = std::env::var_os("XKUBE_BIN") {
+        return PathBuf::from(p);
+    }
+    // Benchmarks run from target/release; the debug binary serves when no release one exists.
+    let dir = bin_dir();
+    let p = [dir.join("xkube"), dir.join("../debug/xkube")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("xkube"));
     assert!(
         p.exists(),
         "{} missing: build the workspace binaries first (cargo xtask test does)",

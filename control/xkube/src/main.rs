@@ -171,6 +171,7 @@ async fn server(
     cm.cluster_cidr = args.cluster_cidr;
     // One service-account key for the token controller (signs) and the apiserver (verifies).
     cm.data_dir = data_dir.clone();
+    cm.root_ca_file = Some(data_dir.join("pki/ca.crt"));
     cm.node_monitor_grace_period =
         xkube_controllers::parse_duration(&args.node_monitor_grace_period)
             .map_err(anyhow::Error::msg)?;
