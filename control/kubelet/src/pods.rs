@@ -417,9 +417,57 @@ impl Worker {
     }
 
     /// Takes over a sandbox and containers a previous kubelet left running.
+    /// A pod that already finished (Succeeded/Failed) stays finished: its containers are not
+    /// run again by a restarted kubelet.
+    fn adopt_finished(&mut self, st: &Persisted) -> bool {
+        let Some(status) = self.pod.status.clone() else {
+            return false;
+        };
+        let phase = match status.phase.as_deref() {
+            Some("Succeeded") => Phase::Succeeded,
+            Some("Failed") => Phase::Failed,
+            _ => return false,
+        };
+        let parse = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+            t.as_ref()
+                .and_then(|t| t.0.to_string().parse().ok())
+                .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        };
+        for cs in status.container_statuses.iter().flatten() {
+            let Some(r) = self.records.iter_mut().find(|r| r.name == cs.name) else {
+                continue;
+            };
+            r.ever_started = true;
+            r.restart_count = cs.restart_count;
+            if let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) {
+                r.state = ContainerState::Terminated(Termination {
+                    container_id: t.container_id.clone().unwrap_or_default(),
+                    exit_code: t.exit_code,
+                    signal: t.signal,
+                    reason: t.reason.clone().unwrap_or_default(),
+                    started_at: parse(&t.started_at),
+                    finished_at: parse(&t.finished_at),
+                });
+            }
+        }
+        self.ip = status.pod_ip.as_deref().and_then(|ip| ip.parse().ok());
+        self.start_time = status.start_time.as_ref().map(|t| t.0.to_string());
+        for (name, pc) in &st.containers {
+            self.attempts.insert(name.clone(), pc.attempt);
+            self.view_mut()
+                .containers
+                .insert(name.clone(), (pc.id.clone(), pc.attempt));
+        }
+        self.lifecycle = PodLifecycle::Finished(phase);
+        true
+    }
+
     async fn adopt(&mut self) {
         let st = load_state(&self.pod_dir);
-        let Some(sb) = st.sandbox.clone() else { return };
+        let Some(sb) = st.sandbox.clone() else {
+            self.adopt_finished(&st);
+            return;
+        };
         if !self.ctx.runtime.sandbox_alive(&sb).await {
             return;
         }
@@ -560,11 +608,14 @@ impl Worker {
 
     async fn run(mut self, token: CancellationToken) {
         loop {
-            let wake = match self.step().await {
+            let mut wake = match self.step().await {
                 Some(w) => w,
                 None => break,
             };
-            self.push_status().await;
+            if !self.push_status().await {
+                // Try again soon rather than at the next planned wake-up.
+                wake = wake.min(Instant::now() + Duration::from_secs(1));
+            }
             tokio::select! {
                 _ = token.cancelled() => return,
                 ch = self.rx.changed() => {
@@ -1359,9 +1410,10 @@ impl Worker {
         st
     }
 
-    async fn push_status(&mut self) {
+    /// Writes the status if it changed; false when that failed.
+    async fn push_status(&mut self) -> bool {
         if self.gone_from_api || matches!(self.lifecycle, PodLifecycle::Terminated) {
-            return;
+            return true;
         }
         let st = self.build_status();
         {
@@ -1372,16 +1424,22 @@ impl Worker {
             }
         }
         if self.last_status.as_ref() == Some(&st) {
-            return;
+            return true;
         }
         let api = Api::<Pod>::namespaced(self.ctx.client.clone(), self.ns());
         match api
             .patch_status(self.name(), &Patch::Merge(json!({"status": st})))
             .await
         {
-            Ok(_) => self.last_status = Some(st),
-            Err(e) if e.status().is_some_and(|s| s.code == 404) => {}
-            Err(e) => tracing::warn!(pod = %self.name(), error = %e, "updating pod status"),
+            Ok(_) => {
+                self.last_status = Some(st);
+                true
+            }
+            Err(e) if e.status().is_some_and(|s| s.code == 404) => true,
+            Err(e) => {
+                tracing::warn!(pod = %self.name(), error = %e, "updating pod status");
+                false
+            }
         }
     }
 }

@@ -675,6 +675,11 @@ async fn graceful_deletion_sends_sigterm_then_sigkill_after_the_grace_period() {
 async fn kubelet_restart_keeps_pods_running_with_the_same_ips() {
     let mut c = Cluster::start(1).await;
     c.create_pod(0, sh_pod("keeper", "exec sleep 3600")).await;
+    let mut once = sh_pod("done", "echo ran");
+    once["spec"]["restartPolicy"] = json!("Never");
+    c.create_pod(0, once).await;
+    c.wait_pod("done", "Succeeded", |p| phase(p) == "Succeeded")
+        .await;
     let before = c.wait_running("keeper").await;
     let ip = pod_ip(&before);
     let id = container_status(&before, "c")
@@ -699,6 +704,15 @@ async fn kubelet_restart_keeps_pods_running_with_the_same_ips() {
     c.create_pod(0, sh_pod("second", "exec sleep 3600")).await;
     let second = c.wait_running("second").await;
     assert_ne!(pod_ip(&second), ip);
+    // A finished pod stays finished: its container does not run again.
+    let done = c.pods("default").get("done").await.expect("pod");
+    assert_eq!(phase(&done), "Succeeded");
+    assert_eq!(container_status(&done, "c").restart_count, 0);
+    assert_eq!(
+        c.logs(0, "done", "c"),
+        "ran\n",
+        "the completed container ran once"
+    );
     let after = c.pods("default").get("keeper").await.expect("pod");
     assert_eq!(
         pod_ip(&after),
@@ -716,10 +730,12 @@ async fn kubelet_restart_keeps_pods_running_with_the_same_ips() {
     // The adopted pod is fully managed: exec and deletion work.
     let (code, out) = c.exec(0, "keeper", "c", &["hostname"]);
     assert_eq!((code, out.trim()), (200, "keeper"));
-    delete(&c, "keeper").await;
-    delete(&c, "second").await;
-    c.wait_gone("keeper").await;
-    c.wait_gone("second").await;
+    for n in ["keeper", "second", "done"] {
+        delete(&c, n).await;
+    }
+    for n in ["keeper", "second", "done"] {
+        c.wait_gone(n).await;
+    }
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "container stopped"

@@ -38,6 +38,8 @@ pub struct ProcessRuntime {
     /// The xkube binary for the image mapping (`agnhost`, `pause`).
     xkube: PathBuf,
     exits: Exits,
+    /// Ids of the processes this runtime spawned (their exit is recorded in `exits`).
+    children: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for ProcessRuntime {
@@ -216,6 +218,7 @@ impl ProcessRuntime {
             pause,
             xkube,
             exits: Arc::default(),
+            children: Arc::default(),
         }
     }
 
@@ -225,6 +228,10 @@ impl ProcessRuntime {
 
     /// Spawns `child`, reaps it in the background and records its exit under the id.
     fn watch_exit(&self, mut child: tokio::process::Child, id: String) {
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
         let exits = self.exits.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -446,6 +453,16 @@ impl ContainerRuntime for ProcessRuntime {
                 finished_at: at,
             };
         }
+        // Our own child whose exit is not recorded yet is running, or exiting right now (a
+        // zombie until the waiter reaps it and records the status).
+        if self
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+        {
+            return ContainerStatus::Running;
+        }
         match parse_id(id) {
             Some((pid, start)) if alive(pid, start) => ContainerStatus::Running,
             _ => ContainerStatus::Unknown,
@@ -456,8 +473,7 @@ impl ContainerRuntime for ProcessRuntime {
         let Some((pid, start)) = parse_id(id) else {
             return Err(Error::NoSuchContainer(id.to_owned()));
         };
-        let gone = |me: &Self| me.exits().contains_key(id) || !alive(pid, start);
-        if gone(self) {
+        if self.container_status(id).await != ContainerStatus::Running {
             return Ok(());
         }
         let signal_group = |sig: libc::c_int| {
@@ -473,14 +489,14 @@ impl ContainerRuntime for ProcessRuntime {
         signal_group(libc::SIGTERM);
         let deadline = tokio::time::Instant::now() + grace;
         while tokio::time::Instant::now() < deadline {
-            if gone(self) {
+            if self.container_status(id).await != ContainerStatus::Running {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         signal_group(libc::SIGKILL);
         for _ in 0..200 {
-            if gone(self) {
+            if self.container_status(id).await != ContainerStatus::Running {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
