@@ -319,7 +319,7 @@ spec:
 
 #[test]
 fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
-    let c = Cluster::up(2, &["--proxy-mode", "ebpf"]);
+    let c = Cluster::up(3, &["--proxy-mode", "ebpf"]);
     c.apply(&web_rc("web", 2));
     c.apply(&service("web", "web", "  type: NodePort"));
     wait_endpoints(&c, "web", 2);

@@ -262,6 +262,12 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     say(format!(
         "[1/5] network: fabric, control plane, {n} node(s), client (198.18.0.0/24)"
     ));
+    if let Some(other) = host_link_with(HOST_ADDR) {
+        return Err(Error::Invalid(format!(
+            "another cluster's fabric is attached to this host ({other} has {HOST_ADDR}); \
+             one cluster at a time: `xkube cluster down` it first"
+        )));
+    }
     let fabric = named(names.fabric(), state)?;
     fabric.add_bridge("br0")?;
     let host = NetNs::current();
@@ -506,6 +512,36 @@ pub fn restart(opts: &NameOptions, role: &str, kill: bool) -> Result<u32> {
     let new = p.pid;
     save(&data, &state)?;
     Ok(new)
+}
+
+/// The name of a host link that already has `addr`, if any.
+fn host_link_with(addr: Ipv4Addr) -> Option<String> {
+    let host = NetNs::current();
+    host.block_on(async {
+        use futures::TryStreamExt as _;
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let h = xkube_netns::connect().ok()?;
+        let mut addrs = h.address().get().execute();
+        while let Ok(Some(a)) = addrs.try_next().await {
+            let has = a.attributes.iter().any(
+                |at| matches!(at, AddressAttribute::Address(std::net::IpAddr::V4(v)) if *v == addr),
+            );
+            if has {
+                let idx = a.header.index;
+                let mut links = h.link().get().match_index(idx).execute();
+                if let Ok(Some(l)) = links.try_next().await {
+                    return l.attributes.iter().find_map(|at| match at {
+                        rtnetlink::packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    });
+                }
+                return Some(format!("link {idx}"));
+            }
+        }
+        None
+    })
+    .ok()
+    .flatten()
 }
 
 /// Creates the named namespace and records it; the namespace outlives this process (the
