@@ -368,6 +368,9 @@ fn test(no_lint: bool, nextest_args: &[String]) -> Result<()> {
         say("cargo clippy --all-targets -- -D warnings");
         run(cargo(&root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
+    // The end-to-end tests run the workspace's binaries (`xkube cluster up`, xkubectl).
+    say("cargo build (the binaries the end-to-end tests run)");
+    run(cargo(&root).args(["build", "--bins"]))?;
     say("cargo nextest run (unit, integration and privileged tests)");
     run(cargo(&root)
         .args(["nextest", "run", "--profile", "ci", "--no-fail-fast"])
