@@ -101,6 +101,26 @@ struct Fixture {
     _fabric: NetNs,
 }
 
+/// Removes pins of fixtures whose test process died before its guards ran (pin directories
+/// are named after the node namespace, `xkt-<pid>-...`).
+fn reap_stale_pins() {
+    let Ok(entries) = std::fs::read_dir(datapath::PIN_ROOT) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("xkt-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = datapath::teardown(&e.path());
+        }
+    }
+}
+
 fn node_addr(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 11 + i)
 }
@@ -112,6 +132,7 @@ fn pod_gw(i: u8) -> Ipv4Addr {
 impl Fixture {
     fn new() -> Self {
         require_root();
+        reap_stale_pins();
         let fabric = NetNs::unique("xkt").expect("fabric namespace");
         fabric.add_bridge("br0").expect("fabric bridge");
         let client = NetNs::unique("xkt").expect("client namespace");
