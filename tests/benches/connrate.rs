@@ -43,7 +43,7 @@ spec:
         .replace("NODE2", &c.node_name(1))
         .as_str(),
     );
-    // 10k services with endpoints, created as one List through kubectl apply in chunks.
+    // 10k services with endpoints, created through kubectl in chunks of 500.
     let started = Instant::now();
     for chunk in 0..(SERVICES / 500) {
         let mut items = Vec::new();
@@ -60,8 +60,9 @@ spec:
                              "ports": [{"port": 8080}]}]
             }));
         }
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-        let out = c.kubectl_stdin(&["create", "-f", "-"], Some(&list.to_string()));
+        // A multi-document YAML stream (JSON documents are YAML).
+        let docs: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+        let out = c.kubectl_stdin(&["create", "-f", "-"], Some(&docs.join("\n---\n")));
         assert!(
             out.status.success(),
             "creating filler services: {}",

@@ -71,3 +71,113 @@ spec:
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// SEEDS.md A5 on a real cluster (real replication controller, scheduler and kubelets):
+/// `xkubectl rolling-update` prints the seed lines, finishes, and the number of ready pods of
+/// the two RCs never drops below the count it promises.
+#[test]
+fn privileged_rolling_update_keeps_pods_available_on_a_real_cluster() {
+    let c = Cluster::up(2, &[]);
+    let rc = |name: &str, version: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: ReplicationController
+metadata: {{name: {name}}}
+spec:
+  replicas: 4
+  selector: {{app: web, version: {version}}}
+  template:
+    metadata: {{labels: {{app: web, version: {version}}}}}
+    spec:
+      containers:
+      - name: agnhost
+        image: xkube/agnhost
+        args: ["--http-port=8080"]
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 1
+"#
+        )
+    };
+    c.apply(&rc("web-v1", "v1"));
+    let ready = |c: &Cluster| -> usize {
+        c.get_json(&["pods", "-l", "app=web"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count()
+    };
+    c.wait("4 ready v1 pods", Duration::from_secs(90), || {
+        (ready(&c) == 4).then_some(())
+    });
+    let new = std::env::temp_dir().join(format!("xkube-e2e-{}-v2.yaml", c.name));
+    std::fs::write(&new, rc("web-v2", "v2")).expect("write v2 manifest");
+    let xkubectl = xkube_e2e::bin_dir().join("xkubectl");
+    let child = std::process::Command::new(&xkubectl)
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args([
+            "rolling-update",
+            "web-v1",
+            "--update-period=1s",
+            "--poll-interval=500ms",
+            "-f",
+        ])
+        .arg(&new)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", xkubectl.display()));
+    // Sample availability while the update runs (bounded by the child's lifetime + 5 min).
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut min_ready = usize::MAX;
+    let child = std::sync::Arc::new(std::sync::Mutex::new(Some(child)));
+    loop {
+        min_ready = min_ready.min(ready(&c));
+        let done = child
+            .lock()
+            .expect("lock")
+            .as_mut()
+            .and_then(|ch| ch.try_wait().ok().flatten())
+            .is_some();
+        if done || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("child")
+        .wait_with_output()
+        .expect("rolling-update output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}\nminimum ready pods during the update: {min_ready}");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "Created web-v2",
+        "Scaling up web-v2 from 0 to 4, scaling down web-v1 from 4 to 0 (keep 4 pods available, don't exceed 5 pods)",
+        "Update succeeded. Deleting web-v1",
+        "replicationcontroller \"web-v1\" rolling updated to \"web-v2\"",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(
+        min_ready >= 4,
+        "ready pods dropped to {min_ready} (promised 4)"
+    );
+    let _ = std::fs::remove_file(&new);
+}

@@ -65,6 +65,14 @@ impl Cgroup {
     /// Moves the calling process into this cgroup until the returned guard is dropped, which
     /// moves it back where it was.
     pub fn enter(&self) -> Result<Entered> {
+        enter(&self.path)
+    }
+}
+
+/// Moves the calling process into the existing cgroup v2 directory `path` until the returned
+/// guard is dropped, which moves it back where it was.
+pub fn enter(path: &Path) -> Result<Entered> {
+    {
         let own = fs::read_to_string("/proc/self/cgroup").map_err(|source| Error::Io {
             op: "read",
             path: "/proc/self/cgroup".into(),
@@ -77,7 +85,7 @@ impl Cgroup {
             .trim_start_matches('/')
             .to_owned();
         let previous = v2_root()?.join(rel);
-        self.add_process(std::process::id())?;
+        write_procs(path, std::process::id())?;
         Ok(Entered { previous })
     }
 }

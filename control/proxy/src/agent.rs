@@ -146,7 +146,9 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
                 Ok(_) if waited.is_multiple_of(50) => {
                     info!(node = %opts.node_name, "waiting for the node's podCIDR")
                 }
-                Err(e) if waited.is_multiple_of(50) => info!(error = %e, "waiting for a usable Node object"),
+                Err(e) if waited.is_multiple_of(50) => {
+                    info!(error = %e, "waiting for a usable Node object")
+                }
                 _ => {}
             }
         }
