@@ -6,82 +6,11 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// Parses a quantity into thousandths of its unit (`"500m"` -> 500, `"2"` -> 2000,
-/// `"1Ki"` -> 1_024_000). `None` when malformed or out of range.
+/// `"1Ki"` -> 1_024_000). `None` when malformed or out of range. The parsing itself is
+/// `xkube_api::quantity` (shared with the apiserver's admission); this keeps the `i64` view
+/// the controllers and the scheduler count in.
 pub fn parse_milli(q: &str) -> Option<i64> {
-    let q = q.trim();
-    if q.is_empty() {
-        return None;
-    }
-    let split = q
-        .char_indices()
-        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.' || *c == '+' || *c == '-'))
-        .map_or(q.len(), |(i, _)| i);
-    let (num, suffix) = q.split_at(split);
-    // Decimal exponent forms (`1e3`, `2E-3`).
-    let (mult_num, mult_den): (i128, i128) = match suffix {
-        "" => (1, 1),
-        "m" => (1, 1000),
-        "k" => (1_000, 1),
-        "M" => (1_000_000, 1),
-        "G" => (1_000_000_000, 1),
-        "T" => (1_000_000_000_000, 1),
-        "P" => (1_000_000_000_000_000, 1),
-        "E" => (1_000_000_000_000_000_000, 1),
-        "Ki" => (1 << 10, 1),
-        "Mi" => (1 << 20, 1),
-        "Gi" => (1 << 30, 1),
-        "Ti" => (1 << 40, 1),
-        "Pi" => (1 << 50, 1),
-        "Ei" => (1 << 60, 1),
-        s if s.starts_with(['e', 'E']) => {
-            let exp: i32 = s[1..].parse().ok()?;
-            if !(-18..=18).contains(&exp) {
-                return None;
-            }
-            if exp >= 0 {
-                (10i128.pow(exp as u32), 1)
-            } else {
-                (1, 10i128.pow((-exp) as u32))
-            }
-        }
-        _ => return None,
-    };
-    let negative = num.starts_with('-');
-    let digits = num.trim_start_matches(['+', '-']);
-    let (int_part, frac_part) = match digits.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (digits, ""),
-    };
-    if int_part.is_empty() && frac_part.is_empty() {
-        return None;
-    }
-    if !int_part
-        .chars()
-        .chain(frac_part.chars())
-        .all(|c| c.is_ascii_digit())
-    {
-        return None;
-    }
-    let frac_part = &frac_part[..frac_part.len().min(18)];
-    let int_val: i128 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().ok()?
-    };
-    let frac_den = 10i128.pow(frac_part.len() as u32);
-    let frac_val: i128 = if frac_part.is_empty() {
-        0
-    } else {
-        frac_part.parse().ok()?
-    };
-    // value * 1000 = (int + frac/frac_den) * mult_num / mult_den * 1000, rounded up.
-    let numer = (int_val.checked_mul(frac_den)?.checked_add(frac_val)?)
-        .checked_mul(mult_num)?
-        .checked_mul(1000)?;
-    let denom = frac_den.checked_mul(mult_den)?;
-    let v = (numer + denom - 1) / denom;
-    let v = if negative { -v } else { v };
-    i64::try_from(v).ok()
+    xkube_api::quantity::Quantity::parse(q).and_then(|q| i64::try_from(q.milli).ok())
 }
 
 /// CPU in millicores.
