@@ -552,10 +552,12 @@ impl Registry {
                 created: false,
             });
         }
+        let empty = |v: &Value| v.as_array().is_none_or(|f| f.is_empty());
+        // A terminating namespace goes when its last finalizer (spec.finalizers, as removed
+        // through the finalize subresource) is gone.
         let finalize = !new["metadata"]["deletionTimestamp"].is_null()
-            && new["metadata"]["finalizers"]
-                .as_array()
-                .is_none_or(|f| f.is_empty())
+            && empty(&new["metadata"]["finalizers"])
+            && (res.plural != "namespaces" || empty(&new["spec"]["finalizers"]))
             && res.plural != "pods";
         let key = res.key(ns, name);
         let bytes = serde_json::to_vec(&new).map_err(StatusError::internal)?;
@@ -893,8 +895,35 @@ impl Registry {
                 }
             }
         }
-        if let Some(nsres) = xkube_api::resources::find("", "v1", "namespaces") {
-            let _ = self.store.delete(&nsres.key(None, ns), None).await;
+        // The contents are gone: that was the `kubernetes` finalizer's job. Other finalizers
+        // (spec or metadata) keep the namespace Terminating until their owners remove them.
+        let Some(nsres) = xkube_api::resources::find("", "v1", "namespaces") else {
+            return;
+        };
+        let key = nsres.key(None, ns);
+        for _ in 0..10 {
+            let Ok(Some(kv)) = self.store.get(&key).await else {
+                return;
+            };
+            let Ok(mut o) = serde_json::from_slice::<Value>(&kv.value) else {
+                return;
+            };
+            if let Some(f) = o["spec"]["finalizers"].as_array_mut() {
+                f.retain(|x| x != "kubernetes");
+            }
+            let rest = |v: &Value| v.as_array().is_some_and(|f| !f.is_empty());
+            if !rest(&o["spec"]["finalizers"]) && !rest(&o["metadata"]["finalizers"]) {
+                let _ = self.store.delete(&key, Some(kv.mod_revision)).await;
+                return;
+            }
+            let Ok(bytes) = serde_json::to_vec(&o) else {
+                return;
+            };
+            match self.store.update(&key, bytes, kv.mod_revision).await {
+                Ok(_) => return,
+                // Someone else changed it meanwhile: look again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     }
 

@@ -718,6 +718,41 @@ async fn namespaces_terminate_and_admission_guards_them() {
 }
 
 #[tokio::test]
+async fn namespace_with_a_custom_finalizer_stays_terminating_until_it_is_removed() {
+    let api = start().await;
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": "held"},
+                    "spec": {"finalizers": ["kubernetes", "example.com/wait"]}});
+    assert_eq!(api.post("/api/v1/namespaces", &ns).await.0, 201);
+    assert_eq!(
+        api.post("/api/v1/namespaces/held/pods", &pod("p", json!({})))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(api.delete("/api/v1/namespaces/held").await.0, 200);
+    // The contents go and the `kubernetes` finalizer with them; the custom one holds it.
+    let mut held = json!(null);
+    for _ in 0..100 {
+        let (_, n) = api.get("/api/v1/namespaces/held").await;
+        if n["spec"]["finalizers"] == json!(["example.com/wait"]) {
+            held = n;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held["status"]["phase"], "Terminating", "{held}");
+    assert_eq!(api.get("/api/v1/namespaces/held/pods/p").await.0, 404);
+    // Its owner removes the finalizer through the finalize subresource: the namespace goes.
+    let mut done = held.clone();
+    done["spec"]["finalizers"] = json!([]);
+    let (code, s) = api.put("/api/v1/namespaces/held/finalize", &done).await;
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(api.get("/api/v1/namespaces/held").await.0, 404);
+    api.stop().await;
+}
+
+#[tokio::test]
 async fn pod_binding_and_graceful_deletion() {
     let api = start().await;
     let pods = "/api/v1/namespaces/default/pods";
