@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -308,9 +308,9 @@ fn node_context(opts: &Options, node: &Node) -> Result<NodeContext> {
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
-    nix::net::if_::if_nametoindex(iface).map_err(|e| Error::NodeConfig {
-        node: iface.to_owned(),
-        reason: format!("uplink {iface}: {e}"),
+    nix::net::if_::if_nametoindex(iface).map_err(|e| Error::Uplink {
+        iface: iface.to_owned(),
+        reason: e.to_string(),
     })
 }
 
@@ -585,9 +585,4 @@ fn render_metrics(shared: &Mutex<Shared>, counters: &Mutex<Maps>) -> String {
         s.pod_links
     );
     out
-}
-
-/// Removes this node's pins (and with them every program and link): leaving the eBPF mode.
-pub fn cleanup(bpf_root: &Path, node: &str) -> Result<()> {
-    datapath::teardown(&bpf_root.join(node))
 }

@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error("node {node}: {reason}")]
     NodeConfig { node: String, reason: String },
+    #[error("uplink {iface}: {reason}")]
+    Uplink { iface: String, reason: String },
     #[error("aya-log: {0}")]
     Log(#[from] aya_log::Error),
     #[error("{op} {path}: {source}")]

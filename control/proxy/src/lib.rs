@@ -1,8 +1,13 @@
 //! The xkube service proxy.
 //!
-//! Today: the eBPF object built from `dataplane-ebpf/programs`, a loader for the uplink probe
-//! program and a `BPF_PROG_TEST_RUN` harness. The Service/Endpoints -> dataplane writer and the
-//! iptables and userspace modes build on these.
+//! - [`ebpf`]: the object built from `dataplane-ebpf/programs`, its loader/attacher with
+//!   per-node pins ([`ebpf::datapath`]), the uplink probe, packet crafting and a
+//!   `BPF_PROG_TEST_RUN` harness;
+//! - [`dataplane`]: Services/Endpoints -> desired map contents (pure), the ordered diff and the
+//!   single writer task with conntrack GC;
+//! - [`agent`]: `xkube proxy`, which feeds the writer from the apiserver and serves metrics.
+//!
+//! The iptables and userspace modes are not written yet.
 
 pub mod agent;
 pub mod dataplane;
