@@ -237,6 +237,28 @@ impl Cluster {
         );
     }
 
+    /// SIGKILLs the cluster's process with role `role` (`<cluster>-node1`, ...) for good.
+    pub fn kill(&self, role: &str) {
+        let path = self.data_root.join(&self.name).join("state.json");
+        let state: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+        )
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+        let pid = state["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["role"] == role)
+            .and_then(|p| p["pid"].as_i64())
+            .unwrap_or_else(|| panic!("no process {role:?} in {}", path.display()));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap_or_else(|e| panic!("kill {role} ({pid}): {e}"));
+    }
+
     pub fn node_name(&self, i: usize) -> String {
         format!("{}-node{}", self.name, i + 1)
     }

@@ -23,6 +23,8 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+pub mod docker;
 use xkube_netns::{NetNs, cgroup, sysctl, veth_pair};
 
 pub const FABRIC_PREFIX: u8 = 24;
@@ -106,6 +108,19 @@ pub struct UpOptions {
     /// Seconds to wait for the control plane and the nodes.
     #[arg(long, default_value_t = 90)]
     pub timeout: u64,
+    /// Run only the kubelet on the nodes (no proxy): deploy the proxy yourself, e.g. as the
+    /// DaemonSet in deploy/daemonset/.
+    #[arg(long)]
+    pub kubelet_only: bool,
+    /// How long a node may miss heartbeats before the control plane marks it Unknown.
+    #[arg(long, default_value = "40s")]
+    pub node_monitor_grace_period: String,
+    /// How long pods stay on an Unknown node before they are evicted.
+    #[arg(long, default_value = "5m")]
+    pub pod_eviction_timeout: String,
+    /// The nodes' heartbeat period, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_status_update_frequency: u64,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -128,6 +143,9 @@ pub struct State {
     pub nodes: Vec<NodeState>,
     pub kubeconfig: PathBuf,
     pub bpf_pins: Vec<PathBuf>,
+    /// The nodes' Docker Engines (`--runtime docker`).
+    #[serde(default)]
+    pub engines: Vec<docker::Engine>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +355,10 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
         &CONTROL_PLANE_ADDR.to_string(),
         "--secure-port",
         &APISERVER_PORT.to_string(),
+        "--node-monitor-grace-period",
+        &opts.node_monitor_grace_period,
+        "--pod-eviction-timeout",
+        &opts.pod_eviction_timeout,
     ]);
     let log = logs.join("control-plane.log");
     let pid = spawn_in(cp.path(), None, &mut cmd, &log, "control plane")?;
@@ -374,32 +396,51 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     })
     .await?;
 
-    say(format!(
-        "[3/5] nodes: xkube agent (kubelet + {:?} proxy) on {n} node(s)",
-        opts.proxy_mode
-    )
-    .to_lowercase());
+    if opts.runtime == Runtime::Docker {
+        start_engines(opts, &xkube, &nodes, data, state).await?;
+    }
+
+    if opts.kubelet_only {
+        say(format!(
+            "[3/5] nodes: xkube kubelet (no proxy) on {n} node(s)"
+        ));
+    } else {
+        say(format!(
+            "[3/5] nodes: xkube agent (kubelet + {:?} proxy) on {n} node(s)",
+            opts.proxy_mode
+        )
+        .to_lowercase());
+    }
     for (i, ns) in nodes.iter().enumerate() {
         let node = &state.nodes[i];
         let mut cmd = Command::new(&xkube);
-        cmd.arg("agent")
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args([
-                "--node-name",
-                &node.name,
-                "--node-ip",
-                &node.addr.to_string(),
-            ])
-            .arg("--root-dir")
-            .arg(data.join(&node.name))
-            .arg("--runtime")
-            .arg(match opts.runtime {
-                Runtime::Process => "process",
-                Runtime::Docker => "docker",
-            })
-            .arg("--cgroup-root")
-            .arg(&node.cgroup);
+        cmd.arg(if opts.kubelet_only {
+            "kubelet"
+        } else {
+            "agent"
+        })
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "--node-name",
+            &node.name,
+            "--node-ip",
+            &node.addr.to_string(),
+        ])
+        .arg("--root-dir")
+        .arg(data.join(&node.name))
+        .arg("--runtime")
+        .arg(match opts.runtime {
+            Runtime::Process => "process",
+            Runtime::Docker => "docker",
+        })
+        .arg("--cgroup-root")
+        .arg(&node.cgroup);
+        cmd.arg("--node-status-update-frequency")
+            .arg(opts.node_status_update_frequency.to_string());
+        if let Some(engine) = state.engines.get(i) {
+            cmd.arg("--docker-endpoint").arg(engine.endpoint());
+        }
         let log = logs.join(format!("{}.log", node.name));
         let pid = spawn_in(ns.path(), Some(&node.cgroup), &mut cmd, &log, &node.name)?;
         state.processes.push(Proc {
@@ -439,11 +480,67 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     .await?;
 
     say(format!(
-        "[5/5] cluster {:?} is up: kubeconfig {}\n      xkubectl --kubeconfig {0} get nodes   (or kubectl)\n      client namespace: ip netns exec {} ...",
+        "[5/5] cluster {:?} is up: kubeconfig {}\n      xkubectl --kubeconfig {1} get nodes   (or kubectl)\n      client namespace: ip netns exec {} ...",
         opts.name,
         kubeconfig.display(),
         names.client()
     ));
+    Ok(())
+}
+
+/// Starts a dockerd in every node's namespace and cgroup and loads the images into each.
+async fn start_engines(
+    opts: &UpOptions,
+    xkube: &Path,
+    nodes: &[NetNs],
+    data: &Path,
+    state: &mut State,
+) -> Result<()> {
+    let logs = data.join("logs");
+    say(format!(
+        "      docker: one dockerd per node, images xkube/{{tools,pause,agnhost,xkube}} built from {}",
+        xkube.display()
+    ));
+    let names = Names::new(&opts.name)?;
+    for (i, ns) in nodes.iter().enumerate() {
+        let node = state.nodes[i].clone();
+        let engine = docker::Engine::new(data, &names.cluster, &node.name);
+        std::fs::create_dir_all(&engine.exec_root)
+            .map_err(io("create directory", &engine.exec_root))?;
+        let mut cmd = engine.command("dockerd");
+        let log = logs.join(format!("{}-docker.log", node.name));
+        let pid = spawn_in(ns.path(), Some(&node.cgroup), &mut cmd, &log, "dockerd")?;
+        state.processes.push(Proc {
+            role: format!("{}-docker", node.name),
+            pid,
+            log,
+            argv: argv(&cmd),
+            netns: ns.name().to_owned(),
+            cgroup: Some(node.cgroup.clone()),
+        });
+        state.engines.push(engine);
+        save(data, state)?;
+    }
+    let work = data.join("images");
+    std::fs::create_dir_all(&work).map_err(io("create directory", &work))?;
+    let rootfs = {
+        let (xkube, work) = (xkube.to_owned(), work.clone());
+        tokio::task::spawn_blocking(move || docker::rootfs_tar(&xkube, &work))
+            .await
+            .map_err(|e| Error::Invalid(format!("image root task: {e}")))??
+    };
+    let timeout = Duration::from_secs(opts.timeout);
+    let loads = state.engines.iter().enumerate().map(|(i, engine)| {
+        let (rootfs, work) = (&rootfs, work.join(format!("node{}", i + 1)));
+        async move {
+            let client = engine.wait(timeout).await?;
+            docker::load_images(&client, rootfs, &work).await
+        }
+    });
+    for r in futures::future::join_all(loads).await {
+        r?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
 
@@ -677,6 +774,22 @@ fn teardown(state: &State, data: &Path) -> Result<()> {
     for cg in &state.cgroups {
         pids.extend(cgroup_pids(cg));
     }
+    // Docker's containers go first, through their engines, so runc removes their cgroups
+    // and mounts.
+    if !state.engines.is_empty() {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(futures::future::join_all(
+                        state.engines.iter().map(|e| e.remove_all_containers()),
+                    ));
+                }
+            });
+        });
+    }
     signal_all(&pids, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && pids.iter().any(|p| alive(*p)) {
@@ -707,8 +820,12 @@ fn teardown(state: &State, data: &Path) -> Result<()> {
         }
         Ok::<_, xkube_netns::Error>(())
     });
-    // 4. Volumes the kubelets mounted (secret and token tmpfs) under the cluster's data.
+    // 4. Volumes the kubelets mounted (secret and token tmpfs) under the cluster's data, and
+    //    the engines' mounts (image layers, container namespaces) under their roots.
     unmount_under(data);
+    let run = docker::run_dir(&state.name);
+    unmount_under(&run);
+    let _ = std::fs::remove_dir_all(&run);
     // 5. cgroups, innermost first (pods are below the node cgroups).
     for cg in &state.cgroups {
         remove_cgroup_tree(cg);

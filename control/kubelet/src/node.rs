@@ -158,9 +158,8 @@ pub fn node_status(
 }
 
 pub fn now_str() -> String {
+    // Truncated, not rounded: a rounded-up time would lie in the future of what follows.
     jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap_or_else(|_| jiff::Timestamp::now())
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }

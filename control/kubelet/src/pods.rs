@@ -334,6 +334,8 @@ struct Worker {
     policy: RestartPolicy,
     records: Vec<ContainerRecord>,
     attempts: HashMap<String, u32>,
+    /// Container name -> the ID of the image it was started from.
+    image_ids: HashMap<String, String>,
     sandbox: Option<Sandbox>,
     ip: Option<Ipv4Addr>,
     start_time: Option<String>,
@@ -392,6 +394,7 @@ impl Worker {
             policy,
             records,
             attempts: HashMap::new(),
+            image_ids: HashMap::new(),
             sandbox: None,
             ip: None,
             start_time: None,
@@ -584,7 +587,9 @@ impl Worker {
         let now = node_now();
         let ev: std::result::Result<KEvent, _> = serde_json::from_value(json!({
             "metadata": {
-                "name": format!("{}.{:016x}", self.name(), rand::random::<u64>()),
+                // Named after the time like upstream's recorder, so a list (ordered by
+                // name) shows the pod's events in the order they happened.
+                "name": format!("{}.{:x}", self.name(), jiff::Timestamp::now().as_nanosecond()),
                 "namespace": self.ns(),
             },
             "involvedObject": {
@@ -761,6 +766,8 @@ impl Worker {
     }
 
     async fn create_sandbox(&mut self) -> Result<()> {
+        // The pod's start is when the kubelet takes it on, before its sandbox.
+        self.start_time.get_or_insert_with(node_now);
         std::fs::create_dir_all(&self.pod_dir).map_err(io("create pod dir", &self.pod_dir))?;
         let cgroup = match &self.ctx.cgroup_root {
             Some(root) => {
@@ -819,7 +826,6 @@ impl Worker {
                 kind: PodNetworkEventKind::Added,
             });
         }
-        self.start_time.get_or_insert_with(node_now);
         self.volumes = volumes::prepare(&self.ctx.client, &self.pod, &self.pod_dir).await?;
         Ok(())
     }
@@ -1117,7 +1123,11 @@ impl Worker {
         let name = spec.name.clone();
         let image = spec.image.clone().unwrap_or_default();
         let now = Instant::now();
-        if let Err(e) = self.ctx.runtime.pull_image(&image).await {
+        let pulled = self.ctx.runtime.pull_image(&image).await;
+        if let Ok(id) = &pulled {
+            self.image_ids.insert(name.clone(), id.clone());
+        }
+        if let Err(e) = pulled {
             self.event(
                 "Warning",
                 "Failed",
@@ -1359,7 +1369,8 @@ impl Worker {
                 (_, Some(t)) => json!({"terminated": term_json(t)}),
             };
             let mut s = json!({
-                "name": r.name, "image": spec.image.clone().unwrap_or_default(), "imageID": "",
+                "name": r.name, "image": spec.image.clone().unwrap_or_default(),
+                "imageID": self.image_ids.get(&r.name).cloned().unwrap_or_default(),
                 "ready": r.ready && matches!(r.state, ContainerState::Running { .. }),
                 "started": matches!(r.state, ContainerState::Running { .. }),
                 "restartCount": r.restart_count, "state": state, "lastState": last,

@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// The agnhost mode; only `netexec` exists (accepted so the upstream image's
+    /// `args: ["netexec", "--http-port=8080"]` work unchanged).
+    #[arg(value_parser = ["netexec"])]
+    mode: Option<String>,
     /// HTTP port (0 = off).
     #[arg(long, env = "XKUBE_AGNHOST_HTTP_PORT", default_value_t = 8080)]
     http_port: u16,
@@ -44,6 +48,7 @@ fn hostname() -> String {
 }
 
 pub async fn run(args: Args, token: CancellationToken) -> anyhow::Result<()> {
+    tracing::debug!(mode = args.mode.as_deref().unwrap_or("netexec"), "agnhost");
     let host = Arc::new(hostname());
     let mut tasks = tokio::task::JoinSet::new();
     if args.http_port != 0 {

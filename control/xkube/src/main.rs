@@ -83,6 +83,11 @@ enum ClusterCmd {
 }
 
 #[derive(clap::Args)]
+// The whole control plane runs here, the serviceaccount controllers included, so the
+// ServiceAccount plugin joins the apiserver's default chain (Kubernetes' recommended order).
+#[command(mut_arg("admission_control", |a| a.default_value(
+    "NamespaceLifecycle,NamespaceExists,ServiceAccount,LimitRanger,ResourceQuota"
+)))]
 struct ServerArgs {
     #[command(flatten)]
     apiserver: xkube_apiserver::Options,

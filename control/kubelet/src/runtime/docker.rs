@@ -171,9 +171,9 @@ impl ContainerRuntime for DockerRuntime {
         self.version.clone()
     }
 
-    async fn pull_image(&self, image: &str) -> Result<(), StartError> {
+    async fn pull_image(&self, image: &str) -> Result<String, StartError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
+            Ok(i) => Ok(format!("docker://{}", i.id.unwrap_or_default())),
             Err(e) if is_not_found(&e) => Err(StartError {
                 reason: "ErrImagePull",
                 message: format!(

@@ -58,14 +58,14 @@ impl ContainerRuntime for FakeRuntime {
         "fake://1".into()
     }
 
-    async fn pull_image(&self, image: &str) -> Result<(), StartError> {
+    async fn pull_image(&self, image: &str) -> Result<String, StartError> {
         if image == "fake/missing" {
             return Err(StartError {
                 reason: "ErrImagePull",
                 message: format!("image {image} not found"),
             });
         }
-        Ok(())
+        Ok(String::new())
     }
 
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox> {

@@ -104,8 +104,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// `process://0.1.0` for nodeInfo.containerRuntimeVersion.
     fn version(&self) -> String;
-    /// Makes `image` available (no-op for the process runtime).
-    async fn pull_image(&self, image: &str) -> Result<(), StartError>;
+    /// Makes `image` available and returns its ID for `imageID` (`docker://sha256:...`;
+    /// empty where the runtime has no images, as the process runtime).
+    async fn pull_image(&self, image: &str) -> Result<String, StartError>;
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox>;
     /// Whether the sandbox's infra process still runs.
     async fn sandbox_alive(&self, sb: &Sandbox) -> bool;

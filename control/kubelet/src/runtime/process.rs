@@ -6,7 +6,9 @@
 //! Images are not pulled. A container runs its `command` + `args`; without a command, an image
 //! named `agnhost` (any registry/tag: `xkube/agnhost`, `registry.k8s.io/e2e-test-images/
 //! agnhost:2.39`) runs `xkube agnhost <args>` (a leading `netexec` is dropped), an image
-//! named `pause` runs `xkube pause`, and otherwise `args` alone is the command line.
+//! named `pause` runs `xkube pause`, an image named `xkube` (the agent image of
+//! `deploy/image`) runs `xkube <args>` (`xkube agent` without args), and otherwise `args`
+//! alone is the command line.
 
 use std::{
     collections::HashMap,
@@ -82,6 +84,9 @@ pub fn resolve_command(
                 .collect())
         }
         "pause" => Ok(vec![xkube, "pause".into()]),
+        // The agent image of deploy/image: entrypoint `xkube`, default command `agent`.
+        "xkube" if args.is_empty() => Ok(vec![xkube, "agent".into()]),
+        "xkube" => Ok(std::iter::once(xkube).chain(args.iter().cloned()).collect()),
         _ if !args.is_empty() => Ok(args.to_vec()),
         _ => Err(StartError {
             reason: "CreateContainerConfigError",
@@ -362,8 +367,8 @@ impl ContainerRuntime for ProcessRuntime {
         format!("process://{}", env!("CARGO_PKG_VERSION"))
     }
 
-    async fn pull_image(&self, _image: &str) -> Result<(), StartError> {
-        Ok(())
+    async fn pull_image(&self, _image: &str) -> Result<String, StartError> {
+        Ok(String::new())
     }
 
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox> {
@@ -600,6 +605,14 @@ mod tests {
         assert_eq!(
             resolve_command("busybox", &[], &s(&["sleep", "5"]), x).expect("args"),
             s(&["sleep", "5"])
+        );
+        assert_eq!(
+            resolve_command("xkube/xkube:0.1.0", &[], &s(&["proxy", "-v"]), x).expect("xkube"),
+            s(&["/usr/bin/xkube", "proxy", "-v"])
+        );
+        assert_eq!(
+            resolve_command("xkube/xkube", &[], &[], x).expect("xkube"),
+            s(&["/usr/bin/xkube", "agent"])
         );
         let err = resolve_command("nginx", &[], &[], x).expect_err("no entrypoint");
         assert_eq!(err.reason, "CreateContainerConfigError");
