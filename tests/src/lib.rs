@@ -205,7 +205,7 @@ impl Cluster {
         xkube_netns::cgroup::v2_root()
             .unwrap_or_else(|e| panic!("cgroup2: {e}"))
             .join(format!("xkube-{}", self.name))
-            .join(format!("node{}", i + 1))
+            .join(self.node_name(i))
     }
 
     /// Runs `f` as a host process of node `i`: in its network namespace and its cgroup.

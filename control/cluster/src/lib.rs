@@ -327,7 +327,8 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             })?
             .map_err(|e| Error::Invalid(format!("XDP pass program on fabric port {port}: {e}")))?;
         sysctl::set(&ns, "net/ipv4/ip_forward", "1")?;
-        let cg = cg_root.join(format!("node{}", i + 1));
+        // Named like the node, so a DaemonSet can find its node's cgroup from `spec.nodeName`.
+        let cg = cg_root.join(names.node(i));
         std::fs::create_dir_all(&cg).map_err(io("create cgroup", &cg))?;
         // Child cgroups (pods) need the controllers delegated.
         let _ = std::fs::write(cg_root.join("cgroup.subtree_control"), "+cpu +memory +pids");
@@ -748,12 +749,7 @@ pub fn down(opts: &NameOptions) -> Result<()> {
                 .chain((0..20).map(|i| names.node_ns(i)))
                 .collect(),
             cgroups: (0..20)
-                .filter_map(|i| {
-                    names
-                        .cgroup_root()
-                        .ok()
-                        .map(|r| r.join(format!("node{}", i + 1)))
-                })
+                .filter_map(|i| names.cgroup_root().ok().map(|r| r.join(names.node(i))))
                 .chain(names.cgroup_root().ok())
                 .collect(),
             bpf_pins: (0..20)

@@ -1315,6 +1315,11 @@ impl Worker {
             working_dir: spec.working_dir.clone(),
             mounts: volumes::mounts_for(spec, &self.volumes)?,
             log_path: log_path(&self.pod_dir, &spec.name, attempt),
+            privileged: spec
+                .security_context
+                .as_ref()
+                .and_then(|s| s.privileged)
+                .unwrap_or(false),
         })
     }
 

@@ -355,6 +355,7 @@ impl ContainerRuntime for DockerRuntime {
                 network_mode: Some(format!("container:{pause}")),
                 ipc_mode: Some(format!("container:{pause}")),
                 binds: Some(binds),
+                privileged: Some(cfg.privileged),
                 ..Default::default()
             }),
             ..Default::default()

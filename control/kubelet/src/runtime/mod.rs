@@ -67,6 +67,9 @@ pub struct ContainerConfig {
     pub mounts: Vec<Mount>,
     /// stdout and stderr go here.
     pub log_path: PathBuf,
+    /// `securityContext.privileged`: all capabilities and devices (the docker runtime; the
+    /// process runtime's containers are the node's root processes anyway).
+    pub privileged: bool,
 }
 
 /// A container as the runtime sees it.
