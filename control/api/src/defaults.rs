@@ -1,5 +1,6 @@
 //! Defaulting with Kubernetes' values.
 
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, NamespaceSpec, Pod, PodSecurityContext, PodSpec, ReplicationController,
     Secret, Service,
@@ -160,6 +161,38 @@ pub fn default_replication_controller(rc: &mut ReplicationController) {
     }
 }
 
+/// DaemonSet defaults (apps/v1 `SetDefaults_DaemonSet`): updateStrategy RollingUpdate with
+/// maxUnavailable 1 and maxSurge 0, revisionHistoryLimit 10, and the template's pod spec
+/// defaults. Unlike ReplicationControllers, the selector is not defaulted from the labels.
+pub fn default_daemon_set(ds: &mut DaemonSet) {
+    let Some(spec) = ds.spec.as_mut() else {
+        return;
+    };
+    let strategy = spec
+        .update_strategy
+        .get_or_insert_with(DaemonSetUpdateStrategy::default);
+    if strategy.type_.as_deref().is_none_or(str::is_empty) {
+        strategy.type_ = Some("RollingUpdate".into());
+    }
+    if strategy.type_.as_deref() == Some("RollingUpdate") {
+        let ru = strategy
+            .rolling_update
+            .get_or_insert_with(RollingUpdateDaemonSet::default);
+        if ru.max_unavailable.is_none() {
+            ru.max_unavailable = Some(IntOrString::Int(1));
+        }
+        if ru.max_surge.is_none() {
+            ru.max_surge = Some(IntOrString::Int(0));
+        }
+    }
+    if spec.revision_history_limit.is_none() {
+        spec.revision_history_limit = Some(10);
+    }
+    if let Some(pod_spec) = spec.template.spec.as_mut() {
+        default_pod_spec(pod_spec);
+    }
+}
+
 /// Namespace defaults: the `kubernetes` finalizer and phase Active.
 pub fn default_namespace(ns: &mut Namespace) {
     let spec = ns.spec.get_or_insert_with(NamespaceSpec::default);
@@ -215,6 +248,44 @@ mod tests {
         );
         let ports = spec.containers[0].ports.clone().expect("ports");
         assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+    }
+
+    #[test]
+    fn daemon_set_defaults_rolling_update_history_and_template() {
+        let mut ds: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "d"},
+            "spec": {"selector": {"matchLabels": {"app": "d"}},
+                     "template": {"metadata": {"labels": {"app": "d"}},
+                                  "spec": {"containers": [{"name": "c", "image": "agent:1"}]}}}
+        }))
+        .expect("valid");
+        default_daemon_set(&mut ds);
+        let v = serde_json::to_value(&ds).expect("encodes");
+        assert_eq!(
+            v["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate",
+                   "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        assert_eq!(v["spec"]["revisionHistoryLimit"], 10);
+        assert_eq!(v["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+        assert!(ds.metadata.labels.is_none(), "labels are not defaulted");
+
+        let mut on_delete: DaemonSet = serde_json::from_value(json!({
+            "metadata": {"name": "d"},
+            "spec": {"updateStrategy": {"type": "OnDelete"}, "revisionHistoryLimit": 2,
+                     "selector": {"matchLabels": {"app": "d"}}, "template": {}}
+        }))
+        .expect("valid");
+        default_daemon_set(&mut on_delete);
+        let spec = on_delete.spec.expect("spec");
+        let strategy = spec.update_strategy.expect("strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("OnDelete"));
+        assert!(strategy.rolling_update.is_none());
+        assert_eq!(spec.revision_history_limit, Some(2));
     }
 
     #[test]

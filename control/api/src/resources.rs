@@ -201,6 +201,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         ],
         &["all"],
     ),
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        short_names: &["ds"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources: &[status_sub("DaemonSet")],
+        categories: &["all"],
+    },
     core(
         "Service",
         "services",
@@ -337,5 +349,15 @@ mod tests {
             Some("autoscaling")
         );
         assert!(find("", "v1", "widgets").is_none());
+        let ds = find_by_kind("apps/v1", "DaemonSet").expect("daemonsets registered");
+        assert_eq!(
+            (ds.plural, ds.short_names, ds.has_status()),
+            ("daemonsets", &["ds"][..], true)
+        );
+        assert_eq!(ds.qualified_plural(), "daemonsets.apps");
+        assert_eq!(
+            ds.key(Some("kube-system"), "proxy"),
+            "/registry/daemonsets/kube-system/proxy"
+        );
     }
 }

@@ -133,10 +133,16 @@ impl StatusError {
     /// 422: `Service "x" is invalid: spec.ports[0].port: Invalid value: ...`.
     pub fn invalid(group: &str, kind: &str, name: &str, errors: &ErrorList) -> Self {
         let msg = errors.aggregate_message();
+        // The group-qualified kind (`DaemonSet.apps`), as Kubernetes' `GroupKind.String()`.
+        let qualified_kind = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut s = Self::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {msg}"),
+            format!("{qualified_kind} \"{name}\" is invalid: {msg}"),
         )
         .with_details(group, kind, name);
         s.causes = errors
@@ -329,6 +335,14 @@ mod tests {
         let v = s.to_value();
         assert_eq!(v["details"]["causes"][0]["field"], "spec.ports[0].port");
         assert_eq!(v["details"]["causes"][0]["reason"], "FieldValueInvalid");
+        let s = StatusError::invalid("apps", "DaemonSet", "agent", &errs);
+        assert!(
+            s.message
+                .starts_with("DaemonSet.apps \"agent\" is invalid: "),
+            "{}",
+            s.message
+        );
+        assert_eq!(s.to_value()["details"]["kind"], "DaemonSet");
     }
 
     #[test]

@@ -228,6 +228,66 @@ fn columns(plural: &str) -> Vec<Col> {
                 "Selector is a label query over pods that should match the Replicas count.",
             ),
         ],
+        "daemonsets" => vec![
+            NAME,
+            Col {
+                ty: "integer",
+                ..col(
+                    "Desired",
+                    0,
+                    "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod). More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+                )
+            },
+            Col {
+                ty: "integer",
+                ..col(
+                    "Current",
+                    0,
+                    "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod. More info: https://kubernetes.io/docs/concepts/workloads/controllers/daemonset/",
+                )
+            },
+            Col {
+                ty: "integer",
+                ..col(
+                    "Ready",
+                    0,
+                    "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+                )
+            },
+            Col {
+                ty: "integer",
+                ..col(
+                    "Up-to-date",
+                    0,
+                    "The total number of nodes that are running updated daemon pod",
+                )
+            },
+            Col {
+                ty: "integer",
+                ..col(
+                    "Available",
+                    0,
+                    "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+                )
+            },
+            col(
+                "Node Selector",
+                0,
+                "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node. More info: https://kubernetes.io/docs/concepts/configuration/assign-pod-node/",
+            ),
+            AGE,
+            col("Containers", 1, "Names of each container in the template."),
+            col(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col(
+                "Selector",
+                1,
+                "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+            ),
+        ],
         "endpoints" => vec![
             NAME,
             col(
@@ -379,6 +439,57 @@ fn selector_string(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join(","),
     )
+}
+
+/// Kubernetes' `metav1.FormatLabelSelector`: requirements sorted by key, `k=v`,
+/// `k in (a,b)`, `k notin (a,b)`, `k`, `!k`; `<none>` when empty.
+pub fn format_label_selector(sel: &Value) -> String {
+    let mut reqs: Vec<(String, String)> = meta::string_map(&sel["matchLabels"])
+        .into_iter()
+        .map(|(k, v)| (k.clone(), format!("{k}={v}")))
+        .collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or("").to_string();
+        let mut values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        values.sort_unstable();
+        let text = match e["operator"].as_str().unwrap_or("") {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.clone(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return "<error>".into(),
+        };
+        reqs.push((key, text));
+    }
+    reqs.sort_by(|a, b| a.0.cmp(&b.0));
+    or_none(
+        reqs.into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Names and images of a pod template's containers, comma-separated.
+fn template_containers(template: &Value) -> (String, String) {
+    let containers = template["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let images: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["image"].as_str())
+        .collect();
+    (names.join(","), images.join(","))
 }
 
 fn pod_status(pod: &Value) -> (String, String, i64) {
@@ -657,6 +768,26 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(selector_string(&o["spec"]["selector"])),
             ]
         }
+        "daemonsets" => {
+            let (names, images) = template_containers(&o["spec"]["template"]);
+            let st = &o["status"];
+            let n = |k: &str| json!(st[k].as_i64().unwrap_or(0));
+            vec![
+                name,
+                n("desiredNumberScheduled"),
+                n("currentNumberScheduled"),
+                n("numberReady"),
+                n("updatedNumberScheduled"),
+                n("numberAvailable"),
+                json!(selector_string(
+                    &o["spec"]["template"]["spec"]["nodeSelector"]
+                )),
+                json!(created),
+                json!(names),
+                json!(images),
+                json!(format_label_selector(&o["spec"]["selector"])),
+            ]
+        }
         "endpoints" => vec![name, json!(format_endpoints(o)), json!(created)],
         "namespaces" => vec![
             name,
@@ -886,6 +1017,64 @@ mod tests {
                 "<none>"
             ])
         );
+    }
+
+    #[test]
+    fn daemon_set_rows_show_counts_node_selector_and_wide_columns() {
+        let ds = json!({"metadata": {"name": "agent", "creationTimestamp": "2024-01-09T23:00:00Z"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"},
+                                  "matchExpressions": [{"key": "tier", "operator": "In", "values": ["b", "a"]},
+                                                       {"key": "zone", "operator": "DoesNotExist"}]},
+                     "template": {"spec": {"nodeSelector": {"disk": "ssd"},
+                                           "containers": [{"name": "a", "image": "agent:1"},
+                                                          {"name": "b", "image": "sidecar:2"}]}}},
+            "status": {"desiredNumberScheduled": 3, "currentNumberScheduled": 3, "numberReady": 2,
+                       "updatedNumberScheduled": 1, "numberAvailable": 2, "numberMisscheduled": 0}});
+        let t = table("daemonsets", &[ds], "7", now(), IncludeObject::None);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .expect("cols")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Desired",
+                "Current",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Node Selector",
+                "Age",
+                "Containers",
+                "Images",
+                "Selector"
+            ]
+        );
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "agent",
+                3,
+                3,
+                2,
+                1,
+                2,
+                "disk=ssd",
+                "60m",
+                "a,b",
+                "agent:1,sidecar:2",
+                "app=agent,tier in (a,b),!zone"
+            ])
+        );
+        let bare = json!({"metadata": {"name": "x"}, "spec": {"selector": {}, "template": {}}});
+        let cells =
+            &table("daemonsets", &[bare], "1", now(), IncludeObject::None)["rows"][0]["cells"];
+        assert_eq!(cells[1], 0);
+        assert_eq!(cells[6], "<none>");
+        assert_eq!(cells[10], "<none>");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Typed handling of untyped objects: decode into the k8s-openapi type of a kind, find unknown
 //! fields, apply defaults, validate, and encode back.
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ReplicationController,
@@ -133,6 +134,13 @@ pub fn prepare(kind: &str, mut input: Value, apply_defaults: bool) -> Result<Pre
             apply_defaults,
             defaults::default_replication_controller,
             validation::validate_replication_controller,
+        ),
+        "DaemonSet" => roundtrip::<DaemonSet, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            defaults::default_daemon_set,
+            validation::validate_daemon_set,
         ),
         "Namespace" => roundtrip::<Namespace, _, _>(
             kind,
@@ -337,6 +345,14 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> ErrorList {
                 ));
             }
         }
+        "DaemonSet" if old["spec"]["selector"] != new["spec"]["selector"] => {
+            let sel = serde_json::from_value(new["spec"]["selector"].clone()).unwrap_or_default();
+            errs.push(FieldError::invalid_raw(
+                "spec.selector",
+                validation::go_label_selector(&sel),
+                "field is immutable",
+            ));
+        }
         "Secret" | "ConfigMap"
             if old["immutable"] == Value::Bool(true)
                 && (old.get("data") != new.get("data")
@@ -380,6 +396,17 @@ mod tests {
         assert!(
             e.starts_with("Pod in version \"v1\" cannot be handled as a Pod:"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn daemon_set_selector_is_immutable() {
+        let old = json!({"spec": {"selector": {"matchLabels": {"app": "a"}}}});
+        let new = json!({"spec": {"selector": {"matchLabels": {"app": "b"}}}});
+        assert!(validate_update("DaemonSet", &old, &old).is_empty());
+        assert_eq!(
+            validate_update("DaemonSet", &old, &new).aggregate_message(),
+            "spec.selector: Invalid value: v1.LabelSelector{MatchLabels:map[string]string{\"app\":\"b\"}, MatchExpressions:[]v1.LabelSelectorRequirement(nil)}: field is immutable"
         );
     }
 

@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, Pod, PodSpec, PodTemplateSpec, ReplicationController, Service,
+    Container, Namespace, Pod, PodSpec, PodTemplateSpec, ReplicationController, Service, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
@@ -665,7 +666,66 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> ErrorList {
     if let Some(ns) = &spec.node_selector {
         validate_labels(ns, &format!("{path}.nodeSelector"), &mut errs);
     }
+    for (i, t) in spec.tolerations.iter().flatten().enumerate() {
+        validate_toleration(t, &format!("{path}.tolerations[{i}]"), &mut errs);
+    }
     errs
+}
+
+const TAINT_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+fn validate_toleration(t: &Toleration, path: &str, errs: &mut ErrorList) {
+    let key = t.key.as_deref().unwrap_or("");
+    if !key.is_empty() {
+        for m in qualified_name(key) {
+            errs.push(FieldError::invalid(format!("{path}.key"), key, m));
+        }
+    }
+    let op = t.operator.as_deref().unwrap_or("");
+    if key.is_empty() && op != "Exists" {
+        errs.push(FieldError::invalid(
+            format!("{path}.operator"),
+            op,
+            "operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+        ));
+    }
+    let effect = t.effect.as_deref().unwrap_or("");
+    if t.toleration_seconds.is_some() && effect != "NoExecute" {
+        errs.push(FieldError::invalid(
+            format!("{path}.effect"),
+            effect,
+            "effect must be 'NoExecute' when `tolerationSeconds` is set",
+        ));
+    }
+    match op {
+        "" | "Equal" => {
+            let value = t.value.as_deref().unwrap_or("");
+            for m in label_value(value) {
+                errs.push(FieldError::invalid(format!("{path}.operator"), value, m));
+            }
+        }
+        "Exists" => {
+            if let Some(v) = t.value.as_deref().filter(|v| !v.is_empty()) {
+                errs.push(FieldError::invalid(
+                    format!("{path}.operator"),
+                    v,
+                    "value must be empty when `operator` is 'Exists'",
+                ));
+            }
+        }
+        other => errs.push(FieldError::not_supported(
+            format!("{path}.operator"),
+            other,
+            &["Equal", "Exists"],
+        )),
+    }
+    if !effect.is_empty() && !TAINT_EFFECTS.contains(&effect) {
+        errs.push(FieldError::not_supported(
+            format!("{path}.effect"),
+            effect,
+            TAINT_EFFECTS,
+        ));
+    }
 }
 
 /// Validates a Pod.
@@ -757,6 +817,233 @@ pub fn validate_replication_controller(rc: &ReplicationController) -> ErrorList 
             }
             validate_template(t, "spec.template", &mut errs);
         }
+    }
+    errs
+}
+
+/// Go's `%#v` rendering of a `metav1.LabelSelector`, used in immutable-field messages.
+pub fn go_label_selector(sel: &LabelSelector) -> String {
+    let labels = match &sel.match_labels {
+        Some(m) => go_map(m),
+        None => "map[string]string(nil)".to_string(),
+    };
+    let exprs = match &sel.match_expressions {
+        None => "[]v1.LabelSelectorRequirement(nil)".to_string(),
+        Some(list) => {
+            let items = list
+                .iter()
+                .map(|r| {
+                    let values = match &r.values {
+                        None => "[]string(nil)".to_string(),
+                        Some(v) => format!(
+                            "[]string{{{}}}",
+                            v.iter()
+                                .map(|s| format!("{s:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                    format!(
+                        "v1.LabelSelectorRequirement{{Key:{:?}, Operator:{:?}, Values:{values}}}",
+                        r.key, r.operator
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("[]v1.LabelSelectorRequirement{{{items}}}")
+        }
+    };
+    format!("v1.LabelSelector{{MatchLabels:{labels}, MatchExpressions:{exprs}}}")
+}
+
+/// Validates a `metav1.LabelSelector` (`ValidateLabelSelector`): label keys and values,
+/// expression operators and their values.
+pub fn validate_label_selector(sel: &LabelSelector, path: &str, errs: &mut ErrorList) {
+    if let Some(m) = &sel.match_labels {
+        validate_labels(m, &format!("{path}.matchLabels"), errs);
+    }
+    for (i, r) in sel.match_expressions.iter().flatten().enumerate() {
+        let p = format!("{path}.matchExpressions[{i}]");
+        let n = r.values.as_ref().map_or(0, Vec::len);
+        match r.operator.as_str() {
+            "In" | "NotIn" if n == 0 => errs.push(FieldError::required(
+                format!("{p}.values"),
+                "must be specified when `operator` is 'In' or 'NotIn'",
+            )),
+            "Exists" | "DoesNotExist" if n > 0 => errs.push(FieldError::forbidden(
+                format!("{p}.values"),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            op => errs.push(FieldError::invalid(
+                format!("{p}.operator"),
+                op,
+                "not a valid selector operator",
+            )),
+        }
+        for m in qualified_name(&r.key) {
+            errs.push(FieldError::invalid(format!("{p}.key"), r.key.as_str(), m));
+        }
+        for v in r.values.iter().flatten() {
+            for m in label_value(v) {
+                errs.push(FieldError::invalid(format!("{p}.values"), v.as_str(), m));
+            }
+        }
+    }
+}
+
+fn validate_int_or_percent(v: &IntOrString, path: &str, errs: &mut ErrorList) {
+    match v {
+        IntOrString::Int(n) if *n < 0 => errs.push(FieldError::invalid(
+            path,
+            *n,
+            "must be greater than or equal to 0",
+        )),
+        IntOrString::Int(_) => {}
+        IntOrString::String(s) => match percent(s) {
+            None => errs.push(FieldError::invalid(
+                path,
+                s.as_str(),
+                "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+            )),
+            Some(p) if p > 100 => {
+                errs.push(FieldError::invalid(path, s.as_str(), "must not be greater than 100%"))
+            }
+            Some(_) => {}
+        },
+    }
+}
+
+/// The number of a `[0-9]+%` string.
+pub fn percent(s: &str) -> Option<u64> {
+    let digits = s.strip_suffix('%')?;
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn int_or_percent_is_zero(v: Option<&IntOrString>) -> bool {
+    match v {
+        None | Some(IntOrString::Int(0)) => true,
+        Some(IntOrString::Int(_)) => false,
+        Some(IntOrString::String(s)) => percent(s) == Some(0),
+    }
+}
+
+fn validate_daemon_set_strategy(s: &DaemonSetUpdateStrategy, path: &str, errs: &mut ErrorList) {
+    const TYPES: &[&str] = &["OnDelete", "RollingUpdate"];
+    let ty = s.type_.as_deref().unwrap_or("");
+    if !TYPES.contains(&ty) {
+        errs.push(FieldError::not_supported(format!("{path}.type"), ty, TYPES));
+        return;
+    }
+    if ty != "RollingUpdate" {
+        return;
+    }
+    let Some(ru) = &s.rolling_update else {
+        errs.push(FieldError::required(format!("{path}.rollingUpdate"), ""));
+        return;
+    };
+    let p = format!("{path}.rollingUpdate");
+    if let Some(v) = &ru.max_unavailable {
+        validate_int_or_percent(v, &format!("{p}.maxUnavailable"), errs);
+    }
+    if let Some(v) = &ru.max_surge {
+        validate_int_or_percent(v, &format!("{p}.maxSurge"), errs);
+    }
+    let unavailable = !int_or_percent_is_zero(ru.max_unavailable.as_ref());
+    let surge = !int_or_percent_is_zero(ru.max_surge.as_ref());
+    if unavailable && surge {
+        let v = match &ru.max_surge {
+            Some(IntOrString::Int(n)) => Value::from(*n),
+            Some(IntOrString::String(s)) => Value::from(s.as_str()),
+            None => Value::Null,
+        };
+        errs.push(FieldError::invalid(
+            format!("{p}.maxSurge"),
+            v,
+            "may not be set when maxUnavailable is non-zero",
+        ));
+    } else if !unavailable && !surge {
+        errs.push(FieldError::required(
+            format!("{p}.maxUnavailable"),
+            "cannot be 0 when maxSurge is 0",
+        ));
+    }
+}
+
+/// Validates a DaemonSet (apps/v1 `ValidateDaemonSet`): a selector that matches the
+/// template's labels, a pod template with restartPolicy Always and no
+/// activeDeadlineSeconds, the update strategy, and non-negative counts.
+pub fn validate_daemon_set(ds: &DaemonSet) -> ErrorList {
+    let mut errs = validate_meta(&ds.metadata, "DaemonSet", true, "metadata.");
+    let Some(spec) = &ds.spec else {
+        errs.push(FieldError::required("spec", ""));
+        return errs;
+    };
+    let sel = &spec.selector;
+    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+    if empty {
+        errs.push(FieldError::required("spec.selector", ""));
+    } else {
+        validate_label_selector(sel, "spec.selector", &mut errs);
+    }
+    let labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    // An empty selector selects nothing (Kubernetes' nil selector), so it matches no labels.
+    let matches =
+        !empty && crate::selector::LabelSelector::from_meta(sel).is_ok_and(|s| s.matches(&labels));
+    if !matches {
+        errs.push(FieldError::invalid_raw(
+            "spec.template.metadata.labels",
+            go_map(&labels),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    validate_template(&spec.template, "spec.template", &mut errs);
+    if let Some(ads) = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.active_deadline_seconds)
+    {
+        errs.push(FieldError::invalid(
+            "spec.template.spec.activeDeadlineSeconds",
+            ads,
+            "activeDeadlineSeconds in DaemonSet is not Supported",
+        ));
+    }
+    if let Some(m) = spec.min_ready_seconds
+        && m < 0
+    {
+        errs.push(FieldError::invalid(
+            "spec.minReadySeconds",
+            m,
+            "must be greater than or equal to 0",
+        ));
+    }
+    match &spec.update_strategy {
+        Some(s) => validate_daemon_set_strategy(s, "spec.updateStrategy", &mut errs),
+        None => errs.push(FieldError::not_supported(
+            "spec.updateStrategy.type",
+            "",
+            &["OnDelete", "RollingUpdate"],
+        )),
+    }
+    if let Some(r) = spec.revision_history_limit
+        && r < 0
+    {
+        errs.push(FieldError::invalid(
+            "spec.revisionHistoryLimit",
+            r,
+            "must be greater than or equal to 0",
+        ));
     }
     errs
 }
@@ -976,6 +1263,111 @@ mod tests {
             msgs,
             vec![
                 "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`"
+            ]
+        );
+    }
+
+    fn daemon_set(v: Value) -> DaemonSet {
+        let mut ds: DaemonSet = serde_json::from_value(v).expect("valid json");
+        crate::defaults::default_daemon_set(&mut ds);
+        ds
+    }
+
+    fn messages(errs: &ErrorList) -> Vec<String> {
+        errs.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn daemon_set_selector_is_required_and_must_match_template_labels() {
+        let ok = daemon_set(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"},
+                                  "matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+                     "template": {"metadata": {"labels": {"app": "agent", "tier": "node"}},
+                                  "spec": {"containers": [{"name": "c", "image": "agent"}]}}}
+        }));
+        assert!(
+            validate_daemon_set(&ok).is_empty(),
+            "{:?}",
+            validate_daemon_set(&ok)
+        );
+
+        let other = daemon_set(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                     "template": {"metadata": {"labels": {"app": "other"}},
+                                  "spec": {"containers": [{"name": "c", "image": "agent"}]}}}
+        }));
+        assert_eq!(
+            messages(&validate_daemon_set(&other)),
+            vec![
+                "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`"
+            ]
+        );
+
+        let missing = daemon_set(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "kube-system"},
+            "spec": {"template": {"metadata": {"labels": {"app": "agent"}},
+                                  "spec": {"containers": [{"name": "c", "image": "agent"}]}}}
+        }));
+        let msgs = messages(&validate_daemon_set(&missing));
+        assert_eq!(msgs[0], "spec.selector: Required value");
+        assert!(msgs[1].ends_with("`selector` does not match template `labels`"));
+    }
+
+    #[test]
+    fn daemon_set_template_and_strategy_rules() {
+        let ds = daemon_set(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"},
+                                  "matchExpressions": [{"key": "x", "operator": "In"}]},
+                     "updateStrategy": {"type": "RollingUpdate",
+                                        "rollingUpdate": {"maxUnavailable": "150%", "maxSurge": 0}},
+                     "minReadySeconds": -1,
+                     "template": {"metadata": {"labels": {"app": "a"}},
+                                  "spec": {"restartPolicy": "Never", "activeDeadlineSeconds": 5,
+                                           "tolerations": [{"operator": "Equal", "value": "v"}],
+                                           "containers": [{"name": "c", "image": "agent"}]}}}
+        }));
+        let msgs = messages(&validate_daemon_set(&ds));
+        for want in [
+            "spec.selector.matchExpressions[0].values: Required value: must be specified when `operator` is 'In' or 'NotIn'",
+            "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+            "spec.template.spec.activeDeadlineSeconds: Invalid value: 5: activeDeadlineSeconds in DaemonSet is not Supported",
+            "spec.template.spec.tolerations[0].operator: Invalid value: \"Equal\": operator must be Exists when `key` is empty, which means \"match all values and all keys\"",
+            "spec.minReadySeconds: Invalid value: -1: must be greater than or equal to 0",
+            "spec.updateStrategy.rollingUpdate.maxUnavailable: Invalid value: \"150%\": must not be greater than 100%",
+        ] {
+            assert!(
+                msgs.iter().any(|m| m == want),
+                "missing {want:?} in {msgs:#?}"
+            );
+        }
+
+        let bad_type = daemon_set(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}},
+                     "updateStrategy": {"type": "Recreate"},
+                     "template": {"metadata": {"labels": {"app": "a"}},
+                                  "spec": {"containers": [{"name": "c", "image": "agent"}]}}}
+        }));
+        assert_eq!(
+            messages(&validate_daemon_set(&bad_type)),
+            vec![
+                "spec.updateStrategy.type: Unsupported value: \"Recreate\": supported values: \"OnDelete\", \"RollingUpdate\""
+            ]
+        );
+        let both_zero = daemon_set(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "a"}},
+                     "updateStrategy": {"rollingUpdate": {"maxUnavailable": "0%"}},
+                     "template": {"metadata": {"labels": {"app": "a"}},
+                                  "spec": {"containers": [{"name": "c", "image": "agent"}]}}}
+        }));
+        assert_eq!(
+            messages(&validate_daemon_set(&both_zero)),
+            vec![
+                "spec.updateStrategy.rollingUpdate.maxUnavailable: Required value: cannot be 0 when maxSurge is 0"
             ]
         );
     }

@@ -59,6 +59,18 @@ pub fn groups() -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
+/// One API group with its versions (`/apis/{group}`), if any resource belongs to it.
+pub fn group(name: &str) -> Option<Value> {
+    let mut g = groups()["groups"]
+        .as_array()?
+        .iter()
+        .find(|g| g["name"] == name)?
+        .clone();
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    Some(g)
+}
+
 /// The resource list of one group version (`/api/v1`, `/apis/{group}/{version}`).
 pub fn resources(group: &str, version: &str) -> Value {
     let mut out = Vec::new();
@@ -214,6 +226,10 @@ pub async fn non_resource(
         ),
         ["api", "v1"] => json(200, &core_resources()),
         ["apis"] => json(200, &groups()),
+        ["apis", g] => match group(g) {
+            Some(v) => json(200, &v),
+            None => json(404, &StatusError::path_not_found().to_value()),
+        },
         ["apis", g, v] if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) => {
             json(200, &resources(g, v))
         }

@@ -941,21 +941,32 @@ async fn update_scale(
             .collect(),
         ));
     }
-    let (mut rc, rev) = app.registry.get(res, ns, name).await?;
-    if let Some(rv) = scale["metadata"]["resourceVersion"]
+    let pinned = scale["metadata"]["resourceVersion"]
         .as_str()
-        .filter(|s| !s.is_empty())
-        && rv != rev.to_string()
-    {
-        return Err(StatusError::modified_conflict(res.group, res.plural, name));
-    }
-    let cur = rc.clone();
-    rc["spec"]["replicas"] = json!(replicas);
-    meta::remove(&mut rc, "resourceVersion");
-    let w = app
-        .registry
-        .update(res, ns, name, rc, None, opts, Some((cur, rev)))
-        .await?;
+        .filter(|s| !s.is_empty());
+    // Without a resourceVersion in the Scale, a concurrent write (a controller's status
+    // update) is retried, as Kubernetes' GuaranteedUpdate does.
+    let mut attempt = 0;
+    let w = loop {
+        attempt += 1;
+        let (mut rc, rev) = app.registry.get(res, ns, name).await?;
+        if let Some(rv) = pinned
+            && rv != rev.to_string()
+        {
+            return Err(StatusError::modified_conflict(res.group, res.plural, name));
+        }
+        let cur = rc.clone();
+        rc["spec"]["replicas"] = json!(replicas);
+        meta::remove(&mut rc, "resourceVersion");
+        match app
+            .registry
+            .update(res, ns, name, rc, None, opts, Some((cur, rev)))
+            .await
+        {
+            Err(e) if e.reason == "Conflict" && pinned.is_none() && attempt < 8 => continue,
+            other => break other?,
+        }
+    };
     Ok(object_response(
         200,
         &scale_of(&w.object),

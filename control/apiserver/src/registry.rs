@@ -290,6 +290,11 @@ impl Registry {
             "replicationcontrollers" if obj["status"].is_null() => {
                 obj["status"] = json!({"replicas": 0});
             }
+            // Kubernetes' DaemonSet strategy starts every DaemonSet with an empty status.
+            "daemonsets" => {
+                obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                                       "desiredNumberScheduled": 0, "numberReady": 0});
+            }
             _ => {}
         }
         let owner = format!("{}/{}", ns.unwrap_or(""), name);
@@ -655,6 +660,7 @@ impl Registry {
         }
         // Dependents: Background/Foreground delete them, Orphan (the default for
         // ReplicationControllers, as in Kubernetes' v1 API) strips their owner reference.
+        // Other owners (DaemonSets: apps/v1 defaults to Background) take their pods along.
         let policy = opts.propagation.clone().unwrap_or_else(|| {
             if res.plural == "replicationcontrollers" {
                 "Orphan".into()

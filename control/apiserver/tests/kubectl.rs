@@ -95,6 +95,47 @@ data:
   mode: fast
 "#;
 
+const DAEMONSET: &str = r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+  namespace: default
+spec:
+  selector:
+    matchLabels:
+      app: agent
+  template:
+    metadata:
+      labels:
+        app: agent
+    spec:
+      nodeSelector:
+        disk: ssd
+      tolerations:
+      - key: dedicated
+        operator: Exists
+      containers:
+      - name: agent
+        image: agent:1.0
+        ports:
+        - containerPort: 9100
+"#;
+
+const NODES: &str = r#"apiVersion: v1
+kind: Node
+metadata:
+  name: fast
+  labels:
+    disk: ssd
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: slow
+  labels:
+    disk: hdd
+"#;
+
 struct Kubectl {
     kubeconfig: PathBuf,
     home: PathBuf,
@@ -109,6 +150,33 @@ impl Kubectl {
             .env("HOME", &self.home);
         c.stdin(Stdio::null()).kill_on_drop(true);
         c
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
+            .expect("kubectl runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded: {stderr}"
+        );
+        stderr
+    }
+
+    /// Runs kubectl until `done` accepts its output (the controllers work asynchronously).
+    async fn until(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        let mut out = String::new();
+        for _ in 0..100 {
+            out = self.ok(args).await;
+            if done(&out) {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("kubectl {args:?} never showed what was expected; last output:\n{out}");
     }
 
     async fn ok(&self, args: &[&str]) -> String {
@@ -403,5 +471,181 @@ async fn upstream_kubectl_core_flows() {
     }
     let out = k.ok(&["delete", "namespace", "demo"]).await;
     assert!(out.contains("namespace \"demo\" deleted"), "{out}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_kubectl_applies_and_lists_daemonsets() {
+    if !Path::new(KUBECTL).exists() {
+        eprintln!("skipping: {KUBECTL} is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::builder(dir.path().join("data"))
+        .secure()
+        .start()
+        .await
+        .expect("apiserver starts");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let k = Kubectl {
+        kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
+        home,
+    };
+    // The DaemonSet controller, so that status and pods are real.
+    let url = server.http_url().expect("http listener");
+    let opts = xkube_controllers::Options {
+        controllers: vec!["daemonset".into()],
+        data_dir: dir.path().join("cm"),
+        ..xkube_controllers::Options::default()
+    };
+    let client = xkube_controllers::build_client(None, Some(&url)).expect("client");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cm = tokio::spawn({
+        let s = shutdown.clone();
+        async move { xkube_controllers::run(opts, client, s).await }
+    });
+
+    let nodes = write(dir.path(), "nodes.yaml", NODES);
+    k.ok(&["create", "-f", &nodes]).await;
+    let ds = write(dir.path(), "ds.yaml", DAEMONSET);
+    let out = k.ok(&["apply", "-f", &ds]).await;
+    assert!(out.contains("daemonset.apps/agent created"), "{out}");
+    let out = k.ok(&["apply", "-f", &ds]).await;
+    assert!(out.contains("daemonset.apps/agent unchanged"), "{out}");
+
+    // One pod, on the node the selector picks, bound by the controller.
+    let pods = k
+        .until(&["get", "pods", "-l", "app=agent", "-o", "wide"], |o| {
+            o.lines().count() == 2
+        })
+        .await;
+    assert!(pods.contains(" fast "), "{pods}");
+    let listed = k
+        .until(&["get", "ds"], |o| {
+            o.lines().nth(1).is_some_and(|l| {
+                l.split_whitespace().collect::<Vec<_>>()[1..6] == ["1", "1", "0", "1", "0"]
+            })
+        })
+        .await;
+    assert_eq!(
+        header(&listed),
+        [
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "NODE",
+            "SELECTOR",
+            "AGE"
+        ]
+    );
+    assert!(listed.contains("disk=ssd"), "{listed}");
+    let wide = k.ok(&["get", "daemonsets.apps", "-o", "wide"]).await;
+    assert_eq!(
+        &header(&wide)[9..],
+        ["CONTAINERS", "IMAGES", "SELECTOR"],
+        "{wide}"
+    );
+    assert!(
+        wide.contains("agent:1.0") && wide.contains("app=agent"),
+        "{wide}"
+    );
+    let all = k.ok(&["get", "all"]).await;
+    assert!(all.contains("daemonset.apps/agent"), "{all}");
+    let described = k.ok(&["describe", "ds", "agent"]).await;
+    assert!(
+        described.contains("Desired Number of Nodes Scheduled: 1")
+            && described.contains("SuccessfulCreate"),
+        "{described}"
+    );
+
+    // A changed manifest is patched: a new generation, the pod replaced with the new image.
+    let first = k
+        .ok(&["get", "pods", "-l", "app=agent", "-o", "name"])
+        .await;
+    std::fs::write(&ds, DAEMONSET.replace("agent:1.0", "agent:2.0")).expect("rewrite");
+    let out = k.ok(&["apply", "-f", &ds]).await;
+    assert!(out.contains("daemonset.apps/agent configured"), "{out}");
+    let spec = k
+        .ok(&[
+            "get",
+            "ds",
+            "agent",
+            "-o",
+            "jsonpath={.metadata.generation} {.spec.template.spec.containers[*].image} {.spec.template.spec.containers[0].ports[0].containerPort}",
+        ])
+        .await;
+    assert_eq!(spec, "2 agent:2.0 9100");
+    k.until(
+        &[
+            "get",
+            "ds",
+            "agent",
+            "-o",
+            "jsonpath={.status.observedGeneration}",
+        ],
+        |o| o == "2",
+    )
+    .await;
+    // The old pod is not ready, so the rolling update replaces it at once; without a kubelet
+    // it stays Terminating, and the new one waits for it to go.
+    let terminating = k
+        .until(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=agent",
+                "-o",
+                "jsonpath={.items[*].metadata.deletionTimestamp}",
+            ],
+            |o| !o.is_empty(),
+        )
+        .await;
+    assert!(!terminating.is_empty());
+    let old = first.trim().trim_start_matches("pod/").to_string();
+    k.ok(&["delete", "pod", &old, "--grace-period=0", "--force"])
+        .await;
+    let images = k
+        .until(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=agent",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ],
+            |o| o == "agent:2.0",
+        )
+        .await;
+    assert_eq!(images, "agent:2.0");
+
+    // Validation errors come back as kubectl prints them.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &DAEMONSET
+            .replace("name: agent\n  namespace", "name: bad\n  namespace")
+            .replace(
+                "      labels:\n        app: agent",
+                "      labels:\n        app: other",
+            ),
+    );
+    let err = k.fails(&["apply", "-f", &bad]).await;
+    assert!(
+        err.contains("The DaemonSet \"bad\" is invalid: spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`"),
+        "{err}"
+    );
+
+    let out = k.ok(&["delete", "ds", "agent"]).await;
+    assert!(out.contains("daemonset.apps \"agent\" deleted"), "{out}");
+    shutdown.cancel();
+    cm.await
+        .expect("controller-manager task")
+        .expect("controller-manager");
     server.stop().await;
 }

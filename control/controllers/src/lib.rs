@@ -2,6 +2,8 @@
 //! through the API (list + watch into reflector caches, writes via REST).
 //!
 //! - [`replication`]: exactly `spec.replicas` pods per ReplicationController.
+//! - [`daemonset`]: one pod per eligible node for every DaemonSet, rolled on template
+//!   changes.
 //! - [`endpoints`]: one Endpoints object per selector Service.
 //! - [`nodelifecycle`]: podCIDRs, Ready=Unknown and taints for silent nodes, eviction.
 //! - [`namespace`]: empties and finalizes terminating namespaces.
@@ -16,6 +18,7 @@
 //!
 //! Binaries call [`build_client`] and [`run`] with parsed [`Options`].
 
+pub mod daemonset;
 pub mod endpoints;
 pub mod error;
 pub mod informer;
@@ -35,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
     Service, ServiceAccount,
@@ -89,6 +93,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// Every controller this crate runs, by its `--controllers` name.
 pub const CONTROLLERS: &[&str] = &[
     "replication",
+    "daemonset",
     "endpoints",
     "nodelifecycle",
     "namespace",
@@ -108,7 +113,7 @@ pub struct Options {
     #[arg(long, env = "XKUBE_MASTER")]
     pub master: Option<String>,
     /// Controllers to run: `*` for all, `name` to enable, `-name` to disable
-    /// (replication, endpoints, nodelifecycle, namespace, serviceaccount,
+    /// (replication, daemonset, endpoints, nodelifecycle, namespace, serviceaccount,
     /// serviceaccount-token, podgc, resourcequota).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub controllers: Vec<String>,
@@ -142,6 +147,9 @@ pub struct Options {
     /// Concurrent ReplicationController syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_rc_syncs: usize,
+    /// Concurrent DaemonSet syncs.
+    #[arg(long, default_value_t = 2)]
+    pub concurrent_daemonset_syncs: usize,
     /// Concurrent Endpoints syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_endpoint_syncs: usize,
@@ -182,6 +190,7 @@ impl Default for Options {
             pod_gc_period: Duration::from_secs(20),
             resource_quota_sync_period: Duration::from_secs(300),
             concurrent_rc_syncs: 5,
+            concurrent_daemonset_syncs: 2,
             concurrent_endpoint_syncs: 5,
             concurrent_namespace_syncs: 2,
             concurrent_resource_quota_syncs: 5,
@@ -288,6 +297,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         need(&["namespace", "serviceaccount"]).then(|| reflect::<Namespace>(&client, sd));
     let accounts = need(&["serviceaccount", "serviceaccount-token"])
         .then(|| reflect::<ServiceAccount>(&client, sd));
+    let nodes = need(&["nodelifecycle", "daemonset"]).then(|| reflect::<Node>(&client, sd));
 
     if let (true, Some(rcs)) = (opts.enabled("replication"), rcs.clone()) {
         let c = replication::ReplicationManager::new(
@@ -298,13 +308,22 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         );
         tasks.spawn(c.run(opts.concurrent_rc_syncs, shutdown.clone()));
     }
+    if let (true, Some(nodes)) = (opts.enabled("daemonset"), nodes.clone()) {
+        let c = daemonset::DaemonSetController::new(
+            client.clone(),
+            reflect::<DaemonSet>(&client, sd),
+            pods.clone(),
+            nodes,
+            recorder.clone(),
+        );
+        tasks.spawn(c.run(opts.concurrent_daemonset_syncs, shutdown.clone()));
+    }
     if let (true, Some(services)) = (opts.enabled("endpoints"), services.clone()) {
         let eps = reflect::<Endpoints>(&client, sd);
         let c = endpoints::EndpointsController::new(client.clone(), services, pods.clone(), eps);
         tasks.spawn(c.run(opts.concurrent_endpoint_syncs, shutdown.clone()));
     }
-    if opts.enabled("nodelifecycle") {
-        let nodes = reflect::<Node>(&client, sd);
+    if let (true, Some(nodes)) = (opts.enabled("nodelifecycle"), nodes) {
         let cfg = nodelifecycle::NodeLifecycleConfig {
             cidrs,
             monitor_period: opts.node_monitor_period,
@@ -401,5 +420,13 @@ mod tests {
         assert_eq!(cli.opts.pod_eviction_timeout, Duration::from_secs(2));
         let cli = Cli::parse_from(["cm", "--controllers=endpoints"]);
         assert!(cli.opts.enabled("endpoints") && !cli.opts.enabled("replication"));
+        assert_eq!(cli.opts.concurrent_daemonset_syncs, 2);
+        let cli = Cli::parse_from([
+            "cm",
+            "--concurrent-daemonset-syncs=7",
+            "--controllers=*,-daemonset",
+        ]);
+        assert_eq!(cli.opts.concurrent_daemonset_syncs, 7);
+        assert!(!cli.opts.enabled("daemonset") && cli.opts.enabled("replication"));
     }
 }

@@ -465,6 +465,13 @@ impl NodeLifecycleController {
                 }
                 continue;
             }
+            // Daemon pods belong to their node (they tolerate not-ready and unreachable); the
+            // DaemonSet controller would only recreate them there.
+            if podutil::controller_of(pod.metadata.owner_references.as_ref())
+                .is_some_and(|r| r.kind == "DaemonSet")
+            {
+                continue;
+            }
             match api.delete(pod.name(), &DeleteParams::default()).await {
                 Ok(_) => {
                     tracing::info!(
