@@ -319,6 +319,10 @@ pub struct Footprint {
     pub pins: Vec<String>,
     pub iptables: Vec<String>,
     pub processes: Vec<String>,
+    /// Mount points (volumes, container root filesystems, namespace files).
+    pub mounts: Vec<String>,
+    /// Entries of /run (the docker engines' exec roots).
+    pub run: Vec<String>,
 }
 
 impl Footprint {
@@ -358,6 +362,15 @@ impl Footprint {
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| {
+                m.lines()
+                    .filter_map(|l| l.split_whitespace().nth(4))
+                    .filter(|p| p.contains(needle))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut f = Footprint {
             namespaces: list(xkube_netns::NETNS_DIR),
             links: list("/sys/class/net"),
@@ -365,6 +378,8 @@ impl Footprint {
             pins: list("/sys/fs/bpf/xkube"),
             iptables,
             processes,
+            mounts,
+            run: list("/run"),
         };
         for v in [
             &mut f.namespaces,
@@ -373,6 +388,8 @@ impl Footprint {
             &mut f.pins,
             &mut f.iptables,
             &mut f.processes,
+            &mut f.mounts,
+            &mut f.run,
         ] {
             v.sort();
         }

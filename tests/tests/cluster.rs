@@ -1,5 +1,6 @@
 //! `xkube cluster down` leaves nothing behind: namespaces, links, cgroups, eBPF pins, iptables
-//! rules and processes named after the cluster are compared before `up` and after `down`.
+//! rules, mounts and processes named after the cluster are compared before `up` and after
+//! `down`, for each runtime.
 
 use std::time::Duration;
 
@@ -7,7 +8,18 @@ use xkube_e2e::{Cluster, Footprint};
 
 #[test]
 fn privileged_cluster_down_leaves_nothing_behind() {
-    let c = Cluster::up(2, &[]);
+    down_leaves_nothing("process");
+}
+
+/// The same with the docker runtime: the nodes' dockerd, containerd, shims and containers,
+/// their mounts and exec roots go too.
+#[test]
+fn privileged_cluster_down_leaves_nothing_behind_docker_runtime() {
+    down_leaves_nothing("docker");
+}
+
+fn down_leaves_nothing(runtime: &str) {
+    let c = Cluster::up(2, &["--runtime", runtime]);
     let name = c.name.clone();
     // Something on every node: pods (veths, cgroups, volumes) and the proxies' pins.
     c.apply(
