@@ -92,6 +92,14 @@ async fn run(api: &Api<Pod>, prefix: &str, n: usize, burst: bool) -> Vec<Duratio
         .map(|(k, t)| running[k].saturating_duration_since(*t))
         .collect();
     lat.sort();
+    if std::env::var_os("XKUBE_BENCH_VERBOSE").is_some() {
+        let mut each: Vec<(&String, Duration)> = created
+            .iter()
+            .map(|(k, t)| (k, running[k].saturating_duration_since(*t)))
+            .collect();
+        each.sort_by_key(|e| std::cmp::Reverse(e.1));
+        println!("slowest: {:?}", &each[..each.len().min(5)]);
+    }
     for k in created.keys() {
         api.delete(k, &DeleteParams::default())
             .await

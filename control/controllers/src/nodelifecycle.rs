@@ -257,10 +257,25 @@ impl NodeLifecycleController {
         self.pods.wait_ready().await;
         let mut tick = tokio::time::interval(self.cfg.monitor_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A node without a podCIDR gets one at once, not at the next tick: its kubelet
+        // cannot wire pods before.
+        let mut changes = self.nodes.subscribe();
+        let wants_cidr = |n: &Node| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.pod_cidr.as_deref())
+                .is_none_or(str::is_empty)
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+                r = changes.recv() => match r {
+                    Ok(xkube_client::Change::Applied(n))
+                        if self.cfg.cidrs.is_some() && wants_cidr(&n) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    _ => continue,
+                },
             }
             if let Err(e) = self.monitor().await {
                 tracing::warn!(error = %e, "node monitor pass failed");
