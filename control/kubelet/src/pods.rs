@@ -1039,16 +1039,13 @@ impl Worker {
             )
             .await;
             let mut p = p;
-            let verdict = p.record(ok, Instant::now());
+            let verdict = p.record(ok.is_ok(), Instant::now());
             self.liveness.insert(spec.name.clone(), p);
-            if !ok {
+            if let Err(why) = &ok {
                 self.event(
                     "Warning",
                     "Unhealthy",
-                    format!(
-                        "Liveness probe failed: {:?}",
-                        self.liveness.get(&spec.name).map(|p| &p.check)
-                    ),
+                    format!("Liveness probe failed: {why}"),
                     Some(&spec.name),
                 );
             }
@@ -1093,14 +1090,17 @@ impl Worker {
                         ip,
                     )
                     .await;
-                    match p.record(ok, Instant::now()) {
+                    match p.record(ok.is_ok(), Instant::now()) {
                         Some(Verdict::Success) => self.records[i].ready = true,
                         Some(Verdict::Failure) => {
                             if self.records[i].ready {
                                 self.event(
                                     "Warning",
                                     "Unhealthy",
-                                    "Readiness probe failed".into(),
+                                    format!(
+                                        "Readiness probe failed: {}",
+                                        ok.err().unwrap_or_default()
+                                    ),
                                     Some(&spec.name),
                                 );
                             }

@@ -138,7 +138,8 @@ impl Prober {
     }
 }
 
-/// Runs one check. `pod_ip` is the target of network probes, reached from `netns`.
+/// Runs one check. `pod_ip` is the target of network probes, reached from `netns`. The error
+/// says why, in the words of upstream's probe events.
 pub async fn run_check(
     check: &Check,
     timeout: Duration,
@@ -146,18 +147,28 @@ pub async fn run_check(
     container_id: &str,
     netns: Option<PathBuf>,
     pod_ip: IpAddr,
-) -> bool {
+) -> Result<(), String> {
     match check {
-        Check::Exec(cmd) => runtime
-            .exec(container_id, cmd, timeout)
-            .await
-            .is_ok_and(|o| o.exit_code == 0),
+        Check::Exec(cmd) => match runtime.exec(container_id, cmd, timeout).await {
+            Ok(o) if o.exit_code == 0 => Ok(()),
+            Ok(o) => Err(format!(
+                "command {:?} exited with {}: {}",
+                cmd.join(" "),
+                o.exit_code,
+                String::from_utf8_lossy(&o.stdout).trim()
+            )),
+            Err(e) => Err(format!("command {:?}: {e}", cmd.join(" "))),
+        },
         Check::Tcp { port } => {
             let addr = SocketAddr::new(pod_ip, *port);
             NsRef(netns)
-                .run_async(move || TcpStream::connect_timeout(&addr, timeout).is_ok())
+                .run_async(move || {
+                    TcpStream::connect_timeout(&addr, timeout)
+                        .map(drop)
+                        .map_err(|e| format!("dial tcp {addr}: connect: {}", io_words(&e)))
+                })
                 .await
-                .unwrap_or(false)
+                .unwrap_or_else(|e| Err(e.to_string()))
         }
         Check::Http { port, path, host } => {
             let ip = host
@@ -169,16 +180,25 @@ pub async fn run_check(
             NsRef(netns)
                 .run_async(move || http_ok(addr, &path, timeout))
                 .await
-                .unwrap_or(false)
+                .unwrap_or_else(|e| Err(e.to_string()))
         }
     }
 }
 
+/// An I/O error as Go's net package words it (`connection refused`, `i/o timeout`).
+fn io_words(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "i/o timeout".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// A blocking `GET` that succeeds on status 200-399.
-fn http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
-        return false;
-    };
+fn http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    let url = format!("http://{addr}{path}");
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("Get {url:?}: dial tcp {addr}: connect: {}", io_words(&e)))?;
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
     let req = format!(
@@ -194,7 +214,11 @@ fn http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
             Ok(n) => got += n,
         }
     }
-    parse_status(&buf[..got]).is_some_and(|c| (200..400).contains(&c))
+    match parse_status(&buf[..got]) {
+        Some(c) if (200..400).contains(&c) => Ok(()),
+        Some(c) => Err(format!("HTTP probe failed with statuscode: {c}")),
+        None => Err(format!("Get {url:?}: no HTTP response")),
+    }
 }
 
 fn parse_status(head: &[u8]) -> Option<u16> {

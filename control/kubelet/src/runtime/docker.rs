@@ -88,6 +88,74 @@ fn node_is_dockers_netns(node: Option<&std::path::Path>, dockerd: Option<NsId>) 
     node.is_some() && node == dockerd
 }
 
+/// Linux capability names by number (`capability.h`), up to the last one Docker 20.10 knows
+/// (it refuses PERFMON, BPF and CHECKPOINT_RESTORE; SYS_ADMIN covers `bpf()`).
+const CAPABILITIES: [&str; 38] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+];
+
+/// The capabilities of this host's bounding set, for a privileged container. Docker's own
+/// `Privileged` asks for every capability it knows and fails (`unable to apply caps`) where
+/// the host withholds one (as containerd does for privileged containers, grant what the
+/// host has instead).
+fn bounding_capabilities() -> Vec<String> {
+    let mask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    capabilities_in(mask)
+}
+
+fn capabilities_in(mask: u64) -> Vec<String> {
+    CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, name)| format!("CAP_{name}"))
+        .collect()
+}
+
 fn strip(id: &str) -> &str {
     id.strip_prefix("docker://").unwrap_or(id)
 }
@@ -355,7 +423,13 @@ impl ContainerRuntime for DockerRuntime {
                 network_mode: Some(format!("container:{pause}")),
                 ipc_mode: Some(format!("container:{pause}")),
                 binds: Some(binds),
-                privileged: Some(cfg.privileged),
+                cap_add: cfg.privileged.then(bounding_capabilities),
+                security_opt: cfg
+                    .privileged
+                    .then(|| vec!["seccomp=unconfined".into(), "apparmor=unconfined".into()]),
+                // Nothing masked or read-only in /proc (a proxy writes /proc/sys).
+                masked_paths: cfg.privileged.then(Vec::new),
+                readonly_paths: cfg.privileged.then(Vec::new),
                 ..Default::default()
             }),
             ..Default::default()
@@ -505,6 +579,19 @@ mod tests {
             "k8s_POD_web_default_u-1_0"
         );
         assert_eq!(strip("docker://abc"), "abc");
+    }
+
+    #[test]
+    fn privileged_gets_the_hosts_bounding_set() {
+        // This machine's set: everything up to CHECKPOINT_RESTORE but SYS_RESOURCE; the
+        // three newest are unknown to Docker 20.10.
+        let caps = capabilities_in(0x01ff_feff_ffff);
+        assert_eq!(caps.len(), 37);
+        assert!(!caps.contains(&"CAP_SYS_RESOURCE".to_owned()));
+        assert!(
+            !caps.contains(&"CAP_BPF".to_owned()) && caps.contains(&"CAP_SYS_ADMIN".to_owned())
+        );
+        assert_eq!(capabilities_in(1 << 21), ["CAP_SYS_ADMIN"]);
     }
 
     #[test]
