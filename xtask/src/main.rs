@@ -1,8 +1,9 @@
-//! Project automation. `cargo xtask setup | test | demo`.
+//! Project automation. `cargo xtask setup | test | demo | image`.
 //!
 //! `setup` installs what building and testing xkube needs and is quiet and fast when everything
 //! is already there. `test` runs setup, the lints and the whole test suite (privileged tests
-//! included: run it as root). `demo` runs setup and the main job.
+//! included: run it as root). `demo` runs setup and the main job. `image` runs setup and builds
+//! the container image's static binary and build context ([`image`]).
 
 use std::{
     ffi::OsStr,
@@ -13,6 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
+
+mod image;
+#[cfg(test)]
+mod units;
 
 #[derive(Parser)]
 #[command(about = "xkube project automation")]
@@ -37,6 +42,9 @@ enum Cmd {
     /// Setup, then the main job: a 3-node cluster in network namespaces with a Service
     /// answering through the eBPF proxy (left running; `xkube cluster down --name demo`).
     Demo,
+    /// Setup, then the static (musl) xkube binary and the image's build context
+    /// (deploy/image/Dockerfile); prints the `docker build` command.
+    Image(image::ImageArgs),
 }
 
 /// Debian packages the project uses, and what for.
@@ -50,6 +58,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "iproute2",
         "`ip netns` to inspect the namespaces xkube creates",
     ),
+    (
+        "systemd",
+        "systemd-analyze and systemd-sysusers check deploy/systemd in the xtask tests",
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -61,6 +73,7 @@ fn main() -> ExitCode {
             nextest_args,
         } => setup().and_then(|()| test(no_lint, &nextest_args)),
         Cmd::Demo => setup().and_then(|()| demo()),
+        Cmd::Image(args) => setup().and_then(|()| image::image(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,7 +150,12 @@ fn setup() -> Result<()> {
 }
 
 fn apt_packages(root: bool) -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES, root)
+}
+
+/// Installs the Debian packages of `packages` (name, what for) that are missing.
+fn apt_install(packages: &[(&str, &str)], root: bool) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .map(|(p, _)| *p)
         .filter(|p| {
@@ -149,7 +167,7 @@ fn apt_packages(root: bool) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    for (p, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+    for (p, why) in packages.iter().filter(|(p, _)| missing.contains(p)) {
         say(format!("installing Debian package {p} ({why})"));
     }
     if !root {
