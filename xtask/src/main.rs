@@ -62,6 +62,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "systemd-analyze and systemd-sysusers check deploy/systemd in the xtask tests",
     ),
+    (
+        "docker.io",
+        "the docker runtime: its tests and `cluster up --runtime docker` start dockerd",
+    ),
+    ("iptables", "the kubelet's pod masquerade"),
+    (
+        "curl",
+        "the tools image of `cluster up --runtime docker` and the e2e pods",
+    ),
+    (
+        "socat",
+        "the tools image of `cluster up --runtime docker` and the kubelet tests",
+    ),
 ];
 
 fn main() -> ExitCode {

@@ -119,7 +119,7 @@ pub fn set_tx_checksum(iface: &str, enabled: bool) -> Result<()> {
     .map_err(sys("socket"))?;
     // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value; the
     // socket outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL as _, &mut req) };
     if rc < 0 {
         return Err(sys("SIOCETHTOOL tx checksum")(nix::Error::last()));
     }

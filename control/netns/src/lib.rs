@@ -569,7 +569,7 @@ fn ethtool_tx_csum(iface: &str, cmd: u32, data: u32) -> Result<u32> {
         return Err(sys("socket")(nix::Error::last()));
     }
     // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut req) };
     let err = nix::Error::last();
     // SAFETY: fd came from socket(2) above and is not used afterwards.
     unsafe { libc::close(fd) };

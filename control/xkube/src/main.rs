@@ -121,6 +121,11 @@ struct AgentArgs {
     /// Proxy health address.
     #[arg(long, default_value = "0.0.0.0:10256")]
     proxy_healthz_bind_address: std::net::SocketAddr,
+    /// cgroup v2 directory whose processes (pods and host processes) get socket-level load
+    /// balancing; on a machine of its own, the cgroup v2 root. Default: the agent's own
+    /// cgroup (the local cluster puts each node's agent and pods in one).
+    #[arg(long, env = "XKUBE_PROXY_CGROUP")]
+    proxy_cgroup: Option<std::path::PathBuf>,
 }
 
 /// Parses an `Args` struct from no arguments: its defaults (and environment).
@@ -236,7 +241,7 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
             .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
         uplink: args.uplink,
         xdp_mode: args.xdp_mode,
-        cgroup: None,
+        cgroup: args.proxy_cgroup,
         pod_bridge: "cbr0".into(),
         bpf_root: xkube_proxy::ebpf::datapath::PIN_ROOT.into(),
         metrics_bind_address: args.proxy_metrics_bind_address,
