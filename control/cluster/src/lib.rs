@@ -6,6 +6,7 @@
 //!                                      fabric ns: bridge br0
 //!   control plane ns (198.18.0.2): xkube server (apiserver :6443 + controllers + scheduler)
 //!   node ns i      (198.18.0.(10+i)): xkube agent (kubelet + proxy), pods on cbr0
+//!                  (--runtime docker: also the node's own dockerd, see `docker`)
 //!   client ns      (198.18.0.100): the "outside machine"
 //! ```
 //! The host reaches the fabric through one veth and a /24 route; no route for service or pod
@@ -23,9 +24,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use xkube_netns::{NetNs, cgroup, sysctl, veth_pair};
 
 pub mod docker;
-use xkube_netns::{NetNs, cgroup, sysctl, veth_pair};
 
 pub const FABRIC_PREFIX: u8 = 24;
 pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -110,7 +111,7 @@ pub struct UpOptions {
     pub timeout: u64,
     /// Run only the kubelet on the nodes (no proxy): deploy the proxy yourself, e.g. as the
     /// DaemonSet in deploy/daemonset/.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "proxy_mode")]
     pub kubelet_only: bool,
     /// How long a node may miss heartbeats before the control plane marks it Unknown.
     #[arg(long, default_value = "40s")]
