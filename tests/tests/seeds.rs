@@ -377,6 +377,7 @@ spec:
 
     if runtime == "docker" {
         missing_image(&c);
+        resource_limits(&c);
     }
 
     // A4: one node's agent dies; the node turns Unknown, its pods are evicted, and the RC
@@ -488,4 +489,56 @@ spec:
     .expect("the node's other pods keep serving");
     assert_eq!(hostname.trim(), web[0].0);
     c.kubectl_ok(&["delete", "pod", "ghost", "--grace-period=1"]);
+}
+
+/// Docker runtime: a container's limits reach its cgroup (memory limit, CFS quota).
+fn resource_limits(c: &Cluster) {
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: limited}
+spec:
+  containers:
+  - name: c
+    image: xkube/tools
+    command: ["sleep", "3600"]
+    resources:
+      limits: {cpu: 500m, memory: 64Mi}
+      requests: {cpu: 250m, memory: 32Mi}
+"#,
+    );
+    c.wait("limited running", Duration::from_secs(60), || {
+        (c.get_json(&["pod", "limited"])["status"]["phase"] == "Running").then_some(())
+    });
+    // cgroup v1 (this machine's docker) or v2 files, as the container sees its own cgroup.
+    let read = |v1: &str, v2: &str| {
+        c.kubectl_ok(&[
+            "exec",
+            "limited",
+            "--",
+            "sh",
+            "-c",
+            &format!("cat {v1} 2>/dev/null || cat {v2}"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(
+        read(
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory.max"
+        ),
+        "67108864"
+    );
+    let quota = read(
+        "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+        "/sys/fs/cgroup/cpu.max",
+    );
+    assert!(quota == "50000" || quota.starts_with("50000 "), "{quota}");
+    assert_eq!(
+        c.get_json(&["pod", "limited"])["status"]["qosClass"],
+        "Burstable"
+    );
+    c.kubectl_ok(&["delete", "pod", "limited", "--grace-period=1"]);
 }

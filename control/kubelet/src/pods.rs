@@ -297,6 +297,23 @@ pub fn pod_limits(containers: &[Container]) -> (Option<String>, Option<u64>) {
     )
 }
 
+/// A container's CPU and memory limits and CPU request.
+pub fn container_resources(c: &Container) -> crate::runtime::Resources {
+    let get = |limits: bool, k: &str| -> Option<String> {
+        let r = c.resources.as_ref()?;
+        let m = if limits { &r.limits } else { &r.requests };
+        m.as_ref()?.get(k).map(|q| q.0.clone())
+    };
+    let cpu_limit_millis = get(true, "cpu").and_then(|q| cpu_millis(&q));
+    crate::runtime::Resources {
+        cpu_limit_millis,
+        cpu_request_millis: get(false, "cpu")
+            .and_then(|q| cpu_millis(&q))
+            .or(cpu_limit_millis),
+        memory_limit: get(true, "memory").and_then(|q| memory_bytes(&q)),
+    }
+}
+
 /// `status.qosClass`.
 pub fn qos_class(containers: &[Container]) -> &'static str {
     let mut any = false;
@@ -1315,6 +1332,7 @@ impl Worker {
             working_dir: spec.working_dir.clone(),
             mounts: volumes::mounts_for(spec, &self.volumes)?,
             log_path: log_path(&self.pod_dir, &spec.name, attempt),
+            resources: container_resources(spec),
             privileged: spec
                 .security_context
                 .as_ref()
@@ -1481,6 +1499,31 @@ mod tests {
         assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
         assert_eq!(memory_bytes("1000"), Some(1000));
         assert_eq!(memory_bytes("x"), None);
+    }
+
+    #[test]
+    fn container_resources_map_limits_and_requests() {
+        let cs = containers(json!([
+            {"name": "a", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"},
+                                        "requests": {"cpu": "250m"}}},
+            {"name": "b", "resources": {"limits": {"cpu": "2"}}},
+            {"name": "c"},
+        ]));
+        let r: Vec<_> = cs.iter().map(container_resources).collect();
+        assert_eq!(
+            r[0],
+            crate::runtime::Resources {
+                cpu_limit_millis: Some(500),
+                cpu_request_millis: Some(250),
+                memory_limit: Some(64 << 20),
+            }
+        );
+        assert_eq!(
+            r[1].cpu_request_millis,
+            Some(2000),
+            "request defaults to the limit"
+        );
+        assert_eq!(r[2], crate::runtime::Resources::default());
     }
 
     #[test]

@@ -427,6 +427,19 @@ impl ContainerRuntime for DockerRuntime {
                 security_opt: cfg
                     .privileged
                     .then(|| vec!["seccomp=unconfined".into(), "apparmor=unconfined".into()]),
+                // Kubernetes' mapping: limits -> CFS quota and memory limit, requests -> shares.
+                nano_cpus: cfg
+                    .resources
+                    .cpu_limit_millis
+                    .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+                cpu_shares: cfg
+                    .resources
+                    .cpu_request_millis
+                    .map(|m| i64::try_from((m * 1024 / 1000).max(2)).unwrap_or(i64::MAX)),
+                memory: cfg
+                    .resources
+                    .memory_limit
+                    .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
                 // Nothing masked or read-only in /proc (a proxy writes /proc/sys).
                 masked_paths: cfg.privileged.then(Vec::new),
                 readonly_paths: cfg.privileged.then(Vec::new),

@@ -70,6 +70,20 @@ pub struct ContainerConfig {
     /// `securityContext.privileged`: all capabilities and devices (the docker runtime; the
     /// process runtime's containers are the node's root processes anyway).
     pub privileged: bool,
+    /// The container's resources (the docker runtime applies them per container; the process
+    /// runtime limits the pod's cgroup).
+    pub resources: Resources,
+}
+
+/// A container's CPU and memory from `resources`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// `limits.cpu`, millicores.
+    pub cpu_limit_millis: Option<u64>,
+    /// `requests.cpu` (or the limit when only that is set), millicores.
+    pub cpu_request_millis: Option<u64>,
+    /// `limits.memory`, bytes.
+    pub memory_limit: Option<u64>,
 }
 
 /// A container as the runtime sees it.
