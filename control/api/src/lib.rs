@@ -3,13 +3,15 @@
 //! Kubernetes' wire types come from `k8s-openapi` (re-exported as [`k8s`]); this crate adds
 //! what an apiserver and its clients share: the [resource registry](resources), label and
 //! field [selectors](selector), [validation] with Kubernetes' messages, [defaults], server-side
-//! [table] printing, [status] objects for errors, and [strategic merge patch](patch).
+//! [table] printing, [status] objects for errors, [strategic merge patch](patch), and node
+//! [placement] (node selectors, node affinity, taints and tolerations).
 
 pub mod defaults;
 pub mod error;
 pub mod limitrange;
 pub mod meta;
 pub mod patch;
+pub mod placement;
 pub mod protobuf;
 pub mod quantity;
 pub mod quota;

@@ -33,30 +33,27 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use xkube_api::LabelSelector;
-use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
+use xkube_api::placement::{
+    find_untolerated_taint, matches_node_selector_and_affinity, node_taints,
+};
+use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
 use crate::informer::{Seen, key_of, on_change, split_key};
-use crate::podutil::{self, controller_of, is_terminal};
-use crate::queue::{Requeue, WorkQueue, run_workers};
-use crate::recorder::{EventRecorder, NORMAL, WARNING, object_ref};
-use crate::replication::{BURST_REPLICAS, Expectations};
+use crate::podcontrol::{self, BURST_REPLICAS, Claim, PodControl, ReleaseConflict};
+use crate::podutil::{self, controller_of, is_available, is_terminal};
+use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
+use crate::recorder::{EventRecorder, WARNING, object_ref};
 
 /// Label with the hash of the template a pod was made from.
 pub const TEMPLATE_HASH_LABEL: &str = "controller-revision-hash";
 
-const NAME_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const HASH_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// `<ds>-<5 random lowercase alphanumerics>`, the prefix cut to 58 characters like
@@ -70,11 +67,7 @@ pub fn pod_name(ds: &str) -> String {
         }
         base.truncate(cut);
     }
-    let mut rng = rand::thread_rng();
-    let suffix: String = (0..5)
-        .map(|_| NAME_CHARS[rng.gen_range(0..NAME_CHARS.len())] as char)
-        .collect();
-    format!("{base}{suffix}")
+    format!("{base}{}", podutil::random_suffix())
 }
 
 /// The pod selector of a DaemonSet; `None` when it is empty or invalid (it selects nothing).
@@ -109,24 +102,6 @@ pub fn is_updated(pod: &Pod, hash: &str) -> bool {
         .as_ref()
         .and_then(|l| l.get(TEMPLATE_HASH_LABEL))
         .is_some_and(|h| h == hash)
-}
-
-/// Whether `tol` tolerates `taint` (Kubernetes' `ToleratesTaint`).
-pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = tol.effect.as_deref().filter(|e| !e.is_empty())
-        && e != taint.effect
-    {
-        return false;
-    }
-    let key = tol.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match tol.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        _ => false,
-    }
 }
 
 fn toleration(key: &str, effect: &str) -> Toleration {
@@ -170,42 +145,6 @@ pub fn daemon_tolerations(spec: &PodSpec) -> Vec<Toleration> {
     out
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let vals = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| vals.contains(v)),
-        "NotIn" => value.is_none_or(|v| !vals.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                vals.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if op == "Gt" { v > bound } else { v < bound }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let name = node.name().to_string();
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
-}
-
 /// Whether a node matches the pod spec's `nodeName`, `nodeSelector` and required node
 /// affinity.
 pub fn node_matches(spec: &PodSpec, node: &Node) -> bool {
@@ -214,24 +153,7 @@ pub fn node_matches(spec: &PodSpec, node: &Node) -> bool {
     {
         return false;
     }
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    if let Some(sel) = &spec.node_selector
-        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    match required {
-        Some(r) => r.node_selector_terms.iter().any(|t| term_matches(t, node)),
-        None => true,
-    }
+    matches_node_selector_and_affinity(spec, node)
 }
 
 /// Where a DaemonSet's pod belongs (Kubernetes' `NodeShouldRunDaemonPod`).
@@ -257,13 +179,10 @@ pub fn placement(ds: &DaemonSet, node: &Node) -> Placement {
     }
     let tols = daemon_tolerations(spec);
     let untolerated = |effects: &[&str]| {
-        node.spec
-            .as_ref()
-            .and_then(|s| s.taints.as_deref())
-            .unwrap_or_default()
-            .iter()
-            .filter(|t| effects.contains(&t.effect.as_str()))
-            .any(|t| !tols.iter().any(|tol| tolerates(tol, t)))
+        find_untolerated_taint(node_taints(node), &tols, |t| {
+            effects.contains(&t.effect.as_str())
+        })
+        .is_some()
     };
     if untolerated(&["NoSchedule", "NoExecute"]) {
         return Placement {
@@ -284,76 +203,26 @@ pub fn pod_from_template(ds: &DaemonSet, node: &str, name: &str, hash: &str) -> 
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
-    let tmeta = template.metadata.unwrap_or_default();
-    let mut labels = tmeta.labels.unwrap_or_default();
-    labels.insert(TEMPLATE_HASH_LABEL.into(), hash.into());
-    let mut spec = template.spec.unwrap_or_default();
-    spec.tolerations = Some(daemon_tolerations(&spec));
+    let mut pod = podcontrol::pod_from_template(&template, ds, name);
+    pod.metadata
+        .labels
+        .get_or_insert_default()
+        .insert(TEMPLATE_HASH_LABEL.into(), hash.into());
+    let spec = pod.spec.get_or_insert_default();
+    spec.tolerations = Some(daemon_tolerations(spec));
     spec.node_name = Some(node.into());
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ds.namespace().into()),
-            labels: Some(labels),
-            annotations: tmeta.annotations,
-            owner_references: Some(vec![owner_ref(ds)]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(spec),
-        status: None,
-    }
+    pod
 }
 
-fn owner_ref(ds: &DaemonSet) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "DaemonSet".into(),
-        name: ds.name().into(),
-        uid: ds.uid().into(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// How the pods of a namespace relate to one DaemonSet.
-#[derive(Debug, Default)]
-pub struct Claim {
-    /// Pods owned by the DaemonSet and matching its selector, terminating ones included
-    /// (finished pods that are already being deleted are left out).
-    pub owned: Vec<Arc<Pod>>,
-    /// Matching active orphans to adopt.
-    pub adopt: Vec<Arc<Pod>>,
-    /// Owned pods whose labels no longer match: release them.
-    pub release: Vec<Arc<Pod>>,
-}
-
-/// Sorts pods out for `ds` (pure).
+/// Sorts pods out for `ds` (pure): its owned pods include terminating ones, but not
+/// finished pods that are already being deleted.
 pub fn claim_pods(ds: &DaemonSet, selector: &LabelSelector, pods: &[Arc<Pod>]) -> Claim {
-    let mut c = Claim::default();
-    let deleting = ds.metadata.deletion_timestamp.is_some();
-    for p in pods {
-        if p.namespace() != ds.namespace() {
-            continue;
-        }
-        let labels = p.metadata.labels.clone().unwrap_or_default();
-        let matches = selector.matches(&labels);
-        match controller_of(p.metadata.owner_references.as_ref()) {
-            Some(r) if r.uid == ds.uid() => {
-                if !matches {
-                    c.release.push(p.clone());
-                } else if !(is_terminal(p) && podutil::is_terminating(p)) {
-                    c.owned.push(p.clone());
-                }
-            }
-            Some(_) => {}
-            None => {
-                if matches && podutil::is_active(p) && !deleting {
-                    c.adopt.push(p.clone());
-                }
-            }
-        }
-    }
-    c
+    podcontrol::claim(
+        ds,
+        pods,
+        |p| selector.matches(&p.metadata.labels.clone().unwrap_or_default()),
+        |p| !(is_terminal(p) && podutil::is_terminating(p)),
+    )
 }
 
 /// Owned pods by node name (`""` for pods without a node), each list oldest first.
@@ -428,14 +297,6 @@ pub fn manage(
         }
     }
     plan
-}
-
-/// Whether the pod has been ready for at least `min_ready` seconds.
-pub fn is_available(pod: &Pod, min_ready: i64, now: jiff::Timestamp) -> bool {
-    podutil::is_ready(pod)
-        && (min_ready <= 0
-            || podutil::ready_since(pod)
-                .is_some_and(|t| now.as_second() - t.as_second() >= min_ready))
 }
 
 fn min_ready_seconds(ds: &DaemonSet) -> i64 {
@@ -584,12 +445,7 @@ pub fn compute_status(
 fn node_fingerprint(node: &Node) -> u64 {
     let mut h = DefaultHasher::new();
     node.metadata.labels.hash(&mut h);
-    for t in node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default()
-    {
+    for t in node_taints(node) {
         (&t.key, &t.value, &t.effect).hash(&mut h);
     }
     h.finish()
@@ -603,7 +459,7 @@ pub struct DaemonSetController {
     pods: Store<Pod>,
     nodes: Store<Node>,
     recorder: EventRecorder,
-    expectations: Arc<Expectations>,
+    pod_control: PodControl,
     queue: WorkQueue<String>,
 }
 
@@ -616,13 +472,14 @@ impl DaemonSetController {
         nodes: Store<Node>,
         recorder: EventRecorder,
     ) -> Self {
+        let recorder = recorder.with_component("daemonset-controller");
         DaemonSetController {
+            pod_control: PodControl::new(client.clone(), recorder.clone()),
             client,
             daemonsets,
             pods,
             nodes,
-            recorder: recorder.with_component("daemonset-controller"),
-            expectations: Arc::new(Expectations::default()),
+            recorder,
             queue: WorkQueue::new(),
         }
     }
@@ -696,244 +553,7 @@ impl DaemonSetController {
         self.daemonsets.wait_ready().await;
         self.pods.wait_ready().await;
         self.nodes.wait_ready().await;
-        let me = self.clone();
-        run_workers(
-            "daemonset",
-            self.queue.clone(),
-            workers,
-            shutdown,
-            move |key: String| {
-                let me = me.clone();
-                async move { me.reconcile(&key).await }
-            },
-        )
-        .await;
-    }
-
-    /// Brings one DaemonSet to its desired state.
-    #[tracing::instrument(skip(self), fields(controller = "daemonset"))]
-    pub async fn reconcile(&self, key: &str) -> Result<Requeue> {
-        let (ns, name) = split_key(key);
-        let Some(ds) = self.daemonsets.get(ns, name) else {
-            self.expectations.forget(key);
-            return Ok(None);
-        };
-        if ds.metadata.deletion_timestamp.is_some() {
-            return Ok(None);
-        }
-        let Some(selector) = ds_selector(&ds) else {
-            tracing::warn!(
-                daemonset = key,
-                "empty or invalid selector: selects no pods"
-            );
-            return Ok(None);
-        };
-        let hash = template_hash(&ds);
-        let pods = self.pods.filter(|p| p.namespace() == ns);
-        let claim = claim_pods(&ds, &selector, &pods);
-        let owned = self.adopt_and_release(&ds, &claim).await?;
-        let nodes = self.nodes.list();
-        let by_node = pods_by_node(&owned);
-
-        let mut requeue = None;
-        let mut synced = Ok(());
-        let observed = self.expectations.satisfied(key, &self.pods);
-        if observed {
-            let mut plan = manage(&ds, &nodes, &by_node);
-            for p in &plan.failed {
-                self.recorder
-                    .record(
-                        &object_ref(&*ds),
-                        WARNING,
-                        "FailedDaemonPod",
-                        &format!(
-                            "Found failed daemon pod {ns}/{} on node {}, will try to kill it",
-                            p.name(),
-                            podutil::node_name(p)
-                        ),
-                    )
-                    .await;
-            }
-            if plan.create_on.is_empty() && plan.delete.is_empty() && rolls(&ds) {
-                plan.delete = rolling_update(&ds, &nodes, &by_node, &hash, jiff::Timestamp::now());
-            }
-            if plan.create_on.len() > BURST_REPLICAS {
-                plan.create_on.truncate(BURST_REPLICAS);
-                requeue = Some(Duration::from_millis(100));
-            }
-            let created = self.create_pods(key, &ds, &plan.create_on, &hash).await;
-            let deleted = self.delete_pods(key, &ds, &plan.delete).await;
-            synced = created.and(deleted);
-        }
-        // The status describes the cache as this sync found it; the pod events of its own
-        // creates and deletes queue the next sync, which counts them.
-        let status = compute_status(
-            &ds,
-            &nodes,
-            &by_node,
-            &hash,
-            jiff::Timestamp::now(),
-            observed,
-        );
-        let min_ready = min_ready_seconds(&ds);
-        if min_ready > 0 && status.number_ready != status.number_available.unwrap_or(0) {
-            requeue = requeue.or(Some(Duration::from_secs(min_ready as u64)));
-        }
-        self.update_status(&ds, status).await?;
-        synced?;
-        Ok(requeue)
-    }
-
-    async fn adopt_and_release(&self, ds: &DaemonSet, claim: &Claim) -> Result<Vec<Arc<Pod>>> {
-        let ns = ds.namespace();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        for p in &claim.release {
-            let refs: Vec<OwnerReference> = p
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .filter(|r| r.uid != ds.uid())
-                .cloned()
-                .collect();
-            let patch = Patch::Merge(json!({"metadata": {
-                "ownerReferences": refs, "resourceVersion": p.resource_version()}}));
-            match api.patch(p.name(), &patch).await {
-                Ok(_) => {
-                    tracing::info!(pod = p.name(), "released pod whose labels no longer match")
-                }
-                Err(e) if e.is_not_found() || e.is_conflict() => {}
-                Err(e) => return Err(Error::api(format!("release pod {ns}/{}", p.name()))(e)),
-            }
-        }
-        let mut owned = claim.owned.clone();
-        for p in &claim.adopt {
-            let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
-            refs.push(owner_ref(ds));
-            let patch = Patch::Merge(json!({"metadata": {
-                "ownerReferences": refs, "resourceVersion": p.resource_version()}}));
-            match api.patch(p.name(), &patch).await {
-                Ok(adopted) => {
-                    tracing::info!(pod = p.name(), "adopted orphan pod");
-                    owned.push(Arc::new(adopted));
-                }
-                Err(e) if e.is_not_found() || e.is_conflict() => {}
-                Err(e) => return Err(Error::api(format!("adopt pod {ns}/{}", p.name()))(e)),
-            }
-        }
-        Ok(owned)
-    }
-
-    async fn create_pods(
-        &self,
-        key: &str,
-        ds: &DaemonSet,
-        nodes: &[String],
-        hash: &str,
-    ) -> Result<()> {
-        if nodes.is_empty() {
-            return Ok(());
-        }
-        let ns = ds.namespace();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let pods: Vec<Pod> = nodes
-            .iter()
-            .map(|n| pod_from_template(ds, n, &pod_name(ds.name()), hash))
-            .collect();
-        let names: Vec<String> = pods.iter().map(|p| p.name().to_string()).collect();
-        self.expectations.expect(key, &names, &[]);
-        // Slow start: batches of 1, 2, 4, ... so a failing create (quota, admission) stops
-        // early instead of failing once per node.
-        let mut first_err = None;
-        let mut start = 0;
-        let mut batch = 1;
-        while start < pods.len() {
-            let end = (start + batch).min(pods.len());
-            let results = join_all(pods[start..end].iter().map(|pod| {
-                let api = api.clone();
-                async move { (pod.name(), api.create(pod).await) }
-            }))
-            .await;
-            let mut failed = false;
-            for (name, r) in results {
-                match r {
-                    Ok(_) => {
-                        self.recorder
-                            .record(
-                                &object_ref(ds),
-                                NORMAL,
-                                "SuccessfulCreate",
-                                &format!("Created pod: {name}"),
-                            )
-                            .await;
-                    }
-                    Err(e) => {
-                        self.expectations.lower(key, Some(name), None);
-                        failed = true;
-                        self.recorder
-                            .record(
-                                &object_ref(ds),
-                                WARNING,
-                                "FailedCreate",
-                                &format!("Error creating: {e}"),
-                            )
-                            .await;
-                        first_err.get_or_insert(Error::api(format!("create pod {ns}/{name}"))(e));
-                    }
-                }
-            }
-            if failed {
-                for name in &names[end..] {
-                    self.expectations.lower(key, Some(name), None);
-                }
-                break;
-            }
-            start = end;
-            batch *= 2;
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    async fn delete_pods(&self, key: &str, ds: &DaemonSet, victims: &[Arc<Pod>]) -> Result<()> {
-        if victims.is_empty() {
-            return Ok(());
-        }
-        let ns = ds.namespace();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let names: Vec<String> = victims.iter().map(|p| p.name().to_string()).collect();
-        self.expectations.expect(key, &[], &names);
-        let results = join_all(names.iter().map(|name| {
-            let api = api.clone();
-            async move { (name, api.delete(name, &DeleteParams::default()).await) }
-        }))
-        .await;
-        let mut first_err = None;
-        for (name, r) in results {
-            match r {
-                Ok(_) => {
-                    self.recorder
-                        .record(
-                            &object_ref(ds),
-                            NORMAL,
-                            "SuccessfulDelete",
-                            &format!("Deleted pod: {name}"),
-                        )
-                        .await;
-                }
-                Err(e) if e.is_not_found() => self.expectations.lower(key, None, Some(name)),
-                Err(e) => {
-                    self.expectations.lower(key, None, Some(name));
-                    first_err.get_or_insert(Error::api(format!("delete pod {ns}/{name}"))(e));
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        run_reconciler("daemonset", self.queue.clone(), workers, shutdown, self).await;
     }
 
     async fn update_status(&self, ds: &DaemonSet, status: DaemonSetStatus) -> Result<()> {
@@ -959,9 +579,94 @@ impl DaemonSetController {
     }
 }
 
+impl Reconciler for DaemonSetController {
+    /// Brings one DaemonSet to its desired state.
+    #[tracing::instrument(skip(self), fields(controller = "daemonset"))]
+    async fn reconcile(&self, key: &str) -> Result<Requeue> {
+        let (ns, name) = split_key(key);
+        let Some(ds) = self.daemonsets.get(ns, name) else {
+            self.pod_control.expectations.forget(key);
+            return Ok(None);
+        };
+        if ds.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        let Some(selector) = ds_selector(&ds) else {
+            tracing::warn!(
+                daemonset = key,
+                "empty or invalid selector: selects no pods"
+            );
+            return Ok(None);
+        };
+        let hash = template_hash(&ds);
+        let pods = self.pods.filter(|p| p.namespace() == ns);
+        let claim = claim_pods(&ds, &selector, &pods);
+        let owned = self
+            .pod_control
+            .adopt_and_release(&*ds, &claim, ReleaseConflict::Skip)
+            .await?;
+        let nodes = self.nodes.list();
+        let by_node = pods_by_node(&owned);
+
+        let mut requeue = None;
+        let mut synced = Ok(());
+        let observed = self.pod_control.expectations.satisfied(key, &self.pods);
+        if observed {
+            let mut plan = manage(&ds, &nodes, &by_node);
+            for p in &plan.failed {
+                self.recorder
+                    .record(
+                        &object_ref(&*ds),
+                        WARNING,
+                        "FailedDaemonPod",
+                        &format!(
+                            "Found failed daemon pod {ns}/{} on node {}, will try to kill it",
+                            p.name(),
+                            podutil::node_name(p)
+                        ),
+                    )
+                    .await;
+            }
+            if plan.create_on.is_empty() && plan.delete.is_empty() && rolls(&ds) {
+                plan.delete = rolling_update(&ds, &nodes, &by_node, &hash, jiff::Timestamp::now());
+            }
+            if plan.create_on.len() > BURST_REPLICAS {
+                plan.create_on.truncate(BURST_REPLICAS);
+                requeue = Some(Duration::from_millis(100));
+            }
+            let pods: Vec<Pod> = plan
+                .create_on
+                .iter()
+                .map(|n| pod_from_template(&ds, n, &pod_name(ds.name()), &hash))
+                .collect();
+            let created = self.pod_control.create(key, &*ds, &pods).await;
+            let deleted = self.pod_control.delete(key, &*ds, &plan.delete).await;
+            synced = created.and(deleted);
+        }
+        // The status describes the cache as this sync found it; the pod events of its own
+        // creates and deletes queue the next sync, which counts them.
+        let status = compute_status(
+            &ds,
+            &nodes,
+            &by_node,
+            &hash,
+            jiff::Timestamp::now(),
+            observed,
+        );
+        let min_ready = min_ready_seconds(&ds);
+        if min_ready > 0 && status.number_ready != status.number_available.unwrap_or(0) {
+            requeue = requeue.or(Some(Duration::from_secs(min_ready as u64)));
+        }
+        self.update_status(&ds, status).await?;
+        synced?;
+        Ok(requeue)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::merge;
     use serde_json::Value;
 
     fn ds(extra: Value) -> DaemonSet {
@@ -995,21 +700,6 @@ mod tests {
         });
         merge(&mut v, extra);
         Arc::new(serde_json::from_value(v).expect("pod literal"))
-    }
-
-    fn merge(a: &mut Value, b: Value) {
-        match (a, b) {
-            (Value::Object(a), Value::Object(b)) => {
-                for (k, v) in b {
-                    if v.is_null() {
-                        a.remove(&k);
-                    } else {
-                        merge(a.entry(k).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (a, b) => *a = b,
-        }
     }
 
     fn names(v: &[Arc<Pod>]) -> Vec<String> {

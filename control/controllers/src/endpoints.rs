@@ -17,7 +17,7 @@ use xkube_client::{Api, Client, DeleteParams, Object, Store};
 use crate::error::{Error, Result};
 use crate::informer::{Seen, key_of, on_change, split_key};
 use crate::podutil::{self, selector_matches};
-use crate::queue::{Requeue, WorkQueue, run_workers};
+use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 
 /// Resolves a service port's target port on one pod: a number as is, a name through the
 /// pod's container ports of the same protocol; `None` when the pod has no such port.
@@ -206,23 +206,14 @@ impl EndpointsController {
         self.services.wait_ready().await;
         self.pods.wait_ready().await;
         self.endpoints.wait_ready().await;
-        let me = self.clone();
-        run_workers(
-            "endpoints",
-            self.queue.clone(),
-            workers,
-            shutdown,
-            move |key: String| {
-                let me = me.clone();
-                async move { me.reconcile(&key).await }
-            },
-        )
-        .await;
+        run_reconciler("endpoints", self.queue.clone(), workers, shutdown, self).await;
     }
+}
 
+impl Reconciler for EndpointsController {
     /// Brings the Endpoints of one Service up to date.
     #[tracing::instrument(skip(self), fields(controller = "endpoints"))]
-    pub async fn reconcile(&self, key: &str) -> Result<Requeue> {
+    async fn reconcile(&self, key: &str) -> Result<Requeue> {
         let (ns, name) = split_key(key);
         let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
         let Some(svc) = self.services.get(ns, name) else {

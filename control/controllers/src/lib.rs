@@ -14,7 +14,9 @@
 //!
 //! Shared building blocks, also used by the scheduler: [`queue::WorkQueue`] (dedup, one
 //! worker per key, backoff), [`informer`] (reflectors and change subscriptions),
-//! [`recorder::EventRecorder`] (deduplicated events), [`quantity`] and [`podutil`].
+//! [`recorder::EventRecorder`] (deduplicated events), [`quantity`] and [`podutil`]; the
+//! pod-owning controllers also share [`podcontrol`] (claims, pod creates and deletes,
+//! expectations).
 //!
 //! Binaries call [`build_client`] and [`run`] with parsed [`Options`].
 
@@ -24,6 +26,7 @@ pub mod error;
 pub mod informer;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podcontrol;
 pub mod podgc;
 pub mod podutil;
 pub mod quantity;
@@ -32,6 +35,8 @@ pub mod quota;
 pub mod recorder;
 pub mod replication;
 pub mod serviceaccount;
+#[cfg(test)]
+mod testutil;
 pub mod token;
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use xkube_client::{Api, Client, DeleteParams, ListParams, Object, Store};
 
 use crate::error::{Error, Result};
 use crate::informer::{Seen, key_of, on_change};
-use crate::queue::{Requeue, WorkQueue, run_workers};
+use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 
 /// The finalizer this controller owns.
 pub const FINALIZER: &str = "kubernetes";
@@ -64,23 +64,14 @@ impl NamespaceController {
             },
         );
         self.namespaces.wait_ready().await;
-        let me = self.clone();
-        run_workers(
-            "namespace",
-            self.queue.clone(),
-            workers,
-            shutdown,
-            move |key: String| {
-                let me = me.clone();
-                async move { me.reconcile(&key).await }
-            },
-        )
-        .await;
+        run_reconciler("namespace", self.queue.clone(), workers, shutdown, self).await;
     }
+}
 
+impl Reconciler for NamespaceController {
     /// Empties and finalizes one terminating namespace.
     #[tracing::instrument(skip(self), fields(controller = "namespace"))]
-    pub async fn reconcile(&self, name: &str) -> Result<Requeue> {
+    async fn reconcile(&self, name: &str) -> Result<Requeue> {
         let Some(ns) = self.namespaces.get("", name) else {
             return Ok(None);
         };

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::informer::{Seen, key_of, on_change, split_key};
 use crate::podutil;
 use crate::quantity::{format_bytes, format_cpu, pod_resources};
-use crate::queue::{Requeue, WorkQueue, run_workers};
+use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 
 /// Counts in one namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,18 +161,7 @@ impl QuotaController {
         watch_ns(&self.c.configmaps, &self.queue, &self.c.quotas, &shutdown);
         self.c.quotas.wait_ready().await;
         self.c.pods.wait_ready().await;
-        let me = self.clone();
-        run_workers(
-            "resourcequota",
-            self.queue.clone(),
-            workers,
-            shutdown,
-            move |key: String| {
-                let me = me.clone();
-                async move { me.reconcile(&key).await }
-            },
-        )
-        .await;
+        run_reconciler("resourcequota", self.queue.clone(), workers, shutdown, self).await;
     }
 
     /// The usage of a namespace from the caches.
@@ -195,10 +184,12 @@ impl QuotaController {
         u.configmaps = self.c.configmaps.filter(|r| r.namespace() == ns).len() as i64;
         u
     }
+}
 
+impl Reconciler for QuotaController {
     /// Brings one quota's status up to date.
     #[tracing::instrument(skip(self), fields(controller = "resourcequota"))]
-    pub async fn reconcile(&self, key: &str) -> Result<Requeue> {
+    async fn reconcile(&self, key: &str) -> Result<Requeue> {
         let (ns, name) = split_key(key);
         let Some(rq) = self.c.quotas.get(ns, name) else {
             return Ok(None);

@@ -3,38 +3,25 @@
 //! match, and keeping `status` current.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
+use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
 use crate::informer::{Seen, key_of, on_change, split_key};
+use crate::podcontrol::{self, BURST_REPLICAS, Claim, PodControl, ReleaseConflict};
 use crate::podutil::{self, controller_of, is_active, selector_matches};
-use crate::queue::{Requeue, WorkQueue, run_workers};
-use crate::recorder::{EventRecorder, NORMAL, WARNING, object_ref};
-
-/// Most pods created or deleted by one reconcile (Kubernetes' burstReplicas).
-pub const BURST_REPLICAS: usize = 500;
-/// How long unobserved creates/deletes hold back further changes.
-pub const EXPECTATIONS_TTL: Duration = Duration::from_secs(60);
-
-const NAME_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
+use crate::recorder::EventRecorder;
 
 /// `<rc>-<5 random lowercase alphanumerics>`.
 pub fn pod_name(rc: &str) -> String {
-    let mut rng = rand::thread_rng();
-    let suffix: String = (0..5)
-        .map(|_| NAME_CHARS[rng.gen_range(0..NAME_CHARS.len())] as char)
-        .collect();
-    format!("{rc}-{suffix}")
+    format!("{rc}-{}", podutil::random_suffix())
 }
 
 /// The selector of an RC: `spec.selector`, defaulting to the template's labels.
@@ -59,45 +46,15 @@ pub fn desired_replicas(rc: &ReplicationController) -> usize {
         .max(0) as usize
 }
 
-/// What the controller does with the pods of a namespace for one RC.
-#[derive(Debug, Default, PartialEq)]
-pub struct Claim {
-    /// Active pods owned by the RC and matching its selector.
-    pub owned: Vec<Arc<Pod>>,
-    /// Matching orphans to adopt.
-    pub adopt: Vec<Arc<Pod>>,
-    /// Owned pods whose labels no longer match: release them.
-    pub release: Vec<Arc<Pod>>,
-}
-
-/// Sorts pods out for `rc` (pure).
+/// Sorts pods out for `rc` (pure): its owned pods are the active ones.
 pub fn claim_pods(rc: &ReplicationController, pods: &[Arc<Pod>]) -> Claim {
     let selector = rc_selector(rc);
-    let uid = rc.uid();
-    let deleting = rc.metadata.deletion_timestamp.is_some();
-    let mut c = Claim::default();
-    for p in pods {
-        if p.namespace() != rc.namespace() {
-            continue;
-        }
-        let matches = selector_matches(&selector, p.metadata.labels.as_ref());
-        match controller_of(p.metadata.owner_references.as_ref()) {
-            Some(r) if r.uid == uid => {
-                if !matches {
-                    c.release.push(p.clone());
-                } else if is_active(p) {
-                    c.owned.push(p.clone());
-                }
-            }
-            Some(_) => {}
-            None => {
-                if matches && is_active(p) && !deleting {
-                    c.adopt.push(p.clone());
-                }
-            }
-        }
-    }
-    c
+    podcontrol::claim(
+        rc,
+        pods,
+        |p| selector_matches(&selector, p.metadata.labels.as_ref()),
+        is_active,
+    )
 }
 
 fn phase_rank(p: &Pod) -> u8 {
@@ -169,12 +126,7 @@ pub fn compute_status(
     let ready = owned.iter().filter(|p| podutil::is_ready(p)).count() as i32;
     let available = owned
         .iter()
-        .filter(|p| {
-            podutil::is_ready(p)
-                && (min_ready == 0
-                    || podutil::ready_since(p)
-                        .is_some_and(|t| now.as_second() - t.as_second() >= min_ready))
-        })
+        .filter(|p| podutil::is_available(p, min_ready, now))
         .count() as i32;
     let fully_labeled = owned
         .iter()
@@ -203,97 +155,7 @@ pub fn pod_from_template(rc: &ReplicationController, name: &str) -> Pod {
         .as_ref()
         .and_then(|s| s.template.clone())
         .unwrap_or_default();
-    let tmeta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(rc.namespace().to_string()),
-            labels: tmeta.labels,
-            annotations: tmeta.annotations,
-            owner_references: Some(vec![owner_ref(rc)]),
-            ..ObjectMeta::default()
-        },
-        spec: template.spec,
-        status: None,
-    }
-}
-
-fn owner_ref(rc: &ReplicationController) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".into(),
-        kind: "ReplicationController".into(),
-        name: rc.name().to_string(),
-        uid: rc.uid().to_string(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-/// Creates and deletes not yet observed in the cache, per RC.
-#[derive(Debug, Default)]
-pub struct Expectations {
-    inner: Mutex<HashMap<String, Pending>>,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    creates: HashSet<String>,
-    deletes: HashSet<String>,
-    since: Option<Instant>,
-}
-
-impl Expectations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records creates and deletes about to be sent for `key`.
-    pub fn expect(&self, key: &str, creates: &[String], deletes: &[String]) {
-        let mut m = self.lock();
-        let p = m.entry(key.to_string()).or_default();
-        p.creates.extend(creates.iter().cloned());
-        p.deletes.extend(deletes.iter().cloned());
-        p.since = Some(Instant::now());
-    }
-
-    /// A create or delete that failed will never be observed.
-    pub fn lower(&self, key: &str, create: Option<&str>, delete: Option<&str>) {
-        let mut m = self.lock();
-        if let Some(p) = m.get_mut(key) {
-            if let Some(c) = create {
-                p.creates.remove(c);
-            }
-            if let Some(d) = delete {
-                p.deletes.remove(d);
-            }
-        }
-    }
-
-    /// Drops everything about `key`.
-    pub fn forget(&self, key: &str) {
-        self.lock().remove(key);
-    }
-
-    /// Checks the cache: whether every expected create has appeared and every expected
-    /// delete has happened (or the expectations expired).
-    pub fn satisfied(&self, key: &str, pods: &Store<Pod>) -> bool {
-        let mut m = self.lock();
-        let Some(p) = m.get_mut(key) else {
-            return true;
-        };
-        let (ns, _) = split_key(key);
-        p.creates.retain(|n| pods.get(ns, n).is_none());
-        p.deletes.retain(|n| {
-            pods.get(ns, n)
-                .is_some_and(|pod| pod.metadata.deletion_timestamp.is_none())
-        });
-        let expired = p.since.is_some_and(|s| s.elapsed() > EXPECTATIONS_TTL);
-        if p.creates.is_empty() && p.deletes.is_empty() || expired {
-            m.remove(key);
-            return true;
-        }
-        false
-    }
+    podcontrol::pod_from_template(&template, rc, name)
 }
 
 /// The replication controller.
@@ -302,8 +164,7 @@ pub struct ReplicationManager {
     client: Client,
     rcs: Store<ReplicationController>,
     pods: Store<Pod>,
-    recorder: EventRecorder,
-    expectations: Arc<Expectations>,
+    pod_control: PodControl,
     queue: WorkQueue<String>,
 }
 
@@ -316,11 +177,13 @@ impl ReplicationManager {
         recorder: EventRecorder,
     ) -> Self {
         ReplicationManager {
+            pod_control: PodControl::new(
+                client.clone(),
+                recorder.with_component("replication-controller"),
+            ),
             client,
             rcs,
             pods,
-            recorder: recorder.with_component("replication-controller"),
-            expectations: Arc::new(Expectations::default()),
             queue: WorkQueue::new(),
         }
     }
@@ -359,186 +222,7 @@ impl ReplicationManager {
         });
         self.rcs.wait_ready().await;
         self.pods.wait_ready().await;
-        let me = self.clone();
-        run_workers(
-            "replication",
-            self.queue.clone(),
-            workers,
-            shutdown,
-            move |key: String| {
-                let me = me.clone();
-                async move { me.reconcile(&key).await }
-            },
-        )
-        .await;
-    }
-
-    /// Brings one RC to its desired state.
-    #[tracing::instrument(skip(self), fields(controller = "replication"))]
-    pub async fn reconcile(&self, key: &str) -> Result<Requeue> {
-        let (ns, name) = split_key(key);
-        let Some(rc) = self.rcs.get(ns, name) else {
-            self.expectations.forget(key);
-            return Ok(None);
-        };
-        let pods = self.pods.filter(|p| p.namespace() == ns);
-        let claim = claim_pods(&rc, &pods);
-        let pod_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        for p in &claim.release {
-            let refs: Vec<OwnerReference> = p
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .filter(|r| r.uid != rc.uid())
-                .cloned()
-                .collect();
-            let patch = Patch::Merge(json!({"metadata": {
-                "ownerReferences": refs, "resourceVersion": p.resource_version()}}));
-            match pod_api.patch(p.name(), &patch).await {
-                Ok(_) => {
-                    tracing::info!(pod = p.name(), "released pod whose labels no longer match")
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(Error::api(format!("release pod {ns}/{}", p.name()))(e)),
-            }
-        }
-        let mut owned = claim.owned.clone();
-        for p in &claim.adopt {
-            let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
-            refs.push(owner_ref(&rc));
-            let patch = Patch::Merge(json!({"metadata": {
-                "ownerReferences": refs, "resourceVersion": p.resource_version()}}));
-            match pod_api.patch(p.name(), &patch).await {
-                Ok(adopted) => {
-                    tracing::info!(pod = p.name(), "adopted orphan pod");
-                    owned.push(Arc::new(adopted));
-                }
-                Err(e) if e.is_not_found() || e.is_conflict() => {}
-                Err(e) => return Err(Error::api(format!("adopt pod {ns}/{}", p.name()))(e)),
-            }
-        }
-
-        let mut requeue = None;
-        if rc.metadata.deletion_timestamp.is_none() && self.expectations.satisfied(key, &self.pods)
-        {
-            let want = desired_replicas(&rc);
-            let have = owned.len();
-            if have < want {
-                let n = (want - have).min(BURST_REPLICAS);
-                self.create_pods(key, &rc, n).await?;
-                if want - have > n {
-                    requeue = Some(Duration::from_millis(100));
-                }
-            } else if have > want {
-                let victims = pods_to_delete(&owned, (have - want).min(BURST_REPLICAS));
-                self.delete_pods(key, &rc, &victims).await?;
-            }
-        }
-        self.update_status(&rc, &owned).await?;
-        Ok(requeue)
-    }
-
-    async fn create_pods(&self, key: &str, rc: &ReplicationController, n: usize) -> Result<()> {
-        let ns = rc.namespace();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let names: Vec<String> = (0..n).map(|_| pod_name(rc.name())).collect();
-        self.expectations.expect(key, &names, &[]);
-        // Slow start: batches of 1, 2, 4, ... so a failing create (quota, admission) stops
-        // early instead of failing n times.
-        let mut first_err = None;
-        let mut start = 0;
-        let mut batch = 1;
-        while start < names.len() {
-            let end = (start + batch).min(names.len());
-            let results = join_all(names[start..end].iter().map(|name| {
-                let pod = pod_from_template(rc, name);
-                let api = api.clone();
-                async move { (name, api.create(&pod).await) }
-            }))
-            .await;
-            let mut failed = false;
-            for (name, r) in results {
-                match r {
-                    Ok(_) => {
-                        self.recorder
-                            .record(
-                                &object_ref(rc),
-                                NORMAL,
-                                "SuccessfulCreate",
-                                &format!("Created pod: {name}"),
-                            )
-                            .await;
-                    }
-                    Err(e) => {
-                        self.expectations.lower(key, Some(name), None);
-                        failed = true;
-                        self.recorder
-                            .record(
-                                &object_ref(rc),
-                                WARNING,
-                                "FailedCreate",
-                                &format!("Error creating: {e}"),
-                            )
-                            .await;
-                        first_err.get_or_insert(Error::api(format!("create pod {ns}/{name}"))(e));
-                    }
-                }
-            }
-            if failed {
-                for name in &names[end..] {
-                    self.expectations.lower(key, Some(name), None);
-                }
-                break;
-            }
-            start = end;
-            batch *= 2;
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    async fn delete_pods(
-        &self,
-        key: &str,
-        rc: &ReplicationController,
-        victims: &[Arc<Pod>],
-    ) -> Result<()> {
-        let ns = rc.namespace();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let names: Vec<String> = victims.iter().map(|p| p.name().to_string()).collect();
-        self.expectations.expect(key, &[], &names);
-        let results = join_all(names.iter().map(|name| {
-            let api = api.clone();
-            async move { (name, api.delete(name, &DeleteParams::default()).await) }
-        }))
-        .await;
-        let mut first_err = None;
-        for (name, r) in results {
-            match r {
-                Ok(_) => {
-                    self.recorder
-                        .record(
-                            &object_ref(rc),
-                            NORMAL,
-                            "SuccessfulDelete",
-                            &format!("Deleted pod: {name}"),
-                        )
-                        .await;
-                }
-                Err(e) if e.is_not_found() => self.expectations.lower(key, None, Some(name)),
-                Err(e) => {
-                    self.expectations.lower(key, None, Some(name));
-                    first_err.get_or_insert(Error::api(format!("delete pod {ns}/{name}"))(e));
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        run_reconciler("replication", self.queue.clone(), workers, shutdown, self).await;
     }
 
     async fn update_status(&self, rc: &ReplicationController, owned: &[Arc<Pod>]) -> Result<()> {
@@ -562,9 +246,51 @@ impl ReplicationManager {
     }
 }
 
+impl Reconciler for ReplicationManager {
+    /// Brings one RC to its desired state.
+    #[tracing::instrument(skip(self), fields(controller = "replication"))]
+    async fn reconcile(&self, key: &str) -> Result<Requeue> {
+        let (ns, name) = split_key(key);
+        let Some(rc) = self.rcs.get(ns, name) else {
+            self.pod_control.expectations.forget(key);
+            return Ok(None);
+        };
+        let pods = self.pods.filter(|p| p.namespace() == ns);
+        let claim = claim_pods(&rc, &pods);
+        let owned = self
+            .pod_control
+            .adopt_and_release(&*rc, &claim, ReleaseConflict::Fail)
+            .await?;
+
+        let mut requeue = None;
+        if rc.metadata.deletion_timestamp.is_none()
+            && self.pod_control.expectations.satisfied(key, &self.pods)
+        {
+            let want = desired_replicas(&rc);
+            let have = owned.len();
+            if have < want {
+                let n = (want - have).min(BURST_REPLICAS);
+                let pods: Vec<Pod> = (0..n)
+                    .map(|_| pod_from_template(&rc, &pod_name(rc.name())))
+                    .collect();
+                self.pod_control.create(key, &*rc, &pods).await?;
+                if want - have > n {
+                    requeue = Some(Duration::from_millis(100));
+                }
+            } else if have > want {
+                let victims = pods_to_delete(&owned, (have - want).min(BURST_REPLICAS));
+                self.pod_control.delete(key, &*rc, &victims).await?;
+            }
+        }
+        self.update_status(&rc, &owned).await?;
+        Ok(requeue)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::merge;
     use serde_json::Value;
 
     fn rc(replicas: i32) -> ReplicationController {
@@ -588,50 +314,6 @@ mod tests {
         });
         merge(&mut v, extra);
         Arc::new(serde_json::from_value(v).expect("pod literal"))
-    }
-
-    fn merge(a: &mut Value, b: Value) {
-        match (a, b) {
-            (Value::Object(a), Value::Object(b)) => {
-                for (k, v) in b {
-                    if v.is_null() {
-                        a.remove(&k);
-                    } else {
-                        merge(a.entry(k).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (a, b) => *a = b,
-        }
-    }
-
-    #[test]
-    fn expectations_hold_until_creates_and_deletes_are_observed() {
-        let mut w: xkube_client::Writer<Pod> = xkube_client::Writer::new();
-        let store = w.store();
-        let e = Expectations::default();
-        assert!(e.satisfied("default/web", &store), "nothing pending");
-        e.expect(
-            "default/web",
-            &["web-aaaaa".into(), "web-bbbbb".into()],
-            &["old".into()],
-        );
-        w.apply(xkube_client::Event::Restarted(vec![
-            (*pod("old", json!({}))).clone(),
-        ]));
-        assert!(!e.satisfied("default/web", &store), "creates not seen yet");
-        w.apply(xkube_client::Event::Applied(
-            (*pod("web-aaaaa", json!({}))).clone(),
-        ));
-        e.lower("default/web", Some("web-bbbbb"), None);
-        assert!(
-            !e.satisfied("default/web", &store),
-            "the delete is not seen yet"
-        );
-        w.apply(xkube_client::Event::Deleted(
-            (*pod("old", json!({}))).clone(),
-        ));
-        assert!(e.satisfied("default/web", &store));
     }
 
     #[test]

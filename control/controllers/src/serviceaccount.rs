@@ -14,7 +14,7 @@ use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
 
 use crate::error::{Error, Result};
 use crate::informer::{Seen, key_of, on_change, split_key};
-use crate::queue::{Requeue, WorkQueue, run_workers};
+use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 use crate::token::{
     ANNOTATION_NAME, ANNOTATION_UID, SECRET_TYPE, ServiceAccountClaims, TokenSigner,
 };
@@ -69,23 +69,21 @@ impl ServiceAccountController {
         });
         self.namespaces.wait_ready().await;
         self.accounts.wait_ready().await;
-        let me = self.clone();
-        run_workers(
+        run_reconciler(
             "serviceaccount",
             self.queue.clone(),
             workers,
             shutdown,
-            move |key: String| {
-                let me = me.clone();
-                async move { me.reconcile(&key).await }
-            },
+            self,
         )
         .await;
     }
+}
 
+impl Reconciler for ServiceAccountController {
     /// Makes sure namespace `ns` has its default account.
     #[tracing::instrument(skip(self), fields(controller = "serviceaccount"))]
-    pub async fn reconcile(&self, ns: &str) -> Result<Requeue> {
+    async fn reconcile(&self, ns: &str) -> Result<Requeue> {
         let Some(namespace) = self.namespaces.get("", ns) else {
             return Ok(None);
         };
@@ -194,24 +192,15 @@ impl TokenController {
         });
         self.accounts.wait_ready().await;
         self.secrets.wait_ready().await;
-        let me = self.clone();
-        run_workers(
-            "token",
-            self.queue.clone(),
-            workers,
-            shutdown,
-            move |key: String| {
-                let me = me.clone();
-                async move { me.reconcile(&key).await }
-            },
-        )
-        .await;
+        run_reconciler("token", self.queue.clone(), workers, shutdown, self).await;
     }
+}
 
+impl Reconciler for TokenController {
     /// Makes sure account `key` has a token secret (or, when the account is gone, that its
     /// tokens are gone).
     #[tracing::instrument(skip(self), fields(controller = "token"))]
-    pub async fn reconcile(&self, key: &str) -> Result<Requeue> {
+    async fn reconcile(&self, key: &str) -> Result<Requeue> {
         let (ns, name) = split_key(key);
         let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let tokens_named = |sa_name: &str| {
@@ -272,8 +261,7 @@ impl TokenController {
         let secret_name = match tokens_named(name).into_iter().find(|s| is_token_of(s, &sa)) {
             Some(existing) => existing.name().to_string(),
             None => {
-                let secret_name =
-                    format!("{}-token-{}", name, &crate::replication::pod_name("x")[2..]);
+                let secret_name = format!("{}-token-{}", name, crate::podutil::random_suffix());
                 let claims = ServiceAccountClaims::new(ns, name, sa.uid(), &secret_name);
                 let token = self.signer.sign(&claims)?;
                 let mut data = BTreeMap::new();

@@ -4,9 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration, Volume,
-};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Volume};
+use xkube_api::placement;
 use xkube_client::Object;
 use xkube_controllers::podutil;
 use xkube_controllers::quantity::{self, pod_resources};
@@ -204,88 +203,11 @@ pub fn pod_fits_host(pod: &Pod, node: &Node) -> bool {
     n.is_empty() || n == node.name()
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let vals = r.values.clone().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| vals.contains(v)),
-        "NotIn" => value.is_none_or(|v| !vals.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                vals.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn term_matches(t: &NodeSelectorTerm, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let name = node.name().to_string();
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
-}
-
 /// PodSelectorMatches: nodeSelector and required node affinity.
 pub fn pod_matches_node_selector(pod: &Pod, node: &Node) -> bool {
-    let Some(spec) = pod.spec.as_ref() else {
-        return true;
-    };
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    if let Some(sel) = &spec.node_selector
-        && !sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    let required = spec
-        .affinity
+    pod.spec
         .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    match required {
-        Some(r) => r.node_selector_terms.iter().any(|t| term_matches(t, node)),
-        None => true,
-    }
-}
-
-/// Whether `tol` tolerates `taint`.
-pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    if let Some(e) = tol.effect.as_deref().filter(|e| !e.is_empty())
-        && e != taint.effect
-    {
-        return false;
-    }
-    match tol.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => tol
-            .key
-            .as_deref()
-            .is_none_or(|k| k.is_empty() || k == taint.key),
-        _ => {
-            tol.key.as_deref() == Some(taint.key.as_str())
-                && tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
-    }
+        .is_none_or(|spec| placement::matches_node_selector_and_affinity(spec, node))
 }
 
 /// The first NoSchedule/NoExecute taint of `node` the pod does not tolerate.
@@ -295,13 +217,9 @@ pub fn untolerated_taint<'a>(pod: &Pod, node: &'a Node) -> Option<&'a Taint> {
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .find(|t| !tols.iter().any(|tol| tolerates(tol, t)))
+    placement::find_untolerated_taint(placement::node_taints(node), tols, |t| {
+        t.effect == "NoSchedule" || t.effect == "NoExecute"
+    })
 }
 
 fn volumes_conflict(a: &Volume, b: &Volume) -> bool {
@@ -449,16 +367,14 @@ pub fn check(pod: &Pod, info: &NodeInfo, ctx: &PredicateContext) -> Vec<Failure>
             .as_ref()
             .and_then(|s| s.tolerations.as_ref())
             .is_some_and(|ts| {
-                ts.iter().any(|t| {
-                    tolerates(
-                        t,
-                        &Taint {
-                            key: "node.kubernetes.io/unschedulable".into(),
-                            effect: "NoSchedule".into(),
-                            ..Taint::default()
-                        },
-                    )
-                })
+                placement::tolerated(
+                    ts,
+                    &Taint {
+                        key: "node.kubernetes.io/unschedulable".into(),
+                        effect: "NoSchedule".into(),
+                        ..Taint::default()
+                    },
+                )
             })
     };
     if node
