@@ -374,7 +374,15 @@ impl Footprint {
         let mut f = Footprint {
             namespaces: list(xkube_netns::NETNS_DIR),
             links: list("/sys/class/net"),
-            cgroups: list(&cg_root),
+            // v2, and the v1 hierarchies holding memory/cpu on hybrid hosts.
+            cgroups: std::iter::once(cg_root.clone())
+                .chain(
+                    xkube_netns::cgroup::v1_mirrors(Path::new(&cg_root))
+                        .into_iter()
+                        .map(|(_, d)| d.to_string_lossy().into_owned()),
+                )
+                .flat_map(|d| list(&d))
+                .collect(),
             pins: list("/sys/fs/bpf/xkube"),
             iptables,
             processes,

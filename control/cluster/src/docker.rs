@@ -30,7 +30,7 @@ use crate::{Error, Result, io};
 /// Host tools copied (with their libraries) into `xkube/tools`.
 const TOOLS: &[&str] = &[
     "sh", "sleep", "cat", "ls", "env", "sort", "echo", "hostname", "seq", "grep", "curl", "socat",
-    "mkdir", "rm", "touch", "true", "false", "id", "ps", "wc", "head",
+    "mkdir", "rm", "touch", "true", "false", "id", "ps", "wc", "head", "cut",
 ];
 
 /// The directory under /run holding a cluster's engines' exec roots.

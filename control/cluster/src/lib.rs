@@ -823,8 +823,12 @@ fn teardown(state: &State, data: &Path) -> Result<()> {
     let run = docker::run_dir(&state.name);
     unmount_under(&run);
     let _ = std::fs::remove_dir_all(&run);
-    // 5. cgroups, innermost first (pods are below the node cgroups).
+    // 5. cgroups, innermost first (pods are below the node cgroups), and their cgroup v1
+    //    mirrors on hybrid hosts (where the kubelets put the pods' memory and cpu limits).
     for cg in &state.cgroups {
+        for (_, mirror) in cgroup::v1_mirrors(cg) {
+            remove_cgroup_tree(&mirror);
+        }
         remove_cgroup_tree(cg);
     }
     let state_file = data.join("state.json");

@@ -219,8 +219,57 @@ async fn detach(ctx: &Arc<Ctx>, uid: &str) -> Result<Option<Ipv4Addr>> {
         .map_err(|e| Error::Runtime(format!("detach task: {e}")))?
 }
 
-/// Kills whatever is left in a pod cgroup and removes it.
+/// On a hybrid host (memory and cpu controllers on cgroup v1), the pod's limits go to v1
+/// directories that mirror its v2 cgroup; the runtime puts the pod's processes in those too.
+fn limit_v1_mirrors(v2: &Path, cpu_max: Option<&str>, mem: Option<u64>) -> Result<()> {
+    use xkube_netns::cgroup::V1Controller;
+    for (ctl, dir) in xkube_netns::cgroup::v1_mirrors(v2) {
+        std::fs::create_dir_all(&dir).map_err(io("create cgroup", &dir))?;
+        let writes: Vec<(&str, String)> = match ctl {
+            V1Controller::Memory => mem
+                .map(|m| ("memory.limit_in_bytes", m.to_string()))
+                .into_iter()
+                .collect(),
+            // cpu.max is "<quota> <period>".
+            V1Controller::Cpu => cpu_max
+                .and_then(|c| c.split_once(' '))
+                .map(|(quota, period)| {
+                    vec![
+                        ("cpu.cfs_period_us", period.to_owned()),
+                        ("cpu.cfs_quota_us", quota.to_owned()),
+                    ]
+                })
+                .unwrap_or_default(),
+        };
+        for (file, value) in writes {
+            std::fs::write(dir.join(file), value).map_err(io("write", &dir.join(file)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Kills whatever is left in a pod cgroup and removes it, with its cgroup v1 mirrors.
 async fn remove_cgroup(cg: &Path) {
+    for (_, dir) in xkube_netns::cgroup::v1_mirrors(cg) {
+        remove_empty_cgroup(&dir, cg).await;
+    }
+    remove_v2_cgroup(cg).await;
+}
+
+async fn remove_empty_cgroup(dir: &Path, v2: &Path) {
+    // Its processes are also in the v2 cgroup, which `cgroup.kill` empties.
+    let _ = std::fs::write(v2.join("cgroup.kill"), "1");
+    for _ in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    tracing::warn!(path = %dir.display(), "pod cgroup (v1) left behind");
+}
+
+async fn remove_v2_cgroup(cg: &Path) {
     let _ = std::fs::write(cg.join("cgroup.kill"), "1");
     for _ in 0..100 {
         let empty = std::fs::read_to_string(cg.join("cgroup.procs"))
@@ -791,8 +840,8 @@ impl Worker {
                 let p = root.join(format!("pod{}", self.uid));
                 std::fs::create_dir_all(&p).map_err(io("create cgroup", &p))?;
                 let (cpu, mem) = pod_limits(containers_of(&self.pod));
-                if let Some(c) = cpu
-                    && let Err(e) = std::fs::write(p.join("cpu.max"), &c)
+                if let Some(c) = &cpu
+                    && let Err(e) = std::fs::write(p.join("cpu.max"), c)
                 {
                     tracing::debug!(error = %e, "cpu.max (cpu controller not on cgroup v2?)");
                 }
@@ -801,6 +850,7 @@ impl Worker {
                 {
                     tracing::debug!(error = %e, "memory.max (memory controller not on cgroup v2?)");
                 }
+                limit_v1_mirrors(&p, cpu.as_deref(), mem)?;
                 Some(p)
             }
             None => None,

@@ -34,6 +34,50 @@ pub fn v2_root() -> Result<PathBuf> {
         })
 }
 
+/// A resource controller that cgroup v1 may hold instead of v2 on a hybrid host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V1Controller {
+    Memory,
+    Cpu,
+}
+
+impl V1Controller {
+    fn name(self) -> &'static str {
+        match self {
+            V1Controller::Memory => "memory",
+            V1Controller::Cpu => "cpu",
+        }
+    }
+}
+
+/// On a hybrid host, the cgroup v1 directories that mirror the v2 directory `v2_dir` (same
+/// path below each hierarchy's mount) for the memory and cpu controllers that the v2 root does
+/// not offer; empty on unified hosts. The directories may not exist yet.
+pub fn v1_mirrors(v2_dir: &Path) -> Vec<(V1Controller, PathBuf)> {
+    let Ok(root) = v2_root() else {
+        return Vec::new();
+    };
+    let Ok(rel) = v2_dir.strip_prefix(&root) else {
+        return Vec::new();
+    };
+    let in_v2 = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let Ok(mounts) = fs::read_to_string("/proc/mounts") else {
+        return Vec::new();
+    };
+    [V1Controller::Memory, V1Controller::Cpu]
+        .into_iter()
+        .filter(|c| !in_v2.split_whitespace().any(|n| n == c.name()))
+        .filter_map(|c| {
+            mounts.lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (dir, kind, opts) = (f.get(1)?, f.get(2)?, f.get(3)?);
+                (*kind == "cgroup" && opts.split(',').any(|o| o == c.name()))
+                    .then(|| (c, Path::new(dir).join(rel)))
+            })
+        })
+        .collect()
+}
+
 /// A cgroup v2 directory owned by this guard.
 #[derive(Debug)]
 pub struct Cgroup {

@@ -123,6 +123,27 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
+/// Makes the child join the pod cgroup `cg` and the cgroup v1 mirrors of it that exist
+/// (hybrid hosts, where the kubelet puts the pod's memory and cpu limits).
+fn join_cgroup(cg: &Path, setup: &mut ChildSetup, keep: &mut Vec<std::fs::File>) -> Result<()> {
+    let dirs = std::iter::once(cg.to_path_buf()).chain(
+        xkube_netns::cgroup::v1_mirrors(cg)
+            .into_iter()
+            .map(|(_, d)| d)
+            .filter(|d| d.is_dir()),
+    );
+    for dir in dirs {
+        let p = dir.join("cgroup.procs");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(io("open", &p))?;
+        setup.cgroup_procs.push(f.as_raw_fd());
+        keep.push(f);
+    }
+    Ok(())
+}
+
 /// What a forked child does before exec. Built in the parent; the child only makes syscalls
 /// (no allocation between fork and exec).
 #[derive(Default)]
@@ -132,8 +153,8 @@ struct ChildSetup {
     /// Namespaces to create.
     unshare: libc::c_int,
     hostname: Option<Vec<u8>>,
-    /// `cgroup.procs` of the pod's cgroup.
-    cgroup_procs: Option<RawFd>,
+    /// `cgroup.procs` of the pod's cgroup (and its cgroup v1 mirrors on hybrid hosts).
+    cgroup_procs: Vec<RawFd>,
     /// Bind mounts (source, target, read-only) in a new mount namespace.
     mounts: Vec<(CString, CString, bool)>,
     chdir: Option<CString>,
@@ -150,8 +171,8 @@ impl ChildSetup {
         };
         // SAFETY (whole function): plain syscalls on data prepared by the parent.
         unsafe {
-            if let Some(fd) = self.cgroup_procs {
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            for fd in &self.cgroup_procs {
+                let n = libc::write(*fd, b"0".as_ptr().cast(), 1);
                 if n != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -294,13 +315,7 @@ fn prepare_container(
         keep.push(f);
     }
     if let Some(cg) = &sb.cgroup {
-        let p = cg.join("cgroup.procs");
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .map_err(io("open", &p))?;
-        setup.cgroup_procs = Some(f.as_raw_fd());
-        keep.push(f);
+        join_cgroup(cg, &mut setup, &mut keep)?;
     }
     for m in &cfg.mounts {
         // The target must exist to bind over it. Paths missing on the host are created as
@@ -384,13 +399,7 @@ impl ContainerRuntime for ProcessRuntime {
         let mut setup = ChildSetup::default();
         let mut keep = Vec::new();
         if let Some(cg) = &cfg.cgroup {
-            let p = cg.join("cgroup.procs");
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .map_err(io("open", &p))?;
-            setup.cgroup_procs = Some(f.as_raw_fd());
-            keep.push(f);
+            join_cgroup(cg, &mut setup, &mut keep)?;
         }
         if cfg.host_network {
             if let Some(p) = &cfg.host_netns {
