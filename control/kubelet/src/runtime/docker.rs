@@ -133,8 +133,7 @@ const CAPABILITIES: [&str; 38] = [
 
 /// The capabilities of this host's bounding set, for a privileged container. Docker's own
 /// `Privileged` asks for every capability it knows and fails (`unable to apply caps`) where
-/// the host withholds one (as containerd does for privileged containers, grant what the
-/// host has instead).
+/// the host withholds one, so grant what the host has instead.
 fn bounding_capabilities() -> Vec<String> {
     let mask = std::fs::read_to_string("/proc/self/status")
         .ok()
