@@ -85,9 +85,13 @@ enum ClusterCmd {
 #[derive(clap::Args)]
 // The whole control plane runs here, the serviceaccount controllers included, so the
 // ServiceAccount plugin joins the apiserver's default chain (Kubernetes' recommended order).
-#[command(mut_arg("admission_control", |a| a.default_value(
-    "NamespaceLifecycle,NamespaceExists,ServiceAccount,LimitRanger,ResourceQuota"
-)))]
+#[command(mut_arg("admission_control", |a| a
+    .default_value("NamespaceLifecycle,NamespaceExists,ServiceAccount,LimitRanger,ResourceQuota")
+    .help("Ordered admission plugins: AlwaysAdmit, AlwaysDeny, NamespaceLifecycle, \
+           NamespaceExists, SecurityContextDeny, ServiceAccount, LimitRanger, ResourceQuota \
+           (the default is Kubernetes' recommended chain: this server runs the serviceaccount \
+           and token controllers ServiceAccount needs)")
+    .long_help(None)))]
 struct ServerArgs {
     #[command(flatten)]
     apiserver: xkube_apiserver::Options,
