@@ -42,6 +42,10 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 /// Creates `n` pods (`burst`: all at once) and returns each one's created -> Ready latency.
 async fn run(api: &Api<Pod>, prefix: &str, n: usize, burst: bool) -> Vec<Duration> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    // With XKUBE_BENCH_VERBOSE: when each pod was first seen bound to the node.
+    let verbose = std::env::var_os("XKUBE_BENCH_VERBOSE").is_some();
+    let bound_at: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
+    let bound = bound_at.clone();
     let stream = watcher(api.clone(), ListParams::default().labels("bench=startup"));
     let watch = tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -53,6 +57,18 @@ async fn run(api: &Api<Pod>, prefix: &str, n: usize, burst: bool) -> Vec<Duratio
             };
             for p in pods.iter().filter(|p| ready(p)) {
                 let _ = tx.send((p.metadata.name.clone().unwrap_or_default(), Instant::now()));
+            }
+            if verbose {
+                for p in &pods {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                        bound
+                            .lock()
+                            .expect("bound")
+                            .entry(name)
+                            .or_insert_with(Instant::now);
+                    }
+                }
             }
         }
     });
@@ -99,6 +115,20 @@ async fn run(api: &Api<Pod>, prefix: &str, n: usize, burst: bool) -> Vec<Duratio
             .collect();
         each.sort_by_key(|e| std::cmp::Reverse(e.1));
         println!("slowest: {:?}", &each[..each.len().min(5)]);
+        let bound = bound_at.lock().expect("bound");
+        let mut sched: Vec<Duration> = created
+            .iter()
+            .filter_map(|(k, t)| bound.get(k).map(|b| b.saturating_duration_since(*t)))
+            .collect();
+        sched.sort();
+        if !sched.is_empty() {
+            println!(
+                "created -> bound: p50 {:?}, max {:?} ({} pods seen bound)",
+                pct(&sched, 0.5),
+                sched.last().copied().unwrap_or_default(),
+                sched.len()
+            );
+        }
     }
     for k in created.keys() {
         api.delete(k, &DeleteParams::default())
