@@ -39,8 +39,7 @@ pub struct Rewrite {
     pub daddr: u32,
     pub sport: u16,
     pub dport: u16,
-    /// Forward path: the backend runs on this node. Reply path: the flow came in through the
-    /// uplink (see `CT_F_EXTERNAL`).
+    /// Forward path: the backend runs on this node.
     pub local: bool,
     pub rev_nat_id: u16,
 }
@@ -222,11 +221,23 @@ pub enum ReplyAt {
     Pod,
 }
 
+/// What the reply path found.
+pub enum Reply {
+    /// Not a reply of a translated flow (maybe a new flow: try [`forward`]).
+    None,
+    /// A reply that is translated at another hook (e.g. a local backend's reply to an
+    /// external client, restored on the uplink's egress): let it pass untouched.
+    Elsewhere,
+    Translate(Rewrite),
+}
+
 /// The reply path: a packet from a backend back to a translated client.
 #[inline(always)]
-pub fn reply(t: &Tuple, at: ReplyAt) -> Option<Rewrite> {
+pub fn reply(t: &Tuple, at: ReplyAt) -> Reply {
     let key = ct_key(t, CT_DIR_REPLY);
-    let ct = XKUBE_CONNTRACK.get_ptr_mut(&key)?;
+    let Some(ct) = XKUBE_CONNTRACK.get_ptr_mut(&key) else {
+        return Reply::None;
+    };
     // SAFETY: a valid map value pointer.
     let v = unsafe { *ct };
     let external = v.flags & CT_F_EXTERNAL != 0;
@@ -234,15 +245,15 @@ pub fn reply(t: &Tuple, at: ReplyAt) -> Option<Rewrite> {
         ReplyAt::UplinkIngress => {}
         ReplyAt::UplinkEgress if external => {}
         ReplyAt::Pod if !external => {}
-        _ => return None,
+        _ => return Reply::Elsewhere,
     }
     unsafe { (*ct).last_seen = bpf_ktime_get_ns() };
-    Some(Rewrite {
+    Reply::Translate(Rewrite {
         saddr: v.svc_addr,
         sport: v.svc_port,
         daddr: v.nat_addr,
         dport: v.nat_port,
-        local: external,
+        local: false,
         rev_nat_id: v.rev_nat_id,
     })
 }

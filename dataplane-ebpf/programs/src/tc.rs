@@ -17,7 +17,7 @@ use aya_ebpf::{
 
 use crate::{
     lb::Origin,
-    nat::{self, Forward, ReplyAt, Rewrite, Tuple},
+    nat::{self, Forward, Reply, ReplyAt, Rewrite, Tuple},
     net::{
         self, ETH_HDR_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, L4_OFF, TCP_CHECK, UDP_CHECK, ip,
         load,
@@ -69,10 +69,14 @@ fn handle(ctx: &TcContext, at: ReplyAt, forward: bool) -> Result<i32, ()> {
         dport: load(ctx, L4_OFF + 2)?,
         proto,
     };
-    if let Some(rw) = nat::reply(&t, at) {
-        rewrite(ctx, &t, &rw)?;
-        nat::count_packet(rw.rev_nat_id, u64::from(ctx.len()));
-        return Ok(TC_ACT_OK as i32);
+    match nat::reply(&t, at) {
+        Reply::Translate(rw) => {
+            rewrite(ctx, &t, &rw)?;
+            nat::count_packet(rw.rev_nat_id, u64::from(ctx.len()));
+            return Ok(TC_ACT_OK as i32);
+        }
+        Reply::Elsewhere => return Ok(TC_ACT_OK as i32),
+        Reply::None => {}
     }
     if !forward {
         return Ok(TC_ACT_OK as i32);

@@ -23,7 +23,7 @@ use xkube_common::lb::NodeConfig;
 
 use crate::{
     lb::Origin,
-    nat::{self, Forward, ReplyAt, Rewrite, Tuple},
+    nat::{self, Forward, Reply, ReplyAt, Rewrite, Tuple},
     net::{
         self, ETH_HDR_LEN, ETH_P_IP, IP_HDR_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4_OFF,
         TCP_CHECK, UDP_CHECK, csum_replace2, csum_replace4, ip, load, store, sum_words,
@@ -76,7 +76,7 @@ fn try_uplink(ctx: &XdpContext) -> Result<u32, ()> {
     let Some(cfg) = nat::node_config() else {
         return Ok(XDP_PASS);
     };
-    if let Some(rw) = nat::reply(&t, ReplyAt::UplinkIngress) {
+    if let Reply::Translate(rw) = nat::reply(&t, ReplyAt::UplinkIngress) {
         rewrite(ctx, &t, &rw)?;
         count(ctx, rw.rev_nat_id);
         return Ok(next_hop(ctx, &rw, proto));
