@@ -897,18 +897,7 @@ fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
 
 /// A short report of a cluster's state for `xkube cluster status`.
 pub fn status(opts: &NameOptions) -> Result<String> {
-    let names = Names::new(&opts.name)?;
-    let data = names.data_dir(&opts.data_root);
-    let path = data.join("state.json");
-    let text = std::fs::read_to_string(&path).map_err(|_| {
-        Error::Invalid(format!(
-            "no cluster named {:?} (no {})",
-            opts.name,
-            path.display()
-        ))
-    })?;
-    let state: State =
-        serde_json::from_str(&text).map_err(|source| Error::State { path, source })?;
+    let (state, _) = load_state(opts)?;
     let mut out = String::new();
     let _ = writeln_str(
         &mut out,

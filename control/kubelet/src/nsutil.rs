@@ -2,7 +2,7 @@
 //! `/proc/<pid>/ns/net`), or in the kubelet's own when there is none. Work happens on a
 //! dedicated thread that entered the namespace; no other thread changes namespace.
 
-use std::{future::Future, os::fd::AsRawFd, path::PathBuf};
+use std::{future::Future, path::PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -80,48 +80,7 @@ impl NsRef {
 }
 
 /// Turns transmit checksum offload of `iface` (in the calling thread's namespace) on or off,
-/// like `ethtool -K <iface> tx off`. (The same ioctl as `xkube_netns::NetNs::set_tx_checksum`,
-/// usable in namespaces that are not named `NetNs` guards, such as a pod's.)
+/// like `ethtool -K <iface> tx off`; see [`xkube_netns::set_tx_checksum_here`].
 pub fn set_tx_checksum(iface: &str, enabled: bool) -> Result<()> {
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        _pad: [u8; 16],
-    }
-    const ETHTOOL_STXCSUM: u32 = 0x17;
-    let bytes = iface.as_bytes();
-    if bytes.len() >= libc::IFNAMSIZ {
-        return Err(crate::error::invalid("interface name", iface));
-    }
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
-        data: u32::from(enabled),
-    };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        data: &mut value,
-        _pad: [0; 16],
-    };
-    req.name[..bytes.len()].copy_from_slice(bytes);
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(sys("socket"))?;
-    // SAFETY: SIOCETHTOOL with a valid ifreq whose data points at a live ethtool_value; the
-    // socket outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL as _, &mut req) };
-    if rc < 0 {
-        return Err(sys("SIOCETHTOOL tx checksum")(nix::Error::last()));
-    }
-    Ok(())
+    Ok(xkube_netns::set_tx_checksum_here(iface, enabled)?)
 }

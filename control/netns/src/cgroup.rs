@@ -113,25 +113,28 @@ impl Cgroup {
     }
 }
 
+/// The cgroup v2 directory of the calling process (its `0::` line in `/proc/self/cgroup`,
+/// below [`v2_root`]).
+pub fn own() -> Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").map_err(|source| Error::Io {
+        op: "read",
+        path: "/proc/self/cgroup".into(),
+        source,
+    })?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    Ok(v2_root()?.join(rel))
+}
+
 /// Moves the calling process into the existing cgroup v2 directory `path` until the returned
 /// guard is dropped, which moves it back where it was.
 pub fn enter(path: &Path) -> Result<Entered> {
-    {
-        let own = fs::read_to_string("/proc/self/cgroup").map_err(|source| Error::Io {
-            op: "read",
-            path: "/proc/self/cgroup".into(),
-            source,
-        })?;
-        let rel = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .unwrap_or("/")
-            .trim_start_matches('/')
-            .to_owned();
-        let previous = v2_root()?.join(rel);
-        write_procs(path, std::process::id())?;
-        Ok(Entered { previous })
-    }
+    let previous = own()?;
+    write_procs(path, std::process::id())?;
+    Ok(Entered { previous })
 }
 
 /// The calling process is inside a [`Cgroup`]; dropping this moves it back.

@@ -525,8 +525,7 @@ impl NetNs {
     /// such a packet and transmits it (`XDP_TX`) sends a wrong checksum. Real NICs deliver
     /// complete checksums; on the veth topologies xkube builds, the senders compute them.
     pub fn set_tx_checksum(&self, iface: &str, enabled: bool) -> Result<()> {
-        self.run(|| ethtool_tx_csum(iface, ETHTOOL_STXCSUM, u32::from(enabled)))?
-            .map(drop)
+        self.run(|| set_tx_checksum_here(iface, enabled))?
     }
 
     /// Whether transmit checksum offload of `iface` is on.
@@ -534,6 +533,12 @@ impl NetNs {
         self.run(|| ethtool_tx_csum(iface, ETHTOOL_GTXCSUM, 0))?
             .map(|v| v != 0)
     }
+}
+
+/// [`NetNs::set_tx_checksum`] in the calling thread's namespace (for namespaces that are not
+/// `NetNs` guards, such as a pod's).
+pub fn set_tx_checksum_here(iface: &str, enabled: bool) -> Result<()> {
+    ethtool_tx_csum(iface, ETHTOOL_STXCSUM, u32::from(enabled)).map(drop)
 }
 
 const ETHTOOL_GTXCSUM: u32 = 0x16;

@@ -27,7 +27,7 @@ use std::{
 use aya::programs::XdpMode;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use serde_json::json;
-use xkube_netns::{NetNs, cgroup::Cgroup, sysctl, veth_pair};
+use xkube_netns::{NetNs, cgroup::Cgroup, veth_pair};
 use xkube_proxy::{
     dataplane::{
         DesiredState, Ids, Ipv4Cidr, Maps, NodeContext, desired, plan, read_actual, writer,
@@ -157,7 +157,6 @@ impl Fixture {
             ns.add_bridge("cbr0").expect("pod bridge");
             ns.configure("cbr0", pod_gw(i), 24)
                 .expect("pod bridge address");
-            sysctl::set(&ns, "net/ipv4/ip_forward", "1").expect("ip_forward");
             let other = 1 - i;
             ns.add_route(Ipv4Addr::new(10, 244, 1 + other, 0), 24, node_addr(other))
                 .expect("route to the other node's pods");

@@ -209,20 +209,8 @@ async fn server(
             .map_err(|e| anyhow::anyhow!("scheduler: {e:#}"))
     });
     tracing::info!(kubeconfig = %kubeconfig.display(), "control plane running");
-    let mut result = Ok(());
-    tokio::select! {
-        _ = token.cancelled() => {}
-        Some(r) = tasks.join_next() => {
-            // A control loop ended on its own: that is a failure of the whole server.
-            result = r.map_err(anyhow::Error::from).and_then(|r| r);
-            token.cancel();
-        }
-    }
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
-            tracing::warn!(error = %e, "control loop stopped");
-        }
-    }
+    // A control loop that ends on its own is a failure of the whole server.
+    let result = supervise(tasks, &token, "control loop stopped").await;
     api.stop().await;
     result
 }
@@ -270,6 +258,17 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
             .await
             .map_err(|e| anyhow::anyhow!("proxy: {e:#}"))
     });
+    supervise(tasks, &token, "agent component stopped").await
+}
+
+/// Waits for the first of `tasks` to end (or for `token`), then cancels `token` and drains the
+/// rest, logging their errors as `stopped`. Returns the first task's result (`Ok` when the
+/// token ended the wait).
+async fn supervise(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    token: &tokio_util::sync::CancellationToken,
+    stopped: &'static str,
+) -> anyhow::Result<()> {
     let mut result = Ok(());
     tokio::select! {
         _ = token.cancelled() => {}
@@ -280,7 +279,7 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
     }
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
-            tracing::warn!(error = %e, "agent component stopped");
+            tracing::warn!(error = %e, "{stopped}");
         }
     }
     result
