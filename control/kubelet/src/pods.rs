@@ -290,34 +290,17 @@ async fn remove_v2_cgroup(cg: &Path) {
     tracing::warn!(path = %cg.display(), "pod cgroup left behind");
 }
 
-/// CPU quantity ("500m", "2", "0.5") in millicores.
+/// CPU quantity ("500m", "2", "0.5", "1e-1") in millicores (sub-milli values round up).
 pub fn cpu_millis(q: &str) -> Option<u64> {
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse().ok();
-    }
-    let f: f64 = q.parse().ok()?;
-    (f >= 0.0).then(|| (f * 1000.0).round() as u64)
+    let q = xkube_api::quantity::Quantity::parse(q)?;
+    u64::try_from(q.milli).ok()
 }
 
-/// Memory quantity ("128Mi", "1G", "1000") in bytes.
+/// Memory quantity ("128Mi", "1.5Gi", "1G", "1e9", "1000") in bytes (fractions of a
+/// byte round up).
 pub fn memory_bytes(q: &str) -> Option<u64> {
-    const UNITS: &[(&str, u64)] = &[
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("K", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    for (u, m) in UNITS {
-        if let Some(n) = q.strip_suffix(u) {
-            return n.parse::<u64>().ok().map(|n| n * m);
-        }
-    }
-    q.parse().ok()
+    let q = xkube_api::quantity::Quantity::parse(q)?;
+    u64::try_from(q.value()).ok()
 }
 
 /// Pod-level `cpu.max` and `memory.max` from the containers' limits (only when every
@@ -1549,6 +1532,11 @@ mod tests {
         assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
         assert_eq!(memory_bytes("1000"), Some(1000));
         assert_eq!(memory_bytes("x"), None);
+        assert_eq!(cpu_millis("0.5"), Some(500));
+        assert_eq!(cpu_millis("-1"), None);
+        assert_eq!(memory_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(memory_bytes("0.5Mi"), Some(1 << 19));
+        assert_eq!(memory_bytes("1e9"), Some(1_000_000_000));
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub fn allocatable(node: &Node) -> (i64, i64, i64) {
         };
     let pods = alloc
         .and_then(|m| m.get("pods"))
-        .and_then(|q| q.0.parse::<i64>().ok())
+        .and_then(|q| xkube_api::quantity::Quantity::parse(&q.0))
+        .and_then(|q| i64::try_from(q.value()).ok())
         .unwrap_or(110);
     (
         get("cpu", quantity::cpu_millis),
