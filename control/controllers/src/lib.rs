@@ -8,7 +8,7 @@
 //! - [`nodelifecycle`]: podCIDRs, Ready=Unknown and taints for silent nodes, eviction.
 //! - [`namespace`]: empties and finalizes terminating namespaces.
 //! - [`serviceaccount`]: a `default` ServiceAccount per namespace and token Secrets signed by
-//!   [`token::TokenSigner`]; the apiserver authenticates them with [`token::TokenVerifier`].
+//!   [`token::TokenSigner`] (the apiserver verifies them with the same key file).
 //! - [`podgc`]: deletes terminated pods beyond a threshold.
 //! - [`quota`]: keeps `ResourceQuota.status.used` current.
 //!

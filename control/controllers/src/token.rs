@@ -1,16 +1,13 @@
 //! Service-account tokens: ES256-signed JWTs in the legacy Kubernetes format, signed with a
-//! P-256 key kept in the data dir, and the verification the apiserver uses to authenticate
-//! them.
+//! P-256 key kept in the data dir (the apiserver verifies them with the same key, in its
+//! `satoken` module).
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
-use ring::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
-    UnparsedPublicKey,
-};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -140,13 +137,6 @@ impl TokenSigner {
         Ok(TokenSigner { key, rng })
     }
 
-    /// The verifier of this signer's tokens.
-    pub fn verifier(&self) -> TokenVerifier {
-        TokenVerifier {
-            public_key: self.key.public_key().as_ref().to_vec(),
-        }
-    }
-
     /// Signs `claims` into a compact JWT (`header.payload.signature`).
     pub fn sign(&self, claims: &ServiceAccountClaims) -> Result<String> {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
@@ -194,78 +184,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Verifies service-account tokens: the apiserver's authenticator calls
-/// [`TokenVerifier::verify`] on a bearer token and, on success, should also check that the
-/// secret named in the claims still exists and holds this token and that the service
-/// account's uid matches (so deleting either revokes the token).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenVerifier {
-    public_key: Vec<u8>,
-}
-
-impl TokenVerifier {
-    /// The verifier for the signing key at `path` (the same file the controller-manager
-    /// uses; `<data-dir>/service-account-key.pk8` by default).
-    pub fn from_key_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            op: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let key = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            &bytes,
-            &SystemRandom::new(),
-        )
-        .map_err(key_err)?;
-        Ok(TokenVerifier {
-            public_key: key.public_key().as_ref().to_vec(),
-        })
-    }
-
-    /// A verifier from an uncompressed SEC1 P-256 public key.
-    pub fn from_public_key(public_key: Vec<u8>) -> Self {
-        TokenVerifier { public_key }
-    }
-
-    /// Checks the signature and issuer of `token`, returning its claims.
-    pub fn verify(&self, token: &str) -> Result<ServiceAccountClaims> {
-        let bad = |m: &str| Error::InvalidToken(m.to_string());
-        let mut parts = token.trim().split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("not a JWT"));
-        };
-        let header: serde_json::Value = URL_SAFE_NO_PAD
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| bad("malformed header"))?;
-        if header["alg"] != "ES256" {
-            return Err(bad("unsupported algorithm"));
-        }
-        let sig = URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| bad("malformed signature"))?;
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public_key)
-            .verify(format!("{h}.{p}").as_bytes(), &sig)
-            .map_err(|_| bad("signature does not verify"))?;
-        let claims: ServiceAccountClaims = URL_SAFE_NO_PAD
-            .decode(p)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| bad("malformed claims"))?;
-        if claims.iss != ISSUER {
-            return Err(bad("wrong issuer"));
-        }
-        Ok(claims)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The apiserver's verifier for the key at `path`.
+    fn verifier(path: &Path) -> xkube_apiserver::satoken::Verifier {
+        xkube_apiserver::satoken::Verifier::from_file(path).expect("verifier from the key file")
+    }
 
     #[test]
     fn signed_tokens_verify_and_tampered_ones_do_not() {
@@ -274,12 +200,16 @@ mod tests {
         let signer = TokenSigner::load_or_create(&path).expect("key created");
         let claims =
             ServiceAccountClaims::new("default", "default", "uid-1", "default-token-abcde");
+        assert_eq!(claims.username(), "system:serviceaccount:default:default");
         let token = signer.sign(&claims).expect("signed");
-        let v = TokenVerifier::from_key_file(&path).expect("verifier from the key file");
-        assert_eq!(v, signer.verifier());
+        let v = verifier(&path);
         let got = v.verify(&token).expect("verifies");
-        assert_eq!(got, claims);
-        assert_eq!(got.username(), "system:serviceaccount:default:default");
+        assert_eq!(
+            serde_json::to_value(&got).expect("json"),
+            serde_json::to_value(&claims).expect("json"),
+            "the apiserver reads back the signed claims"
+        );
+        assert_eq!(got.sub, "system:serviceaccount:default:default");
 
         let mut parts: Vec<&str> = token.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(
@@ -288,17 +218,19 @@ mod tests {
         );
         parts[1] = &forged;
         assert!(
-            v.verify(&parts.join(".")).is_err(),
+            v.verify(&parts.join(".")).is_none(),
             "forged claims rejected"
         );
-        assert!(v.verify("a.b").is_err());
+        assert!(v.verify("a.b").is_none());
 
         let again = TokenSigner::load_or_create(&path).expect("key reloaded");
-        assert_eq!(again.verifier(), v, "the same key is reused");
+        let token2 = again.sign(&claims).expect("signed again");
+        assert!(v.verify(&token2).is_some(), "the same key is reused");
         let other_dir = tempfile::tempdir().expect("tempdir");
-        let other = TokenSigner::load_or_create(&key_path(other_dir.path())).expect("other key");
+        let other_path = key_path(other_dir.path());
+        TokenSigner::load_or_create(&other_path).expect("other key");
         assert!(
-            other.verifier().verify(&token).is_err(),
+            verifier(&other_path).verify(&token).is_none(),
             "another key rejects"
         );
     }

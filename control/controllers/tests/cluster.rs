@@ -568,8 +568,9 @@ async fn new_namespaces_get_a_default_service_account_with_a_signed_token() {
     );
     let token =
         String::from_utf8(data.get("token").expect("token key").0.clone()).expect("utf-8 token");
+    // The apiserver's own verifier accepts it.
     let verifier =
-        xkube_controllers::token::TokenVerifier::from_key_file(&c.opts.service_account_key_path())
+        xkube_apiserver::satoken::Verifier::from_file(&c.opts.service_account_key_path())
             .expect("verifier from the key file");
     let claims = verifier.verify(&token).expect("token verifies");
     assert_eq!(claims.sub, "system:serviceaccount:apps:default");
