@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, DeleteParams, Object, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, key_of, on_change, split_key};
+use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
 use crate::podutil::{self, selector_matches};
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 
@@ -170,16 +170,12 @@ impl EndpointsController {
 
     /// Watches the caches and runs `workers` reconcilers until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        let q = self.queue.clone();
-        let svcs = self.services.clone();
-        on_change(
+        enqueue_on_change(
             &self.services,
+            &self.queue,
             &shutdown,
             Some(Duration::from_secs(30)),
-            move |s| match s {
-                Seen::Object(svc) => q.add(key_of(&*svc)),
-                Seen::All => svcs.list().iter().for_each(|s| q.add(key_of(&**s))),
-            },
+            |_| true,
         );
         let q = self.queue.clone();
         let svcs = self.services.clone();

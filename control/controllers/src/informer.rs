@@ -8,6 +8,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Change, Client, ListParams, Object, Reflector, Store};
 
+use crate::queue::WorkQueue;
+
 /// Starts a reflector of every `K` (all namespaces) and returns its cache.
 pub fn reflect<K>(client: &Client, shutdown: &CancellationToken) -> Store<K>
 where
@@ -62,6 +64,32 @@ pub fn on_change<K, F>(
                 },
             }
         }
+    });
+}
+
+/// Adds the key ([`key_of`]) of every changed object of `store` that passes `keep` to
+/// `queue`, and of every cached one that passes it on [`Seen::All`] (see [`on_change`]).
+pub fn enqueue_on_change<K>(
+    store: &Store<K>,
+    queue: &WorkQueue<String>,
+    shutdown: &CancellationToken,
+    resync: Option<Duration>,
+    keep: impl Fn(&K) -> bool + Send + 'static,
+) where
+    K: Object,
+{
+    let q = queue.clone();
+    let all = store.clone();
+    on_change(store, shutdown, resync, move |s| match s {
+        Seen::Object(o) => {
+            if keep(&o) {
+                q.add(key_of(&*o));
+            }
+        }
+        Seen::All => all
+            .filter(|o| keep(o))
+            .iter()
+            .for_each(|o| q.add(key_of(&**o))),
     });
 }
 

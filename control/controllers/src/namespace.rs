@@ -11,7 +11,7 @@ use xkube_client::client::Body;
 use xkube_client::{Api, Client, DeleteParams, ListParams, Object, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, key_of, on_change};
+use crate::informer::enqueue_on_change;
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 
 /// The finalizer this controller owns.
@@ -48,20 +48,12 @@ impl NamespaceController {
 
     /// Watches namespaces and runs `workers` reconcilers until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        let q = self.queue.clone();
-        let all = self.namespaces.clone();
-        on_change(
+        enqueue_on_change(
             &self.namespaces,
+            &self.queue,
             &shutdown,
             Some(Duration::from_secs(60)),
-            move |s| match s {
-                Seen::Object(ns) if ns.metadata.deletion_timestamp.is_some() => q.add(key_of(&*ns)),
-                Seen::Object(_) => {}
-                Seen::All => all
-                    .filter(|n| n.metadata.deletion_timestamp.is_some())
-                    .iter()
-                    .for_each(|n| q.add(key_of(&**n))),
-            },
+            |n| n.metadata.deletion_timestamp.is_some(),
         );
         self.namespaces.wait_ready().await;
         run_reconciler("namespace", self.queue.clone(), workers, shutdown, self).await;

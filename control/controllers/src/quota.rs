@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, key_of, on_change, split_key};
+use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
 use crate::podutil;
 use crate::quantity::{format_bytes, format_cpu, pod_resources};
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
@@ -143,16 +143,12 @@ impl QuotaController {
 
     /// Watches and reconciles until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        let q = self.queue.clone();
-        let all = self.c.quotas.clone();
-        on_change(
+        enqueue_on_change(
             &self.c.quotas,
+            &self.queue,
             &shutdown,
             Some(self.resync),
-            move |s| match s {
-                Seen::Object(rq) => q.add(key_of(&*rq)),
-                Seen::All => all.list().iter().for_each(|r| q.add(key_of(&**r))),
-            },
+            |_| true,
         );
         watch_ns(&self.c.pods, &self.queue, &self.c.quotas, &shutdown);
         watch_ns(&self.c.services, &self.queue, &self.c.quotas, &shutdown);

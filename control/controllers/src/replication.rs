@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, key_of, on_change, split_key};
+use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
 use crate::podcontrol::{self, BURST_REPLICAS, Claim, PodControl, ReleaseConflict};
 use crate::podutil::{self, controller_of, is_active, selector_matches};
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
@@ -190,16 +190,12 @@ impl ReplicationManager {
 
     /// Watches the caches and runs `workers` reconcilers until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        let q = self.queue.clone();
-        let rcs = self.rcs.clone();
-        on_change(
+        enqueue_on_change(
             &self.rcs,
+            &self.queue,
             &shutdown,
             Some(Duration::from_secs(30)),
-            move |s| match s {
-                Seen::Object(rc) => q.add(key_of(&*rc)),
-                Seen::All => rcs.list().iter().for_each(|rc| q.add(key_of(&**rc))),
-            },
+            |_| true,
         );
         let q = self.queue.clone();
         let rcs = self.rcs.clone();

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, key_of, on_change, split_key};
+use crate::informer::{Seen, enqueue_on_change, on_change, split_key};
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 use crate::token::{
     ANNOTATION_NAME, ANNOTATION_UID, SECRET_TYPE, ServiceAccountClaims, TokenSigner,
@@ -48,16 +48,12 @@ impl ServiceAccountController {
 
     /// Watches and reconciles until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        let q = self.queue.clone();
-        let all = self.namespaces.clone();
-        on_change(
+        enqueue_on_change(
             &self.namespaces,
+            &self.queue,
             &shutdown,
             Some(Duration::from_secs(60)),
-            move |s| match s {
-                Seen::Object(ns) => q.add(key_of(&*ns)),
-                Seen::All => all.list().iter().for_each(|n| q.add(key_of(&**n))),
-            },
+            |_| true,
         );
         let q = self.queue.clone();
         on_change(&self.accounts, &shutdown, None, move |s| {
@@ -166,16 +162,12 @@ impl TokenController {
 
     /// Watches and reconciles until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        let q = self.queue.clone();
-        let all = self.accounts.clone();
-        on_change(
+        enqueue_on_change(
             &self.accounts,
+            &self.queue,
             &shutdown,
             Some(Duration::from_secs(60)),
-            move |s| match s {
-                Seen::Object(sa) => q.add(key_of(&*sa)),
-                Seen::All => all.list().iter().for_each(|a| q.add(key_of(&**a))),
-            },
+            |_| true,
         );
         let q = self.queue.clone();
         on_change(&self.secrets, &shutdown, None, move |s| {
