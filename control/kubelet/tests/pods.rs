@@ -6,7 +6,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{Cluster, condition, phase, pod_ip};
+use common::{Cluster, condition, phase, pod_ip, waiting_reason};
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret, Service};
 use serde_json::json;
 use xkube_client::{Api, DeleteParams, ListParams};
@@ -800,12 +800,7 @@ async fn missing_image_backs_off_with_events_while_other_pods_run() {
     c.create_pod(0, host("fine", "fake/sleeper")).await;
     let p = c
         .wait_pod("ghost", "ImagePullBackOff", |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|c| c.first())
-                .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
-                .is_some_and(|r| r == "ImagePullBackOff")
+            waiting_reason(p).is_some_and(|r| r == "ImagePullBackOff")
         })
         .await;
     assert_eq!(phase(&p), "Pending");

@@ -364,6 +364,15 @@ pub fn condition(p: &Pod, t: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Waiting reason of the pod's first container (`ImagePullBackOff`, ...).
+pub fn waiting_reason(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+}
+
 pub fn pod_ip(p: &Pod) -> String {
     p.status
         .as_ref()
