@@ -113,6 +113,14 @@ pub enum AuthnResult {
     Unauthorized,
 }
 
+/// The token of a `Bearer` (or `bearer`) `Authorization` header value, trimmed.
+pub fn bearer_token(h: &str) -> Option<&str> {
+    let h = h.trim();
+    h.strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 impl Authenticator {
     /// Loads the token and basic-auth files.
     pub fn load(
@@ -150,11 +158,8 @@ impl Authenticator {
     ) -> AuthnResult {
         if let Some(h) = authorization {
             let h = h.trim();
-            if let Some(token) = h
-                .strip_prefix("Bearer ")
-                .or_else(|| h.strip_prefix("bearer "))
-            {
-                return match self.tokens.get(token.trim()) {
+            if let Some(token) = bearer_token(h) {
+                return match self.tokens.get(token) {
                     Some(u) => AuthnResult::User(u.clone()),
                     None => AuthnResult::Unauthorized,
                 };

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use xkube_api::{ResourceInfo, StatusError};
 
-use crate::logs::{KubeletClient, choose_container, kubelet_address};
+use crate::logs::{KubeletClient, encode, kubelet_target};
 use crate::registry::Registry;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -146,30 +146,22 @@ pub async fn pod_exec(
             PROTOCOLS.join(" or ")
         )));
     };
-    let (pod, _) = reg.get(pods, Some(ns), name).await?;
-    let container = choose_container(&pod, q.get("container").map(String::as_str))?;
-    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
-    if node_name.is_empty() {
+    let (container, addr) =
+        kubelet_target(reg, pods, ns, name, q.get("container").map(String::as_str)).await?;
+    let Some(addr) = addr else {
         return Err(StatusError::bad_request(format!(
             "pod {name} does not have a host assigned"
         )));
-    }
-    let nodes = xkube_api::resources::find("", "v1", "nodes")
-        .ok_or_else(|| StatusError::internal("nodes are not registered"))?;
-    let (node, _) = reg.get(nodes, None, &node_name).await?;
-    let addr = kubelet_address(&node).ok_or_else(|| {
-        StatusError::internal(format!("node {node_name} has no address for its kubelet"))
-    })?;
-    let enc = |s: &str| -> String { url::form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+    };
     let cmd_query: Vec<String> = command
         .iter()
-        .map(|c| format!("command={}", enc(c)))
+        .map(|c| format!("command={}", encode(c)))
         .collect();
     let url = format!(
         "http://{addr}/exec/{}/{}/{}?{}",
-        enc(ns),
-        enc(name),
-        enc(&container),
+        encode(ns),
+        encode(name),
+        encode(&container),
         cmd_query.join("&")
     );
     let on_upgrade = hyper::upgrade::on(&mut req);

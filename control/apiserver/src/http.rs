@@ -436,13 +436,7 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let bearer = authz
-            .map(str::trim)
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim);
+        let bearer = authz.and_then(crate::auth::bearer_token);
         let mut result = app.authn.authenticate(authz, conn.client_cert.as_ref());
         if result == AuthnResult::Unauthorized
             && let (Some(token), Some(v)) = (bearer, app.sa_verifier.as_ref())
@@ -946,27 +940,20 @@ async fn update_scale(
         .filter(|s| !s.is_empty());
     // Without a resourceVersion in the Scale, a concurrent write (a controller's status
     // update) is retried, as Kubernetes' GuaranteedUpdate does.
-    let mut attempt = 0;
-    let w = loop {
-        attempt += 1;
-        let (mut rc, rev) = app.registry.get(res, ns, name).await?;
-        if let Some(rv) = pinned
-            && rv != rev.to_string()
-        {
-            return Err(StatusError::modified_conflict(res.group, res.plural, name));
-        }
-        let cur = rc.clone();
-        rc["spec"]["replicas"] = json!(replicas);
-        meta::remove(&mut rc, "resourceVersion");
-        match app
-            .registry
-            .update(res, ns, name, rc, None, opts, Some((cur, rev)))
-            .await
-        {
-            Err(e) if e.reason == "Conflict" && pinned.is_none() && attempt < 8 => continue,
-            other => break other?,
-        }
-    };
+    let w = app
+        .registry
+        .guaranteed_update(res, ns, name, None, opts, 8, |cur, rev| {
+            if let Some(rv) = pinned
+                && rv != rev.to_string()
+            {
+                return Err(StatusError::modified_conflict(res.group, res.plural, name));
+            }
+            let mut rc = cur.clone();
+            rc["spec"]["replicas"] = json!(replicas);
+            meta::remove(&mut rc, "resourceVersion");
+            Ok((rc, pinned.is_none()))
+        })
+        .await?;
     Ok(object_response(
         200,
         &scale_of(&w.object),

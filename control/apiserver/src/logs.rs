@@ -132,8 +132,33 @@ pub fn kubelet_address(node: &Value) -> Option<String> {
     })
 }
 
-fn encode(s: &str) -> String {
+/// `s` form-urlencoded, for a kubelet URL's path segment or query value.
+pub(crate) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Where a pod's container runs: the chosen container (see [`choose_container`]) and its
+/// node's kubelet address, `None` while the pod is not scheduled.
+pub(crate) async fn kubelet_target(
+    reg: &Registry,
+    pods: &ResourceInfo,
+    ns: &str,
+    name: &str,
+    container: Option<&str>,
+) -> Result<(String, Option<String>), StatusError> {
+    let (pod, _) = reg.get(pods, Some(ns), name).await?;
+    let container = choose_container(&pod, container)?;
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    if node_name.is_empty() {
+        return Ok((container, None));
+    }
+    let nodes = xkube_api::resources::find("", "v1", "nodes")
+        .ok_or_else(|| StatusError::internal("nodes are not registered"))?;
+    let (node, _) = reg.get(nodes, None, node_name).await?;
+    let addr = kubelet_address(&node).ok_or_else(|| {
+        StatusError::internal(format!("node {node_name} has no address for its kubelet"))
+    })?;
+    Ok((container, Some(addr)))
 }
 
 /// Serves `GET pods/{name}/log`.
@@ -145,25 +170,18 @@ pub async fn pod_log(
     name: &str,
     q: &HashMap<String, String>,
 ) -> Result<Response, StatusError> {
-    let (pod, _) = reg.get(pods, Some(ns), name).await?;
-    let container = choose_container(&pod, q.get("container").map(String::as_str))?;
+    let (container, addr) =
+        kubelet_target(reg, pods, ns, name, q.get("container").map(String::as_str)).await?;
     let text = |body: Body| {
         let mut r = Response::new(body);
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         r
     };
-    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
-    if node_name.is_empty() {
+    let Some(addr) = addr else {
         // Not scheduled: nothing to show yet (Kubernetes answers with an empty stream).
         return Ok(text(Body::empty()));
-    }
-    let nodes = xkube_api::resources::find("", "v1", "nodes")
-        .ok_or_else(|| StatusError::internal("nodes are not registered"))?;
-    let (node, _) = reg.get(nodes, None, node_name).await?;
-    let addr = kubelet_address(&node).ok_or_else(|| {
-        StatusError::internal(format!("node {node_name} has no address for its kubelet"))
-    })?;
+    };
     let mut query: Vec<String> = PASSED
         .iter()
         .filter_map(|k| q.get(*k).map(|v| format!("{k}={}", encode(v))))

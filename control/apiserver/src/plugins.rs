@@ -342,12 +342,7 @@ pub fn mount_token(pod: &mut Value, token: &str) {
         .map(str::to_string);
     let volume_name = existing.clone().unwrap_or_else(|| {
         if volumes.iter().any(|v| v["name"] == token) {
-            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-            let mut rng = rand::thread_rng();
-            let suffix: String = (0..5)
-                .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-                .collect();
-            format!("{token}-{suffix}")
+            format!("{token}-{}", crate::registry::random_suffix())
         } else {
             token.to_string()
         }

@@ -70,7 +70,8 @@ pub fn store_error(res: &ResourceInfo, name: &str, e: xkube_store::Error) -> Sta
     }
 }
 
-fn random_suffix() -> String {
+/// Five random characters of Kubernetes' name-generation alphabet (no vowels, no confusables).
+pub(crate) fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
     (0..5)
@@ -628,18 +629,40 @@ impl Registry {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Written, StatusError> {
-        for attempt in 0..8 {
-            let (cur, rev) = self.get(res, ns, name).await?;
-            let patched = xkube_api::patch::apply(&cur, patch, ty).map_err(|e| match ty {
+        self.guaranteed_update(res, ns, name, subresource, opts, 8, |cur, rev| {
+            let patched = xkube_api::patch::apply(cur, patch, ty).map_err(|e| match ty {
                 PatchType::Json => StatusError::new(422, "Invalid", e.to_string()),
                 _ => StatusError::bad_request(e.to_string()),
             })?;
             let pinned = patched["metadata"]["resourceVersion"].as_str() != Some(&rev.to_string());
+            Ok((patched, !pinned))
+        })
+        .await
+    }
+
+    /// Kubernetes' GuaranteedUpdate: reads the object, lets `change` build the new one from
+    /// it and its revision, and updates conditionally on that revision. A write conflict
+    /// reads again, up to `attempts` reads in all, while `change` says the write may be
+    /// retried (the second of its pair; false when the new object pins a resourceVersion).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn guaranteed_update(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+        attempts: usize,
+        mut change: impl FnMut(&Value, Revision) -> Result<(Value, bool), StatusError>,
+    ) -> Result<Written, StatusError> {
+        for attempt in 1..=attempts {
+            let (cur, rev) = self.get(res, ns, name).await?;
+            let (next, retry) = change(&cur, rev)?;
             match self
-                .update(res, ns, name, patched, subresource, opts, Some((cur, rev)))
+                .update(res, ns, name, next, subresource, opts, Some((cur, rev)))
                 .await
             {
-                Err(e) if e.reason == "Conflict" && !pinned && attempt < 7 => continue,
+                Err(e) if e.reason == "Conflict" && retry && attempt < attempts => continue,
                 other => return other,
             }
         }

@@ -452,7 +452,7 @@ pub async fn start(
         tracing::info!(addr = ?insecure_addr, "serving insecurely on loopback");
         tasks.spawn(accept_loop(l, None, router.clone(), cancel.clone()));
     }
-    tasks.spawn(event_gc(store.clone(), opts.event_ttl, cancel.clone()));
+    tasks.spawn(event_gc(registry.clone(), opts.event_ttl, cancel.clone()));
     tasks.spawn(crate::mirror::run(registry.clone(), cancel.clone()));
     if opts.compaction_interval_seconds > 0 {
         tasks.spawn(compactor(
@@ -489,22 +489,27 @@ async fn compactor(store: Arc<dyn Store>, every: Duration, cancel: CancellationT
     }
 }
 
-/// Deletes events older than `ttl` (by last timestamp), like Kubernetes' event TTL.
-async fn event_gc(store: Arc<dyn Store>, ttl: Duration, cancel: CancellationToken) {
+/// Deletes events older than `ttl` (by last timestamp), like Kubernetes' event TTL. Reads
+/// the events watch cache; each delete is conditional on the cached resourceVersion.
+async fn event_gc(registry: Arc<Registry>, ttl: Duration, cancel: CancellationToken) {
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let Some(events) = xkube_api::resources::find("", "v1", "events") else {
+        return;
+    };
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let Ok((events, _)) = store.list("/registry/events/").await else {
+        let Some((cached, _)) = registry
+            .caches
+            .get(events.plural)
+            .and_then(|c| c.list(&events.key_prefix(None)))
+        else {
             continue;
         };
         let now = jiff::Timestamp::now();
-        for kv in events {
-            let Ok(ev) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
-                continue;
-            };
+        for ev in cached {
             let at = ["lastTimestamp", "eventTime", "firstTimestamp"]
                 .iter()
                 .find_map(|k| ev[*k].as_str())
@@ -512,8 +517,13 @@ async fn event_gc(store: Arc<dyn Store>, ttl: Duration, cancel: CancellationToke
                 .and_then(xkube_api::meta::parse_time);
             let expired =
                 at.is_some_and(|t| now.as_second() - t.as_second() > ttl.as_secs() as i64);
+            let Ok(rev) = xkube_api::meta::resource_version(&ev).parse() else {
+                continue;
+            };
             if expired {
-                let _ = store.delete(&kv.key, Some(kv.mod_revision)).await;
+                let ns = ev["metadata"]["namespace"].as_str();
+                let key = events.key(ns, xkube_api::meta::name(&ev));
+                let _ = registry.store.delete(&key, Some(rev)).await;
             }
         }
     }

@@ -3,16 +3,31 @@
 //! resourceVersions only grow.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{Value, json};
+use xkube_store::testing::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// Starts the apiserver binary on the embedded store in `dir`, serving insecurely on `port`.
+fn spawn_apiserver(dir: &Path, port: u16, extra: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_xkube-apiserver"))
+        .args([
+            "--storage-backend",
+            "embedded",
+            "--bind-address",
+            "127.0.0.1",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--secure-port", &free_port().to_string()])
+        .args(["--insecure-port", &port.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn apiserver")
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
@@ -40,22 +55,7 @@ async fn acknowledged_writes_survive_sigkill() {
     for round in 0..6 {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xkube-apiserver"))
-            .args([
-                "--storage-backend",
-                "embedded",
-                "--bind-address",
-                "127.0.0.1",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--secure-port", &free_port().to_string()])
-            .args(["--insecure-port", &port.to_string()])
-            .args(["--compaction-interval-seconds", "0"])
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn apiserver");
+        let mut child = spawn_apiserver(dir.path(), port, &["--compaction-interval-seconds", "0"]);
         wait_healthy(&client, &base).await;
 
         // Every acknowledged object is there, with the resourceVersion it was acknowledged at
@@ -146,21 +146,7 @@ async fn acknowledged_writes_survive_sigkill() {
     // A final start: a new write gets a larger resourceVersion than any acknowledged one.
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_xkube-apiserver"))
-        .args([
-            "--storage-backend",
-            "embedded",
-            "--bind-address",
-            "127.0.0.1",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--secure-port", &free_port().to_string()])
-        .args(["--insecure-port", &port.to_string()])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn apiserver");
+    let mut child = spawn_apiserver(dir.path(), port, &[]);
     wait_healthy(&client, &base).await;
     let r: Value = client
         .post(format!("{base}/api/v1/namespaces/default/configmaps"))

@@ -156,7 +156,8 @@ impl Drop for EtcdServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 free at the time of the call.
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -12,7 +12,7 @@ mod etcd_server;
 
 use std::sync::Arc;
 
-pub use etcd_server::EtcdServer;
+pub use etcd_server::{EtcdServer, free_port};
 
 use crate::{EmbeddedStore, EtcdStore, MemoryStore, Store};
 
