@@ -86,7 +86,8 @@ pub fn human_duration(secs: i64) -> String {
     format!("{}y", hours / 24 / 365)
 }
 
-fn age(ts: &Value, now: jiff::Timestamp) -> String {
+/// `kubectl`'s AGE column: the time since `ts` (an RFC 3339 string), or `<unknown>`.
+pub fn age(ts: &Value, now: jiff::Timestamp) -> String {
     match ts.as_str().and_then(meta::parse_time) {
         Some(t) => human_duration(now.as_second() - t.as_second()),
         None => "<unknown>".into(),
@@ -427,11 +428,13 @@ fn columns(plural: &str) -> Vec<Col> {
     }
 }
 
-fn or_none(s: String) -> String {
+/// `s`, or `<none>` when it is empty.
+pub fn or_none(s: String) -> String {
     if s.is_empty() { "<none>".into() } else { s }
 }
 
-fn selector_string(v: &Value) -> String {
+/// A string map as `k=v,k=v`, or `<none>` when empty.
+pub fn selector_string(v: &Value) -> String {
     or_none(
         meta::string_map(v)
             .iter()
@@ -745,26 +748,15 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(selector_string(&o["spec"]["selector"])),
         ],
         "replicationcontrollers" => {
-            let containers = o["spec"]["template"]["spec"]["containers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let names: Vec<&str> = containers
-                .iter()
-                .filter_map(|c| c["name"].as_str())
-                .collect();
-            let images: Vec<&str> = containers
-                .iter()
-                .filter_map(|c| c["image"].as_str())
-                .collect();
+            let (names, images) = template_containers(&o["spec"]["template"]);
             vec![
                 name,
                 json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
                 json!(o["status"]["replicas"].as_i64().unwrap_or(0)),
                 json!(o["status"]["readyReplicas"].as_i64().unwrap_or(0)),
                 json!(created),
-                json!(names.join(",")),
-                json!(images.join(",")),
+                json!(names),
+                json!(images),
                 json!(selector_string(&o["spec"]["selector"])),
             ]
         }

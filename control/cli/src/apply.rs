@@ -154,9 +154,6 @@ pub async fn run(g: &Global, a: ApplyArgs) -> anyhow::Result<()> {
         let api = Api::<DynamicObject>::dynamic(client.clone(), res, ns.as_deref());
         let name = xkube_api::meta::name(&d.object).to_string();
         let mut modified = d.object.clone();
-        if res.namespaced && xkube_api::meta::namespace(&modified).is_empty() {
-            // The configuration as given; the namespace comes from the context.
-        }
         set_last_applied(&mut modified, ns.as_deref())?;
         let say = |verb: &str| {
             if a.output.as_deref() == Some("name") {

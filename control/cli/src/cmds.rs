@@ -199,14 +199,12 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
     };
     let (client, default_ns) = g.client()?;
     let mut errs = Errors::default();
-    let mut deleted_any = false;
-    let mut one = |res: &ResourceInfo,
-                   name: &str,
-                   r: Result<Value, xkube_client::Error>,
-                   errs: &mut Errors| match r {
+    let one = |res: &ResourceInfo,
+               name: &str,
+               r: Result<Value, xkube_client::Error>,
+               errs: &mut Errors| match r {
         Ok(_) => {
             println!("{}", message(res, name, "deleted"));
-            deleted_any = true;
         }
         Err(e) if e.is_not_found() && a.ignore_not_found => {}
         Err(e) => errs.push(describe_error(&e, client.base_url())),
@@ -269,7 +267,6 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let _ = deleted_any;
     errs.finish()
 }
 

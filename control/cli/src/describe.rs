@@ -7,11 +7,10 @@ use clap::Args;
 use serde_json::Value;
 use xkube_api::ResourceInfo;
 use xkube_api::meta;
-use xkube_api::table::human_duration;
+use xkube_api::table::{age, or_none, selector_string};
 use xkube_client::{Api, Client, DynamicObject, ListParams};
 
 use crate::get::targets;
-use crate::output::resolve_or_err;
 use crate::{Global, Reported, api_err, describe_error};
 
 /// `describe` flags.
@@ -112,25 +111,6 @@ fn s<'a>(v: &'a Value, default: &'a str) -> &'a str {
     v.as_str().filter(|s| !s.is_empty()).unwrap_or(default)
 }
 
-fn selector_string(v: &Value) -> String {
-    let m = meta::string_map(v);
-    if m.is_empty() {
-        "<none>".into()
-    } else {
-        m.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-fn age(ts: &Value, now: jiff::Timestamp) -> String {
-    ts.as_str()
-        .and_then(meta::parse_time)
-        .map(|t| human_duration(now.as_second() - t.as_second()))
-        .unwrap_or_else(|| "<unknown>".into())
-}
-
 fn time_string(ts: &Value) -> String {
     ts.as_str()
         .and_then(meta::parse_time)
@@ -225,139 +205,8 @@ fn describe_pod(p: &mut Page, o: &Value) {
         .cloned()
         .unwrap_or_default();
     for c in spec["containers"].as_array().into_iter().flatten() {
-        let name = s(&c["name"], "");
-        let cs = statuses
-            .iter()
-            .find(|x| x["name"] == c["name"])
-            .cloned()
-            .unwrap_or(Value::Null);
-        p.line(format!("  {name}:"));
-        let has_status = !cs.is_null();
-        if has_status {
-            p.kv(4, "Container ID", s(&cs["containerID"], ""));
-        }
-        p.kv(4, "Image", s(&c["image"], ""));
-        if has_status {
-            p.kv(4, "Image ID", s(&cs["imageID"], ""));
-        }
-        let ports: Vec<String> = c["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|pt| format!("{}/{}", pt["containerPort"], s(&pt["protocol"], "TCP")))
-            .collect();
-        p.kv(
-            4,
-            "Port",
-            if ports.is_empty() {
-                "<none>".into()
-            } else {
-                ports.join(", ")
-            },
-        );
-        let hports: Vec<String> = c["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|pt| {
-                format!(
-                    "{}/{}",
-                    pt["hostPort"].as_i64().unwrap_or(0),
-                    s(&pt["protocol"], "TCP")
-                )
-            })
-            .collect();
-        p.kv(
-            4,
-            "Host Port",
-            if hports.is_empty() {
-                "<none>".into()
-            } else {
-                hports.join(", ")
-            },
-        );
-        if let Some(cmd) = c["command"].as_array() {
-            p.line("    Command:");
-            for a in cmd {
-                p.line(format!("      {}", s(a, "")));
-            }
-        }
-        if let Some(args) = c["args"].as_array() {
-            p.line("    Args:");
-            for a in args {
-                p.line(format!("      {}", s(a, "")));
-            }
-        }
-        if has_status {
-            let (state, details) = container_state(&cs["state"]);
-            p.kv(4, "State", state);
-            for (k, v) in details {
-                p.kv(6, &k, v);
-            }
-            if let Some(last) = cs
-                .get("lastState")
-                .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
-            {
-                let (st, details) = container_state(last);
-                p.kv(4, "Last State", st);
-                for (k, v) in details {
-                    p.kv(6, &k, v);
-                }
-            }
-            p.kv(
-                4,
-                "Ready",
-                if cs["ready"] == Value::Bool(true) {
-                    "True"
-                } else {
-                    "False"
-                },
-            );
-            p.kv(
-                4,
-                "Restart Count",
-                cs["restartCount"].as_i64().unwrap_or(0).to_string(),
-            );
-        }
-        let env: Vec<String> = c["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| format!("{}:  {}", s(&e["name"], ""), s(&e["value"], "")))
-            .collect();
-        if env.is_empty() {
-            p.kv(4, "Environment", "<none>");
-        } else {
-            p.line("    Environment:");
-            for e in env {
-                p.line(format!("      {e}"));
-            }
-        }
-        let mounts: Vec<String> = c["volumeMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                format!(
-                    "{} from {} ({})",
-                    s(&m["mountPath"], ""),
-                    s(&m["name"], ""),
-                    if m["readOnly"] == Value::Bool(true) {
-                        "ro"
-                    } else {
-                        "rw"
-                    }
-                )
-            })
-            .collect();
-        if mounts.is_empty() {
-            p.kv(4, "Mounts", "<none>");
-        } else {
-            p.line("    Mounts:");
-            for m in mounts {
-                p.line(format!("      {m}"));
-            }
-        }
+        let cs = statuses.iter().find(|x| x["name"] == c["name"]);
+        container_section(p, "  ", c, cs);
     }
     let conds: Vec<Value> = status["conditions"].as_array().cloned().unwrap_or_default();
     if !conds.is_empty() {
@@ -373,45 +222,173 @@ fn describe_pod(p: &mut Page, o: &Value) {
             p.line(l);
         }
     }
+    volumes_section(p, 0, spec);
+    p.kv(0, "QoS Class", s(&status["qosClass"], "BestEffort"));
+    p.map(0, "Node-Selectors", &spec["nodeSelector"]);
+    tolerations_section(p, 0, spec);
+}
+
+/// One container of a pod (with its status, when there is one) or of a pod template;
+/// `name_indent` prefixes the `name:` line.
+fn container_section(p: &mut Page, name_indent: &str, c: &Value, cs: Option<&Value>) {
+    p.line(format!("{name_indent}{}:", s(&c["name"], "")));
+    if let Some(cs) = cs {
+        p.kv(4, "Container ID", s(&cs["containerID"], ""));
+    }
+    p.kv(4, "Image", s(&c["image"], ""));
+    if let Some(cs) = cs {
+        p.kv(4, "Image ID", s(&cs["imageID"], ""));
+    }
+    let ports: Vec<String> = c["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pt| format!("{}/{}", pt["containerPort"], s(&pt["protocol"], "TCP")))
+        .collect();
+    p.kv(4, "Port", or_none(ports.join(", ")));
+    let hports: Vec<String> = c["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pt| {
+            format!(
+                "{}/{}",
+                pt["hostPort"].as_i64().unwrap_or(0),
+                s(&pt["protocol"], "TCP")
+            )
+        })
+        .collect();
+    p.kv(4, "Host Port", or_none(hports.join(", ")));
+    if let Some(cmd) = c["command"].as_array() {
+        p.line("    Command:");
+        for a in cmd {
+            p.line(format!("      {}", s(a, "")));
+        }
+    }
+    if let Some(args) = c["args"].as_array() {
+        p.line("    Args:");
+        for a in args {
+            p.line(format!("      {}", s(a, "")));
+        }
+    }
+    if let Some(cs) = cs {
+        let (state, details) = container_state(&cs["state"]);
+        p.kv(4, "State", state);
+        for (k, v) in details {
+            p.kv(6, &k, v);
+        }
+        if let Some(last) = cs
+            .get("lastState")
+            .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+        {
+            let (st, details) = container_state(last);
+            p.kv(4, "Last State", st);
+            for (k, v) in details {
+                p.kv(6, &k, v);
+            }
+        }
+        p.kv(
+            4,
+            "Ready",
+            if cs["ready"] == Value::Bool(true) {
+                "True"
+            } else {
+                "False"
+            },
+        );
+        p.kv(
+            4,
+            "Restart Count",
+            cs["restartCount"].as_i64().unwrap_or(0).to_string(),
+        );
+    }
+    let env: Vec<String> = c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{}:  {}", s(&e["name"], ""), s(&e["value"], "")))
+        .collect();
+    if env.is_empty() {
+        p.kv(4, "Environment", "<none>");
+    } else {
+        p.line("    Environment:");
+        for e in env {
+            p.line(format!("      {e}"));
+        }
+    }
+    let mounts: Vec<String> = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{} from {} ({})",
+                s(&m["mountPath"], ""),
+                s(&m["name"], ""),
+                if m["readOnly"] == Value::Bool(true) {
+                    "ro"
+                } else {
+                    "rw"
+                }
+            )
+        })
+        .collect();
+    if mounts.is_empty() {
+        p.kv(4, "Mounts", "<none>");
+    } else {
+        p.line("    Mounts:");
+        for m in mounts {
+            p.line(format!("      {m}"));
+        }
+    }
+}
+
+/// The `Volumes:` of a pod spec (`indent` 0) or of a pod template's spec (`indent` 2).
+fn volumes_section(p: &mut Page, indent: usize, spec: &Value) {
     let vols: Vec<Value> = spec["volumes"].as_array().cloned().unwrap_or_default();
     if vols.is_empty() {
-        p.kv(0, "Volumes", "<none>");
-    } else {
-        p.line("Volumes:");
-        for v in vols {
-            p.line(format!("  {}:", s(&v["name"], "")));
-            let Some(m) = v.as_object() else { continue };
-            for (k, src) in m.iter().filter(|(k, _)| *k != "name") {
-                let ty = match k.as_str() {
-                    "emptyDir" => {
-                        "EmptyDir (a temporary directory that shares a pod's lifetime)".to_string()
+        p.kv(indent, "Volumes", "<none>");
+        return;
+    }
+    let pad = " ".repeat(indent);
+    // kubectl indents a template's volume names by one more space than its `Volumes:`.
+    let name_pad = if indent == 0 { "  " } else { "   " };
+    p.line(format!("{pad}Volumes:"));
+    for v in vols {
+        p.line(format!("{name_pad}{}:", s(&v["name"], "")));
+        let Some(m) = v.as_object() else { continue };
+        for (k, src) in m.iter().filter(|(k, _)| *k != "name") {
+            let ty = match k.as_str() {
+                "emptyDir" => {
+                    "EmptyDir (a temporary directory that shares a pod's lifetime)".to_string()
+                }
+                "hostPath" => "HostPath (bare host directory volume)".to_string(),
+                "secret" => "Secret (a volume populated by a Secret)".to_string(),
+                "configMap" => "ConfigMap (a volume populated by a ConfigMap)".to_string(),
+                other => other.to_string(),
+            };
+            p.kv(4, "Type", ty);
+            if let Some(sm) = src.as_object() {
+                for (sk, sv) in sm {
+                    let mut key = sk.clone();
+                    if let Some(c) = key.get_mut(0..1) {
+                        c.make_ascii_uppercase();
                     }
-                    "hostPath" => "HostPath (bare host directory volume)".to_string(),
-                    "secret" => "Secret (a volume populated by a Secret)".to_string(),
-                    "configMap" => "ConfigMap (a volume populated by a ConfigMap)".to_string(),
-                    other => other.to_string(),
-                };
-                p.kv(4, "Type", ty);
-                if let Some(sm) = src.as_object() {
-                    for (sk, sv) in sm {
-                        let mut key = sk.clone();
-                        if let Some(c) = key.get_mut(0..1) {
-                            c.make_ascii_uppercase();
-                        }
-                        p.kv(
-                            4,
-                            &key,
-                            sv.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| sv.to_string()),
-                        );
-                    }
+                    p.kv(
+                        4,
+                        &key,
+                        sv.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| sv.to_string()),
+                    );
                 }
             }
         }
     }
-    p.kv(0, "QoS Class", s(&status["qosClass"], "BestEffort"));
-    p.map(0, "Node-Selectors", &spec["nodeSelector"]);
+}
+
+/// The `Tolerations:` of a pod spec or a pod template's spec, one per line.
+fn tolerations_section(p: &mut Page, indent: usize, spec: &Value) {
     let tol: Vec<String> = spec["tolerations"]
         .as_array()
         .into_iter()
@@ -430,8 +407,9 @@ fn describe_pod(p: &mut Page, o: &Value) {
             x
         })
         .collect();
+    // Not `or_none`: a key-less `Exists` toleration is an empty line, not `<none>`.
     p.kv(
-        0,
+        indent,
         "Tolerations",
         if tol.is_empty() {
             "<none>".into()
@@ -596,73 +574,14 @@ fn describe_rc(p: &mut Page, o: &Value, pods: &[Value]) {
     );
     p.line("Pod Template:");
     p.map(2, "Labels", &spec["template"]["metadata"]["labels"]);
+    let tspec = &spec["template"]["spec"];
     p.line("  Containers:");
-    for c in spec["template"]["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        p.line(format!("   {}:", s(&c["name"], "")));
-        p.kv(4, "Image", s(&c["image"], ""));
-        let ports: Vec<String> = c["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|pt| format!("{}/{}", pt["containerPort"], s(&pt["protocol"], "TCP")))
-            .collect();
-        p.kv(
-            4,
-            "Port",
-            if ports.is_empty() {
-                "<none>".into()
-            } else {
-                ports.join(", ")
-            },
-        );
-        let hports: Vec<String> = c["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|pt| {
-                format!(
-                    "{}/{}",
-                    pt["hostPort"].as_i64().unwrap_or(0),
-                    s(&pt["protocol"], "TCP")
-                )
-            })
-            .collect();
-        p.kv(
-            4,
-            "Host Port",
-            if hports.is_empty() {
-                "<none>".to_string()
-            } else {
-                hports.join(", ")
-            },
-        );
-        let env: Vec<String> = c["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| format!("{}:  {}", s(&e["name"], ""), s(&e["value"], "")))
-            .collect();
-        if env.is_empty() {
-            p.kv(4, "Environment", "<none>");
-        } else {
-            p.line("    Environment:");
-            for e in env {
-                p.line(format!("      {e}"));
-            }
-        }
-        p.kv(4, "Mounts", "<none>");
+    for c in tspec["containers"].as_array().into_iter().flatten() {
+        container_section(p, "   ", c, None);
     }
-    p.kv(2, "Volumes", "<none>");
-    p.map(
-        2,
-        "Node-Selectors",
-        &spec["template"]["spec"]["nodeSelector"],
-    );
-    p.kv(2, "Tolerations", "<none>");
+    volumes_section(p, 2, tspec);
+    p.map(2, "Node-Selectors", &tspec["nodeSelector"]);
+    tolerations_section(p, 2, tspec);
 }
 
 fn describe_node(p: &mut Page, o: &Value, pods: &[Value], now: jiff::Timestamp) {
@@ -688,15 +607,7 @@ fn describe_node(p: &mut Page, o: &Value, pods: &[Value], now: jiff::Timestamp) 
             format!("{}{v}:{}", s(&t["key"], ""), s(&t["effect"], ""))
         })
         .collect();
-    p.kv(
-        0,
-        "Taints",
-        if taints.is_empty() {
-            "<none>".into()
-        } else {
-            taints.join("\n")
-        },
-    );
+    p.kv(0, "Taints", or_none(taints.join("\n")));
     p.kv(
         0,
         "Unschedulable",
@@ -1052,10 +963,10 @@ async fn describe_one(client: &Client, res: &ResourceInfo, o: &Value) -> anyhow:
             describe_service(&mut p, o, ep.as_ref());
         }
         "ReplicationController" => {
-            let sel = selector_string(&o["spec"]["selector"]);
-            let pods = if sel == "<none>" {
+            let pods = if meta::string_map(&o["spec"]["selector"]).is_empty() {
                 Vec::new()
             } else {
+                let sel = selector_string(&o["spec"]["selector"]);
                 list_values(
                     client,
                     "pods",
@@ -1141,7 +1052,6 @@ pub async fn run(g: &Global, a: DescribeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let _ = resolve_or_err;
     print!("{}", pages.join("\n\n"));
     if !errors.is_empty() {
         return Err(Reported(errors.join("\n")).into());
@@ -1153,4 +1063,32 @@ pub async fn run(g: &Global, a: DescribeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rc_template_shows_its_mounts_volumes_and_tolerations() {
+        let rc = json!({"metadata": {"name": "r", "namespace": "d"},
+            "spec": {"replicas": 1, "selector": {"app": "w"}, "template": {
+                "metadata": {"labels": {"app": "w"}},
+                "spec": {"containers": [{"name": "c1", "image": "img",
+                        "volumeMounts": [{"mountPath": "/d", "name": "v1", "readOnly": true}]}],
+                    "volumes": [{"name": "v1", "emptyDir": {}}],
+                    "tolerations": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}}}});
+        let mut p = Page::new();
+        describe_rc(&mut p, &rc, &[]);
+        let d = p.render();
+        for want in [
+            "  Containers:\n   c1:\n",
+            "    Mounts:\n      /d from v1 (ro)\n",
+            "  Volumes:\n   v1:\n    Type:",
+            "  Tolerations:     k=v:NoSchedule\n",
+        ] {
+            assert!(d.contains(want), "describe rc lacks {want:?}:\n{d}");
+        }
+    }
 }

@@ -179,16 +179,9 @@ impl TablePrinter {
                 }
             }
             if self.show_labels {
-                let labels = xkube_api::meta::labels(&r["object"]);
-                line.push(if labels.is_empty() {
-                    "<none>".into()
-                } else {
-                    labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                });
+                line.push(xkube_api::table::selector_string(
+                    &r["object"]["metadata"]["labels"],
+                ));
             }
             out.push(line);
         }
@@ -230,11 +223,7 @@ fn as_table(v: Value) -> Value {
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
-            let age = o["metadata"]["creationTimestamp"]
-                .as_str()
-                .and_then(xkube_api::meta::parse_time)
-                .map(|t| xkube_api::table::human_duration(now.as_second() - t.as_second()))
-                .unwrap_or_else(|| "<unknown>".into());
+            let age = xkube_api::table::age(&o["metadata"]["creationTimestamp"], now);
             json!({"cells": [xkube_api::meta::name(o), age],
                    "object": {"metadata": o["metadata"].clone()}})
         })

@@ -96,12 +96,12 @@ pub fn read_all(files: &[String], recursive: bool) -> anyhow::Result<Vec<Doc>> {
         if !p.exists() {
             return Err(Reported(format!("error: the path \"{f}\" does not exist")).into());
         }
-        read_path(p, recursive, true, &mut out)?;
+        read_path(p, recursive, &mut out)?;
     }
     Ok(out)
 }
 
-fn read_path(p: &Path, recursive: bool, top: bool, out: &mut Vec<Doc>) -> anyhow::Result<()> {
+fn read_path(p: &Path, recursive: bool, out: &mut Vec<Doc>) -> anyhow::Result<()> {
     if p.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(p)
             .map_err(|e| Reported(format!("error: reading {}: {e}", p.display())))?
@@ -112,15 +112,14 @@ fn read_path(p: &Path, recursive: bool, top: bool, out: &mut Vec<Doc>) -> anyhow
         for e in entries {
             if e.is_dir() {
                 if recursive {
-                    read_path(&e, recursive, false, out)?;
+                    read_path(&e, recursive, out)?;
                 }
             } else if is_manifest(&e) {
-                read_path(&e, recursive, false, out)?;
+                read_path(&e, recursive, out)?;
             }
         }
         return Ok(());
     }
-    let _ = top;
     let text = std::fs::read_to_string(p)
         .map_err(|e| Reported(format!("error: reading {}: {e}", p.display())))?;
     parse(&p.display().to_string(), &text, out)
