@@ -316,33 +316,10 @@ fn ifindex(iface: &str) -> Result<u32> {
 
 /// The cgroup v2 directory of this process.
 fn own_cgroup() -> Result<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|source| Error::Io {
-        op: "read",
-        path: "/proc/self/cgroup".into(),
-        source,
-    })?;
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("/")
-        .trim_start_matches('/');
-    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|source| Error::Io {
-        op: "read",
-        path: "/proc/mounts".into(),
-        source,
-    })?;
-    let root = mounts
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
-            (kind == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .ok_or_else(|| Error::NodeConfig {
-            node: String::new(),
-            reason: "no cgroup2 mount".into(),
-        })?;
-    Ok(root.join(rel))
+    xkube_netns::cgroup::own().map_err(|e| Error::NodeConfig {
+        node: String::new(),
+        reason: format!("this process's cgroup: {e}"),
+    })
 }
 
 fn service_names(svcs: &[Service], ids: &Ids) -> BTreeMap<u16, String> {

@@ -296,8 +296,10 @@ pub fn prepare_uplink(iface: &str) -> Result<()> {
         (format!("net/ipv4/conf/{iface}/send_redirects"), "0"),
         ("net/ipv4/conf/all/send_redirects".to_owned(), "0"),
     ] {
-        let path = Path::new("/proc/sys").join(key);
-        std::fs::write(&path, value).map_err(io("write sysctl", &path))?;
+        xkube_netns::sysctl::set_here(&key, value).map_err(|e| Error::Uplink {
+            iface: iface.to_owned(),
+            reason: format!("sysctl {key}: {e}"),
+        })?;
     }
     Ok(())
 }
