@@ -32,25 +32,14 @@ pub fn format_cpu(millis: i64) -> String {
     }
 }
 
-/// Formats bytes with the largest exact binary suffix (`128Mi`, `1Gi`, `1500`).
+/// Formats bytes with the largest exact binary suffix (`128Mi`, `1Gi`, `1500`): the
+/// binary-SI form of `xkube_api::quantity::Quantity`'s `Display`.
 pub fn format_bytes(b: i64) -> String {
-    if b == 0 {
-        return "0".into();
+    xkube_api::quantity::Quantity {
+        milli: i128::from(b) * 1000,
+        format: xkube_api::quantity::Format::BinarySi,
     }
-    for (suffix, shift) in [
-        ("Ei", 60),
-        ("Pi", 50),
-        ("Ti", 40),
-        ("Gi", 30),
-        ("Mi", 20),
-        ("Ki", 10),
-    ] {
-        let unit = 1i64 << shift;
-        if b % unit == 0 {
-            return format!("{}{suffix}", b / unit);
-        }
-    }
-    b.to_string()
+    .to_string()
 }
 
 /// Requests and limits of a pod, summed over containers (init containers count as their
