@@ -45,7 +45,7 @@ use xkube_api::placement::{
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, key_of, on_change, split_key};
+use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
 use crate::podcontrol::{self, BURST_REPLICAS, Claim, PodControl, ReleaseConflict};
 use crate::podutil::{self, controller_of, is_available, is_terminal};
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
@@ -491,16 +491,12 @@ impl DaemonSetController {
             let dss = self.daemonsets.clone();
             move || dss.list().iter().for_each(|ds| q.add(key_of(&**ds)))
         };
-        let q = self.queue.clone();
-        let every = all.clone();
-        on_change(
+        enqueue_on_change(
             &self.daemonsets,
+            &self.queue,
             &shutdown,
             Some(Duration::from_secs(30)),
-            move |s| match s {
-                Seen::Object(ds) => q.add(key_of(&*ds)),
-                Seen::All => every(),
-            },
+            |_| true,
         );
         let q = self.queue.clone();
         let dss = self.daemonsets.clone();

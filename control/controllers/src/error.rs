@@ -28,9 +28,6 @@ pub enum Error {
     /// Invalid configuration (flags, kubeconfig, keys).
     #[error("{0}")]
     Config(String),
-    /// A service-account token is not valid.
-    #[error("invalid service account token: {0}")]
-    InvalidToken(String),
     /// An object could not be encoded or decoded.
     #[error("encoding {what}: {source}")]
     Encode {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use bollard::{Docker, query_parameters::CreateImageOptions};
-use common::{Cluster, phase, pod_ip};
+use common::{Cluster, phase, pod_ip, waiting_reason};
 use futures::StreamExt;
 use serde_json::json;
 use xkube_client::DeleteParams;
@@ -267,12 +267,7 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
     // A missing image: ErrImagePull then ImagePullBackOff, with events, never a hang.
     let ghost = c
         .wait_pod("ghost", "ImagePullBackOff", |p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|c| c.first())
-                .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
-                .is_some_and(|r| r == "ImagePullBackOff")
+            waiting_reason(p).is_some_and(|r| r == "ImagePullBackOff")
         })
         .await;
     assert_eq!(phase(&ghost), "Pending");
