@@ -15,6 +15,7 @@ pub mod placement;
 pub mod protobuf;
 pub mod quantity;
 pub mod quota;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod status;

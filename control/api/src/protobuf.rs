@@ -149,17 +149,117 @@ const RESOURCE_QUOTA: &[Field] = &[
     f(2, "spec", Kind::Msg(RESOURCE_QUOTA_SPEC)),
 ];
 
+// k8s.io/api/rbac/v1/generated.proto
+const POLICY_RULE: &[Field] = &[
+    f(1, "verbs", Kind::RepStr),
+    f(2, "apiGroups", Kind::RepStr),
+    f(3, "resources", Kind::RepStr),
+    f(4, "resourceNames", Kind::RepStr),
+    f(5, "nonResourceURLs", Kind::RepStr),
+];
+
+const ROLE: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "rules", Kind::RepMsg(POLICY_RULE)),
+];
+
+const ROLE_REF: &[Field] = &[
+    f(1, "apiGroup", Kind::Str),
+    f(2, "kind", Kind::Str),
+    f(3, "name", Kind::Str),
+];
+
+const SUBJECT: &[Field] = &[
+    f(1, "kind", Kind::Str),
+    f(2, "apiGroup", Kind::Str),
+    f(3, "name", Kind::Str),
+    f(4, "namespace", Kind::Str),
+];
+
+const ROLE_BINDING: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "subjects", Kind::RepMsg(SUBJECT)),
+    f(3, "roleRef", Kind::Msg(ROLE_REF)),
+];
+
+// k8s.io/api/authorization/v1/generated.proto
+const RESOURCE_ATTRIBUTES: &[Field] = &[
+    f(1, "namespace", Kind::Str),
+    f(2, "verb", Kind::Str),
+    f(3, "group", Kind::Str),
+    f(4, "version", Kind::Str),
+    f(5, "resource", Kind::Str),
+    f(6, "subresource", Kind::Str),
+    f(7, "name", Kind::Str),
+];
+
+const NON_RESOURCE_ATTRIBUTES: &[Field] = &[f(1, "path", Kind::Str), f(2, "verb", Kind::Str)];
+
+const SELF_SUBJECT_ACCESS_REVIEW_SPEC: &[Field] = &[
+    f(1, "resourceAttributes", Kind::Msg(RESOURCE_ATTRIBUTES)),
+    f(
+        2,
+        "nonResourceAttributes",
+        Kind::Msg(NON_RESOURCE_ATTRIBUTES),
+    ),
+];
+
+const SUBJECT_ACCESS_REVIEW_SPEC: &[Field] = &[
+    f(1, "resourceAttributes", Kind::Msg(RESOURCE_ATTRIBUTES)),
+    f(
+        2,
+        "nonResourceAttributes",
+        Kind::Msg(NON_RESOURCE_ATTRIBUTES),
+    ),
+    f(3, "user", Kind::Str),
+    f(4, "groups", Kind::RepStr),
+    f(6, "uid", Kind::Str),
+];
+
+const SELF_SUBJECT_ACCESS_REVIEW: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
+];
+
+const SUBJECT_ACCESS_REVIEW: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(SUBJECT_ACCESS_REVIEW_SPEC)),
+];
+
+const SELF_SUBJECT_RULES_REVIEW: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(&[f(1, "namespace", Kind::Str)])),
+];
+
+// k8s.io/api/authentication/v1/generated.proto
+const TOKEN_REVIEW: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Kind::Msg(&[f(1, "token", Kind::Str), f(2, "audiences", Kind::RepStr)]),
+    ),
+];
+
+const SELF_SUBJECT_REVIEW: &[Field] = &[f(1, "metadata", Kind::Msg(OBJECT_META))];
+
 fn schema(api_version: &str, kind: &str) -> Option<&'static [Field]> {
-    if api_version != "v1" {
-        return None;
-    }
-    Some(match kind {
-        "Secret" => SECRET,
-        "ConfigMap" => CONFIG_MAP,
-        "Namespace" => NAMESPACE,
-        "Service" => SERVICE,
-        "ServiceAccount" => SERVICE_ACCOUNT,
-        "ResourceQuota" => RESOURCE_QUOTA,
+    Some(match (api_version, kind) {
+        ("v1", "Secret") => SECRET,
+        ("v1", "ConfigMap") => CONFIG_MAP,
+        ("v1", "Namespace") => NAMESPACE,
+        ("v1", "Service") => SERVICE,
+        ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
+        ("v1", "ResourceQuota") => RESOURCE_QUOTA,
+        ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SubjectAccessReview" | "LocalSubjectAccessReview") => {
+            SUBJECT_ACCESS_REVIEW
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => SELF_SUBJECT_RULES_REVIEW,
+        ("authentication.k8s.io/v1", "TokenReview") => TOKEN_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => SELF_SUBJECT_REVIEW,
         _ => return None,
     })
 }

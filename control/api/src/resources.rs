@@ -12,6 +12,10 @@ pub const ALL_VERBS: &[&str] = &[
     "watch",
 ];
 
+/// Verbs of a create-only resource whose objects are never stored (the access and token
+/// reviews of `authorization.k8s.io` and `authentication.k8s.io`).
+pub const CREATE_ONLY: &[&str] = &["create"];
+
 /// Verbs of a status-like subresource.
 pub const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
@@ -63,6 +67,12 @@ impl ResourceInfo {
         } else {
             format!("{}/{}", self.group, self.version)
         }
+    }
+
+    /// Whether objects of this resource are stored (false for the create-only reviews, which
+    /// the apiserver answers without storing anything).
+    pub fn persisted(&self) -> bool {
+        self.verbs != CREATE_ONLY
     }
 
     /// Whether the resource has a `status` subresource (the main endpoint then ignores status).
@@ -302,7 +312,92 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
         categories: &[],
     },
+    rbac("Role", "roles", "role", true),
+    rbac("ClusterRole", "clusterroles", "clusterrole", false),
+    rbac("RoleBinding", "rolebindings", "rolebinding", true),
+    rbac(
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SubjectAccessReview",
+        "subjectaccessreviews",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        true,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false,
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        false,
+    ),
+    review(
+        "authentication.k8s.io",
+        "TokenReview",
+        "tokenreviews",
+        false,
+    ),
+    review(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        false,
+    ),
 ];
+
+const fn rbac(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> ResourceInfo {
+    ResourceInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        short_names: &[],
+        namespaced,
+        verbs: ALL_VERBS,
+        subresources: &[],
+        categories: &[],
+    }
+}
+
+const fn review(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+) -> ResourceInfo {
+    ResourceInfo {
+        group,
+        version: "v1",
+        kind,
+        plural,
+        singular: "",
+        short_names: &[],
+        namespaced,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        categories: &[],
+    }
+}
 
 /// Finds a resource by group, version and plural name.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {

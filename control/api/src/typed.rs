@@ -8,13 +8,14 @@ use k8s_openapi::api::core::v1::{
     ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::defaults;
 use crate::validation::{self, ErrorList, FieldError};
+use crate::{defaults, rbac};
 
 /// Result of [`prepare`].
 #[derive(Debug, Clone)]
@@ -228,6 +229,34 @@ pub fn prepare(kind: &str, mut input: Value, apply_defaults: bool) -> Result<Pre
             |_: &mut LimitRange| {},
             |s: &LimitRange| meta_only(&s.metadata, "LimitRange", true),
         ),
+        "Role" => roundtrip::<Role, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            |_: &mut Role| {},
+            rbac::validate_role,
+        ),
+        "ClusterRole" => roundtrip::<ClusterRole, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            |_: &mut ClusterRole| {},
+            rbac::validate_cluster_role,
+        ),
+        "RoleBinding" => roundtrip::<RoleBinding, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            |_: &mut RoleBinding| {},
+            rbac::validate_role_binding,
+        ),
+        "ClusterRoleBinding" => roundtrip::<ClusterRoleBinding, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            |_: &mut ClusterRoleBinding| {},
+            rbac::validate_cluster_role_binding,
+        ),
         "Lease" => roundtrip::<Lease, _, _>(
             kind,
             input,
@@ -351,6 +380,13 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> ErrorList {
                 "spec.selector",
                 validation::go_label_selector(&sel),
                 "field is immutable",
+            ));
+        }
+        "RoleBinding" | "ClusterRoleBinding" if old["roleRef"] != new["roleRef"] => {
+            errs.push(FieldError::invalid_raw(
+                "roleRef",
+                format!("{}", new["roleRef"]),
+                "cannot change roleRef",
             ));
         }
         "Secret" | "ConfigMap"

@@ -341,7 +341,9 @@ pub fn name_rule(kind: &str) -> NameRule {
     match kind {
         "Namespace" => NameRule::Label,
         "Service" => NameRule::Dns1035,
-        "Event" => NameRule::PathSegment,
+        "Event" | "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+            NameRule::PathSegment
+        }
         _ => NameRule::Subdomain,
     }
 }

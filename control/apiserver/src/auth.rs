@@ -10,41 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::options::AuthorizationMode;
 
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserInfo {
-    /// User name.
-    pub name: String,
-    /// UID.
-    pub uid: String,
-    /// Groups (`system:authenticated` added for every authenticated user).
-    pub groups: Vec<String>,
-}
-
-impl UserInfo {
-    fn new(name: &str, uid: &str, mut groups: Vec<String>) -> Self {
-        groups.push("system:authenticated".into());
-        UserInfo {
-            name: name.to_string(),
-            uid: uid.to_string(),
-            groups,
-        }
-    }
-
-    /// The anonymous user.
-    pub fn anonymous() -> Self {
-        UserInfo {
-            name: "system:anonymous".into(),
-            uid: String::new(),
-            groups: vec!["system:unauthenticated".into()],
-        }
-    }
-
-    /// The user of the unauthenticated local port.
-    pub fn unsecured() -> Self {
-        UserInfo::new("system:unsecured", "", vec!["system:masters".into()])
-    }
-}
+pub use xkube_api::rbac::{Attributes, UserInfo};
 
 /// Parses one CSV line with double-quoted fields.
 fn csv_fields(line: &str) -> Vec<String> {
@@ -193,33 +159,6 @@ impl Authenticator {
     }
 }
 
-/// What a request wants to do, for authorization.
-#[derive(Debug, Clone, Default)]
-pub struct Attributes {
-    /// Verb (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ...).
-    pub verb: String,
-    /// Whether this is a resource request (else a non-resource path).
-    pub resource_request: bool,
-    /// API group.
-    pub group: String,
-    /// Resource plural.
-    pub resource: String,
-    /// Subresource.
-    pub subresource: String,
-    /// Namespace.
-    pub namespace: String,
-    /// Object name.
-    pub name: String,
-    /// Path (non-resource requests).
-    pub path: String,
-}
-
-impl Attributes {
-    fn readonly(&self) -> bool {
-        matches!(self.verb.as_str(), "get" | "list" | "watch")
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct PolicySpec {
@@ -272,94 +211,157 @@ impl PolicySpec {
     }
 }
 
-/// The configured authorizer.
-#[derive(Debug)]
-pub enum Authorizer {
-    /// Allow everything.
+/// One authorizer's answer (Kubernetes' `authorizer.Decision` with its reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; the reason says by what.
+    Allow(String),
+    /// Denied outright (the chain stops).
+    Deny(String),
+    /// This authorizer has no opinion; the next one decides.
+    NoOpinion(String),
+}
+
+/// One mode of the chain.
+enum Mode {
     AlwaysAllow,
-    /// Deny everything.
     AlwaysDeny,
-    /// ABAC policies.
     Abac(Vec<AbacPolicy>),
+    Node(crate::authz::NodeAuthorizer),
+    Rbac(crate::authz::Rbac),
+}
+
+/// The configured authorizers, asked in `--authorization-mode` order (Kubernetes' union
+/// authorizer): the first Allow or Deny decides; when all have no opinion the request is
+/// forbidden with their reasons.
+pub struct Authorizer {
+    modes: Vec<Mode>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self
+            .modes
+            .iter()
+            .map(|m| match m {
+                Mode::AlwaysAllow => "AlwaysAllow",
+                Mode::AlwaysDeny => "AlwaysDeny",
+                Mode::Abac(_) => "ABAC",
+                Mode::Node(_) => "Node",
+                Mode::Rbac(_) => "RBAC",
+            })
+            .collect();
+        f.debug_struct("Authorizer").field("modes", &names).finish()
+    }
 }
 
 /// An ABAC policy (opaque).
 #[derive(Debug, Clone)]
 pub struct AbacPolicy(PolicySpec);
 
+/// Reads an ABAC policy file (one JSON policy per line). Blocking.
+pub fn load_abac(path: &Path) -> Result<Vec<AbacPolicy>> {
+    let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
+    let mut policies = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let p: Policy = serde_json::from_str(line).map_err(|e| {
+            Error::Config(format!(
+                "policy file {}: line {}: {e}",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        policies.push(AbacPolicy(p.spec));
+    }
+    Ok(policies)
+}
+
 impl Authorizer {
-    /// Builds the authorizer for a mode; ABAC reads its policy file (JSON lines).
-    pub fn load(mode: AuthorizationMode, policy_file: Option<&Path>) -> Result<Self> {
-        Ok(match mode {
-            AuthorizationMode::AlwaysAllow => Authorizer::AlwaysAllow,
-            AuthorizationMode::AlwaysDeny => Authorizer::AlwaysDeny,
-            AuthorizationMode::Abac => {
-                let path = policy_file.ok_or_else(|| {
+    /// Builds the chain for `modes`. ABAC needs its parsed policy file; Node and RBAC read
+    /// the apiserver's watch caches.
+    pub fn new(
+        modes: &[AuthorizationMode],
+        abac: Option<Vec<AbacPolicy>>,
+        caches: &crate::authz::Caches,
+    ) -> Result<Self> {
+        let mut out = Vec::new();
+        for m in modes {
+            out.push(match m {
+                AuthorizationMode::AlwaysAllow => Mode::AlwaysAllow,
+                AuthorizationMode::AlwaysDeny => Mode::AlwaysDeny,
+                AuthorizationMode::Abac => Mode::Abac(abac.clone().ok_or_else(|| {
                     Error::Config(
                         "--authorization-mode=ABAC needs --authorization-policy-file".into(),
                     )
-                })?;
-                let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
-                let mut policies = Vec::new();
-                for (i, line) in text.lines().enumerate() {
-                    let line = line.trim();
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    let p: Policy = serde_json::from_str(line).map_err(|e| {
-                        Error::Config(format!(
-                            "policy file {}: line {}: {e}",
-                            path.display(),
-                            i + 1
-                        ))
-                    })?;
-                    policies.push(AbacPolicy(p.spec));
-                }
-                Authorizer::Abac(policies)
-            }
+                })?),
+                AuthorizationMode::Node => Mode::Node(crate::authz::NodeAuthorizer::new(caches)?),
+                AuthorizationMode::Rbac => Mode::Rbac(crate::authz::Rbac::new(caches)?),
+            });
+        }
+        if out.is_empty() {
+            return Err(Error::Config(
+                "--authorization-mode needs at least one mode".into(),
+            ));
+        }
+        Ok(Authorizer { modes: out })
+    }
+
+    /// The RBAC authorizer, when RBAC is a mode.
+    pub fn rbac(&self) -> Option<&crate::authz::Rbac> {
+        self.modes.iter().find_map(|m| match m {
+            Mode::Rbac(r) => Some(r),
+            _ => None,
         })
     }
 
-    /// Whether `user` may do `attrs`; the error is the reason for a 403.
-    pub fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), String> {
-        if user.groups.iter().any(|g| g == "system:masters") {
-            return Ok(());
+    /// The chain's decision: allowed or not, and the reason (for SubjectAccessReviews).
+    pub fn decide(&self, user: &UserInfo, attrs: &Attributes) -> (bool, String) {
+        if user.in_group("system:masters") {
+            return (true, String::new());
         }
-        let deny = |extra: &str| {
-            let mut s = if attrs.resource_request {
-                let res = if attrs.subresource.is_empty() {
-                    attrs.resource.clone()
-                } else {
-                    format!("{}/{}", attrs.resource, attrs.subresource)
-                };
-                let mut s = format!(
-                    "User \"{}\" cannot {} resource \"{}\" in API group \"{}\"",
-                    user.name, attrs.verb, res, attrs.group
-                );
-                if attrs.namespace.is_empty() {
-                    s.push_str(" at the cluster scope");
-                } else {
-                    s.push_str(&format!(" in the namespace \"{}\"", attrs.namespace));
+        let mut reasons = Vec::new();
+        for m in &self.modes {
+            let d = match m {
+                Mode::AlwaysAllow => Decision::Allow(String::new()),
+                Mode::AlwaysDeny => Decision::Deny("Everything is forbidden.".into()),
+                Mode::Abac(policies) => {
+                    if policies.iter().any(|p| p.0.matches(user, attrs)) {
+                        Decision::Allow(String::new())
+                    } else {
+                        Decision::NoOpinion("No policy matched.".into())
+                    }
                 }
-                s
-            } else {
-                format!(
-                    "User \"{}\" cannot {} path \"{}\"",
-                    user.name, attrs.verb, attrs.path
-                )
+                Mode::Node(n) => n.authorize(user, attrs),
+                Mode::Rbac(r) => r.authorize(user, attrs),
             };
-            s.push_str(extra);
-            s
-        };
-        match self {
-            Authorizer::AlwaysAllow => Ok(()),
-            Authorizer::AlwaysDeny => Err(deny(": Everything is forbidden.")),
-            Authorizer::Abac(policies) => {
-                if policies.iter().any(|p| p.0.matches(user, attrs)) {
-                    Ok(())
-                } else {
-                    Err(deny(": No policy matched."))
+            match d {
+                Decision::Allow(r) => return (true, r),
+                Decision::Deny(r) => {
+                    reasons.push(r);
+                    break;
                 }
+                Decision::NoOpinion(r) if !r.is_empty() => reasons.push(r),
+                Decision::NoOpinion(_) => {}
+            }
+        }
+        (false, reasons.join(", "))
+    }
+
+    /// Whether `user` may do `attrs`; the error is the message of the 403.
+    pub fn authorize(&self, user: &UserInfo, attrs: &Attributes) -> Result<(), String> {
+        match self.decide(user, attrs) {
+            (true, _) => Ok(()),
+            (false, reason) => {
+                let mut s = attrs.forbidden_message(&user.name);
+                if !reason.is_empty() {
+                    s.push_str(": ");
+                    s.push_str(&reason);
+                }
+                Err(s)
             }
         }
     }
@@ -422,7 +424,12 @@ mod tests {
             ),
         )
         .expect("write");
-        let z = Authorizer::load(AuthorizationMode::Abac, Some(&pf)).expect("loads");
+        let z = Authorizer::new(
+            &[AuthorizationMode::Abac],
+            Some(load_abac(&pf).expect("loads")),
+            &crate::authz::Caches::default(),
+        )
+        .expect("chain");
         let alice = UserInfo::new("alice", "", vec![]);
         let bob = UserInfo::new("bob", "", vec![]);
         let attrs = |verb: &str, ns: &str| Attributes {

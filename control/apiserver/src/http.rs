@@ -439,9 +439,8 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
         let bearer = authz.and_then(crate::auth::bearer_token);
         let mut result = app.authn.authenticate(authz, conn.client_cert.as_ref());
         if result == AuthnResult::Unauthorized
-            && let (Some(token), Some(v)) = (bearer, app.sa_verifier.as_ref())
-            && let Some(u) =
-                crate::satoken::authenticate(v, app.sa_lookup, &app.registry, token).await
+            && let Some(token) = bearer
+            && let Some(u) = service_account_user(app, token).await
         {
             result = AuthnResult::User(u);
         }
@@ -502,11 +501,59 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
         let e = StatusError::forbidden(route.res.group, route.res.plural, &attrs.name, &reason);
         return (metric_verb(verb), resource, status_response(&e));
     }
+    if !route.res.persisted() {
+        let resp = match serve_review(app, req, &route, &user).await {
+            Ok(r) => r,
+            Err(e) => status_response(&e),
+        };
+        return (metric_verb(verb), resource, resp);
+    }
     let resp = match serve_resource(app, req, route, q, verb, watch, &user).await {
         Ok(r) => r,
         Err(e) => status_response(&e),
     };
     (metric_verb(verb), resource, resp)
+}
+
+/// The user of a service-account token, if the token verifies.
+async fn service_account_user(app: &App, token: &str) -> Option<UserInfo> {
+    let v = app.sa_verifier.as_ref()?;
+    crate::satoken::authenticate(v, app.sa_lookup, &app.registry, token).await
+}
+
+/// The user a bearer token authenticates as (token file, then service-account tokens), for
+/// TokenReviews.
+pub(crate) async fn authenticate_token(app: &App, token: &str) -> Option<UserInfo> {
+    if token.is_empty() {
+        return None;
+    }
+    match app
+        .authn
+        .authenticate(Some(&format!("Bearer {token}")), None)
+    {
+        AuthnResult::User(u) => Some(u),
+        AuthnResult::Unauthorized => service_account_user(app, token).await,
+    }
+}
+
+/// Creates of the review kinds: authorized like any create, answered without storing.
+async fn serve_review(
+    app: &Arc<App>,
+    req: Request,
+    route: &Route,
+    user: &UserInfo,
+) -> Result<Response, StatusError> {
+    if req.method() != Method::POST || route.name.is_some() {
+        return Err(StatusError::method_not_allowed());
+    }
+    let q = parse_query(req.uri());
+    let (parts, body) = req.into_parts();
+    let accept = parse_accept(&parts.headers, &q)?;
+    let bytes = read_body(body).await?;
+    let mut obj = decode_body(&parts.headers, &bytes)?;
+    check_kind(route.res, &mut obj)?;
+    let out = crate::reviews::create(app, route.res, route.ns.as_deref(), user, obj).await?;
+    Ok(object_response(201, &out, &accept, route.res, &[]))
 }
 
 /// Runs the admission chain; the caller keeps the result until the write is done and then
@@ -640,6 +687,8 @@ async fn serve_resource(
             let opts = write_options(&q)?;
             Registry::generate_name(&mut obj);
             let name = meta::name(&obj).to_string();
+            restrict_node_create(user, res, &name)?;
+            crate::authz::check_escalation(&app.authz, user, res, ns.unwrap_or(""), &obj)?;
             let admitted = admit(
                 app,
                 Operation::Create,
@@ -681,6 +730,7 @@ async fn serve_resource(
                 let w = reg.update(res, ns, name, o, None, &opts, None).await?;
                 return Ok(object_response(200, &w.object, &accept, res, &w.warnings));
             }
+            crate::authz::check_escalation(&app.authz, user, res, ns.unwrap_or(""), &obj)?;
             admit(
                 app,
                 Operation::Update,
@@ -727,7 +777,13 @@ async fn serve_resource(
                 opts.dry_run,
             )
             .await?;
-            match reg.patch(res, ns, name, &patch, ty, sub, &opts).await {
+            let check = |o: &Value| {
+                crate::authz::check_escalation(&app.authz, user, res, ns.unwrap_or(""), o)
+            };
+            match reg
+                .patch_checked(res, ns, name, &patch, ty, sub, &opts, check)
+                .await
+            {
                 Ok(w) => Ok(object_response(200, &w.object, &accept, res, &w.warnings)),
                 // Server-side apply creates what does not exist yet.
                 Err(e) if e.code == 404 && ty == PatchType::Apply && sub.is_none() => {
@@ -735,6 +791,7 @@ async fn serve_resource(
                     check_kind(res, &mut obj)?;
                     set_namespace(res, ns, &mut obj)?;
                     meta::set(&mut obj, "name", json!(name));
+                    crate::authz::check_escalation(&app.authz, user, res, ns.unwrap_or(""), &obj)?;
                     let admitted = admit(
                         app,
                         Operation::Create,
@@ -828,6 +885,25 @@ async fn serve_resource(
             ))
         }
         _ => Err(StatusError::method_not_allowed()),
+    }
+}
+
+/// NodeRestriction for creates: a kubelet may register only its own Node.
+fn restrict_node_create(
+    user: &UserInfo,
+    res: &ResourceInfo,
+    name: &str,
+) -> Result<(), StatusError> {
+    match user.node_name() {
+        Some(node) if res.group.is_empty() && res.plural == "nodes" && name != node => {
+            Err(StatusError::forbidden(
+                "",
+                "nodes",
+                name,
+                &format!("node \"{node}\" is not allowed to modify node \"{name}\""),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod alloc;
 pub mod auth;
+pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod exec;
@@ -22,6 +23,7 @@ pub mod options;
 pub mod pki;
 pub mod plugins;
 pub mod registry;
+pub mod reviews;
 pub mod satoken;
 pub mod server;
 pub mod testing;

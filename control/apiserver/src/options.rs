@@ -29,6 +29,13 @@ pub enum AuthorizationMode {
     /// Attribute-based policy from `--authorization-policy-file`.
     #[value(name = "ABAC")]
     Abac,
+    /// Kubelets (`system:node:<name>` in `system:nodes`) may read the objects of the pods
+    /// bound to them and write only their own Node and pods.
+    #[value(name = "Node")]
+    Node,
+    /// Role-based access control (`rbac.authorization.k8s.io/v1`).
+    #[value(name = "RBAC")]
+    Rbac,
 }
 
 /// `xkube apiserver` flags.
@@ -113,14 +120,16 @@ pub struct Options {
     )]
     pub anonymous_auth: bool,
 
-    /// Authorization mode.
+    /// Ordered authorization modes (AlwaysAllow, AlwaysDeny, ABAC, Node, RBAC); the first
+    /// that allows or denies decides. `system:masters` is always allowed.
     #[arg(
         long,
         env = "XKUBE_AUTHORIZATION_MODE",
         value_enum,
-        default_value = "AlwaysAllow"
+        value_delimiter = ',',
+        default_value = "Node,RBAC"
     )]
-    pub authorization_mode: AuthorizationMode,
+    pub authorization_mode: Vec<AuthorizationMode>,
 
     /// ABAC policy file (one JSON policy per line).
     #[arg(long, env = "XKUBE_AUTHORIZATION_POLICY_FILE")]
@@ -190,7 +199,7 @@ impl Default for Options {
             basic_auth_file: None,
             client_ca_file: None,
             anonymous_auth: false,
-            authorization_mode: AuthorizationMode::AlwaysAllow,
+            authorization_mode: vec![AuthorizationMode::Node, AuthorizationMode::Rbac],
             authorization_policy_file: None,
             service_account_key_file: None,
             service_account_lookup: true,
@@ -281,6 +290,10 @@ mod tests {
             Options::default().admission_control,
             "flag and library defaults agree"
         );
+        assert_eq!(
+            cli.opts.authorization_mode,
+            Options::default().authorization_mode
+        );
         assert!(cli.opts.service_account_lookup);
         assert_eq!(
             cli.opts.service_account_key_path(),
@@ -289,12 +302,15 @@ mod tests {
         let cli = Cli::try_parse_from([
             "x",
             "--etcd-servers=http://127.0.0.1:2379",
-            "--authorization-mode=ABAC",
+            "--authorization-mode=ABAC,RBAC",
             "--admission-control=NamespaceExists,AlwaysDeny",
         ])
         .expect("parses");
         assert_eq!(cli.opts.backend(), StorageBackend::Etcd);
-        assert_eq!(cli.opts.authorization_mode, AuthorizationMode::Abac);
+        assert_eq!(
+            cli.opts.authorization_mode,
+            vec![AuthorizationMode::Abac, AuthorizationMode::Rbac]
+        );
         assert_eq!(
             cli.opts.admission_control,
             vec!["NamespaceExists", "AlwaysDeny"]

@@ -629,11 +629,30 @@ impl Registry {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Written, StatusError> {
+        self.patch_checked(res, ns, name, patch, ty, subresource, opts, |_| Ok(()))
+            .await
+    }
+
+    /// [`Registry::patch`] with `check` run on every patched object before it is written
+    /// (RBAC's escalation check); an error from `check` is the answer and nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch_checked(
+        &self,
+        res: &ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+        ty: PatchType,
+        subresource: Option<&str>,
+        opts: &WriteOptions,
+        check: impl Fn(&Value) -> Result<(), StatusError>,
+    ) -> Result<Written, StatusError> {
         self.guaranteed_update(res, ns, name, subresource, opts, 8, |cur, rev| {
             let patched = xkube_api::patch::apply(cur, patch, ty).map_err(|e| match ty {
                 PatchType::Json => StatusError::new(422, "Invalid", e.to_string()),
                 _ => StatusError::bad_request(e.to_string()),
             })?;
+            check(&patched)?;
             let pinned = patched["metadata"]["resourceVersion"].as_str() != Some(&rev.to_string());
             Ok((patched, !pinned))
         })
@@ -893,7 +912,10 @@ impl Registry {
 
     /// Removes every object of a terminating namespace, then the namespace.
     pub async fn finalize_namespace(self: &Arc<Self>, ns: &str) {
-        for res in xkube_api::RESOURCES.iter().filter(|r| r.namespaced) {
+        for res in xkube_api::RESOURCES
+            .iter()
+            .filter(|r| r.namespaced && r.persisted())
+        {
             for attempt in 0..50 {
                 let Ok((kvs, _)) = self.store.list(&res.key_prefix(Some(ns))).await else {
                     break;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ use crate::auth::{Authenticator, Authorizer};
 use crate::error::{Error, Result};
 use crate::http::{App, ConnInfo};
 use crate::metrics::Metrics;
-use crate::options::{Options, StorageBackend};
+use crate::options::{AuthorizationMode, Options, StorageBackend};
 use crate::pki::{self, Pki};
 use crate::registry::{Registry, WriteOptions};
 use crate::watchcache::WatchCache;
@@ -264,6 +264,7 @@ async fn ensure_builtins(
             ignore_exists(reg.create(services, Some("default"), svc, &opts).await)?;
         }
     }
+    ensure_rbac_bootstrap(reg).await?;
     let endpoints = find("endpoints")?;
     let ep = json!({
         "apiVersion": "v1", "kind": "Endpoints",
@@ -294,6 +295,61 @@ async fn ensure_builtins(
     Ok(())
 }
 
+/// Creates Kubernetes' bootstrap ClusterRoles and ClusterRoleBindings, and brings back to
+/// the bootstrap definition those still annotated `rbac.authorization.kubernetes.io/autoupdate:
+/// "true"` (Kubernetes' RBAC post-start hook); others are the operator's to change.
+async fn ensure_rbac_bootstrap(reg: &Arc<Registry>) -> Result<()> {
+    let find = |p| {
+        xkube_api::resources::find(xkube_api::rbac::GROUP, "v1", p)
+            .ok_or_else(|| Error::Config(format!("resource {p} is not registered")))
+    };
+    let to_value = |v: std::result::Result<Value, serde_json::Error>| {
+        v.map_err(|e| Error::Config(format!("encoding the bootstrap policy: {e}")))
+    };
+    let mut objects = Vec::new();
+    let roles = find("clusterroles")?;
+    for r in xkube_api::rbac::bootstrap_cluster_roles() {
+        objects.push((roles, to_value(serde_json::to_value(r))?, "rules"));
+    }
+    let bindings = find("clusterrolebindings")?;
+    for b in xkube_api::rbac::bootstrap_cluster_role_bindings() {
+        objects.push((bindings, to_value(serde_json::to_value(b))?, "subjects"));
+    }
+    let opts = WriteOptions::default();
+    for (res, mut obj, field) in objects {
+        obj["apiVersion"] = json!(res.api_version());
+        obj["kind"] = json!(res.kind);
+        let name = xkube_api::meta::name(&obj).to_string();
+        match reg.get(res, None, &name).await {
+            Err(e) if e.code == 404 => ignore_exists(reg.create(res, None, obj, &opts).await)?,
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "reading {} {name}: {}",
+                    res.plural, e.message
+                )));
+            }
+            Ok((cur, _)) => {
+                let auto = cur["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"]
+                    == "true";
+                if auto && cur[field] != obj[field] {
+                    let mut next = cur.clone();
+                    next[field] = obj[field].clone();
+                    xkube_api::meta::remove(&mut next, "resourceVersion");
+                    reg.update(res, None, &name, next, None, &opts, None)
+                        .await
+                        .map_err(|e| {
+                            Error::Config(format!(
+                                "reconciling {} {name}: {}",
+                                res.plural, e.message
+                            ))
+                        })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Starts an apiserver with `opts` on `listen`, on `store` (or the store the flags select).
 /// Returns once it serves; `cancel` stops it.
 pub async fn start(
@@ -305,7 +361,7 @@ pub async fn start(
     let ips = IpRange::parse(&opts.service_cluster_ip_range)?;
     let ports = PortRange::parse(&opts.service_node_port_range)?;
     let chain = admission::parse_chain(&opts.admission_control)?;
-    let (authn, authz) = {
+    let (authn, abac) = {
         let o = opts.clone();
         tokio::task::spawn_blocking(move || -> Result<_> {
             let authn = Authenticator::load(
@@ -313,9 +369,13 @@ pub async fn start(
                 o.basic_auth_file.as_deref(),
                 o.anonymous_auth,
             )?;
-            let authz =
-                Authorizer::load(o.authorization_mode, o.authorization_policy_file.as_deref())?;
-            Ok((authn, authz))
+            let abac = match &o.authorization_policy_file {
+                Some(p) if o.authorization_mode.contains(&AuthorizationMode::Abac) => {
+                    Some(crate::auth::load_abac(p)?)
+                }
+                _ => None,
+            };
+            Ok((authn, abac))
         })
         .await
         .map_err(|e| Error::Config(format!("loading auth files failed: {e}")))??
@@ -357,7 +417,7 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     let mut caches = HashMap::new();
     let bookmark = Duration::from_secs(opts.bookmark_interval_seconds.max(1));
-    for res in xkube_api::RESOURCES.iter() {
+    for res in xkube_api::RESOURCES.iter().filter(|r| r.persisted()) {
         let cache = WatchCache::new(res, opts.watch_cache_size);
         tasks.spawn(cache.clone().run(store.clone(), bookmark, cancel.clone()));
         caches.insert(res.plural, cache);
@@ -371,6 +431,7 @@ pub async fn start(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let authz = Authorizer::new(&opts.authorization_mode, abac, &caches)?;
     let registry = Arc::new(Registry {
         store: store.clone(),
         alloc,

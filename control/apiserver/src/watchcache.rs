@@ -257,6 +257,20 @@ impl WatchCache {
         self.read().ready
     }
 
+    /// The revision the cache has reached (0 before its first list).
+    pub fn revision(&self) -> Revision {
+        self.read().revision
+    }
+
+    /// The current object at `key`, if the cache is ready and holds it.
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        let st = self.read();
+        if !st.ready {
+            return None;
+        }
+        st.objects.get(key).cloned()
+    }
+
     /// The current objects under `prefix` and the cache revision.
     pub fn list(&self, prefix: &str) -> Option<(Vec<Arc<Value>>, Revision)> {
         let st = self.read();

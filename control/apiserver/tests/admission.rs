@@ -374,7 +374,7 @@ async fn service_account_tokens_authenticate_until_the_account_is_deleted() {
     .expect("policy");
     let api = common::start_with(|b| {
         b.secure().options(move |o| {
-            o.authorization_mode = AuthorizationMode::Abac;
+            o.authorization_mode = vec![AuthorizationMode::Abac];
             o.authorization_policy_file = Some(policy);
         })
     })
@@ -427,7 +427,7 @@ async fn tokens_of_the_controller_manager_authenticate_and_are_mounted() {
     .expect("policy");
     let api = common::start_with(|b| {
         b.secure().options(move |o| {
-            o.authorization_mode = AuthorizationMode::Abac;
+            o.authorization_mode = vec![AuthorizationMode::Abac];
             o.authorization_policy_file = Some(policy);
             o.admission_control = chain(&[
                 "NamespaceLifecycle",

@@ -54,7 +54,7 @@ async fn tokens_basic_auth_client_certs_and_abac() {
         .options(move |o| {
             o.token_auth_file = Some(t);
             o.basic_auth_file = Some(b);
-            o.authorization_mode = AuthorizationMode::Abac;
+            o.authorization_mode = vec![AuthorizationMode::Abac];
             o.authorization_policy_file = Some(p);
             o.admission_control = vec!["NamespaceLifecycle".into(), "SecurityContextDeny".into()];
         })
@@ -231,7 +231,7 @@ async fn always_deny_forbids_everything_and_admission_always_deny_blocks_writes(
     let server = TestServer::builder(dir.path())
         .secure()
         .options(|o| {
-            o.authorization_mode = AuthorizationMode::AlwaysDeny;
+            o.authorization_mode = vec![AuthorizationMode::AlwaysDeny];
         })
         .start()
         .await
@@ -263,7 +263,7 @@ async fn always_deny_forbids_everything_and_admission_always_deny_blocks_writes(
         .secure()
         .options(move |o| {
             o.token_auth_file = Some(tokens);
-            o.authorization_mode = AuthorizationMode::AlwaysDeny;
+            o.authorization_mode = vec![AuthorizationMode::AlwaysDeny];
         })
         .start()
         .await

@@ -71,7 +71,10 @@ impl Reconciler for NamespaceController {
             return Ok(None);
         }
         let mut remaining = 0usize;
-        for res in xkube_api::RESOURCES.iter().filter(|r| r.namespaced) {
+        for res in xkube_api::RESOURCES
+            .iter()
+            .filter(|r| r.namespaced && r.persisted())
+        {
             let api = Api::dynamic(self.client.clone(), res, Some(name));
             let list = match api.list(&ListParams::default()).await {
                 Ok(l) => l,
