@@ -424,6 +424,26 @@ fn columns(plural: &str) -> Vec<Col> {
             ),
         ],
         "leases" => vec![NAME, col("Holder", 0, "The holder of the lease."), AGE],
+        "roles" | "clusterroles" => vec![
+            NAME,
+            col(
+                "Created At",
+                0,
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+            ),
+        ],
+        "rolebindings" | "clusterrolebindings" => vec![
+            NAME,
+            col(
+                "Role",
+                0,
+                "RoleRef is the reference to the role the binding grants.",
+            ),
+            AGE,
+            col("Users", 1, "Users in the binding."),
+            col("Groups", 1, "Groups in the binding."),
+            col("ServiceAccounts", 1, "ServiceAccounts in the binding."),
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -898,6 +918,41 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
             json!(str_or(&o["spec"]["holderIdentity"], "")),
             json!(created),
         ],
+        "roles" | "clusterroles" => vec![
+            name,
+            json!(str_or(&o["metadata"]["creationTimestamp"], "<unknown>")),
+        ],
+        "rolebindings" | "clusterrolebindings" => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = o["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s["kind"] == kind)
+                    .map(
+                        |s| match s["namespace"].as_str().filter(|n| !n.is_empty()) {
+                            Some(ns) if kind == "ServiceAccount" => {
+                                format!("{ns}/{}", str_or(&s["name"], ""))
+                            }
+                            _ => str_or(&s["name"], "").to_string(),
+                        },
+                    )
+                    .collect();
+                json!(names.join(", "))
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    str_or(&o["roleRef"]["kind"], ""),
+                    str_or(&o["roleRef"]["name"], "")
+                )),
+                json!(created),
+                subjects("User"),
+                subjects("Group"),
+                subjects("ServiceAccount"),
+            ]
+        }
         _ => vec![name, json!(created)],
     }
 }
@@ -957,6 +1012,19 @@ mod tests {
 
     fn now() -> jiff::Timestamp {
         "2024-01-10T00:00:00Z".parse().expect("ts")
+    }
+
+    #[test]
+    fn role_binding_rows_show_role_and_subjects() {
+        let rb = json!({"metadata": {"name": "b", "creationTimestamp": "2024-01-09T23:59:00Z"},
+            "roleRef": {"kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "alice"}, {"kind": "Group", "name": "devs"},
+                         {"kind": "ServiceAccount", "name": "bot", "namespace": "team"}]});
+        let t = table("rolebindings", &[rb], "1", now(), IncludeObject::None);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["b", "ClusterRole/edit", "60s", "alice", "devs", "team/bot"])
+        );
     }
 
     #[test]

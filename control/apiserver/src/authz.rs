@@ -496,6 +496,13 @@ impl NodeAuthorizer {
             {
                 Decision::NoOpinion(format!("node '{node}' can only modify pods bound to it"))
             }
+            ("coordination.k8s.io", "leases", "")
+                if a.namespace != "kube-node-lease" || !(a.name.is_empty() || a.name == node) =>
+            {
+                Decision::NoOpinion(format!(
+                    "node '{node}' can only access its own lease in kube-node-lease"
+                ))
+            }
             _ if self.rules.iter().any(|r| rule_allows(r, a)) => allow(),
             _ => Decision::NoOpinion(String::new()),
         }

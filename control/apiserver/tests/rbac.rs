@@ -828,5 +828,29 @@ async fn kubectl_auth_can_i_and_whoami() {
         ],
     );
     assert_eq!((code, out.as_str()), (0, "system:kube-proxy"));
+    let (code, out, err) = kubectl(&admin, &["get", "rolebindings", "-n", "team", "-o", "wide"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (cells.first(), cells.get(1), cells.get(3)),
+        (
+            Some(&"alice-edit"),
+            Some(&"ClusterRole/edit"),
+            Some(&"alice")
+        ),
+        "{out}"
+    );
+    let (code, _, err) = kubectl(
+        &admin,
+        &[
+            "create",
+            "clusterrole",
+            "pod-reader",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
     s.server.stop().await;
 }
