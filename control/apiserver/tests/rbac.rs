@@ -21,6 +21,7 @@ struct Secure {
     client: reqwest::Client,
     base: String,
     ca: std::path::PathBuf,
+    data: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -29,7 +30,8 @@ impl Secure {
         let dir = tempfile::tempdir().expect("tempdir");
         let tokens = dir.path().join("tokens.csv");
         std::fs::write(&tokens, TOKENS).expect("write tokens");
-        let server = TestServer::builder(dir.path().join("data"))
+        let data = dir.path().join("data");
+        let server = TestServer::builder(&data)
             .secure()
             .options(move |o| o.token_auth_file = Some(tokens))
             .start()
@@ -51,6 +53,7 @@ impl Secure {
             client,
             base,
             ca,
+            data,
             _dir: dir,
         }
     }
@@ -111,6 +114,43 @@ impl Secure {
         .expect("write kubeconfig");
         path
     }
+}
+
+/// A fresh service account `ns/name` with a token secret signed by the server's key (what
+/// the token controller would make); returns the token.
+async fn service_account_token(s: &Secure, ns: &str, name: &str) -> String {
+    use base64::Engine;
+    use xkube_apiserver::satoken::{Claims, KEY_FILE, Signer};
+    let (code, sa) = s
+        .call(
+            "admintok",
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+            Some(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})),
+        )
+        .await;
+    assert_eq!(code, 201, "{sa}");
+    let uid = sa["metadata"]["uid"].as_str().expect("uid");
+    let secret = format!("{name}-token-x1y2z");
+    let token = Signer::from_file(&s.data.join(KEY_FILE))
+        .expect("server's key")
+        .sign(&Claims::new(ns, name, uid, &secret))
+        .expect("signed");
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let body = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": secret, "annotations": {"kubernetes.io/service-account.name": name,
+                                                     "kubernetes.io/service-account.uid": uid}},
+        "data": {"token": b64(&token), "namespace": b64(ns)}});
+    let (code, out) = s
+        .call(
+            "admintok",
+            "POST",
+            &format!("/api/v1/namespaces/{ns}/secrets"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(code, 201, "{out}");
+    token
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
@@ -781,6 +821,57 @@ async fn kubectl_auth_can_i_and_whoami() {
     assert_eq!((code, out.as_str()), (0, "yes"), "{err}");
     let (code, out, _) = kubectl(&alice, &["auth", "can-i", "create", "pods"]);
     assert_eq!((code, out.as_str()), (1, "no"));
+    // A fresh service account: no; bound to edit in team: yes there only.
+    assert_eq!(
+        s.call(
+            "admintok",
+            "POST",
+            "/api/v1/namespaces",
+            Some(json!({"metadata": {"name": "apps"}}))
+        )
+        .await
+        .0,
+        201
+    );
+    let bot_token = service_account_token(&s, "apps", "bot").await;
+    let bot = s.kubeconfig(dir.path(), "bot", &bot_token);
+    let (code, out, err) = kubectl(&bot, &["auth", "can-i", "create", "pods", "-n", "apps"]);
+    assert_eq!((code, out.as_str()), (1, "no"), "{err}");
+    let (code, _, err) = kubectl(
+        &admin,
+        &[
+            "create",
+            "rolebinding",
+            "bot-edit",
+            "--clusterrole=edit",
+            "--serviceaccount=apps:bot",
+            "-n",
+            "apps",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    s.eventually("the service account may create pods in apps", async || {
+        kubectl(&bot, &["auth", "can-i", "create", "pods", "-n", "apps"]).1 == "yes"
+    })
+    .await;
+    assert_eq!(
+        kubectl(&bot, &["auth", "can-i", "create", "pods", "-n", "default"]).1,
+        "no"
+    );
+    let (code, out, err) = kubectl(
+        &bot,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "system:serviceaccount:apps:bot"),
+        "{err}"
+    );
     let (code, out, err) = kubectl(&alice, &["auth", "whoami"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("alice"), "{out}");
