@@ -489,6 +489,8 @@ pub fn url_rule(urls: &[&str], verbs: &[&str]) -> PolicyRule {
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
 const EVENTS: &[&str] = &["create", "patch", "update"];
+/// Status writes: xkube's controllers patch status where Kubernetes' update it.
+const STATUS: &[&str] = &["patch", "update"];
 
 fn bootstrap_meta(name: &str) -> ObjectMeta {
     ObjectMeta {
@@ -722,7 +724,7 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
                         "replicationcontrollers/status",
                         "replicationcontrollers/finalizers",
                     ],
-                    &["update"],
+                    STATUS,
                 ),
                 rule(
                     &[""],
@@ -739,7 +741,7 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
                 rule(
                     &["apps"],
                     &["daemonsets/status", "daemonsets/finalizers"],
-                    &["update"],
+                    STATUS,
                 ),
                 rule(&[""], &["nodes"], READ),
                 rule(
@@ -803,6 +805,9 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
             "service-account-controller",
             vec![
                 rule(&[""], &["serviceaccounts"], &["create"]),
+                // The token half of xkube's serviceaccount controller records token secrets
+                // in the account with a patch (Kubernetes' token controller updates).
+                rule(&[""], &["serviceaccounts"], &["patch"]),
                 rule(&["", "events.k8s.io"], &["events"], EVENTS),
             ],
         ),
@@ -818,7 +823,7 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
             "resourcequota-controller",
             vec![
                 rule(&["*"], &["*"], &["list", "watch"]),
-                rule(&[""], &["resourcequotas/status"], &["update"]),
+                rule(&[""], &["resourcequotas/status"], STATUS),
                 rule(&["", "events.k8s.io"], &["events"], EVENTS),
             ],
         ),
