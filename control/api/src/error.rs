@@ -15,9 +15,20 @@ pub enum Error {
     /// A body encoding this crate cannot decode for that kind (a 415 for the server).
     #[error("{0}")]
     UnsupportedEncoding(String),
-    /// A patch could not be applied.
+    /// A patch body that is not a patch of its type (a 400 for the server).
     #[error("{0}")]
-    Patch(String),
+    BadPatch(String),
+    /// A well-formed patch that does not apply to the object (a 422 for the server).
+    #[error("{0}")]
+    PatchNotApplicable(String),
+    /// A JSON patch with more operations than Kubernetes allows (a 413 for the server).
+    #[error("The allowed maximum operations in a JSON patch is {max}, got {got}")]
+    PatchTooLarge {
+        /// The most operations allowed.
+        max: usize,
+        /// The operations in the patch.
+        got: usize,
+    },
 }
 
 /// Result with this crate's [`Error`].

@@ -4,7 +4,8 @@
 //! what an apiserver and its clients share: the [resource registry](resources), label and
 //! field [selectors](selector), [validation] with Kubernetes' messages, [defaults], server-side
 //! [table] printing, [status] objects for errors, [strategic merge patch](patch), and node
-//! [placement] (node selectors, node affinity, taints and tolerations).
+//! [placement] (node selectors, node affinity, taints and tolerations), and bounded [yaml]
+//! decoding of request bodies.
 
 pub mod defaults;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod status;
 pub mod table;
 pub mod typed;
 pub mod validation;
+pub mod yaml;
 
 pub use error::{Error, Result};
 pub use k8s_openapi as k8s;

@@ -1,11 +1,19 @@
 //! Patches: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and Kubernetes' strategic merge
 //! patch with the list merge keys kubectl uses.
+//!
+//! A patch body is checked for the shape its type requires before it is applied, with the
+//! messages Kubernetes' decoding gives: merge and strategic merge patches are JSON objects,
+//! JSON patches arrays of operations (at most [`MAX_JSON_PATCH_OPERATIONS`]).
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-/// The patch types of `Content-Type` on PATCH.
+/// The most operations a JSON patch may hold (Kubernetes' `maxJSONPatchOperations`).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// The patch types of `Content-Type` on PATCH. Server-side apply
+/// (`application/apply-patch+yaml`) is not one of them: it needs field management.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
     /// `application/json-patch+json`.
@@ -14,40 +22,102 @@ pub enum PatchType {
     Merge,
     /// `application/strategic-merge-patch+json`.
     StrategicMerge,
-    /// `application/apply-patch+yaml` (server-side apply, treated as a merge of the full
-    /// intent).
-    Apply,
 }
 
 impl PatchType {
-    /// From a `Content-Type` header value.
+    /// The content types of the supported patch types.
+    pub const CONTENT_TYPES: [&'static str; 3] = [
+        "application/json-patch+json",
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+    ];
+
+    /// From a `Content-Type` header value (parameters such as `charset` are ignored).
     pub fn from_content_type(ct: &str) -> Option<Self> {
         let base = ct.split(';').next().unwrap_or("").trim();
         match base {
             "application/json-patch+json" => Some(PatchType::Json),
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/strategic-merge-patch+json" => Some(PatchType::StrategicMerge),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => {
-                Some(PatchType::Apply)
-            }
             _ => None,
         }
     }
 }
 
-/// Applies a patch to `target`.
+/// The name Go's `encoding/json` gives a JSON value's type in its unmarshal errors.
+fn go_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Checks that `patch` has the shape its type requires, as Kubernetes' decoding of the
+/// body does (`Error::BadPatch`, `Error::PatchTooLarge`).
+pub fn check_shape(patch: &Value, ty: PatchType) -> Result<()> {
+    const MAP: &str = "map[string]interface {}";
+    match (ty, patch) {
+        (PatchType::Merge | PatchType::StrategicMerge, Value::Object(_)) => Ok(()),
+        // Kubernetes' merge patch library refuses a null document this way.
+        (PatchType::Merge, Value::Null) => Err(Error::BadPatch("Invalid JSON Patch".into())),
+        (PatchType::Merge, other) => Err(Error::BadPatch(format!(
+            "error decoding patch: json: cannot unmarshal {} into Go value of type {MAP}",
+            go_type(other)
+        ))),
+        (PatchType::StrategicMerge, other) => Err(Error::BadPatch(format!(
+            "json: cannot unmarshal {} into Go value of type {MAP}",
+            go_type(other)
+        ))),
+        (PatchType::Json, Value::Array(ops)) => {
+            for op in ops {
+                let Value::Object(fields) = op else {
+                    return Err(Error::BadPatch(format!(
+                        "error decoding patch: json: cannot unmarshal {} into Go value of type handlers.jsonPatchOp",
+                        go_type(op)
+                    )));
+                };
+                for key in ["op", "path", "from"] {
+                    if let Some(v) = fields.get(key).filter(|v| !v.is_string() && !v.is_null()) {
+                        return Err(Error::BadPatch(format!(
+                            "error decoding patch: json: cannot unmarshal {} into Go struct field jsonPatchOp.{key} of type string",
+                            go_type(v)
+                        )));
+                    }
+                }
+            }
+            if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+                return Err(Error::PatchTooLarge {
+                    max: MAX_JSON_PATCH_OPERATIONS,
+                    got: ops.len(),
+                });
+            }
+            Ok(())
+        }
+        (PatchType::Json, other) => Err(Error::BadPatch(format!(
+            "error decoding patch: json: cannot unmarshal {} into Go value of type []handlers.jsonPatchOp",
+            go_type(other)
+        ))),
+    }
+}
+
+/// Applies a patch to `target`: `Error::BadPatch` or `Error::PatchTooLarge` when the body is
+/// not a patch of its type, `Error::PatchNotApplicable` when a JSON patch operation fails
+/// (an unknown op, a missing path, a failed `test`).
 pub fn apply(target: &Value, patch: &Value, ty: PatchType) -> Result<Value> {
+    check_shape(patch, ty)?;
     let mut out = target.clone();
     match ty {
         PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| {
-                Error::Patch(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })?;
-            json_patch::patch(&mut out, &p).map_err(|e| Error::Patch(e.to_string()))?;
+            let p: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| Error::PatchNotApplicable(e.to_string()))?;
+            json_patch::patch(&mut out, &p)
+                .map_err(|e| Error::PatchNotApplicable(e.to_string()))?;
         }
-        PatchType::Merge | PatchType::Apply => merge_patch(&mut out, patch),
+        PatchType::Merge => merge_patch(&mut out, patch),
         PatchType::StrategicMerge => strategic_merge(&mut out, patch, "")?,
     }
     Ok(out)
@@ -128,7 +198,7 @@ fn merge_list(target: &mut Vec<Value>, patch: &[Value], field: &str) -> Result<(
         Some(key) if patch.iter().all(Value::is_object) => {
             for p in patch {
                 let Some(kv) = item_key(p, key) else {
-                    return Err(Error::Patch(format!(
+                    return Err(Error::BadPatch(format!(
                         "map: {p} does not contain declared merge key: {key}"
                     )));
                 };
@@ -310,6 +380,75 @@ mod tests {
                 PatchType::Json
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn merge_and_strategic_patches_must_be_objects() {
+        let cm = json!({"metadata": {"name": "x"}, "data": {"a": "1"}});
+        for (body, go) in [
+            (json!("str"), "string"),
+            (json!(42), "number"),
+            (json!([1, 2]), "array"),
+            (json!(true), "bool"),
+        ] {
+            let e = apply(&cm, &body, PatchType::Merge).expect_err("merge refuses");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "error decoding patch: json: cannot unmarshal {go} into Go value of type map[string]interface {{}}"
+                )
+            );
+            assert!(matches!(e, Error::BadPatch(_)));
+            let e = apply(&cm, &body, PatchType::StrategicMerge).expect_err("smp refuses");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "json: cannot unmarshal {go} into Go value of type map[string]interface {{}}"
+                )
+            );
+        }
+        assert_eq!(
+            apply(&cm, &Value::Null, PatchType::Merge)
+                .expect_err("null")
+                .to_string(),
+            "Invalid JSON Patch"
+        );
+        assert!(matches!(
+            apply(&cm, &Value::Null, PatchType::StrategicMerge),
+            Err(Error::BadPatch(_))
+        ));
+    }
+
+    #[test]
+    fn json_patch_shape_and_failures_are_told_apart() {
+        let o = json!({"spec": {"replicas": 1}});
+        let bad = |p: Value| apply(&o, &p, PatchType::Json).expect_err("refused");
+        assert!(matches!(bad(json!({"op": "add"})), Error::BadPatch(_)));
+        assert!(matches!(bad(json!([1])), Error::BadPatch(_)));
+        assert!(matches!(
+            bad(json!([{"op": 1, "path": "/a"}])),
+            Error::BadPatch(_)
+        ));
+        assert!(matches!(
+            bad(json!([{"op": "bogus", "path": "/a"}])),
+            Error::PatchNotApplicable(_)
+        ));
+        assert!(matches!(
+            bad(json!([{"op": "replace", "path": "/no/such", "value": 1}])),
+            Error::PatchNotApplicable(_)
+        ));
+        assert!(matches!(
+            bad(json!([{"op": "add", "path": "no-slash", "value": 1}])),
+            Error::PatchNotApplicable(_)
+        ));
+        let many = Value::Array(vec![
+            json!({"op": "test", "path": "/spec", "value": {}});
+            10_001
+        ]);
+        assert_eq!(
+            bad(many).to_string(),
+            "The allowed maximum operations in a JSON patch is 10000, got 10001"
         );
     }
 }

@@ -219,6 +219,19 @@ impl StatusError {
         )
     }
 
+    /// 415 for a PATCH whose `Content-Type` is not a supported patch type (server-side apply
+    /// included), listing the patch types as Kubernetes does.
+    pub fn unsupported_patch_type(content_type: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({content_type}) - accepted media types include: {}",
+                crate::patch::PatchType::CONTENT_TYPES.join(", ")
+            ),
+        )
+    }
+
     /// 406 Not Acceptable.
     pub fn not_acceptable(accept: &str) -> Self {
         Self::new(
@@ -287,6 +300,32 @@ impl StatusError {
             m.insert("details".into(), Value::Object(details));
         }
         obj
+    }
+}
+
+/// The status the object model's errors answer: a malformed selector, body or patch is a 400,
+/// a patch that does not apply a 422 (Kubernetes' answer to a failed JSON patch operation), a
+/// JSON patch with too many operations a 413, an encoding the decoder lacks a 415.
+impl From<crate::Error> for StatusError {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error;
+        match e {
+            Error::PatchNotApplicable(m) => Self::new(
+                422,
+                "Invalid",
+                format!("the server rejected our request due to an error in our request: {m}"),
+            ),
+            e @ Error::PatchTooLarge { .. } => Self::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("Request entity too large: {e}"),
+            ),
+            Error::UnsupportedEncoding(m) => Self::new(415, "UnsupportedMediaType", m),
+            e @ (Error::Selector(_)
+            | Error::FieldLabelNotSupported(_)
+            | Error::Decode(_)
+            | Error::BadPatch(_)) => Self::bad_request(e.to_string()),
+        }
     }
 }
 

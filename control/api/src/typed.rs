@@ -54,6 +54,60 @@ pub fn unknown_fields(input: &Value, decoded: &Value, path: &str, out: &mut Vec<
     }
 }
 
+/// An object that does not decode as its kind: Kubernetes' `... cannot be handled as a ...`
+/// (a 400 on create and update, a 422 naming the field when it is the result of a patch).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} in version \"v1\" cannot be handled as a {kind}: {}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+pub struct DecodeError {
+    /// The kind the object was decoded as.
+    pub kind: String,
+    /// The field that failed (`spec.ports[0].port`); empty for the object itself.
+    pub path: String,
+    /// The value found there, formatted as field errors print it.
+    pub value: String,
+    /// What was wrong with it (serde's message).
+    pub message: String,
+}
+
+/// Decodes `input` as `T`; on failure decodes again tracking the path to name the field.
+fn decode<T: DeserializeOwned>(kind: &str, input: &Value) -> Result<T, DecodeError> {
+    let first = match serde_json::from_value::<T>(input.clone()) {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let (path, message) = match serde_path_to_error::deserialize::<_, T>(input.clone()) {
+        Err(e) => (
+            e.path().iter().cloned().collect::<Vec<_>>(),
+            e.inner().to_string(),
+        ),
+        Ok(_) => (Vec::new(), first.to_string()),
+    };
+    let mut field = String::new();
+    let mut at = Some(input);
+    for seg in &path {
+        match seg {
+            serde_path_to_error::Segment::Seq { index } => {
+                field.push_str(&format!("[{index}]"));
+                at = at.and_then(|v| v.get(index));
+            }
+            serde_path_to_error::Segment::Map { key } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(key);
+                at = at.and_then(|v| v.get(key));
+            }
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+        }
+    }
+    Err(DecodeError {
+        kind: kind.to_string(),
+        path: field,
+        value: at.map(validation::format_value).unwrap_or_default(),
+        message,
+    })
+}
+
 fn config_keys<'a>(keys: impl Iterator<Item = &'a String>, path: &str, errs: &mut ErrorList) {
     for k in keys {
         let ok = !k.is_empty()
@@ -80,22 +134,27 @@ fn roundtrip<T, D, V>(
     apply_defaults: bool,
     default: D,
     validate: V,
-) -> Result<Prepared, String>
+) -> Result<Prepared, DecodeError>
 where
     T: DeserializeOwned + Serialize,
     D: Fn(&mut T),
     V: Fn(&T) -> ErrorList,
 {
-    let mut typed: T = serde_json::from_value(input.clone())
-        .map_err(|e| format!("{kind} in version \"v1\" cannot be handled as a {kind}: {e}"))?;
-    let plain = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let mut typed: T = decode(kind, &input)?;
+    let encode_error = |e: serde_json::Error| DecodeError {
+        kind: kind.to_string(),
+        path: String::new(),
+        value: String::new(),
+        message: e.to_string(),
+    };
+    let plain = serde_json::to_value(&typed).map_err(encode_error)?;
     let mut unknown = Vec::new();
     unknown_fields(&input, &plain, "", &mut unknown);
     if apply_defaults {
         default(&mut typed);
     }
     let errors = validate(&typed);
-    let object = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let object = serde_json::to_value(&typed).map_err(encode_error)?;
     Ok(Prepared {
         object,
         unknown_fields: unknown,
@@ -104,9 +163,13 @@ where
 }
 
 /// Decodes `input` as `kind`, optionally defaults it, validates it and re-encodes it.
-/// Kinds without a typed model pass through unchanged. The error is a decode message
-/// (`Pod in version "v1" cannot be handled as a Pod: ...`), a 400 for the server.
-pub fn prepare(kind: &str, mut input: Value, apply_defaults: bool) -> Result<Prepared, String> {
+/// Kinds without a typed model pass through unchanged. The error names the field that did not
+/// decode (`Pod in version "v1" cannot be handled as a Pod: metadata.name: ...`).
+pub fn prepare(
+    kind: &str,
+    mut input: Value,
+    apply_defaults: bool,
+) -> Result<Prepared, DecodeError> {
     if apply_defaults {
         match kind {
             "Pod" => crate::limitrange::default_requests_from_limits(&mut input),
@@ -430,9 +493,20 @@ mod tests {
     fn prepare_rejects_wrong_types_with_decode_message() {
         let e = prepare("Pod", json!({"metadata": {"name": 5}}), true).expect_err("bad type");
         assert!(
-            e.starts_with("Pod in version \"v1\" cannot be handled as a Pod:"),
+            e.to_string()
+                .starts_with("Pod in version \"v1\" cannot be handled as a Pod: metadata.name: "),
             "{e}"
         );
+        assert_eq!(e.path, "metadata.name");
+        assert_eq!(e.value, "5");
+        let e = prepare(
+            "Service",
+            json!({"spec": {"ports": [{"port": 80}, {"port": "http"}]}}),
+            true,
+        )
+        .expect_err("bad port");
+        assert_eq!(e.path, "spec.ports[1].port");
+        assert_eq!(e.value, "\"http\"");
     }
 
     #[test]

@@ -348,20 +348,24 @@ pub fn name_rule(kind: &str) -> NameRule {
     }
 }
 
+/// Kubernetes' `IsValidPathSegmentName`: not `.` or `..`, no `/` or `%` (every name and
+/// namespace in a URL path must pass it).
+pub fn path_segment_name(name: &str) -> Vec<String> {
+    if name == "." || name == ".." {
+        vec![format!("may not be '{name}'")]
+    } else if name.contains('/') || name.contains('%') {
+        vec!["may not contain '/' or '%'".to_string()]
+    } else {
+        vec![]
+    }
+}
+
 fn name_errors(rule: NameRule, name: &str) -> Vec<String> {
     match rule {
         NameRule::Subdomain => dns1123_subdomain(name),
         NameRule::Label => dns1123_label(name),
         NameRule::Dns1035 => dns1035_label(name),
-        NameRule::PathSegment => {
-            if name == "." || name == ".." {
-                vec![format!("may not be '{name}'")]
-            } else if name.contains('/') || name.contains('%') {
-                vec!["may not contain '/' or '%'".to_string()]
-            } else {
-                vec![]
-            }
-        }
+        NameRule::PathSegment => path_segment_name(name),
     }
 }
 

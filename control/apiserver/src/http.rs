@@ -294,29 +294,23 @@ fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, StatusError> {
             "the request body is empty; an object is required",
         ));
     }
+    // Nesting is bounded by serde_json's recursion limit (128) and by xkube_api::yaml, which
+    // also bounds alias expansion.
     let v: Value = match base {
         "application/json"
         | ""
         | "application/json-patch+json"
         | "application/merge-patch+json"
         | "application/strategic-merge-patch+json"
-        | "application/apply-patch+json"
         | "*/*" => serde_json::from_slice(body).map_err(|e| {
             StatusError::bad_request(format!("the request body is not valid JSON: {e}"))
         })?,
-        "application/yaml"
-        | "application/x-yaml"
-        | "text/yaml"
-        | "application/apply-patch+yaml" => serde_yaml::from_slice(body).map_err(|e| {
-            StatusError::bad_request(format!("the request body is not valid YAML: {e}"))
-        })?,
-        "application/vnd.kubernetes.protobuf" => match xkube_api::protobuf::decode(body) {
-            Ok(v) => v,
-            Err(e @ xkube_api::Error::UnsupportedEncoding(_)) => {
-                return Err(StatusError::new(415, "UnsupportedMediaType", e.to_string()));
-            }
-            Err(e) => return Err(StatusError::bad_request(e.to_string())),
-        },
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            xkube_api::yaml::from_slice(body).map_err(|e| {
+                StatusError::bad_request(format!("the request body is not valid YAML: {e}"))
+            })?
+        }
+        "application/vnd.kubernetes.protobuf" => xkube_api::protobuf::decode(body)?,
         other => return Err(StatusError::unsupported_media_type(other)),
     };
     Ok(v)
@@ -601,6 +595,18 @@ async fn serve_resource(
     watch: bool,
     user: &UserInfo,
 ) -> Result<Response, StatusError> {
+    // `..`, `.`, `%2e%2e` in place of a namespace or name never reach the store.
+    for (what, seg) in [("Namespace", &route.ns), ("Name", &route.name)] {
+        if let Some(seg) = seg.as_deref() {
+            let errs = xkube_api::validation::path_segment_name(seg);
+            if !errs.is_empty() {
+                return Err(StatusError::bad_request(format!(
+                    "{what} parameter invalid: {seg:?}: {}",
+                    errs.join(";")
+                )));
+            }
+        }
+    }
     if route.res.plural == "pods"
         && route.res.group.is_empty()
         && route.sub.as_deref() == Some("exec")
@@ -756,15 +762,16 @@ async fn serve_resource(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
+            // Server-side apply (application/apply-patch+yaml) is refused here too: it needs
+            // field management, and treating it as a merge would drop fields silently.
             let ty = PatchType::from_content_type(ct)
-                .ok_or_else(|| StatusError::unsupported_media_type(ct))?;
+                .ok_or_else(|| StatusError::unsupported_patch_type(ct))?;
             let bytes = read_body(body).await?;
             let patch = decode_body(&parts.headers, &bytes)?;
             let opts = write_options(&q)?;
             if sub == Some("scale") {
                 let (obj, _) = reg.get(res, ns, name).await?;
-                let scale = xkube_api::patch::apply(&scale_of(&obj), &patch, ty)
-                    .map_err(|e| StatusError::bad_request(e.to_string()))?;
+                let scale = xkube_api::patch::apply(&scale_of(&obj), &patch, ty)?;
                 return update_scale(app, res, ns, name, &scale, &opts, &accept).await;
             }
             admit(
@@ -780,34 +787,10 @@ async fn serve_resource(
             let check = |o: &Value| {
                 crate::authz::check_escalation(&app.authz, user, res, ns.unwrap_or(""), o)
             };
-            match reg
+            let w = reg
                 .patch_checked(res, ns, name, &patch, ty, sub, &opts, check)
-                .await
-            {
-                Ok(w) => Ok(object_response(200, &w.object, &accept, res, &w.warnings)),
-                // Server-side apply creates what does not exist yet.
-                Err(e) if e.code == 404 && ty == PatchType::Apply && sub.is_none() => {
-                    let mut obj = patch.clone();
-                    check_kind(res, &mut obj)?;
-                    set_namespace(res, ns, &mut obj)?;
-                    meta::set(&mut obj, "name", json!(name));
-                    crate::authz::check_escalation(&app.authz, user, res, ns.unwrap_or(""), &obj)?;
-                    let admitted = admit(
-                        app,
-                        Operation::Create,
-                        res,
-                        ns.unwrap_or(""),
-                        name,
-                        Some(&mut obj),
-                        opts.dry_run,
-                    )
-                    .await?;
-                    let w = reg.create(res, ns, obj, &opts).await?;
-                    admitted.commit(reg).await;
-                    Ok(object_response(201, &w.object, &accept, res, &w.warnings))
-                }
-                Err(e) => Err(e),
-            }
+                .await?;
+            Ok(object_response(200, &w.object, &accept, res, &w.warnings))
         }
         (Method::DELETE, Some(name), None) => {
             let bytes = read_body(body).await?;
@@ -915,6 +898,11 @@ fn delete_options(
     let mut o = DeleteOptions::default();
     if !body.is_empty() {
         let v = decode_body(headers, body)?;
+        if !v.is_object() {
+            return Err(StatusError::bad_request(
+                "the request body must be a DeleteOptions object",
+            ));
+        }
         o.propagation = v["propagationPolicy"].as_str().map(str::to_string);
         if v["orphanDependents"] == json!(true) {
             o.propagation = Some("Orphan".into());

@@ -203,7 +203,8 @@ impl Registry {
         opts: &WriteOptions,
         warnings: &mut Vec<String>,
     ) -> Result<(Value, ErrorList), StatusError> {
-        let p = typed::prepare(res.kind, obj, true).map_err(StatusError::bad_request)?;
+        let p = typed::prepare(res.kind, obj, true)
+            .map_err(|e| StatusError::bad_request(e.to_string()))?;
         if !p.unknown_fields.is_empty() {
             match opts.field_validation {
                 FieldValidation::Strict => {
@@ -484,6 +485,18 @@ impl Registry {
             Some(c) => c,
             None => self.get(res, ns, name).await?,
         };
+        // A uid in the new object is a precondition (Kubernetes' DefaultUpdatedObjectInfo).
+        let (uid, cur_uid) = (meta::uid(&new), meta::uid(&cur));
+        if !uid.is_empty() && uid != cur_uid {
+            return Err(StatusError::conflict(
+                res.group,
+                res.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {cur_uid}"
+                ),
+            ));
+        }
         if let Some(rv) = new["metadata"]["resourceVersion"]
             .as_str()
             .filter(|s| !s.is_empty())
@@ -618,6 +631,10 @@ impl Registry {
     }
 
     /// Applies a patch, retrying on write conflicts unless the patch pins a resourceVersion.
+    /// Refused as Kubernetes refuses them, before anything is written: a body that is not a
+    /// patch of its type (400), a JSON patch operation that fails (422), a result whose name
+    /// or namespace differs from the URL's (400), whose uid, kind or apiVersion changed, or
+    /// that does not decode as the kind (422 naming the field), or that fails validation (422).
     #[allow(clippy::too_many_arguments)]
     pub async fn patch(
         &self,
@@ -647,11 +664,10 @@ impl Registry {
         opts: &WriteOptions,
         check: impl Fn(&Value) -> Result<(), StatusError>,
     ) -> Result<Written, StatusError> {
+        xkube_api::patch::check_shape(patch, ty)?;
         self.guaranteed_update(res, ns, name, subresource, opts, 8, |cur, rev| {
-            let patched = xkube_api::patch::apply(cur, patch, ty).map_err(|e| match ty {
-                PatchType::Json => StatusError::new(422, "Invalid", e.to_string()),
-                _ => StatusError::bad_request(e.to_string()),
-            })?;
+            let mut patched = xkube_api::patch::apply(cur, patch, ty)?;
+            check_patched(res, ns, name, cur, &mut patched)?;
             check(&patched)?;
             let pinned = patched["metadata"]["resourceVersion"].as_str() != Some(&rev.to_string());
             Ok((patched, !pinned))
@@ -991,6 +1007,74 @@ impl Registry {
             _ => NamespaceState::Missing,
         }
     }
+}
+
+/// Checks the result of a patch as Kubernetes' patch handler and update strategy do: the name
+/// and namespace must stay those of the URL (400), uid, kind and apiVersion cannot change and
+/// the result must decode as the kind (422 with the field). A namespace on a cluster-scoped
+/// object is dropped.
+fn check_patched(
+    res: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    cur: &Value,
+    patched: &mut Value,
+) -> Result<(), StatusError> {
+    let invalid = |e: FieldError| {
+        StatusError::invalid(res.group, res.kind, name, &std::iter::once(e).collect())
+    };
+    if !patched.is_object() {
+        return Err(invalid(FieldError::invalid_raw(
+            "patch",
+            xkube_api::validation::format_value(patched),
+            format!("the patched object must be a {} object", res.kind),
+        )));
+    }
+    let api_version = res.api_version();
+    for (field, want) in [("kind", res.kind), ("apiVersion", api_version.as_str())] {
+        if let Some(got) = patched.get(field).filter(|v| !v.is_null())
+            && got.as_str() != Some(want)
+        {
+            return Err(invalid(FieldError::invalid(
+                field,
+                got.clone(),
+                format!("field is immutable: the {field} of the object is {want:?}"),
+            )));
+        }
+    }
+    let patched_name = meta::name(patched);
+    if patched_name != name {
+        return Err(StatusError::bad_request(format!(
+            "the name of the object ({patched_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let patched_ns = meta::namespace(patched).to_string();
+    match ns.filter(|_| res.namespaced) {
+        Some(ns) if !patched_ns.is_empty() && patched_ns != ns => {
+            return Err(StatusError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        None if !patched_ns.is_empty() => meta::remove(patched, "namespace"),
+        _ => {}
+    }
+    let uid = meta::uid(patched);
+    if !uid.is_empty() && uid != meta::uid(cur) {
+        return Err(invalid(FieldError::invalid(
+            "metadata.uid",
+            uid,
+            "field is immutable",
+        )));
+    }
+    if let Err(e) = typed::prepare(res.kind, patched.clone(), false) {
+        let field = if e.path.is_empty() {
+            "patch"
+        } else {
+            e.path.as_str()
+        };
+        return Err(invalid(FieldError::invalid_raw(field, e.value, e.message)));
+    }
+    Ok(())
 }
 
 #[derive(Default)]

@@ -1,4 +1,4 @@
-//! Upstream kubectl (v1.32 at /usr/bin/kubectl) against an in-process apiserver, using only the
+//! Upstream kubectl (v1.33 at /usr/bin/kubectl) against an in-process apiserver, using only the
 //! written admin kubeconfig: no workaround flags.
 
 use std::path::{Path, PathBuf};
@@ -429,9 +429,15 @@ async fn upstream_kubectl_core_flows() {
             .contains("configmap/settings configured")
     );
 
+    // Server-side apply is refused (415) until it is supported; nothing is created.
     let ssa = write(dir.path(), "ssa.yaml", &APPLIED.replace("settings", "ssa"));
-    let out = k.ok(&["apply", "--server-side", "-f", &ssa]).await;
-    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+    let err = k.fails(&["apply", "--server-side", "-f", &ssa]).await;
+    assert!(
+        err.contains("Server-side apply not available on the server"),
+        "{err}"
+    );
+    let err = k.fails(&["-n", "demo", "get", "configmap", "ssa"]).await;
+    assert!(err.contains("not found"), "{err}");
 
     // get -w sees a change.
     let mut watch = k
@@ -647,5 +653,88 @@ async fn upstream_kubectl_applies_and_lists_daemonsets() {
     cm.await
         .expect("controller-manager task")
         .expect("controller-manager");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_kubectl_patch_with_a_non_object_is_an_error_and_changes_nothing() {
+    if !Path::new(KUBECTL).exists() {
+        eprintln!("skipping: {KUBECTL} is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::builder(dir.path().join("data"))
+        .secure()
+        .start()
+        .await
+        .expect("apiserver starts");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let k = Kubectl {
+        kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
+        home,
+    };
+    let cm = write(
+        dir.path(),
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: \"1\"\n  b: two\n",
+    );
+    k.ok(&["create", "-f", &cm]).await;
+    let get = || async {
+        let out = k.ok(&["get", "configmap", "x", "-o", "json"]).await;
+        serde_json::from_str::<serde_json::Value>(&out).expect("kubectl prints JSON")
+    };
+    let before = get().await;
+    assert_eq!(before["data"], serde_json::json!({"a": "1", "b": "two"}));
+    for ty in ["merge", "strategic"] {
+        for patch in ["\"str\"", "42", "[1,2]", "null"] {
+            let err = k
+                .fails(&["patch", "configmap", "x", "--type", ty, "-p", patch])
+                .await;
+            assert!(
+                !err.trim().is_empty(),
+                "--type {ty} -p {patch}: no error printed"
+            );
+            if patch == "\"str\"" {
+                assert!(
+                    err.contains(
+                        "cannot unmarshal string into Go value of type map[string]interface {}"
+                    ),
+                    "--type {ty} -p {patch}: {err}"
+                );
+            }
+        }
+    }
+    let err = k
+        .fails(&[
+            "patch",
+            "configmap",
+            "x",
+            "--type",
+            "json",
+            "-p",
+            r#"{"op":"remove"}"#,
+        ])
+        .await;
+    assert!(!err.trim().is_empty());
+    let err = k
+        .fails(&[
+            "patch",
+            "configmap",
+            "x",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"name":"y"}}"#,
+        ])
+        .await;
+    assert!(
+        err.contains("the name of the object (y) does not match the name on the URL (x)"),
+        "{err}"
+    );
+    let after = get().await;
+    for field in ["data", "metadata"] {
+        assert_eq!(after[field], before[field], "{field} changed");
+    }
     server.stop().await;
 }
