@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod error;
 pub mod exec;
 pub mod http;
+pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod mirror;

@@ -21,6 +21,7 @@ use crate::alloc::{Allocators, IpRange, PortRange};
 use crate::auth::{Authenticator, Authorizer};
 use crate::error::{Error, Result};
 use crate::http::{App, ConnInfo};
+use crate::limits;
 use crate::metrics::Metrics;
 use crate::options::{AuthorizationMode, Options, StorageBackend};
 use crate::pki::{self, Pki};
@@ -120,7 +121,21 @@ where
     let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(info.clone());
         let router = router.clone();
-        async move { router.oneshot(req.map(axum::body::Body::new)).await }
+        async move {
+            // Refused before a byte of the body is read (413 for every verb and route). A
+            // client waiting for `100 Continue` sends nothing; any other is writing the body,
+            // which is drained so that it reads this answer.
+            if limits::declared_too_large(req.headers()) {
+                let (parts, body) = req.into_parts();
+                if !limits::expects_continue(&parts.headers) {
+                    limits::drain(body);
+                }
+                return Ok(limits::too_large_response());
+            }
+            router
+                .oneshot(req.map(|b| axum::body::Body::new(limits::Draining::new(b))))
+                .await
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
