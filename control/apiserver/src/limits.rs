@@ -46,9 +46,14 @@ pub fn expects_continue(headers: &HeaderMap) -> bool {
 
 /// Kubernetes' 413: `Request entity too large: limit is 3145728`.
 pub fn too_large_response() -> Response {
-    let body = serde_json::to_vec(&StatusError::too_large(MAX_BODY).to_value()).unwrap_or_default();
+    status_response(&StatusError::too_large(MAX_BODY))
+}
+
+/// A `Status` answer given where connections are served, before or around routing.
+pub fn status_response(e: &StatusError) -> Response {
+    let body = serde_json::to_vec(&e.to_value()).unwrap_or_default();
     let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    *r.status_mut() = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use futures::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -132,9 +133,18 @@ where
                 }
                 return Ok(limits::too_large_response());
             }
-            router
-                .oneshot(req.map(|b| axum::body::Body::new(limits::Draining::new(b))))
-                .await
+            // A handler that panics still answers (500), rather than dropping the connection.
+            let served =
+                router.oneshot(req.map(|b| axum::body::Body::new(limits::Draining::new(b))));
+            match std::panic::AssertUnwindSafe(served).catch_unwind().await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!("request handler panicked");
+                    Ok(limits::status_response(&xkube_api::StatusError::internal(
+                        "the request handler failed",
+                    )))
+                }
+            }
         }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
