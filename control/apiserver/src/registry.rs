@@ -667,7 +667,7 @@ impl Registry {
         xkube_api::patch::check_shape(patch, ty)?;
         self.guaranteed_update(res, ns, name, subresource, opts, 8, |cur, rev| {
             let mut patched = xkube_api::patch::apply(cur, patch, ty)?;
-            check_patched(res, ns, name, cur, &mut patched)?;
+            check_patched(res, ns, name, cur, &mut patched, opts.field_validation)?;
             check(&patched)?;
             let pinned = patched["metadata"]["resourceVersion"].as_str() != Some(&rev.to_string());
             Ok((patched, !pinned))
@@ -1011,14 +1011,15 @@ impl Registry {
 
 /// Checks the result of a patch as Kubernetes' patch handler and update strategy do: the name
 /// and namespace must stay those of the URL (400), uid, kind and apiVersion cannot change and
-/// the result must decode as the kind (422 with the field). A namespace on a cluster-scoped
-/// object is dropped.
+/// the result must decode as the kind (422 with the field), without unknown fields under
+/// `fieldValidation=Strict` (422 on `patch`). A namespace on a cluster-scoped object is dropped.
 fn check_patched(
     res: &ResourceInfo,
     ns: Option<&str>,
     name: &str,
     cur: &Value,
     patched: &mut Value,
+    validation: FieldValidation,
 ) -> Result<(), StatusError> {
     let invalid = |e: FieldError| {
         StatusError::invalid(res.group, res.kind, name, &std::iter::once(e).collect())
@@ -1066,15 +1067,30 @@ fn check_patched(
             "field is immutable",
         )));
     }
-    if let Err(e) = typed::prepare(res.kind, patched.clone(), false) {
-        let field = if e.path.is_empty() {
-            "patch"
-        } else {
-            e.path.as_str()
-        };
-        return Err(invalid(FieldError::invalid_raw(field, e.value, e.message)));
+    match typed::prepare(res.kind, patched.clone(), false) {
+        Err(e) => {
+            let field = if e.path.is_empty() {
+                "patch"
+            } else {
+                e.path.as_str()
+            };
+            Err(invalid(FieldError::invalid_raw(field, e.value, e.message)))
+        }
+        Ok(p) if validation == FieldValidation::Strict && !p.unknown_fields.is_empty() => {
+            let list = p
+                .unknown_fields
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(invalid(FieldError::invalid(
+                "patch",
+                p.unknown_fields.clone(),
+                format!("strict decoding error: {list}"),
+            )))
+        }
+        Ok(_) => Ok(()),
     }
-    Ok(())
 }
 
 #[derive(Default)]

@@ -702,6 +702,26 @@ fn kind_cases(res: &ResourceInfo, current: &Value) -> Vec<Case> {
         ),
     );
 
+    for (ty, ct, body) in [
+        ("merge", MERGE, json!({"bogusField": 1})),
+        ("strategic", STRATEGIC, json!({"bogusField": 1})),
+        (
+            "json",
+            JSON_PATCH,
+            json!([{"op": "add", "path": "/bogusField", "value": 1}]),
+        ),
+    ] {
+        out.push(
+            case(
+                format!("{ty} patch {kind}: unknown field under Strict"),
+                Method::PATCH,
+                format!("{item}?fieldValidation=Strict"),
+                422,
+            )
+            .json(ct, &body),
+        );
+    }
+
     // patch: JSON patch
     let jp = |what: &str, code: u16, body: Value| {
         case(
@@ -1314,6 +1334,53 @@ fn limit_cases(current: &Value) -> Vec<Case> {
     out
 }
 
+/// Kubernetes' words for the cases of the issue's report (and the limits), checked on top of
+/// the codes: any one of them must be in the answer.
+fn expected_words(what: &str) -> Option<&'static [&'static str]> {
+    let (start, end) = (|s: &str| what.starts_with(s), |s: &str| what.ends_with(s));
+    Some(match () {
+        _ if start("merge patch") && end("body is a string") => &[
+            "error decoding patch: json: cannot unmarshal string into Go value of type map[string]interface {}",
+        ],
+        _ if start("merge patch") && end("body is a number") => {
+            &["json: cannot unmarshal number into Go value of type map[string]interface {}"]
+        }
+        _ if start("merge patch") && end("body is an array") => {
+            &["json: cannot unmarshal array into Go value of type map[string]interface {}"]
+        }
+        _ if start("merge patch") && end("body is null") => &["Invalid JSON Patch"],
+        _ if start("strategic patch") && end("body is a string") => {
+            &["\"json: cannot unmarshal string into Go value of type map[string]interface {}\""]
+        }
+        _ if end(": renames") => {
+            &["the name of the object (other) does not match the name on the URL (sample)"]
+        }
+        _ if end(": moves namespace") => &[
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ],
+        _ if what.contains("patch") && end("changes the uid") => &["metadata.uid: Invalid value: "],
+        _ if end("another uid") => {
+            &["Precondition failed: UID in precondition: 00000000-0000-0000-0000-000000000000"]
+        }
+        _ if what.contains("over 3 MiB") || what.contains("8 MB") => {
+            &["Request entity too large: limit is 3145728"]
+        }
+        _ if end("10001 operations") => {
+            &["The allowed maximum operations in a JSON patch is 10000, got 10001"]
+        }
+        _ if end("YAML alias bomb") => &[
+            "document contains excessive aliasing",
+            "repetition limit exceeded",
+        ],
+        _ if what.contains("content type application/apply-patch") => &[
+            "accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json",
+        ],
+        _ if end("namespace ..") || end("name ..") => &["may not be '..'"],
+        _ if end("stale resourceVersion") => &["the object has been modified"],
+        _ => return None,
+    })
+}
+
 /// Every key with its value and revisions.
 async fn snapshot(store: &dyn Store) -> BTreeMap<String, (Vec<u8>, i64, i64)> {
     let (kvs, _) = store.list("/").await.expect("store lists");
@@ -1453,6 +1520,14 @@ async fn every_kind_and_verb_refuses_bad_input_and_keeps_the_store() {
                 c.what, c.code
             ));
         }
+        if let Some(words) = expected_words(&c.what)
+            && !words.iter().any(|w| text.contains(w))
+        {
+            failures.push(format!(
+                "{}: the answer does not say {words:?}: {text:.300}",
+                c.what
+            ));
+        }
         match serde_json::from_str::<Value>(&text) {
             Ok(status) => {
                 let mut wrong = Vec::new();
@@ -1497,8 +1572,13 @@ async fn every_kind_and_verb_refuses_bad_input_and_keeps_the_store() {
         cases.len(),
         failures.join("\n")
     );
+    let worded = cases
+        .iter()
+        .filter(|c| expected_words(&c.what).is_some())
+        .count();
     println!(
-        "bad-request suite: {} cases over {} kinds refused with a Status, store unchanged",
+        "bad-request suite: {} cases over {} kinds refused with a Status, store unchanged \
+         ({worded} also checked for Kubernetes' words)",
         cases.len(),
         RESOURCES.len()
     );
