@@ -7,7 +7,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{Cluster, condition, phase, pod_ip, waiting_reason};
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret, Service, ServiceAccount};
 use serde_json::json;
 use xkube_client::{Api, DeleteParams, ListParams};
 use xkube_kubelet::PodNetworkEventKind;
@@ -418,6 +418,16 @@ async fn a13_a14_secret_files_token_empty_dir_and_host_path() {
             "data": {"token": "dG9rLTEyMw==", "ca.crt": "LS0tLS1DQS0tLS0t"}})))
         .await
         .expect("create token secret");
+    // The kubelet finds the token through the account's `secrets` (the serviceaccount
+    // controller's work, done by hand here), with gets only.
+    Api::<ServiceAccount>::namespaced(c.client.clone(), "default")
+        .create(
+            &serde_json::from_value(json!({"metadata": {"name": "default"},
+                "secrets": [{"name": "default-token-abcde"}]}))
+            .expect("service account literal"),
+        )
+        .await
+        .expect("create service account");
     let host_dir = c.dir.path().join("host-data");
     std::fs::create_dir_all(&host_dir).expect("host dir");
     std::fs::write(host_dir.join("from-host"), "host-file").expect("host file");
