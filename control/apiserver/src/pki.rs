@@ -128,34 +128,6 @@ impl Ca {
     }
 }
 
-fn b64_file(p: &Path) -> Result<String> {
-    let data = std::fs::read(p).map_err(Error::io("read", p))?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(data))
-}
-
-/// Writes a kubeconfig (mode 0600) for the client certificate `cert`/`key` of `user`,
-/// pointing at `server` (`https://...`) and trusting `ca`; the files are embedded. Blocking.
-pub fn write_kubeconfig(
-    path: &Path,
-    server: &str,
-    ca: &Path,
-    user: &str,
-    cert: &Path,
-    key: &Path,
-) -> Result<()> {
-    // The user's name in the file is a label; quoted, since `system:...` names hold colons.
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: xkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user:?}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: xkube\n  context:\n    cluster: xkube\n    user: {user:?}\n    namespace: default\ncurrent-context: xkube\n",
-        b64_file(ca)?,
-        b64_file(cert)?,
-        b64_file(key)?,
-    );
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
-    }
-    write(path, &text, true)
-}
-
 fn tls(e: impl std::fmt::Display) -> Error {
     Error::Tls(e.to_string())
 }
@@ -168,6 +140,47 @@ fn write(path: &Path, data: &str, private: bool) -> Result<()> {
             .map_err(Error::io("chmod", path))?;
     }
     Ok(())
+}
+
+/// The text of a kubeconfig for user `user` with `cert_pem`/`key_pem` embedded, pointing at
+/// `server` and trusting `ca_pem`.
+fn kubeconfig_text(
+    server: &str,
+    ca_pem: &[u8],
+    user: &str,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> String {
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    // The user's name in the file is a label; quoted, since `system:...` names hold colons.
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: xkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user:?}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: xkube\n  context:\n    cluster: xkube\n    user: {user:?}\n    namespace: default\ncurrent-context: xkube\n",
+        b64(ca_pem),
+        b64(cert_pem),
+        b64(key_pem),
+    )
+}
+
+fn write_kubeconfig_text(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+    }
+    write(path, text, true)
+}
+
+/// Writes a kubeconfig (mode 0600) for the client certificate `cert`/`key` of `user`,
+/// pointing at `server` (`https://...`) and trusting `ca`; the files are embedded. Blocking.
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<()> {
+    let read = |p: &Path| std::fs::read(p).map_err(Error::io("read", p));
+    let text = kubeconfig_text(server, &read(ca)?, user, &read(cert)?, &read(key)?);
+    write_kubeconfig_text(path, &text)
 }
 
 impl Pki {
@@ -247,6 +260,28 @@ impl Pki {
         write(&pki.ca_cert, &ca_cert.pem(), false)?;
         pki.ensure_kubelet_client()?;
         Ok(pki)
+    }
+
+    /// Issues a client certificate for user `cn` in groups `orgs` and writes a kubeconfig
+    /// (mode 0600) embedding it, pointing at `server` and trusting the cluster CA: a
+    /// component's own identity. Blocking.
+    pub fn issue_kubeconfig(
+        &self,
+        path: &Path,
+        server: &str,
+        cn: &str,
+        orgs: &[&str],
+    ) -> Result<()> {
+        let issued = self.ca()?.issue_client(cn, orgs)?;
+        let ca = std::fs::read(&self.ca_cert).map_err(Error::io("read", &self.ca_cert))?;
+        let text = kubeconfig_text(
+            server,
+            &ca,
+            cn,
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        );
+        write_kubeconfig_text(path, &text)
     }
 
     /// The cluster CA, to issue certificates with. Blocking.
@@ -462,5 +497,35 @@ mod tests {
         .expect("kubeconfig");
         let text = std::fs::read_to_string(&kcfg).expect("read");
         assert!(text.contains("user: \"system:node:n1\""), "{text}");
+
+        let sched = dir.path().join("scheduler.kubeconfig");
+        pki.issue_kubeconfig(
+            &sched,
+            "https://127.0.0.1:6443",
+            "system:kube-scheduler",
+            &[],
+        )
+        .expect("component kubeconfig");
+        let kc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&sched).expect("read")).expect("yaml");
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(
+                kc["users"][0]["user"]["client-certificate-data"]
+                    .as_str()
+                    .expect("embedded certificate"),
+            )
+            .expect("base64");
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .expect("one cert")
+            .expect("pem");
+        assert_eq!(
+            client_identity(&der).expect("identity"),
+            ("system:kube-scheduler".to_string(), Vec::<String>::new())
+        );
+        assert_eq!(
+            kc["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
     }
 }
