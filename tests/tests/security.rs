@@ -142,3 +142,66 @@ spec:
     let logs = c.kubectl_ok(&["logs", "locked"]);
     assert!(logs.contains("locked-log-line"), "{logs}");
 }
+
+/// Every component of `cluster up` talks to the apiserver as itself, not as admin: the
+/// kubeconfigs `xkube server` and `cluster up` issue name the identities Kubernetes' bootstrap
+/// roles are bound to (checked with upstream `kubectl auth whoami`).
+#[test]
+fn privileged_components_run_under_their_own_identities() {
+    let c = Cluster::up(2, &[]);
+    let data = c.data_root.join(&c.name);
+    let mut want = vec![
+        (
+            data.join("control-plane/scheduler.kubeconfig"),
+            "system:kube-scheduler".to_string(),
+            None,
+        ),
+        (
+            data.join("control-plane/controller-manager.kubeconfig"),
+            "system:kube-controller-manager".to_string(),
+            None,
+        ),
+    ];
+    for i in 0..c.nodes {
+        let node = c.node_name(i);
+        want.push((
+            data.join(&node).join("kubelet.kubeconfig"),
+            format!("system:node:{node}"),
+            Some("system:nodes"),
+        ));
+        want.push((
+            data.join(&node).join("proxy.kubeconfig"),
+            "system:kube-proxy".to_string(),
+            None,
+        ));
+    }
+    for (kubeconfig, user, group) in want {
+        let out = std::process::Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["auth", "whoami", "-o", "json"])
+            .env("HOME", &c.data_root)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl: {e}"));
+        assert!(
+            out.status.success(),
+            "kubectl auth whoami with {}: {}",
+            kubeconfig.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let review: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("whoami json: {e}"));
+        let info = &review["status"]["userInfo"];
+        assert_eq!(info["username"], user.as_str(), "{}", kubeconfig.display());
+        if let Some(g) = group {
+            assert!(
+                info["groups"]
+                    .as_array()
+                    .is_some_and(|gs| gs.iter().any(|x| x == g)),
+                "{} is in {g}: {info}",
+                kubeconfig.display()
+            );
+        }
+    }
+}
