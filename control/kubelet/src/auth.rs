@@ -32,7 +32,8 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(120);
 pub const ALLOWED_TTL: Duration = Duration::from_secs(300);
 /// How long a denied access review is reused (`--authorization-webhook-cache-unauthorized-ttl`).
 pub const DENIED_TTL: Duration = Duration::from_secs(30);
-/// Entries kept per cache before expired ones are dropped.
+/// Entries per cache at which expired ones are dropped; when none has expired, the cache
+/// starts over (a flood of distinct tokens cannot grow it without bound).
 const CACHE_PRUNE_AT: usize = 4096;
 
 /// Kubelet authorization modes (`--authorization-mode`).
@@ -168,6 +169,9 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         let now = Instant::now();
         if m.len() >= CACHE_PRUNE_AT {
             m.retain(|_, (until, _)| now < *until);
+            if m.len() >= CACHE_PRUNE_AT {
+                m.clear();
+            }
         }
         m.insert(k, (now + ttl, v));
     }
@@ -381,6 +385,22 @@ mod tests {
         // Prefixes match whole segments only.
         assert_eq!(attrs(Method::GET, "/podsx"), [("get", "proxy")]);
         assert_eq!(attrs(Method::GET, "/statsx"), [("get", "proxy")]);
+    }
+
+    #[tokio::test]
+    async fn caches_expire_and_stay_bounded() {
+        let c: TtlCache<usize, bool> = TtlCache::new();
+        c.put(0, true, Duration::from_secs(10));
+        assert_eq!(c.get(&0), Some(true));
+        assert_eq!(c.get(&1), None);
+        for k in 1..=CACHE_PRUNE_AT {
+            c.put(k, true, Duration::from_secs(10));
+        }
+        let len = c.entries.lock().expect("lock").len();
+        assert!(len <= CACHE_PRUNE_AT, "{len} entries");
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(c.get(&CACHE_PRUNE_AT), None, "expired");
     }
 
     #[test]
