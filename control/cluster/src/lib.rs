@@ -1007,3 +1007,32 @@ fn writeln_str(out: &mut String, line: String) -> std::fmt::Result {
     use std::fmt::Write as _;
     writeln!(out, "{line}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_credentials_are_issued_from_the_cluster_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = dir.path().join("control-plane");
+        let pki = xkube_apiserver::pki::Pki::ensure(&cp, &["127.0.0.1".into()]).expect("PKI");
+        let certs = NodeCerts::layout(dir.path(), "xk-node1");
+        certs
+            .issue(&pki, "https://198.18.0.2:6443", "xk-node1", node_addr(0))
+            .expect("issued");
+        assert_eq!(
+            certs.kubelet_kubeconfig,
+            dir.path().join("xk-node1/kubelet.kubeconfig")
+        );
+        for kc in [&certs.kubelet_kubeconfig, &certs.proxy_kubeconfig] {
+            let cfg = xkube_client::Config::load(Some(kc), &Default::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", kc.display()));
+            assert_eq!(cfg.server, "https://198.18.0.2:6443");
+        }
+        let serving = xkube_apiserver::pki::load_certs(&certs.serving_cert).expect("serving");
+        let (cn, groups) = xkube_apiserver::pki::client_identity(&serving[0]).expect("subject");
+        assert_eq!((cn.as_str(), groups.len()), ("system:node:xk-node1", 0));
+        xkube_apiserver::pki::load_key(&certs.serving_key).expect("key");
+    }
+}
