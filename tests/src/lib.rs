@@ -11,6 +11,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -266,6 +267,66 @@ impl Cluster {
     pub fn node_addr(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 18, 0, 11 + i as u8)
     }
+
+    /// The cluster CA certificate (the apiserver's PKI).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_root
+            .join(&self.name)
+            .join("control-plane/pki/ca.crt")
+    }
+}
+
+/// One HTTPS request (HTTP/1.0, no body) from the calling thread's network namespace,
+/// verifying the server's certificate against the CA bundle `ca` for the IP address it is
+/// sent to; `bearer` goes in the Authorization header. Returns the status and the body; status
+/// 0 when no HTTP answer came (a refused handshake).
+pub fn https_request_here(
+    to: SocketAddrV4,
+    method: &str,
+    path: &str,
+    ca: &Path,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca)?;
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c?).map_err(std::io::Error::other)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(std::io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(*to.ip()).into());
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(std::io::Error::other)?;
+    let sock = TcpStream::connect_timeout(&to.into(), timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {to}\r\n{auth}Content-Length: 0\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    // A peer closing without close_notify still delivered what it sent.
+    if let Err(e) = s.read_to_end(&mut out)
+        && out.is_empty()
+    {
+        return Err(e);
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_owned()))
 }
 
 impl Drop for Cluster {

@@ -13,7 +13,6 @@ use axum::response::Response;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -158,7 +157,7 @@ pub async fn pod_exec(
         .map(|c| format!("command={}", encode(c)))
         .collect();
     let url = format!(
-        "http://{addr}/exec/{}/{}/{}?{}",
+        "https://{addr}/exec/{}/{}/{}?{}",
         encode(ns),
         encode(name),
         encode(&container),
@@ -213,13 +212,7 @@ pub async fn pod_exec(
 }
 
 async fn run_on_kubelet(client: &KubeletClient, url: &str) -> Result<(Bytes, i32), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("invalid kubelet URL {url}: {e}"))?;
-    let resp = client
-        .post(uri)
-        .await
-        .map_err(|e| format!("Post \"{url}\": {e}"))?;
+    let resp = client.post(url).await?;
     let status = resp.status();
     let code = resp
         .headers()
@@ -227,10 +220,8 @@ async fn run_on_kubelet(client: &KubeletClient, url: &str) -> Result<(Bytes, i32
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok());
     let body = resp
-        .into_body()
-        .collect()
+        .bytes()
         .await
-        .map(|c| c.to_bytes())
         .map_err(|e| format!("reading the kubelet's answer: {e}"))?;
     if !status.is_success() {
         return Err(String::from_utf8_lossy(&body).trim().to_string());

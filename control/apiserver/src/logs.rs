@@ -1,21 +1,21 @@
 //! `pods/{name}/log`: proxied to the kubelet of the pod's node
-//! (`http://<node address>:<kubelet port>/containerLogs/{ns}/{pod}/{container}`), streamed
-//! as it arrives so `follow=true` works.
+//! (`https://<node address>:<kubelet port>/containerLogs/{ns}/{pod}/{container}`), streamed
+//! as it arrives so `follow=true` works. The apiserver talks to kubelets over TLS only: it
+//! presents its kubelet-client certificate and verifies the kubelet's serving certificate
+//! against `--kubelet-certificate-authority` (the node's address must be in its SANs).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use xkube_api::{ResourceInfo, StatusError, meta};
 
+use crate::error::{Error, Result};
 use crate::registry::Registry;
 
 /// Default kubelet port when a node does not publish `status.daemonEndpoints`.
@@ -32,41 +32,75 @@ const PASSED: &[&str] = &[
     "limitBytes",
 ];
 
-/// HTTP client of the kubelets.
+/// HTTPS client of the kubelets: the apiserver's kubelet-client certificate, kubelets'
+/// serving certificates verified against one CA bundle, no plain-HTTP fallback.
 #[derive(Clone)]
 pub struct KubeletClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: reqwest::Client,
 }
 
-impl Default for KubeletClient {
-    fn default() -> Self {
-        Self::new()
+impl std::fmt::Debug for KubeletClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeletClient").finish_non_exhaustive()
     }
 }
 
+fn tls_err(what: &Path) -> impl FnOnce(reqwest::Error) -> Error + '_ {
+    move |e| Error::Tls(format!("{}: {e}", what.display()))
+}
+
 impl KubeletClient {
-    /// A client with a 5 s connect timeout.
-    pub fn new() -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        conn.set_nodelay(true);
-        KubeletClient {
-            client: Client::builder(TokioExecutor::new()).build(conn),
+    /// A client presenting `cert`/`key` (PEM) and trusting only the CAs in `ca` (PEM bundle),
+    /// with a 5 s connect timeout. Blocking (reads the files).
+    pub fn new(ca: &Path, cert: &Path, key: &Path) -> Result<Self> {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .https_only(true)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let bundle = std::fs::read(ca).map_err(Error::io("read", ca))?;
+        for c in reqwest::Certificate::from_pem_bundle(&bundle).map_err(tls_err(ca))? {
+            b = b.add_root_certificate(c);
         }
+        let mut pem = std::fs::read(cert).map_err(Error::io("read", cert))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(key).map_err(Error::io("read", key))?);
+        b = b.identity(reqwest::Identity::from_pem(&pem).map_err(tls_err(cert))?);
+        Ok(KubeletClient {
+            client: b.build().map_err(tls_err(cert))?,
+        })
+    }
+
+    /// A `POST` without body (the kubelet's exec endpoint).
+    pub async fn post(&self, url: &str) -> Result<reqwest::Response, String> {
+        self.client
+            .post(url)
+            .send()
+            .await
+            .map_err(|e| format!("Post \"{url}\": {}", chain(&e)))
+    }
+
+    /// A `GET`.
+    pub async fn get(&self, url: &str) -> Result<reqwest::Response, String> {
+        self.client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("Get \"{url}\": {}", chain(&e)))
     }
 }
 
-impl KubeletClient {
-    /// A `POST` without body (the kubelet's exec endpoint).
-    pub async fn post(
-        &self,
-        uri: http::Uri,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        let mut req = http::Request::new(Empty::<Bytes>::new());
-        *req.method_mut() = http::Method::POST;
-        *req.uri_mut() = uri;
-        self.client.request(req).await
+/// An error and its causes, `: `-separated (reqwest's Display leaves the cause out).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
     }
+    s
 }
 
 /// The container a log request means (Kubernetes' `validateContainer`).
@@ -188,30 +222,18 @@ pub async fn pod_log(
         .collect();
     query.sort();
     let url = format!(
-        "http://{addr}/containerLogs/{}/{}/{}{}{}",
+        "https://{addr}/containerLogs/{}/{}/{}{}{}",
         encode(ns),
         encode(name),
         encode(&container),
         if query.is_empty() { "" } else { "?" },
         query.join("&")
     );
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| StatusError::internal(format!("invalid kubelet URL {url}: {e}")))?;
-    tracing::debug!(%uri, "proxying pod log");
-    let resp = kubelet
-        .client
-        .get(uri)
-        .await
-        .map_err(|e| StatusError::internal(format!("Get \"{url}\": {e}")))?;
+    tracing::debug!(%url, "proxying pod log");
+    let resp = kubelet.get(&url).await.map_err(StatusError::internal)?;
     let status = resp.status();
     if status != StatusCode::OK {
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
+        let body = resp.bytes().await.unwrap_or_default();
         let msg = String::from_utf8_lossy(&body).trim().to_string();
         let reason = match status.as_u16() {
             400 => "BadRequest",
@@ -225,12 +247,11 @@ pub async fn pod_log(
         .and_then(|l| l.parse::<u64>().ok())
         .filter(|l| *l > 0);
     let Some(limit) = limit else {
-        return Ok(text(Body::new(resp.into_body())));
+        return Ok(text(Body::from_stream(resp.bytes_stream())));
     };
     // The kubelet may not honour limitBytes: cut the stream here.
-    let stream = futures::stream::unfold(
-        (resp.into_body().into_data_stream(), limit),
-        |(mut s, left)| async move {
+    let stream =
+        futures::stream::unfold((resp.bytes_stream(), limit), |(mut s, left)| async move {
             if left == 0 {
                 return None;
             }
@@ -240,12 +261,11 @@ pub async fn pod_log(
                         chunk.truncate(left as usize);
                     }
                     let left = left - chunk.len() as u64;
-                    Some((Ok::<Bytes, hyper::Error>(chunk), (s, left)))
+                    Some((Ok::<Bytes, reqwest::Error>(chunk), (s, left)))
                 }
                 Err(e) => Some((Err(e), (s, 0))),
             }
-        },
-    );
+        });
     Ok(text(Body::from_stream(stream)))
 }
 

@@ -180,6 +180,32 @@ pub struct Options {
     /// Keep this many seconds of store history; older revisions are compacted (0 = never).
     #[arg(long, default_value_t = 300)]
     pub compaction_interval_seconds: u64,
+
+    // How the apiserver reaches kubelets (logs, exec): HTTPS only, with its own client
+    // certificate, verifying the kubelets' serving certificates.
+    /// Client certificate presented to kubelets (default:
+    /// `<data-dir>/pki/apiserver-kubelet-client.crt`, generated with CN
+    /// `kube-apiserver-kubelet-client`).
+    #[arg(
+        long,
+        env = "XKUBE_KUBELET_CLIENT_CERTIFICATE",
+        requires = "kubelet_client_key"
+    )]
+    pub kubelet_client_certificate: Option<PathBuf>,
+
+    /// Key of `--kubelet-client-certificate` (default:
+    /// `<data-dir>/pki/apiserver-kubelet-client.key`).
+    #[arg(
+        long,
+        env = "XKUBE_KUBELET_CLIENT_KEY",
+        requires = "kubelet_client_certificate"
+    )]
+    pub kubelet_client_key: Option<PathBuf>,
+
+    /// PEM bundle of CAs verifying kubelets' serving certificates (default: the cluster CA,
+    /// `<data-dir>/pki/ca.crt`).
+    #[arg(long, env = "XKUBE_KUBELET_CERTIFICATE_AUTHORITY")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -212,6 +238,9 @@ impl Default for Options {
             watch_cache_size: 1000,
             bookmark_interval_seconds: 30,
             compaction_interval_seconds: 300,
+            kubelet_client_certificate: None,
+            kubelet_client_key: None,
+            kubelet_certificate_authority: None,
         }
     }
 }

@@ -1,5 +1,8 @@
-//! The cluster PKI: a CA, the serving certificate and an admin client certificate generated
-//! into the data dir on first start, the admin kubeconfig, and the rustls server config.
+//! The cluster PKI: a CA, the serving certificate, an admin client certificate and the
+//! apiserver's kubelet-client certificate generated into the data dir on first start, the
+//! admin kubeconfig, and the rustls server config. [`Ca`] issues further client and serving
+//! certificates from the cluster CA (components' identities, kubelet serving certificates)
+//! and [`write_kubeconfig`] writes a kubeconfig for any client certificate.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +32,100 @@ pub struct Pki {
     pub admin_cert: PathBuf,
     /// `pki/admin.key`.
     pub admin_key: PathBuf,
+    /// `pki/apiserver-kubelet-client.crt`: the apiserver's identity towards kubelets.
+    pub kubelet_client_cert: PathBuf,
+    /// `pki/apiserver-kubelet-client.key`.
+    pub kubelet_client_key: PathBuf,
+}
+
+/// The user the apiserver is towards kubelets (Kubernetes binds it to
+/// `system:kubelet-api-admin`).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
+/// A certificate and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key (PKCS#8), PEM.
+    pub key_pem: String,
+}
+
+impl Issued {
+    /// Writes the certificate and the key (mode 0600). Blocking.
+    pub fn write(&self, cert: &Path, key: &Path) -> Result<()> {
+        for p in [cert, key] {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+            }
+        }
+        write(key, &self.key_pem, true)?;
+        write(cert, &self.cert_pem, false)
+    }
+}
+
+/// A certificate authority that signs: the cluster CA loaded from its files.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Loads the CA certificate and key (PEM). Blocking.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self> {
+        let cert_pem = std::fs::read_to_string(cert).map_err(Error::io("read", cert))?;
+        let key_pem = std::fs::read_to_string(key).map_err(Error::io("read", key))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
+        // The issuer as rcgen needs it: the CA's own parameters, signed by its key (only its
+        // subject and key go into the certificates it issues).
+        let cert = CertificateParams::from_ca_cert_pem(&cert_pem)
+            .and_then(|p| p.self_signed(&key))
+            .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
+        Ok(Ca { cert, key })
+    }
+
+    fn issue(
+        &self,
+        sans: &[String],
+        cn: &str,
+        orgs: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<Issued> {
+        let key = KeyPair::generate().map_err(tls)?;
+        let mut p = CertificateParams::new(sans.to_vec()).map_err(tls)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        for o in orgs {
+            p.distinguished_name.push(DnType::OrganizationName, *o);
+        }
+        p.extended_key_usages = vec![usage];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let cert = p.signed_by(&key, &self.cert, &self.key).map_err(tls)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A client certificate for user `cn` in groups `orgs` (what the apiserver's and the
+    /// kubelets' X.509 authenticators read: CN = user, O = groups).
+    pub fn issue_client(&self, cn: &str, orgs: &[&str]) -> Result<Issued> {
+        self.issue(&[], cn, orgs, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A serving certificate with subject `cn` for `sans` (DNS names and IP addresses).
+    pub fn issue_serving(&self, cn: &str, sans: &[String]) -> Result<Issued> {
+        self.issue(sans, cn, &[], ExtendedKeyUsagePurpose::ServerAuth)
+    }
 }
 
 fn tls(e: impl std::fmt::Display) -> Error {
@@ -45,6 +142,47 @@ fn write(path: &Path, data: &str, private: bool) -> Result<()> {
     Ok(())
 }
 
+/// The text of a kubeconfig for user `user` with `cert_pem`/`key_pem` embedded, pointing at
+/// `server` and trusting `ca_pem`.
+fn kubeconfig_text(
+    server: &str,
+    ca_pem: &[u8],
+    user: &str,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> String {
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    // The user's name in the file is a label; quoted, since `system:...` names hold colons.
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: xkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: {user:?}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: xkube\n  context:\n    cluster: xkube\n    user: {user:?}\n    namespace: default\ncurrent-context: xkube\n",
+        b64(ca_pem),
+        b64(cert_pem),
+        b64(key_pem),
+    )
+}
+
+fn write_kubeconfig_text(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
+    }
+    write(path, text, true)
+}
+
+/// Writes a kubeconfig (mode 0600) for the client certificate `cert`/`key` of `user`,
+/// pointing at `server` (`https://...`) and trusting `ca`; the files are embedded. Blocking.
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<()> {
+    let read = |p: &Path| std::fs::read(p).map_err(Error::io("read", p));
+    let text = kubeconfig_text(server, &read(ca)?, user, &read(cert)?, &read(key)?);
+    write_kubeconfig_text(path, &text)
+}
+
 impl Pki {
     /// The file layout under `data_dir/pki`.
     pub fn layout(data_dir: &Path) -> Self {
@@ -56,6 +194,8 @@ impl Pki {
             server_key: d.join("apiserver.key"),
             admin_cert: d.join("admin.crt"),
             admin_key: d.join("admin.key"),
+            kubelet_client_cert: d.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: d.join("apiserver-kubelet-client.key"),
         }
     }
 
@@ -73,6 +213,7 @@ impl Pki {
             &pki.admin_key,
         ];
         if all.iter().all(|p| p.exists()) {
+            pki.ensure_kubelet_client()?;
             return Ok(pki);
         }
         tracing::info!(dir = %dir.display(), "generating cluster CA and certificates");
@@ -117,33 +258,72 @@ impl Pki {
         write(&pki.admin_cert, &admin.pem(), false)?;
         // The CA certificate last: its presence means the set is complete.
         write(&pki.ca_cert, &ca_cert.pem(), false)?;
+        pki.ensure_kubelet_client()?;
         Ok(pki)
+    }
+
+    /// Issues a client certificate for user `cn` in groups `orgs` and writes a kubeconfig
+    /// (mode 0600) embedding it, pointing at `server` and trusting the cluster CA: a
+    /// component's own identity. Blocking.
+    pub fn issue_kubeconfig(
+        &self,
+        path: &Path,
+        server: &str,
+        cn: &str,
+        orgs: &[&str],
+    ) -> Result<()> {
+        let issued = self.ca()?.issue_client(cn, orgs)?;
+        let ca = std::fs::read(&self.ca_cert).map_err(Error::io("read", &self.ca_cert))?;
+        let text = kubeconfig_text(
+            server,
+            &ca,
+            cn,
+            issued.cert_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        );
+        write_kubeconfig_text(path, &text)
+    }
+
+    /// The cluster CA, to issue certificates with. Blocking.
+    pub fn ca(&self) -> Result<Ca> {
+        Ca::load(&self.ca_cert, &self.ca_key)
+    }
+
+    /// Issues the apiserver's kubelet-client certificate (CN
+    /// [`KUBELET_CLIENT_USER`], no groups) when it is missing: also for data dirs made
+    /// before it existed. Blocking.
+    fn ensure_kubelet_client(&self) -> Result<()> {
+        if self.kubelet_client_cert.exists() && self.kubelet_client_key.exists() {
+            return Ok(());
+        }
+        self.ca()?
+            .issue_client(KUBELET_CLIENT_USER, &[])?
+            .write(&self.kubelet_client_cert, &self.kubelet_client_key)
     }
 
     /// Writes a kubeconfig for the admin user pointing at `server` (`https://...`). Blocking.
     pub fn write_kubeconfig(&self, path: &Path, server: &str) -> Result<()> {
-        let b64 = |p: &Path| -> Result<String> {
-            let data = std::fs::read(p).map_err(Error::io("read", p))?;
-            Ok(base64::engine::general_purpose::STANDARD.encode(data))
-        };
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: xkube\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: xkube\n  context:\n    cluster: xkube\n    user: admin\n    namespace: default\ncurrent-context: xkube\n",
-            b64(&self.ca_cert)?,
-            b64(&self.admin_cert)?,
-            b64(&self.admin_key)?,
-        );
-        write(path, &text, true)
+        write_kubeconfig(
+            path,
+            server,
+            &self.ca_cert,
+            "admin",
+            &self.admin_cert,
+            &self.admin_key,
+        )
     }
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+/// The certificates of a PEM file. Blocking.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let data = std::fs::read(path).map_err(Error::io("read", path))?;
     rustls_pemfile::certs(&mut data.as_slice())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(Error::io("parse certificates", path))
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+/// The private key of a PEM file. Blocking.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     let data = std::fs::read(path).map_err(Error::io("read", path))?;
     rustls_pemfile::private_key(&mut data.as_slice())
         .map_err(Error::io("parse key", path))?
@@ -244,5 +424,108 @@ mod tests {
             .expect("kubeconfig");
         let text = std::fs::read_to_string(&kc).expect("read");
         assert!(text.contains("server: https://127.0.0.1:6443"));
+    }
+
+    #[test]
+    fn issues_client_and_serving_certificates_from_the_cluster_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sans = default_sans("10.96.0.1".parse().expect("ip"), &[]);
+        let pki = Pki::ensure(dir.path(), &sans).expect("generates");
+        let kc = load_certs(&pki.kubelet_client_cert).expect("kubelet client cert");
+        assert_eq!(
+            client_identity(&kc[0]).expect("identity"),
+            (KUBELET_CLIENT_USER.to_string(), Vec::<String>::new())
+        );
+        let ca = pki.ca().expect("loads the CA");
+        let node = ca
+            .issue_client("system:node:n1", &["system:nodes"])
+            .expect("client cert");
+        let (crt, key) = (dir.path().join("n1.crt"), dir.path().join("n1.key"));
+        node.write(&crt, &key).expect("write");
+        let c = load_certs(&crt).expect("parse");
+        assert_eq!(
+            client_identity(&c[0]).expect("identity"),
+            (
+                "system:node:n1".to_string(),
+                vec!["system:nodes".to_string()]
+            )
+        );
+        load_key(&key).expect("key parses");
+
+        // A serving certificate verifies against the CA for its IP SAN, not for another IP.
+        let serving = ca
+            .issue_serving("system:node:n1", &["198.18.0.11".into(), "n1".into()])
+            .expect("serving cert");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(&pki.ca_cert).expect("ca") {
+            roots.add(c).expect("root");
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let leaf = rustls_pemfile::certs(&mut serving.cert_pem.as_bytes())
+            .next()
+            .expect("one cert")
+            .expect("pem");
+        let now = rustls::pki_types::UnixTime::now();
+        let ip = |s: &str| {
+            rustls::pki_types::ServerName::IpAddress(s.parse::<IpAddr>().expect("ip").into())
+        };
+        use rustls::client::danger::ServerCertVerifier as _;
+        verifier
+            .verify_server_cert(&leaf, &[], &ip("198.18.0.11"), &[], now)
+            .expect("the node IP is in the SANs");
+        assert!(
+            verifier
+                .verify_server_cert(&leaf, &[], &ip("198.18.0.12"), &[], now)
+                .is_err(),
+            "another IP is refused"
+        );
+
+        let kcfg = dir.path().join("n1.kubeconfig");
+        write_kubeconfig(
+            &kcfg,
+            "https://198.18.0.2:6443",
+            &pki.ca_cert,
+            "system:node:n1",
+            &crt,
+            &key,
+        )
+        .expect("kubeconfig");
+        let text = std::fs::read_to_string(&kcfg).expect("read");
+        assert!(text.contains("user: \"system:node:n1\""), "{text}");
+
+        let sched = dir.path().join("scheduler.kubeconfig");
+        pki.issue_kubeconfig(
+            &sched,
+            "https://127.0.0.1:6443",
+            "system:kube-scheduler",
+            &[],
+        )
+        .expect("component kubeconfig");
+        let kc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&sched).expect("read")).expect("yaml");
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(
+                kc["users"][0]["user"]["client-certificate-data"]
+                    .as_str()
+                    .expect("embedded certificate"),
+            )
+            .expect("base64");
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .expect("one cert")
+            .expect("pem");
+        assert_eq!(
+            client_identity(&der).expect("identity"),
+            ("system:kube-scheduler".to_string(), Vec::<String>::new())
+        );
+        assert_eq!(
+            kc["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
     }
 }

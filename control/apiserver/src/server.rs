@@ -516,6 +516,14 @@ pub async fn start(
         None => None,
     };
 
+    let kubelet = {
+        let o = opts.clone();
+        let extra = [opts.bind_address, advertise_ip];
+        let first_ip = IpAddr::V4(ips.first());
+        tokio::task::spawn_blocking(move || kubelet_client(&o, first_ip, &extra))
+            .await
+            .map_err(|e| Error::Tls(format!("kubelet client task failed: {e}")))??
+    };
     let app = Arc::new(App {
         registry: registry.clone(),
         authn,
@@ -524,7 +532,7 @@ pub async fn start(
         quota_locks: Default::default(),
         sa_verifier: Some(sa_verifier),
         sa_lookup: opts.service_account_lookup,
-        kubelet: crate::logs::KubeletClient::new(),
+        kubelet,
         metrics: Metrics::default(),
         advertise: endpoint.to_string(),
         shutdown: cancel.clone(),
@@ -556,6 +564,39 @@ pub async fn start(
         cancel,
         tasks,
     })
+}
+
+/// The client of the kubelets from `--kubelet-client-certificate/-key` and
+/// `--kubelet-certificate-authority`, defaulting to the generated PKI (made if missing).
+/// Blocking.
+fn kubelet_client(
+    o: &Options,
+    first_service_ip: IpAddr,
+    extra_sans: &[IpAddr],
+) -> Result<crate::logs::KubeletClient> {
+    let generated = || -> Result<Pki> {
+        Pki::ensure(
+            &o.data_dir,
+            &pki::default_sans(first_service_ip, extra_sans),
+        )
+    };
+    let (cert, key) = match (&o.kubelet_client_certificate, &o.kubelet_client_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => {
+            let p = generated()?;
+            (p.kubelet_client_cert, p.kubelet_client_key)
+        }
+        _ => {
+            return Err(Error::Config(
+                "--kubelet-client-certificate and --kubelet-client-key go together".into(),
+            ));
+        }
+    };
+    let ca = match &o.kubelet_certificate_authority {
+        Some(ca) => ca.clone(),
+        None => generated()?.ca_cert,
+    };
+    crate::logs::KubeletClient::new(&ca, &cert, &key)
 }
 
 /// Compacts the store every `every`, keeping one interval of history (as Kubernetes does).

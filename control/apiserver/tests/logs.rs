@@ -1,5 +1,7 @@
 //! `pods/{name}/log` and `pods/{name}/exec` proxied to a stand-in kubelet on loopback,
-//! through HTTP and upstream kubectl (v1.32 at /usr/bin/kubectl).
+//! through HTTP and upstream kubectl (v1.32 at /usr/bin/kubectl). The stand-in serves HTTPS
+//! with a certificate from the cluster CA and requires the apiserver's client certificate,
+//! as a kubelet does.
 
 mod common;
 
@@ -13,6 +15,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
 use serde_json::json;
+use xkube_apiserver::pki::{self, Pki};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -81,22 +84,97 @@ async fn exec(
     r
 }
 
-async fn fake_kubelet() -> (u16, Seen, tokio::task::JoinHandle<()>) {
+/// A stand-in kubelet on `127.0.0.1:0` serving HTTPS with a certificate `pki`'s CA issues for
+/// 127.0.0.1 and requiring a client certificate of that CA; each connection's client user
+/// (`client <CN>`) is recorded in `Seen`.
+async fn fake_kubelet_of(pki: &Pki) -> (u16, Seen, tokio::task::JoinHandle<()>) {
     let seen: Seen = Arc::default();
     let app = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
         .with_state(seen.clone());
+    let serving = pki
+        .ca()
+        .expect("cluster CA")
+        .issue_serving("kubelet", &["127.0.0.1".into()])
+        .expect("serving certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pki::load_certs(&pki.ca_cert).expect("CA certificate") {
+        roots.add(c).expect("root");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let certs = rustls_pemfile::certs(&mut serving.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificate");
+    let key = rustls_pemfile::private_key(&mut serving.key_pem.as_bytes())
+        .expect("key pem")
+        .expect("a key");
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind fake kubelet");
     let port = l.local_addr().expect("addr").port();
+    let recorded = seen.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, app).await {
-            panic!("fake kubelet failed: {e}");
+        loop {
+            let Ok((sock, _)) = l.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            let seen = recorded.clone();
+            tokio::spawn(async move {
+                // A handshake the apiserver aborts (bad certificate) ends here.
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(pki::client_identity)
+                    .map(|(u, _)| u);
+                seen.lock()
+                    .expect("seen lock")
+                    .push(format!("client {}", user.unwrap_or_default()));
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
         }
     });
     (port, seen, task)
+}
+
+/// A stand-in kubelet with a certificate of the apiserver's cluster CA.
+async fn fake_kubelet(api: &common::Api) -> (u16, Seen, tokio::task::JoinHandle<()>) {
+    fake_kubelet_of(&Pki::layout(api.dir.path())).await
+}
+
+/// What the stand-in served, without the connection records.
+fn requests(seen: &Seen) -> Vec<String> {
+    seen.lock()
+        .expect("seen")
+        .iter()
+        .filter(|s| !s.starts_with("client "))
+        .cloned()
+        .collect()
 }
 
 async fn node_and_pod(api: &common::Api, kubelet_port: u16) {
@@ -126,8 +204,8 @@ async fn node_and_pod(api: &common::Api, kubelet_port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_logs_are_proxied_from_the_nodes_kubelet() {
-    let (port, seen, kubelet) = fake_kubelet().await;
     let api = common::start().await;
+    let (port, seen, kubelet) = fake_kubelet(&api).await;
     node_and_pod(&api, port).await;
     let log = "/api/v1/namespaces/default/pods/web/log";
 
@@ -140,7 +218,7 @@ async fn pod_logs_are_proxied_from_the_nodes_kubelet() {
     let (code, body) = api.get(&format!("{log}?tailLines=1&timestamps=true")).await;
     assert_eq!((code, body), (200, json!("line two\n")));
     assert_eq!(
-        seen.lock().expect("seen").last().map(String::as_str),
+        requests(&seen).last().map(String::as_str),
         Some("default/web/c?tailLines=1&timestamps=true")
     );
 
@@ -189,17 +267,64 @@ async fn pod_logs_are_proxied_from_the_nodes_kubelet() {
     assert!(
         body["message"]
             .as_str()
-            .is_some_and(|m| m.contains("http://127.0.0.1:1/containerLogs/default/web/c")),
+            .is_some_and(|m| m.contains("https://127.0.0.1:1/containerLogs/default/web/c")),
         "{body}"
     );
+    // The apiserver identified itself with its kubelet-client certificate.
+    assert!(
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .any(|s| s == "client kube-apiserver-kubelet-client"),
+        "{seen:?}"
+    );
+
+    // A kubelet whose serving certificate another CA signed is not trusted: 500, and it
+    // serves nothing.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = Pki::ensure(other_dir.path(), &["127.0.0.1".into()]).expect("other PKI");
+    let (other_port, other_seen, other_kubelet) = fake_kubelet_of(&other).await;
+    let (code, body) = api
+        .patch(
+            "/api/v1/nodes/n1/status",
+            "application/merge-patch+json",
+            &json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": other_port}}}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api.get(log).await;
+    assert_eq!(code, 500, "{body}");
+    assert!(requests(&other_seen).is_empty(), "{other_seen:?}");
+    other_kubelet.abort();
+
+    // No plain-HTTP fallback: a kubelet speaking HTTP gets no request from the apiserver.
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let plain_port = plain.local_addr().expect("addr").port();
+    let plain_task = tokio::spawn(async move {
+        let app = Router::new().fallback(|| async { "plain http" });
+        let _ = axum::serve(plain, app).await;
+    });
+    let (code, _) = api
+        .patch(
+            "/api/v1/nodes/n1/status",
+            "application/merge-patch+json",
+            &json!({"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": plain_port}}}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, body) = api.get(log).await;
+    assert_eq!(code, 500, "{body}");
+    plain_task.abort();
     api.stop().await;
     kubelet.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_logs_and_exec_go_through_the_apiserver() {
-    let (port, seen, kubelet) = fake_kubelet().await;
     let api = common::start_with(|b| b.secure()).await;
+    let (port, seen, kubelet) = fake_kubelet(&api).await;
     node_and_pod(&api, port).await;
     let kubeconfig = api.server.kubeconfig.clone().expect("kubeconfig");
     let home = api.dir.path().join("home");
@@ -287,8 +412,8 @@ async fn the_xkubectl_client_reads_and_follows_logs() {
     use k8s_openapi::api::core::v1::Pod;
     use xkube_client::{Api, Client, Config, LogParams};
 
-    let (port, seen, kubelet) = fake_kubelet().await;
     let api = common::start().await;
+    let (port, seen, kubelet) = fake_kubelet(&api).await;
     node_and_pod(&api, port).await;
     let client = Client::new(&Config::new(api.base.clone())).expect("client");
     let pods = Api::<Pod>::namespaced(client, "default");
@@ -327,7 +452,7 @@ async fn the_xkubectl_client_reads_and_follows_logs() {
         .await,
         "first\nsecond\n"
     );
-    let last = seen.lock().expect("seen").last().cloned();
+    let last = requests(&seen).last().cloned();
     assert_eq!(last.as_deref(), Some("default/web/c?follow=true"));
     api.stop().await;
     kubelet.abort();

@@ -402,6 +402,16 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
         start_engines(opts, &xkube, &nodes, data, state).await?;
     }
 
+    // Each node's own identities, from the cluster CA the apiserver made.
+    let pki = xkube_apiserver::pki::Pki::layout(&cp_data);
+    let server_url = format!("https://{CONTROL_PLANE_ADDR}:{APISERVER_PORT}");
+    let mut certs = Vec::new();
+    for node in &state.nodes {
+        let files = NodeCerts::layout(data, &node.name);
+        files.issue(&pki, &server_url, &node.name, node.addr)?;
+        certs.push(files);
+    }
+
     if opts.kubelet_only {
         say(format!(
             "[3/5] nodes: xkube kubelet (no proxy) on {n} node(s)"
@@ -422,7 +432,13 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             "agent"
         })
         .arg("--kubeconfig")
-        .arg(&kubeconfig)
+        .arg(&certs[i].kubelet_kubeconfig)
+        .arg("--tls-cert-file")
+        .arg(&certs[i].serving_cert)
+        .arg("--tls-private-key-file")
+        .arg(&certs[i].serving_key)
+        .arg("--client-ca-file")
+        .arg(&pki.ca_cert)
         .args([
             "--node-name",
             &node.name,
@@ -440,6 +456,10 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
         .arg(&node.cgroup);
         cmd.arg("--node-status-update-frequency")
             .arg(opts.node_status_update_frequency.to_string());
+        if !opts.kubelet_only {
+            cmd.arg("--proxy-kubeconfig")
+                .arg(&certs[i].proxy_kubeconfig);
+        }
         if let Some(engine) = state.engines.get(i) {
             cmd.arg("--docker-endpoint").arg(engine.endpoint());
         }
@@ -488,6 +508,57 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
         names.client()
     ));
     Ok(())
+}
+
+/// The credentials `cluster up` issues a node from the cluster CA, under the node's data dir
+/// (the kubelet's root dir).
+#[derive(Debug, Clone)]
+pub struct NodeCerts {
+    /// The kubelet's kubeconfig: user `system:node:<node>` in group `system:nodes` (what the
+    /// Node authorizer recognises).
+    pub kubelet_kubeconfig: PathBuf,
+    /// The proxy's kubeconfig: user `system:kube-proxy` (bound to `system:node-proxier`).
+    pub proxy_kubeconfig: PathBuf,
+    /// The kubelet API's serving certificate (`system:node:<node>`, SANs: node IP and name).
+    pub serving_cert: PathBuf,
+    /// Its key.
+    pub serving_key: PathBuf,
+}
+
+impl NodeCerts {
+    /// The files of node `node` under the cluster data dir `data`.
+    pub fn layout(data: &Path, node: &str) -> Self {
+        let dir = data.join(node);
+        NodeCerts {
+            kubelet_kubeconfig: dir.join("kubelet.kubeconfig"),
+            proxy_kubeconfig: dir.join("proxy.kubeconfig"),
+            serving_cert: dir.join("pki/kubelet-serving.crt"),
+            serving_key: dir.join("pki/kubelet-serving.key"),
+        }
+    }
+
+    /// Issues the files from `pki`'s CA for node `node` at `addr`; the kubeconfigs point at
+    /// `server`.
+    pub fn issue(
+        &self,
+        pki: &xkube_apiserver::pki::Pki,
+        server: &str,
+        node: &str,
+        addr: Ipv4Addr,
+    ) -> Result<()> {
+        let failed = |what: &str, e: xkube_apiserver::Error| {
+            Error::Invalid(format!("issuing the {what} of node {node}: {e}"))
+        };
+        let user = format!("system:node:{node}");
+        pki.issue_kubeconfig(&self.kubelet_kubeconfig, server, &user, &["system:nodes"])
+            .map_err(|e| failed("kubelet kubeconfig", e))?;
+        pki.issue_kubeconfig(&self.proxy_kubeconfig, server, "system:kube-proxy", &[])
+            .map_err(|e| failed("proxy kubeconfig", e))?;
+        pki.ca()
+            .and_then(|ca| ca.issue_serving(&user, &[addr.to_string(), node.to_owned()]))
+            .and_then(|c| c.write(&self.serving_cert, &self.serving_key))
+            .map_err(|e| failed("kubelet serving certificate", e))
+    }
 }
 
 /// Starts a dockerd in every node's namespace and cgroup and loads the images into each.
@@ -935,4 +1006,33 @@ pub fn status(opts: &NameOptions) -> Result<String> {
 fn writeln_str(out: &mut String, line: String) -> std::fmt::Result {
     use std::fmt::Write as _;
     writeln!(out, "{line}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_credentials_are_issued_from_the_cluster_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = dir.path().join("control-plane");
+        let pki = xkube_apiserver::pki::Pki::ensure(&cp, &["127.0.0.1".into()]).expect("PKI");
+        let certs = NodeCerts::layout(dir.path(), "xk-node1");
+        certs
+            .issue(&pki, "https://198.18.0.2:6443", "xk-node1", node_addr(0))
+            .expect("issued");
+        assert_eq!(
+            certs.kubelet_kubeconfig,
+            dir.path().join("xk-node1/kubelet.kubeconfig")
+        );
+        for kc in [&certs.kubelet_kubeconfig, &certs.proxy_kubeconfig] {
+            let cfg = xkube_client::Config::load(Some(kc), &Default::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", kc.display()));
+            assert_eq!(cfg.server, "https://198.18.0.2:6443");
+        }
+        let serving = xkube_apiserver::pki::load_certs(&certs.serving_cert).expect("serving");
+        let (cn, groups) = xkube_apiserver::pki::client_identity(&serving[0]).expect("subject");
+        assert_eq!((cn.as_str(), groups.len()), ("system:node:xk-node1", 0));
+        xkube_apiserver::pki::load_key(&certs.serving_key).expect("key");
+    }
 }

@@ -37,6 +37,8 @@ pub enum Error {
     Runtime(String),
     #[error("iptables-restore failed: {0}")]
     Iptables(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("invalid pod state transition from {from} on {event}")]
     Transition { from: &'static str, event: String },
 }

@@ -1,7 +1,8 @@
 //! The xkube kubelet: registers its Node and heartbeats, watches the pods bound to it and
 //! drives each through an explicit state machine ([`state`]) on a [`ContainerRuntime`]
 //! ([`runtime::process::ProcessRuntime`] by default), wires pods into the node's pod network
-//! ([`network`]) and serves the kubelet API ([`server`]).
+//! ([`network`]) and serves the kubelet API ([`server`]): HTTPS only ([`tls`]), every request
+//! authenticated and authorized against the apiserver ([`auth`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, Config, Event, ListParams, Overrides, Reflector, Store, watcher};
 
+pub mod auth;
 pub mod env;
 pub mod error;
 pub mod ipam;
@@ -28,8 +30,10 @@ pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod volumes;
 
+pub use auth::AuthorizationMode;
 pub use error::{Error, Result};
 pub use network::{PodNetworkEvent, PodNetworkEventKind};
 pub use nsutil::NsRef;
@@ -113,6 +117,51 @@ pub struct Options {
     /// The xkube binary used by the process runtime's image mapping (default: this one).
     #[arg(long, env = "XKUBE_BINARY")]
     pub xkube_binary: Option<PathBuf>,
+    /// Serving certificate of the kubelet API (PEM; default: a self-signed one generated
+    /// into `<root-dir>/pki/kubelet.crt`, which the apiserver does not trust).
+    #[arg(long, env = "XKUBE_TLS_CERT_FILE", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Key of `--tls-cert-file`.
+    #[arg(long, env = "XKUBE_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// PEM bundle of CAs whose client certificates authenticate requests to the kubelet API
+    /// (CN = user, O = groups); none: client certificates are not accepted.
+    #[arg(long, env = "XKUBE_KUBELET_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve kubelet API requests without credentials as `system:anonymous` (off: they get
+    /// 401).
+    #[arg(
+        long,
+        env = "XKUBE_KUBELET_ANONYMOUS_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub anonymous_auth: bool,
+    /// Check bearer tokens with TokenReviews against the apiserver.
+    #[arg(
+        long,
+        env = "XKUBE_AUTHENTICATION_TOKEN_WEBHOOK",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub authentication_token_webhook: bool,
+    /// Authorization of kubelet API requests: Webhook (SubjectAccessReviews against the
+    /// apiserver) or AlwaysAllow.
+    #[arg(
+        long,
+        env = "XKUBE_KUBELET_AUTHORIZATION_MODE",
+        value_enum,
+        default_value = "Webhook"
+    )]
+    pub authorization_mode: AuthorizationMode,
+    /// Plain-HTTP port serving only /healthz, /pods and /stats without authentication
+    /// (Kubernetes uses 10255); 0 disables it.
+    #[arg(long, env = "XKUBE_READ_ONLY_PORT", default_value_t = 0)]
+    pub read_only_port: u16,
 }
 
 impl Options {
@@ -139,6 +188,13 @@ impl Options {
             docker_endpoint: "unix:///var/run/docker.sock".into(),
             pod_infra_container_image: "xkube/pause:latest".into(),
             xkube_binary: None,
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            client_ca_file: None,
+            anonymous_auth: false,
+            authentication_token_webhook: true,
+            authorization_mode: AuthorizationMode::Webhook,
+            read_only_port: 0,
         }
     }
 }
@@ -504,15 +560,58 @@ impl Kubelet {
                 }
             });
         }
-        // Kubelet API.
+        // Kubelet API: HTTPS only.
+        let tls = {
+            let (cert, key) = (
+                opts.tls_cert_file.clone(),
+                opts.tls_private_key_file.clone(),
+            );
+            let (root, name, ca) = (
+                opts.root_dir.clone(),
+                node_name.clone(),
+                opts.client_ca_file.clone(),
+            );
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let (cert, key) = tls::serving_files(
+                    cert.as_deref(),
+                    key.as_deref(),
+                    &root,
+                    &name,
+                    node_ip.into(),
+                )?;
+                tls::server_config(&cert, &key, ca.as_deref())
+            })
+            .await
+            .map_err(|e| Error::Tls(format!("certificate task: {e}")))??
+        };
+        let auth = Arc::new(auth::Auth::new(
+            &node_name,
+            opts.anonymous_auth,
+            opts.authentication_token_webhook,
+            opts.authorization_mode,
+            &client,
+        ));
         let listener = server::bind(&node_ns, opts.port).await?;
-        tracing::info!(addr = ?listener.local_addr().ok(), "kubelet API listening");
-        {
+        tracing::info!(
+            addr = ?listener.local_addr().ok(),
+            authorization = ?opts.authorization_mode,
+            anonymous = opts.anonymous_auth,
+            "kubelet API listening (HTTPS)"
+        );
+        tasks.spawn(server::serve(
+            listener,
+            tokio_rustls::TlsAcceptor::from(tls),
+            server::secure_app(ctx.clone(), auth),
+            shutdown.clone(),
+        ));
+        if opts.read_only_port != 0 {
+            let listener = server::bind(&node_ns, opts.read_only_port).await?;
+            tracing::info!(addr = ?listener.local_addr().ok(), "kubelet read-only port listening (plain HTTP: healthz, pods, stats)");
             let ctx = ctx.clone();
             let token = shutdown.clone();
             tasks.spawn(async move {
-                if let Err(e) = server::serve(listener, ctx, token).await {
-                    tracing::error!(error = %e, "kubelet API");
+                if let Err(e) = server::serve_read_only(listener, ctx, token).await {
+                    tracing::error!(error = %e, "kubelet read-only port");
                 }
             });
         }
@@ -562,5 +661,37 @@ mod tests {
         assert_eq!(c.opts.node_labels, ["a=b", "c=d"]);
         assert_eq!(c.opts.max_pods, 50);
         assert_eq!(c.opts.node_status_update_frequency, 10);
+        // Locked down by default: no anonymous access, webhook authn/authz, no read-only port.
+        assert!(!c.opts.anonymous_auth);
+        assert!(c.opts.authentication_token_webhook);
+        assert_eq!(c.opts.authorization_mode, AuthorizationMode::Webhook);
+        assert_eq!(c.opts.read_only_port, 0);
+        assert_eq!(c.opts.tls_cert_file, None);
+        let c = Cli::try_parse_from([
+            "kubelet",
+            "--anonymous-auth",
+            "--authentication-token-webhook=false",
+            "--authorization-mode=AlwaysAllow",
+            "--read-only-port=10255",
+            "--tls-cert-file=/k.crt",
+            "--tls-private-key-file=/k.key",
+            "--client-ca-file=/ca.crt",
+        ])
+        .expect("security flags parse");
+        assert!(c.opts.anonymous_auth);
+        assert!(!c.opts.authentication_token_webhook);
+        assert_eq!(c.opts.authorization_mode, AuthorizationMode::AlwaysAllow);
+        assert_eq!(c.opts.read_only_port, 10255);
+        assert_eq!(c.opts.client_ca_file, Some(PathBuf::from("/ca.crt")));
+        assert!(
+            Cli::try_parse_from(["kubelet", "--tls-cert-file=/k.crt"]).is_err(),
+            "a certificate needs its key"
+        );
+        let flags = Cli::try_parse_from(["kubelet"]).expect("defaults");
+        assert_eq!(
+            flags.opts.authorization_mode,
+            Options::new("n", PathBuf::from("/r")).authorization_mode,
+            "flag and library defaults agree"
+        );
     }
 }

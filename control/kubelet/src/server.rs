@@ -1,4 +1,5 @@
-//! The kubelet API (port 10250), plain HTTP:
+//! The kubelet API (port 10250), HTTPS only, every request authenticated and authorized
+//! ([`crate::auth`]):
 //! - `GET /healthz` -> `ok`
 //! - `GET /pods` -> a `PodList` of the pods this kubelet runs
 //! - `GET /stats/summary` -> node and per-pod figures (memory/cpu from the pod cgroups)
@@ -6,6 +7,10 @@
 //! - `POST|GET /run/{ns}/{pod}/{container}?cmd=<command line>` -> combined output
 //! - `POST|GET /exec/{ns}/{pod}/{container}?command=a&command=b` -> combined output
 //!   (non-interactive; the exit code is in the `X-Exit-Code` header)
+//!
+//! The read-only port (`--read-only-port`, off by default) serves `/healthz`, `/pods` and
+//! `/stats/summary` over plain HTTP without authentication, as Kubernetes' does; never exec,
+//! run or logs.
 
 use std::{
     collections::HashMap,
@@ -18,17 +23,27 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    extract::{Path, RawQuery, State},
+    extract::{Path, RawQuery, Request, State},
     http::{StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
-use crate::{Ctx, error::Result, nsutil::NsRef, pods::PodView};
+use crate::{
+    Ctx,
+    auth::{Auth, Denied, UserInfo, request_attributes},
+    error::Result,
+    nsutil::NsRef,
+    pods::PodView,
+};
 
-/// Binds the API port inside the node's network namespace.
+/// Binds a port on all addresses inside the node's network namespace.
 pub async fn bind(ns: &NsRef, port: u16) -> Result<tokio::net::TcpListener> {
     let l = ns
         .run_async(move || -> std::io::Result<std::net::TcpListener> {
@@ -41,20 +56,140 @@ pub async fn bind(ns: &NsRef, port: u16) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(l).map_err(crate::error::io("listen", format!(":{port}")))
 }
 
+/// The verified client certificate's user of a connection, as a request extension.
+#[derive(Debug, Clone, Default)]
+struct Peer(Option<UserInfo>);
+
+/// Every route of the authenticated API.
+fn routes() -> Router<Arc<Ctx>> {
+    read_only_routes()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
+        .route("/run/{ns}/{pod}/{container}", get(run).post(run))
+        .route("/exec/{ns}/{pod}/{container}", get(run).post(run))
+}
+
+/// The routes of the read-only port.
+fn read_only_routes() -> Router<Arc<Ctx>> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/pods", get(pods))
+        .route("/stats/summary", get(stats))
+}
+
+/// The authenticated API as one router (for the TLS listener, and tests).
+pub(crate) fn secure_app(ctx: Arc<Ctx>, auth: Arc<Auth>) -> Router {
+    routes()
+        .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
+        .layer(axum::middleware::from_fn_with_state(auth, guard))
+        .with_state(ctx)
+}
+
+/// Authentication, then authorization, then the handler (Kubernetes' kubelet filter).
+async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    let cert_user = req.extensions().get::<Peer>().and_then(|p| p.0.clone());
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = match auth.authenticate(cert_user, authorization).await {
+        Ok(u) => u,
+        Err(_) => return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
+    };
+    let attrs = request_attributes(req.method(), req.uri().path());
+    match auth.authorize(&user, &attrs).await {
+        Ok(()) => next.run(req).await,
+        Err(Denied::Forbidden(msg)) => {
+            tracing::debug!(user = %user.name, path = req.uri().path(), "{msg}");
+            (StatusCode::FORBIDDEN, msg).into_response()
+        }
+        Err(Denied::AuthorizationError(msg)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+        }
+        Err(Denied::Unauthenticated) => (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
+    }
+}
+
+/// Serves the authenticated API over TLS on `listener` until `token`.
 pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    app: Router,
+    token: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let sock = tokio::select! {
+            _ = token.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kubelet API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = sock.set_nodelay(true);
+        let (tls, app, token) = (tls.clone(), app.clone(), token.clone());
+        conns.spawn(async move {
+            // Plain HTTP and other garbage end here: there is no plain-HTTP API.
+            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(sock)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "kubelet API TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = Peer(
+                stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(crate::tls::client_identity)
+                    .map(|(user, groups)| UserInfo::from_cert(user, groups)),
+            );
+            serve_conn(stream, app, peer, token).await;
+        });
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+async fn serve_conn<I>(io: I, app: Router, peer: Peer, token: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let app = app.clone();
+        async move { app.oneshot(req.map(Body::new)).await }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "kubelet API connection ended with an error");
+            }
+        }
+        _ = token.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+/// Serves the read-only port (plain HTTP, no authentication) until `token`.
+pub(crate) async fn serve_read_only(
     listener: tokio::net::TcpListener,
     ctx: Arc<Ctx>,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/pods", get(pods))
-        .route("/stats/summary", get(stats))
-        .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
-        .route("/run/{ns}/{pod}/{container}", get(run).post(run))
-        .route("/exec/{ns}/{pod}/{container}", get(run).post(run))
-        .with_state(ctx);
-    axum::serve(listener, app)
+    axum::serve(listener, read_only_routes().with_state(ctx))
         .with_graceful_shutdown(async move { token.cancelled().await })
         .await
 }

@@ -7,8 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret};
-use xkube_client::{Api, Client, ListParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, ServiceAccount};
+use xkube_client::{Api, Client};
 
 use crate::{
     error::{Error, Result, invalid, io},
@@ -98,20 +98,42 @@ fn try_tmpfs(dir: &Path) -> bool {
     .is_ok()
 }
 
-/// The token secret of a service account: a `kubernetes.io/service-account-token` secret
-/// annotated with the account's name.
+/// The token secret of a service account: the `kubernetes.io/service-account-token` secret
+/// among those the ServiceAccount's `secrets` names (the serviceaccount controller fills the
+/// list). Only `get`s, no list: the Node authorizer lets a kubelet read the secrets of its
+/// pods' service accounts and nothing else. `None` while the account or its token secret is
+/// not there yet (the pod then starts without the mount, as before).
 async fn service_account_token(client: &Client, ns: &str, sa: &str) -> Result<Option<Secret>> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?;
-    Ok(secrets.items.into_iter().find(|s| {
-        s.type_.as_deref() == Some("kubernetes.io/service-account-token")
-            && s.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("kubernetes.io/service-account.name"))
-                .is_some_and(|n| n == sa)
-    }))
+    let Some(account) = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .get_opt(sa)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    for name in account
+        .secrets
+        .iter()
+        .flatten()
+        .filter_map(|r| r.name.as_deref())
+    {
+        if let Some(s) = secrets.get_opt(name).await?
+            && is_token_of(&s, sa)
+        {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `s` is a token secret of service account `sa`.
+fn is_token_of(s: &Secret, sa: &str) -> bool {
+    s.type_.as_deref() == Some("kubernetes.io/service-account-token")
+        && s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubernetes.io/service-account.name"))
+            .is_some_and(|n| n == sa)
 }
 
 /// Whether the pod gets the automatic token mount.

@@ -7,7 +7,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use common::{Cluster, condition, phase, pod_ip, waiting_reason};
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Secret, Service, ServiceAccount};
 use serde_json::json;
 use xkube_client::{Api, DeleteParams, ListParams};
 use xkube_kubelet::PodNetworkEventKind;
@@ -418,6 +418,16 @@ async fn a13_a14_secret_files_token_empty_dir_and_host_path() {
             "data": {"token": "dG9rLTEyMw==", "ca.crt": "LS0tLS1DQS0tLS0t"}})))
         .await
         .expect("create token secret");
+    // The kubelet finds the token through the account's `secrets` (the serviceaccount
+    // controller's work, done by hand here), with gets only.
+    Api::<ServiceAccount>::namespaced(c.client.clone(), "default")
+        .create(
+            &serde_json::from_value(json!({"metadata": {"name": "default"},
+                "secrets": [{"name": "default-token-abcde"}]}))
+            .expect("service account literal"),
+        )
+        .await
+        .expect("create service account");
     let host_dir = c.dir.path().join("host-data");
     std::fs::create_dir_all(&host_dir).expect("host dir");
     std::fs::write(host_dir.join("from-host"), "host-file").expect("host file");
@@ -884,4 +894,104 @@ async fn follow_logs_stream_until_the_pod_goes_and_previous_shows_the_last_attem
     delete(&c, "counter").await;
     c.wait_gone("counter").await;
     c.assert_clean(0).await;
+}
+
+/// The kubelet API is HTTPS only and refuses requests without credentials; client
+/// certificates of the configured CA authenticate; the read-only port serves no exec or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubelet_api_is_https_only_and_refuses_anonymous_requests() {
+    let c = Cluster::start_with(1, |o| o.read_only_port = 10255).await;
+    c.create_pod(
+        0,
+        json!({"metadata": {"name": "locked"}, "spec": {"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "c", "image": "busybox",
+                "command": ["sh", "-c", "echo locked-log; exec sleep 3600"]}]}}),
+    )
+    .await;
+    c.wait_running("locked").await;
+    c.wait_log(0, "locked", "c", "locked-log").await;
+
+    for (method, path) in [
+        ("GET", "/pods"),
+        ("GET", "/healthz"),
+        ("GET", "/stats/summary"),
+        ("POST", "/exec/default/locked/c?command=id"),
+        ("POST", "/run/default/locked/c?cmd=id"),
+        ("GET", "/containerLogs/default/locked/c"),
+        ("GET", "/no/such/path"),
+    ] {
+        let (code, body) = c.kubelet_request_with(0, method, path, c.anonymous_tls.clone(), None);
+        assert_eq!(
+            (code, body.as_str()),
+            (401, "Unauthorized"),
+            "anonymous {method} {path}"
+        );
+    }
+    // A bearer token the apiserver cannot review is no credential either.
+    let (code, _) = c.kubelet_request_with(
+        0,
+        "POST",
+        "/exec/default/locked/c?command=id",
+        c.anonymous_tls.clone(),
+        Some("not-a-token"),
+    );
+    assert_eq!(code, 401);
+    // A client certificate of another CA does not get through the handshake.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = xkube_apiserver::pki::Pki::ensure(other_dir.path(), &["127.0.0.1".into()])
+        .expect("other CA");
+    let stranger = other
+        .ca()
+        .expect("CA")
+        .issue_client("stranger", &["system:masters"])
+        .expect("client cert");
+    let stranger_tls = common::client_tls(&c.pki, Some(&stranger));
+    let (code, _) = c.kubelet_request_with(0, "GET", "/pods", stranger_tls, None);
+    assert_eq!(code, 0, "no HTTP answer to an untrusted client certificate");
+    // Plain HTTP on the API port: no kubelet answers.
+    let raw = c.kubelet_plain_http(0, "/pods");
+    assert!(
+        !raw.starts_with(b"HTTP/"),
+        "plain HTTP got an HTTP answer: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    // The test's client certificate works.
+    let (code, pods) = c.kubelet_get(0, "/pods");
+    assert!(code == 200 && pods.contains("\"locked\""), "{code} {pods}");
+    let (code, out) = c.exec(0, "locked", "c", &["echo", "in-pod"]);
+    assert_eq!((code, out.as_str()), (200, "in-pod\n"));
+
+    // The read-only port: pods, healthz and stats in plain HTTP, nothing else.
+    let node = &c.nodes[0];
+    let ro = |method: &'static str, path: &'static str| {
+        let addr = (node.ip, 10255);
+        node.ns
+            .run(move || {
+                let mut s = std::net::TcpStream::connect_timeout(
+                    &addr.into(),
+                    std::time::Duration::from_secs(5),
+                )
+                .expect("connect to the read-only port");
+                use std::io::{Read as _, Write as _};
+                s.write_all(
+                    format!("{method} {path} HTTP/1.0\r\nHost: k\r\nContent-Length: 0\r\n\r\n")
+                        .as_bytes(),
+                )
+                .expect("send");
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                common::http_response(&out)
+            })
+            .expect("enter node namespace")
+    };
+    let (code, body) = ro("GET", "/pods");
+    assert!(code == 200 && body.contains("\"locked\""), "{code} {body}");
+    assert_eq!(ro("GET", "/healthz"), (200, "ok".into()));
+    assert_eq!(ro("GET", "/stats/summary").0, 200);
+    assert_eq!(ro("POST", "/exec/default/locked/c?command=id").0, 404);
+    assert_eq!(ro("POST", "/run/default/locked/c?cmd=id").0, 404);
+    assert_eq!(ro("GET", "/containerLogs/default/locked/c").0, 404);
+
+    delete(&c, "locked").await;
+    c.wait_gone("locked").await;
 }

@@ -125,6 +125,10 @@ struct AgentArgs {
     /// Proxy health address.
     #[arg(long, default_value = "0.0.0.0:10256")]
     proxy_healthz_bind_address: std::net::SocketAddr,
+    /// Kubeconfig of the proxy (default: the kubelet's `--kubeconfig`); Kubernetes gives the
+    /// proxy its own identity, `system:kube-proxy`.
+    #[arg(long, env = "XKUBE_PROXY_KUBECONFIG")]
+    proxy_kubeconfig: Option<std::path::PathBuf>,
     /// cgroup v2 directory whose processes (pods and host processes) get socket-level load
     /// balancing; on a machine of its own, the cgroup v2 root. Default: the agent's own
     /// cgroup (the local cluster puts each node's agent and pods in one).
@@ -168,8 +172,19 @@ impl ClientArgs {
     }
 }
 
+/// Kubeconfigs `xkube server` issues into its data dir for the components it runs, each with
+/// the identity Kubernetes' bootstrap RBAC gives a role to.
+const COMPONENT_KUBECONFIGS: &[(&str, &str)] = &[
+    ("scheduler.kubeconfig", "system:kube-scheduler"),
+    (
+        "controller-manager.kubeconfig",
+        "system:kube-controller-manager",
+    ),
+];
+
 /// `xkube server`: the apiserver, then the controller-manager and the scheduler, which reach
-/// it through its admin kubeconfig like any other client.
+/// it like any other client, each with a client certificate of its own identity
+/// (`system:kube-controller-manager`, `system:kube-scheduler`) issued from the cluster CA.
 async fn server(
     args: ServerArgs,
     token: tokio_util::sync::CancellationToken,
@@ -180,8 +195,31 @@ async fn server(
     let kubeconfig = api.kubeconfig.clone().ok_or_else(|| {
         anyhow::anyhow!("xkube server needs the secure port (it writes the admin kubeconfig)")
     })?;
+    let addr = api
+        .secure_addr
+        .ok_or_else(|| anyhow::anyhow!("xkube server needs the secure port"))?;
+    let host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        addr.ip()
+    };
+    let server_url = format!("https://{}", std::net::SocketAddr::new(host, addr.port()));
+    {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let pki = xkube_apiserver::pki::Pki::layout(&dir);
+            for (file, user) in COMPONENT_KUBECONFIGS {
+                pki.issue_kubeconfig(&dir.join(file), &server_url, user, &[])
+                    .map_err(|e| anyhow::anyhow!("issuing {file}: {e}"))?;
+            }
+            Ok(())
+        })
+        .await??;
+    }
+    let cm_kubeconfig = data_dir.join("controller-manager.kubeconfig");
+    let sched_kubeconfig = data_dir.join("scheduler.kubeconfig");
     let mut cm: xkube_controllers::Options = defaults()?;
-    cm.kubeconfig = Some(kubeconfig.clone());
+    cm.kubeconfig = Some(cm_kubeconfig.clone());
     cm.cluster_cidr = args.cluster_cidr;
     // One service-account key for the token controller (signs) and the apiserver (verifies).
     cm.data_dir = data_dir.clone();
@@ -192,9 +230,9 @@ async fn server(
     cm.pod_eviction_timeout = xkube_controllers::parse_duration(&args.pod_eviction_timeout)
         .map_err(anyhow::Error::msg)?;
     let mut sched: xkube_scheduler::Options = defaults()?;
-    sched.kubeconfig = Some(kubeconfig.clone());
-    let cm_client = xkube_controllers::build_client(Some(&kubeconfig), None)?;
-    let sched_client = xkube_controllers::build_client(Some(&kubeconfig), None)?;
+    sched.kubeconfig = Some(sched_kubeconfig.clone());
+    let cm_client = xkube_controllers::build_client(Some(&cm_kubeconfig), None)?;
+    let sched_client = xkube_controllers::build_client(Some(&sched_kubeconfig), None)?;
     let mut tasks = tokio::task::JoinSet::new();
     let t = token.clone();
     tasks.spawn(async move {
@@ -241,7 +279,10 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
         cleanup: false,
     };
     let client = ClientArgs {
-        kubeconfig: args.kubelet.kubeconfig.clone(),
+        kubeconfig: args
+            .proxy_kubeconfig
+            .clone()
+            .or_else(|| args.kubelet.kubeconfig.clone()),
     }
     .client()?;
     let mut tasks = tokio::task::JoinSet::new();

@@ -1,6 +1,9 @@
 //! A test cluster: an in-process apiserver and kubelets (process runtime) whose node networks
 //! live in test-owned network namespaces joined by a fabric bridge at 198.18.0.0/24. Drop
 //! stops the kubelets and kills and removes every pod process, cgroup, mount and namespace.
+//! The kubelet APIs serve HTTPS with certificates of a test CA and accept its client
+//! certificates; the test talks to them as `test-admin` (authorization AlwaysAllow: the
+//! in-process apiserver answers no SubjectAccessReviews here).
 
 #![allow(dead_code)]
 
@@ -8,13 +11,20 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
 use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
-use xkube_apiserver::{RunningServer, testing::TestServer};
+use xkube_apiserver::{
+    RunningServer,
+    pki::{self, Pki},
+    testing::TestServer,
+};
 use xkube_client::{Api, Client, Config};
 use xkube_kubelet::{Kubelet, Options, PodNetworkEvent};
 use xkube_netns::NetNs;
@@ -45,6 +55,12 @@ pub struct NodeFix {
 
 pub struct Cluster {
     pub server: Option<RunningServer>,
+    /// The CA of the kubelets' serving and client certificates.
+    pub pki: Pki,
+    /// TLS as `test-admin` (client certificate of `pki`), verifying the kubelets.
+    pub admin_tls: Arc<rustls::ClientConfig>,
+    /// TLS without a client certificate, verifying the kubelets.
+    pub anonymous_tls: Arc<rustls::ClientConfig>,
     pub client: Client,
     pub fabric: NetNs,
     pub nodes: Vec<NodeFix>,
@@ -84,8 +100,20 @@ impl Cluster {
             Client::new(&Config::new(server.http_url().expect("http listener"))).expect("client");
         let fabric = NetNs::unique("xkl-fab").expect("fabric namespace");
         fabric.add_bridge("br0").expect("fabric bridge");
+        let pki =
+            Pki::ensure(&dir.path().join("kubelet-ca"), &["127.0.0.1".into()]).expect("test CA");
+        let admin = pki
+            .ca()
+            .expect("CA")
+            .issue_client("test-admin", &["system:masters"])
+            .expect("admin client certificate");
+        let admin_tls = client_tls(&pki, Some(&admin));
+        let anonymous_tls = client_tls(&pki, None);
         let mut c = Self {
             server: Some(server),
+            pki,
+            admin_tls,
+            anonymous_tls,
             client,
             fabric,
             nodes: Vec::new(),
@@ -114,6 +142,23 @@ impl Cluster {
             opts.cgroup_root = cgroup_rel;
             opts.backoff_initial_seconds = 1;
             opts.node_status_update_frequency = 2;
+            let serving = c
+                .pki
+                .ca()
+                .expect("CA")
+                .issue_serving(
+                    &format!("system:node:{name}"),
+                    &[ip.to_string(), name.clone()],
+                )
+                .expect("serving certificate");
+            let (crt, key) = (root.join("serving.crt"), root.join("serving.key"));
+            serving
+                .write(&crt, &key)
+                .expect("write serving certificate");
+            opts.tls_cert_file = Some(crt);
+            opts.tls_private_key_file = Some(key);
+            opts.client_ca_file = Some(c.pki.ca_cert.clone());
+            opts.authorization_mode = xkube_kubelet::AuthorizationMode::AlwaysAllow;
             tweak(&mut opts);
             let mut node = NodeFix {
                 name,
@@ -214,27 +259,63 @@ impl Cluster {
         self.kubelet_request(i, "GET", path)
     }
 
+    /// A request to the kubelet API of node `i` as `test-admin`.
     pub fn kubelet_request(&self, i: usize, method: &str, path: &str) -> (u16, String) {
+        self.kubelet_request_with(i, method, path, self.admin_tls.clone(), None)
+    }
+
+    /// A request to the kubelet API of node `i` over HTTPS with `tls` (and a bearer token),
+    /// sent from inside the node's namespace. Status 0: no HTTP answer.
+    pub fn kubelet_request_with(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        tls: Arc<rustls::ClientConfig>,
+        bearer: Option<&str>,
+    ) -> (u16, String) {
         let node = &self.nodes[i];
         let addr = (node.ip, node.opts.port);
-        let req = format!("{method} {path} HTTP/1.0\r\nHost: kubelet\r\nContent-Length: 0\r\n\r\n");
+        let auth = bearer
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req =
+            format!("{method} {path} HTTP/1.0\r\nHost: kubelet\r\n{auth}Content-Length: 0\r\n\r\n");
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(node.ip).into());
+        node.ns
+            .run(move || {
+                let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
+                    .expect("connect to kubelet API");
+                s.set_read_timeout(Some(Duration::from_secs(30)))
+                    .expect("timeout");
+                let conn = rustls::ClientConnection::new(tls, name).expect("TLS client");
+                let mut s = rustls::StreamOwned::new(conn, s);
+                if s.write_all(req.as_bytes()).is_err() {
+                    return (0, String::new());
+                }
+                let mut out = Vec::new();
+                // A peer closing without close_notify still delivered what it sent.
+                let _ = s.read_to_end(&mut out);
+                http_response(&out)
+            })
+            .expect("enter node namespace")
+    }
+
+    /// The same request in plain HTTP to the TLS port: the raw bytes that came back.
+    pub fn kubelet_plain_http(&self, i: usize, path: &str) -> Vec<u8> {
+        let node = &self.nodes[i];
+        let addr = (node.ip, node.opts.port);
+        let req = format!("GET {path} HTTP/1.0\r\nHost: kubelet\r\n\r\n");
         node.ns
             .run(move || {
                 let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
                     .expect("connect to kubelet API");
-                s.set_read_timeout(Some(Duration::from_secs(30)))
+                s.set_read_timeout(Some(Duration::from_secs(15)))
                     .expect("timeout");
-                s.write_all(req.as_bytes()).expect("send request");
+                let _ = s.write_all(req.as_bytes());
                 let mut out = Vec::new();
-                s.read_to_end(&mut out).expect("read response");
-                let text = String::from_utf8_lossy(&out).into_owned();
-                let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-                let code = head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0);
-                (code, body.to_owned())
+                let _ = s.read_to_end(&mut out);
+                out
             })
             .expect("enter node namespace")
     }
@@ -415,4 +496,43 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A rustls client trusting `pki`'s CA, presenting `identity` when given.
+pub fn client_tls(pki: &Pki, identity: Option<&pki::Issued>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pki::load_certs(&pki.ca_cert).expect("CA certificate") {
+        roots.add(c).expect("root");
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_root_certificates(roots);
+    let cfg = match identity {
+        Some(id) => {
+            let certs = rustls_pemfile::certs(&mut id.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certificate");
+            let key = rustls_pemfile::private_key(&mut id.key_pem.as_bytes())
+                .expect("key pem")
+                .expect("a key");
+            b.with_client_auth_cert(certs, key).expect("client auth")
+        }
+        None => b.with_no_client_auth(),
+    };
+    Arc::new(cfg)
+}
+
+/// Status code and body of a raw HTTP/1.x response (0 when there is none).
+pub fn http_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .strip_prefix("HTTP/1.")
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_owned())
 }
