@@ -204,4 +204,67 @@ fn privileged_components_run_under_their_own_identities() {
             );
         }
     }
+
+    // A kubelet's own credentials (the Node authorizer): the secret its pod mounts, yes;
+    // a secret no pod on its node uses, 403; the other node cannot read the first's.
+    let node0 = c.node_name(0);
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: mounted}}
+stringData: {{k: v}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: unused}}
+stringData: {{k: v}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader}}
+spec:
+  nodeName: {node0}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "cat /s/k; exec sleep 3600"]
+    volumeMounts: [{{name: s, mountPath: /s}}]
+  volumes:
+  - name: s
+    secret: {{secretName: mounted}}
+"#
+    ));
+    c.wait("pod reader Running", Duration::from_secs(90), || {
+        let p = c.get_json(&["pod", "reader"]);
+        (p["status"]["phase"] == "Running").then_some(())
+    });
+    let as_kubelet = |i: usize, secret: &str| {
+        std::process::Command::new("/usr/bin/kubectl")
+            .arg("--kubeconfig")
+            .arg(data.join(c.node_name(i)).join("kubelet.kubeconfig"))
+            .args(["get", "secret", secret, "-o", "name"])
+            .env("HOME", &c.data_root)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl: {e}"))
+    };
+    let out = as_kubelet(0, "mounted");
+    assert!(
+        out.status.success(),
+        "the kubelet of {node0} reads its pod's secret: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, secret) in [(0, "unused"), (1, "mounted")] {
+        let out = as_kubelet(i, secret);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("Forbidden")
+                && err.contains("no relationship found"),
+            "the kubelet of {} must not read secret {secret}: {err}",
+            c.node_name(i)
+        );
+    }
 }

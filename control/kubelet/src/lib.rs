@@ -346,6 +346,14 @@ impl Kubelet {
             },
         };
         std::fs::create_dir_all(&opts.root_dir).map_err(error::io("create", &opts.root_dir))?;
+        // The API ports are bound before the Node is registered: a node that is Ready (and
+        // advertises its kubelet endpoint) accepts connections on them. They are served once
+        // the pod state exists; until then connections wait in the backlog.
+        let listener = server::bind(&node_ns, opts.port).await?;
+        let read_only_listener = match opts.read_only_port {
+            0 => None,
+            port => Some(server::bind(&node_ns, port).await?),
+        };
 
         // Register, then wait for a podCIDR.
         let machine =
@@ -591,7 +599,6 @@ impl Kubelet {
             opts.authorization_mode,
             &client,
         ));
-        let listener = server::bind(&node_ns, opts.port).await?;
         tracing::info!(
             addr = ?listener.local_addr().ok(),
             authorization = ?opts.authorization_mode,
@@ -604,8 +611,7 @@ impl Kubelet {
             server::secure_app(ctx.clone(), auth),
             shutdown.clone(),
         ));
-        if opts.read_only_port != 0 {
-            let listener = server::bind(&node_ns, opts.read_only_port).await?;
+        if let Some(listener) = read_only_listener {
             tracing::info!(addr = ?listener.local_addr().ok(), "kubelet read-only port listening (plain HTTP: healthz, pods, stats)");
             let ctx = ctx.clone();
             let token = shutdown.clone();
