@@ -56,6 +56,9 @@ fn go_type(v: &Value) -> &'static str {
     }
 }
 
+/// Bytes a JSON patch may copy in all (`copy` operations), Kubernetes' request body limit.
+pub const MAX_ACCUMULATED_COPY: usize = 3 * 1024 * 1024;
+
 /// Checks that `patch` has the shape its type requires, as Kubernetes' decoding of the
 /// body does (`Error::BadPatch`, `Error::PatchTooLarge`).
 pub fn check_shape(patch: &Value, ty: PatchType) -> Result<()> {
@@ -112,12 +115,28 @@ pub fn apply(target: &Value, patch: &Value, ty: PatchType) -> Result<Value> {
     let mut out = target.clone();
     match ty {
         PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| Error::PatchNotApplicable(e.to_string()))?;
-            // `out` is a copy thrown away on error, so the operations need no undo (the
-            // crate's undo of a failed `move` into its own child panics).
-            json_patch::patch_unsafe(&mut out, &p)
-                .map_err(|e| Error::PatchNotApplicable(e.to_string()))?;
+            // One operation at a time, so that `copy`s are charged before they run: each
+            // can double the document (Kubernetes bounds the accumulated copy size the same
+            // way, `AccumulatedCopySizeLimit`).
+            let mut copied = 0usize;
+            for op in patch.as_array().into_iter().flatten() {
+                if op["op"] == "copy"
+                    && let Some(from) = op["from"].as_str().and_then(|f| out.pointer(f))
+                {
+                    copied = copied.saturating_add(serde_json::to_vec(from).map_or(0, |v| v.len()));
+                    if copied > MAX_ACCUMULATED_COPY {
+                        return Err(Error::PatchNotApplicable(format!(
+                            "the values copied by the patch exceed {MAX_ACCUMULATED_COPY} bytes"
+                        )));
+                    }
+                }
+                let p: json_patch::Patch = serde_json::from_value(Value::Array(vec![op.clone()]))
+                    .map_err(|e| Error::PatchNotApplicable(e.to_string()))?;
+                // `out` is a copy thrown away on error, so the operations need no undo (the
+                // crate's undo of a failed `move` into its own child panics).
+                json_patch::patch_unsafe(&mut out, &p)
+                    .map_err(|e| Error::PatchNotApplicable(e.to_string()))?;
+            }
         }
         PatchType::Merge => merge_patch(&mut out, patch),
         PatchType::StrategicMerge => strategic_merge(&mut out, patch, "")?,
@@ -320,6 +339,23 @@ pub fn strategic_merge(target: &mut Value, patch: &Value, _parent: &str) -> Resu
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_patch_copies_are_bounded() {
+        let doc = json!({"data": {"k": "x".repeat(1024)}});
+        // Each copy doubles `data`: 2^30 bytes after 20 operations without a bound.
+        let ops: Vec<Value> = (0..20)
+            .map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/c{i}")}))
+            .collect();
+        let e = apply(&doc, &Value::Array(ops), PatchType::Json).expect_err("bounded");
+        assert!(
+            matches!(e, Error::PatchNotApplicable(ref m) if m.contains("exceed")),
+            "{e}"
+        );
+        let one = json!([{"op": "copy", "from": "/data/k", "path": "/data/j"}]);
+        let out = apply(&doc, &one, PatchType::Json).expect("a small copy applies");
+        assert_eq!(out["data"]["j"], doc["data"]["k"]);
+    }
 
     #[test]
     fn strategic_merge_merges_containers_by_name_and_ports_by_key() {

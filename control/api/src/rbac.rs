@@ -607,7 +607,6 @@ fn view_rules() -> Vec<PolicyRule> {
             READ,
         ),
         rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-        rule(&["coordination.k8s.io"], &["leases"], READ),
         rule(&["events.k8s.io"], &["events"], READ),
     ]
 }
@@ -638,7 +637,6 @@ fn edit_rules() -> Vec<PolicyRule> {
                 "pods/portforward",
                 "pods/proxy",
                 "configmaps",
-                "endpoints",
                 "persistentvolumeclaims",
                 "replicationcontrollers",
                 "replicationcontrollers/scale",
@@ -669,8 +667,6 @@ fn edit_rules() -> Vec<PolicyRule> {
             WRITE,
         ),
         rule(&["batch"], &["cronjobs", "jobs"], WRITE),
-        rule(&["discovery.k8s.io"], &["endpointslices"], WRITE),
-        rule(&["coordination.k8s.io"], &["leases"], WRITE),
     ]);
     rules
 }

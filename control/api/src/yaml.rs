@@ -1,11 +1,12 @@
 //! YAML request bodies as JSON values, with nesting and alias expansion bounded.
 //!
 //! serde_yaml stops at 128 levels of nesting, but its alias limit (100 alias jumps per event
-//! of the document) still lets a 3 MiB document expand to billions of nodes: each alias
-//! re-reads the whole anchored node. Here every node of the expanded document counts against
-//! a budget of one node per input byte (no document without aliases needs more) plus
-//! [`ALIAS_EXPANSION_ALLOWANCE`], so a "billion laughs" document is refused while it is being
-//! read and memory stays proportional to the body.
+//! of the document) still lets a 3 MiB document expand to billions of nodes or gigabytes of
+//! strings: each alias re-reads the whole anchored node. Here the expanded document is charged
+//! against a byte budget of [`EXPANSION_FACTOR`] times the input plus
+//! [`ALIAS_EXPANSION_ALLOWANCE`]: every node costs one unit and every string or key its length
+//! (an alias of a 1 MiB string costs 1 MiB each time it is read). A "billion laughs" document
+//! is refused while it is being read and memory stays proportional to the body.
 
 use std::cell::Cell;
 use std::fmt;
@@ -15,9 +16,13 @@ use serde_json::{Map, Number, Value};
 
 use crate::error::{Error, Result};
 
-/// Nodes a document may expand to beyond one per byte of input, for the aliases of ordinary
-/// manifests.
+/// Units (nodes and string bytes) a document may expand to beyond [`EXPANSION_FACTOR`] per
+/// byte of input, for the aliases of ordinary manifests.
 pub const ALIAS_EXPANSION_ALLOWANCE: usize = 100_000;
+
+/// Units of expanded document allowed per byte of input (a document without aliases needs
+/// at most about two: one per node and one per string byte).
+pub const EXPANSION_FACTOR: usize = 4;
 
 /// The message of a document that expands past its budget (go-yaml's words).
 pub const EXCESSIVE_ALIASING: &str = "document contains excessive aliasing";
@@ -25,7 +30,12 @@ pub const EXCESSIVE_ALIASING: &str = "document contains excessive aliasing";
 /// Parses one YAML document into a JSON value. Scalar map keys become strings, as Kubernetes'
 /// YAML-to-JSON conversion makes them; tags, non-scalar keys, NaN and infinities are errors.
 pub fn from_slice(bytes: &[u8]) -> Result<Value> {
-    let budget = Cell::new(bytes.len().saturating_add(ALIAS_EXPANSION_ALLOWANCE));
+    let budget = Cell::new(
+        bytes
+            .len()
+            .saturating_mul(EXPANSION_FACTOR)
+            .saturating_add(ALIAS_EXPANSION_ALLOWANCE),
+    );
     ValueSeed { budget: &budget }
         .deserialize(serde_yaml::Deserializer::from_slice(bytes))
         .map_err(|e| Error::Decode(e.to_string()))
@@ -38,7 +48,11 @@ struct ValueSeed<'a> {
 
 impl ValueSeed<'_> {
     fn count<E: de::Error>(&self) -> Result<(), E> {
-        match self.budget.get().checked_sub(1) {
+        self.charge(1)
+    }
+
+    fn charge<E: de::Error>(&self, units: usize) -> Result<(), E> {
+        match self.budget.get().checked_sub(units) {
             Some(left) => {
                 self.budget.set(left);
                 Ok(())
@@ -83,10 +97,12 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.charge(v.len())?;
         Ok(Value::String(v.to_string()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.charge(v.len())?;
         Ok(Value::String(v))
     }
 
@@ -162,10 +178,12 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        self.budget.charge(v.len())?;
         Ok(v.to_string())
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        self.budget.charge(v.len())?;
         Ok(v)
     }
 
@@ -223,6 +241,19 @@ mod tests {
         let doc = format!("x: &x [{items}]\ny: [{aliases}]\n");
         let e = from_slice(doc.as_bytes()).expect_err("expansion is bounded");
         assert!(e.to_string().contains(EXCESSIVE_ALIASING), "{e}");
+    }
+
+    #[test]
+    fn refuses_repeated_aliases_of_a_large_string() {
+        // One 1 MiB string read back by 400 aliases: few nodes, 400 MiB of strings.
+        let big = "x".repeat(1 << 20);
+        let aliases = vec!["- *x"; 400].join("\n");
+        let doc = format!("a: &x \"{big}\"\nb:\n{aliases}\n");
+        let e = from_slice(doc.as_bytes()).expect_err("string expansion is bounded");
+        assert!(e.to_string().contains(EXCESSIVE_ALIASING), "{e}");
+        // The same string read back twice is fine.
+        let doc = format!("a: &x \"{big}\"\nb: *x\n");
+        assert!(from_slice(doc.as_bytes()).is_ok());
     }
 
     #[test]

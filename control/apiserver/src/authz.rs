@@ -333,6 +333,7 @@ pub fn check_escalation(
 pub struct NodeAuthorizer {
     pods: Arc<WatchCache>,
     service_accounts: Arc<WatchCache>,
+    secrets: Arc<WatchCache>,
     rules: Vec<PolicyRule>,
 }
 
@@ -396,6 +397,7 @@ impl NodeAuthorizer {
         Ok(NodeAuthorizer {
             pods: cache(caches, "pods")?,
             service_accounts: cache(caches, "serviceaccounts")?,
+            secrets: cache(caches, "secrets")?,
             rules: rbac::node_rules(),
         })
     }
@@ -439,10 +441,12 @@ impl NodeAuthorizer {
         false
     }
 
-    /// Whether `secret` is a token secret the service account lists (the legacy token that
-    /// the kubelet mounts for the account's pods).
+    /// Whether `secret` is a token secret of the service account that the account lists
+    /// (the legacy token that the kubelet mounts for the account's pods); other secrets the
+    /// account lists are not the node's to read.
     fn token_secret_of(&self, namespace: &str, account: &str, secret: &str) -> bool {
-        self.service_accounts
+        let listed = self
+            .service_accounts
             .get(&format!("/registry/serviceaccounts/{namespace}/{account}"))
             .is_some_and(|sa| {
                 sa["secrets"]
@@ -450,7 +454,16 @@ impl NodeAuthorizer {
                     .into_iter()
                     .flatten()
                     .any(|s| s["name"].as_str() == Some(secret))
-            })
+            });
+        listed
+            && self
+                .secrets
+                .get(&format!("/registry/secrets/{namespace}/{secret}"))
+                .is_some_and(|s| {
+                    s["type"] == "kubernetes.io/service-account-token"
+                        && s["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+                            == account
+                })
     }
 
     /// The Node authorizer's decision for `user` (no opinion for anyone but kubelets).

@@ -479,7 +479,19 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
     };
     let q = parse_query(req.uri());
     let watch = route.watch_path || q.get("watch").is_some_and(|w| w == "true" || w == "1");
-    let verb = verb_for(req.method(), &route, watch);
+    let mut verb = verb_for(req.method(), &route, watch);
+    // A WebSocket upgrade (GET) of exec/attach/portforward runs code: authorized as `create`,
+    // as Kubernetes does since 1.30 (AuthorizePodWebsocketUpgradeCreatePermission).
+    if verb == "get"
+        && route.res.group.is_empty()
+        && route.res.plural == "pods"
+        && matches!(
+            route.sub.as_deref(),
+            Some("exec" | "attach" | "portforward")
+        )
+    {
+        verb = "create";
+    }
     let attrs = Attributes {
         verb: verb.to_string(),
         resource_request: true,
@@ -693,7 +705,7 @@ async fn serve_resource(
             let opts = write_options(&q)?;
             Registry::generate_name(&mut obj);
             let name = meta::name(&obj).to_string();
-            restrict_node_create(user, res, &name)?;
+            restrict_node_create(user, res, ns, &name)?;
             crate::authz::check_escalation(&app.authz, user, res, ns.unwrap_or(""), &obj)?;
             let admitted = admit(
                 app,
@@ -871,23 +883,30 @@ async fn serve_resource(
     }
 }
 
-/// NodeRestriction for creates: a kubelet may register only its own Node.
+/// NodeRestriction for creates: a kubelet may register only its own Node and create only its
+/// own lease.
 fn restrict_node_create(
     user: &UserInfo,
     res: &ResourceInfo,
+    ns: Option<&str>,
     name: &str,
 ) -> Result<(), StatusError> {
-    match user.node_name() {
-        Some(node) if res.group.is_empty() && res.plural == "nodes" && name != node => {
-            Err(StatusError::forbidden(
-                "",
-                "nodes",
-                name,
-                &format!("node \"{node}\" is not allowed to modify node \"{name}\""),
-            ))
+    let Some(node) = user.node_name() else {
+        return Ok(());
+    };
+    let what = match (res.group, res.plural) {
+        ("", "nodes") if name != node => "modify node",
+        ("coordination.k8s.io", "leases") if ns == Some("kube-node-lease") && name != node => {
+            "create lease"
         }
-        _ => Ok(()),
-    }
+        _ => return Ok(()),
+    };
+    Err(StatusError::forbidden(
+        res.group,
+        res.plural,
+        name,
+        &format!("node \"{node}\" is not allowed to {what} \"{name}\""),
+    ))
 }
 
 fn delete_options(

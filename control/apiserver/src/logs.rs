@@ -57,6 +57,9 @@ impl KubeletClient {
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .https_only(true)
+            // Never follow a kubelet's redirect: the client certificate would go along to
+            // wherever it points (another node's exec: CVE-2020-8559).
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         let bundle = std::fs::read(ca).map_err(Error::io("read", ca))?;
@@ -74,21 +77,40 @@ impl KubeletClient {
 
     /// A `POST` without body (the kubelet's exec endpoint).
     pub async fn post(&self, url: &str) -> Result<reqwest::Response, String> {
-        self.client
+        let r = self
+            .client
             .post(url)
             .send()
             .await
-            .map_err(|e| format!("Post \"{url}\": {}", chain(&e)))
+            .map_err(|e| format!("Post \"{url}\": {}", chain(&e)))?;
+        refuse_redirect("Post", url, r)
     }
 
     /// A `GET`.
     pub async fn get(&self, url: &str) -> Result<reqwest::Response, String> {
-        self.client
+        let r = self
+            .client
             .get(url)
             .send()
             .await
-            .map_err(|e| format!("Get \"{url}\": {}", chain(&e)))
+            .map_err(|e| format!("Get \"{url}\": {}", chain(&e)))?;
+        refuse_redirect("Get", url, r)
     }
+}
+
+/// A kubelet's redirect is an error, never followed nor passed on.
+fn refuse_redirect(
+    verb: &str,
+    url: &str,
+    r: reqwest::Response,
+) -> Result<reqwest::Response, String> {
+    if r.status().is_redirection() {
+        return Err(format!(
+            "{verb} \"{url}\": the kubelet answered a redirect ({}); redirects are not followed",
+            r.status()
+        ));
+    }
+    Ok(r)
 }
 
 /// An error and its causes, `: `-separated (reqwest's Display leaves the cause out).

@@ -109,6 +109,7 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
+        set_validity(&mut p, ISSUED_DAYS);
         let cert = p.signed_by(&key, &self.cert, &self.key).map_err(tls)?;
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -132,14 +133,49 @@ fn tls(e: impl std::fmt::Display) -> Error {
     Error::Tls(e.to_string())
 }
 
+/// Writes `data` to `path`; a private file (a key, a kubeconfig with one) is created with
+/// mode 0600 and an existing one narrowed to 0600 before a byte is written.
 fn write(path: &Path, data: &str, private: bool) -> Result<()> {
-    std::fs::write(path, data).map_err(Error::io("write", path))?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        o.mode(0o600);
+    }
+    let mut f = o.open(path).map_err(Error::io("create", path))?;
+    if private {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(Error::io("chmod", path))?;
     }
-    Ok(())
+    std::io::Write::write_all(&mut f, data.as_bytes()).map_err(Error::io("write", path))
+}
+
+/// Days an issued certificate (nodes, components, the kubelet client) is valid, as kubeadm's.
+pub const ISSUED_DAYS: i64 = 365;
+
+/// Days the CA and the certificates made with it at first start are valid (no rotation yet).
+pub const CA_DAYS: i64 = 3650;
+
+/// Sets `p` valid from a day ago (clock skew) for `days` days.
+fn set_validity(p: &mut CertificateParams, days: i64) {
+    let day = |offset: i64| {
+        let d = jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date()
+            .checked_add(jiff::Span::new().days(offset))
+            .unwrap_or_else(|_| {
+                jiff::Timestamp::now()
+                    .to_zoned(jiff::tz::TimeZone::UTC)
+                    .date()
+            });
+        rcgen::date_time_ymd(
+            i32::from(d.year()),
+            u8::try_from(d.month()).unwrap_or(1),
+            u8::try_from(d.day()).unwrap_or(1),
+        )
+    };
+    p.not_before = day(-1);
+    p.not_after = day(days);
 }
 
 /// The text of a kubeconfig for user `user` with `cert_pem`/`key_pem` embedded, pointing at
@@ -221,6 +257,7 @@ impl Pki {
         let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
         ca.distinguished_name.push(DnType::CommonName, "xkube-ca");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        set_validity(&mut ca, CA_DAYS);
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -233,6 +270,7 @@ impl Pki {
         sp.distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        set_validity(&mut sp, CA_DAYS);
         sp.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -245,6 +283,7 @@ impl Pki {
         ap.distinguished_name
             .push(DnType::OrganizationName, "system:masters");
         ap.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        set_validity(&mut ap, CA_DAYS);
         ap.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

@@ -112,8 +112,16 @@ pub async fn create(
                 ));
                 return Err(StatusError::invalid(res.group, res.kind, "", &errs));
             }
+            if res.plural == "localsubjectaccessreviews" && !attrs.resource_request {
+                let mut errs = ErrorList::default();
+                errs.push(FieldError::invalid_raw(
+                    "spec.nonResourceAttributes",
+                    "{...}".into(),
+                    "disallowed on this kind of request",
+                ));
+                return Err(StatusError::invalid(res.group, res.kind, "", &errs));
+            }
             if res.plural == "localsubjectaccessreviews"
-                && attrs.resource_request
                 && Some(attrs.namespace.as_str()) != namespace
             {
                 let mut errs = ErrorList::default();

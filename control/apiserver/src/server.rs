@@ -320,9 +320,10 @@ async fn ensure_builtins(
     Ok(())
 }
 
-/// Creates Kubernetes' bootstrap ClusterRoles and ClusterRoleBindings, and brings back to
-/// the bootstrap definition those still annotated `rbac.authorization.kubernetes.io/autoupdate:
-/// "true"` (Kubernetes' RBAC post-start hook); others are the operator's to change.
+/// Creates Kubernetes' bootstrap ClusterRoles and ClusterRoleBindings, and adds the missing
+/// bootstrap rules and subjects to those still annotated
+/// `rbac.authorization.kubernetes.io/autoupdate: "true"` (Kubernetes' RBAC post-start hook);
+/// others are the operator's to change.
 async fn ensure_rbac_bootstrap(reg: &Arc<Registry>) -> Result<()> {
     let find = |p| {
         xkube_api::resources::find(xkube_api::rbac::GROUP, "v1", p)
@@ -356,9 +357,17 @@ async fn ensure_rbac_bootstrap(reg: &Arc<Registry>) -> Result<()> {
             Ok((cur, _)) => {
                 let auto = cur["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"]
                     == "true";
-                if auto && cur[field] != obj[field] {
+                // Kubernetes' reconciliation adds what is missing and keeps what an operator
+                // added (a break-glass subject on cluster-admin survives restarts).
+                let mut merged = cur[field].as_array().cloned().unwrap_or_default();
+                for item in obj[field].as_array().into_iter().flatten() {
+                    if !merged.contains(item) {
+                        merged.push(item.clone());
+                    }
+                }
+                if auto && cur[field] != Value::Array(merged.clone()) {
                     let mut next = cur.clone();
-                    next[field] = obj[field].clone();
+                    next[field] = Value::Array(merged);
                     xkube_api::meta::remove(&mut next, "resourceVersion");
                     reg.update(res, None, &name, next, None, &opts, None)
                         .await

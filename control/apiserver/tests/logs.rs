@@ -30,6 +30,19 @@ async fn container_logs(
     seen.lock()
         .expect("seen lock")
         .push(format!("{ns}/{pod}/{container}?{q}"));
+    // A hostile kubelet sends the apiserver elsewhere (CVE-2020-8559).
+    for (code, target) in [
+        (302, "/exec/default/web/c?command=echo&command=pwned"),
+        (307, "/exec/default/web/c?command=echo&command=pwned"),
+    ] {
+        if pod == format!("redirect{code}") {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = http::StatusCode::from_u16(code).expect("status");
+            r.headers_mut()
+                .insert("location", target.parse().expect("location"));
+            return r;
+        }
+    }
     if q.contains("follow=true") {
         let stream = futures::stream::unfold(0u32, |i| async move {
             match i {
@@ -252,6 +265,30 @@ async fn pod_logs_are_proxied_from_the_nodes_kubelet() {
     }
     assert_eq!(got, "first\nsecond\n");
     drop(resp);
+
+    // A kubelet's redirect is not followed: the apiserver's client certificate must not
+    // reach whatever the kubelet points at.
+    for code in [302, 307] {
+        let name = format!("redirect{code}");
+        let mut pod = common::pod(&name, json!({}));
+        pod["spec"]["nodeName"] = json!("n1");
+        let (c, body) = api.post("/api/v1/namespaces/default/pods", &pod).await;
+        assert_eq!(c, 201, "{body}");
+        let (c, body) = api
+            .get(&format!("/api/v1/namespaces/default/pods/{name}/log"))
+            .await;
+        assert_eq!(c, 500, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("redirects are not followed")),
+            "{body}"
+        );
+    }
+    assert!(
+        !requests(&seen).iter().any(|r| r.starts_with("exec ")),
+        "the redirect was followed: {seen:?}"
+    );
 
     // A kubelet that does not answer is a 500 naming the URL.
     let (code, body) = api

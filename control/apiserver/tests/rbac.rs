@@ -466,6 +466,61 @@ async fn escalation_is_refused_and_policy_objects_are_validated() {
     })
     .await;
 
+    // `get` on pods/exec does not run commands: the WebSocket upgrade (a GET) is `create`.
+    let peek = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "peek"},
+        "rules": [{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get"]}]});
+    assert_eq!(
+        s.call(
+            "admintok",
+            "POST",
+            &format!("{rbac}/namespaces/default/roles"),
+            Some(peek)
+        )
+        .await
+        .0,
+        201
+    );
+    let peek_binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "bob-peek"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "peek"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}]});
+    assert_eq!(
+        s.call(
+            "admintok",
+            "POST",
+            &format!("{rbac}/namespaces/default/rolebindings"),
+            Some(peek_binding)
+        )
+        .await
+        .0,
+        201
+    );
+    s.eventually("bob's peek role is in effect", async || {
+        let (_, r) = s
+            .call("bobtok", "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                Some(json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                    "spec": {"resourceAttributes": {"verb": "get", "resource": "pods", "subresource": "exec", "namespace": "default"}}})))
+            .await;
+        r["status"]["allowed"] == true
+    })
+    .await;
+    let (code, body) = s
+        .call(
+            "bobtok",
+            "GET",
+            "/api/v1/namespaces/default/pods/p/exec?command=id",
+            None,
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot create resource \"pods/exec\"")),
+        "{body}"
+    );
+
     // A role with what bob holds: fine. With secrets: refused, and nothing stored.
     let role = |name: &str, resources: Value| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name},

@@ -71,6 +71,9 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(io("create", path))?;
+    // An existing file keeps its mode on open: narrow it before writing the key.
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io("chmod", path))?;
     std::io::Write::write_all(&mut f, data.as_bytes()).map_err(io("write", path))
 }
 
