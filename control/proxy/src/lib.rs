@@ -13,5 +13,6 @@ pub mod agent;
 pub mod dataplane;
 pub mod ebpf;
 pub mod error;
+pub mod model;
 
 pub use error::{Error, Result};

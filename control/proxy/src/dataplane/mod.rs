@@ -33,6 +33,7 @@
 pub mod desired;
 pub mod maglev;
 pub mod plan;
+pub mod render;
 pub mod writer;
 
 pub use desired::{Desired, DesiredState, Ids, Ipv4Cidr, NodeContext, desired};
