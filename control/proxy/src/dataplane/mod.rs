@@ -31,6 +31,7 @@
 //! ```
 
 pub mod desired;
+pub mod engine;
 pub mod maglev;
 pub mod plan;
 pub mod render;
