@@ -74,6 +74,9 @@ impl Fixture {
                 snat_port_max: 65535,
                 uplink_ifindex: 2,
                 hairpin_addr: a(Ipv4Addr::new(10, 244, 1, 1)),
+                flags: 0,
+                node_port_min: 30000,
+                node_port_max: 32767,
             },
             0,
         )

@@ -17,8 +17,8 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use xkube_common::lb::{
-    Backend, LOCAL_F_NODE, NodeConfig, RevNat, SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey,
-    ServiceValue,
+    Backend, LOCAL_F_NODE, NODE_F_EXTRA_ADDRS, NODE_F_FRONTEND_ON_NODE, NodeConfig, RevNat,
+    SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey, ServiceValue,
 };
 
 use super::render::{IdSource, render_service};
@@ -82,8 +82,37 @@ impl NodeContext {
             snat_port_max: *self.snat_ports.end(),
             uplink_ifindex: self.uplink_ifindex,
             hairpin_addr: ne(self.hairpin_addr),
+            flags: if self
+                .node_addrs
+                .iter()
+                .any(|a| *a != self.node_addr && !a.is_unspecified())
+            {
+                NODE_F_EXTRA_ADDRS
+            } else {
+                0
+            },
+            node_port_min: 1,
+            node_port_max: 0,
         }
     }
+}
+
+/// The range of NodePorts among `ports` (`(1, 0)`, an empty range, when there are none).
+pub fn node_port_range(ports: impl IntoIterator<Item = u16>) -> (u16, u16) {
+    ports.into_iter().fold((1, 0), |(lo, hi), p| {
+        if lo > hi {
+            (p, p)
+        } else {
+            (lo.min(p), hi.max(p))
+        }
+    })
+}
+
+/// The NodePorts among frontend keys (slot 0, any address 0).
+pub fn node_ports<'a>(keys: impl IntoIterator<Item = &'a ServiceKey>) -> impl Iterator<Item = u16> {
+    keys.into_iter()
+        .filter(|k| k.slot == 0 && k.addr == 0 && k.scope == SCOPE_DEFAULT)
+        .map(|k| u16::from_be(k.port))
 }
 
 /// An address as stored in the maps (network order in a native `u32`).
@@ -501,7 +530,23 @@ pub fn desired(
         }
     }
     round.finish();
+    let (lo, hi) = node_port_range(node_ports(state.services.keys()));
+    state.node_config.node_port_min = lo;
+    state.node_config.node_port_max = hi;
+    let exact: std::collections::HashSet<u32> = frontend_addrs(state.services.keys()).collect();
+    if state.local_addrs.keys().any(|a| exact.contains(a)) {
+        state.node_config.flags |= NODE_F_FRONTEND_ON_NODE;
+    }
     state
+}
+
+/// The addresses of exact frontends (slot 0, not NodePorts) among `keys`.
+pub fn frontend_addrs<'a>(
+    keys: impl IntoIterator<Item = &'a ServiceKey>,
+) -> impl Iterator<Item = u32> {
+    keys.into_iter()
+        .filter(|k| k.slot == 0 && k.addr != 0 && k.scope == SCOPE_DEFAULT)
+        .map(|k| k.addr)
 }
 
 #[cfg(test)]

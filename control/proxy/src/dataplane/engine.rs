@@ -25,7 +25,10 @@ use std::{
 use xkube_common::lb::{SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey};
 
 use super::{
-    desired::{BackendIdent, DesiredState, NodeContext, ServiceIdent, ip_of, node_entries},
+    desired::{
+        BackendIdent, DesiredState, NodeContext, ServiceIdent, frontend_addrs, ip_of, ne,
+        node_entries, node_port_range, node_ports,
+    },
     plan::{Op, plan},
     render::{IdSource, render_service, wanted_frontends},
 };
@@ -118,6 +121,10 @@ pub struct Engine {
     service_pool: IdPool,
     backend_pool: IdPool,
     recovered: Option<Recovered>,
+    /// NodePort -> frontends using it (for the node config's NodePort range).
+    node_ports: BTreeMap<u16, usize>,
+    /// Exact frontend address -> frontends using it (for `NODE_F_FRONTEND_ON_NODE`).
+    frontend_addrs: HashMap<u32, usize>,
 }
 
 /// What [`Engine::update`] decided.
@@ -243,6 +250,8 @@ impl Engine {
             service_pool,
             backend_pool,
             recovered: Some(rec),
+            node_ports: BTreeMap::new(),
+            frontend_addrs: HashMap::new(),
         }
     }
 
@@ -356,10 +365,56 @@ impl Engine {
     pub fn desired(&self) -> DesiredState {
         let mut s = DesiredState::default();
         node_entries(&self.node, &mut s);
+        s.node_config = self.node_config();
         for f in self.fragments.values() {
             merge(&mut s, &f.state);
         }
         s
+    }
+
+    /// The node config entry, with the range of the NodePorts programmed.
+    fn node_config(&self) -> xkube_common::lb::NodeConfig {
+        let mut c = self.node.node_config();
+        let (lo, hi) = node_port_range(
+            self.node_ports
+                .first_key_value()
+                .into_iter()
+                .chain(self.node_ports.last_key_value())
+                .map(|(p, _)| *p),
+        );
+        c.node_port_min = lo;
+        c.node_port_max = hi;
+        if self
+            .node
+            .node_addrs
+            .iter()
+            .chain([&self.node.node_addr])
+            .any(|a| self.frontend_addrs.contains_key(&ne(*a)))
+        {
+            c.flags |= xkube_common::lb::NODE_F_FRONTEND_ON_NODE;
+        }
+        c
+    }
+
+    fn count_node_ports(&mut self, state: &DesiredState, add: bool) {
+        fn count(n: &mut usize, add: bool) -> bool {
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+            }
+            *n == 0
+        }
+        for p in node_ports(state.services.keys()) {
+            if count(self.node_ports.entry(p).or_insert(0), add) {
+                self.node_ports.remove(&p);
+            }
+        }
+        for a in frontend_addrs(state.services.keys()) {
+            if count(self.frontend_addrs.entry(a).or_insert(0), add) {
+                self.frontend_addrs.remove(&a);
+            }
+        }
     }
 
     fn owner(&self, key: &ServiceKey) -> Option<&ServiceName> {
@@ -425,7 +480,10 @@ impl Engine {
             }
         }
 
-        let mut before = DesiredState::default();
+        let mut before = DesiredState {
+            node_config: self.node_config(),
+            ..DesiredState::default()
+        };
         let mut after = DesiredState::default();
         let rendered = work.len();
         let empty_s = HashMap::new();
@@ -434,6 +492,7 @@ impl Engine {
             let old = self.fragments.remove(&name);
             if let Some(o) = &old {
                 merge(&mut before, &o.state);
+                self.count_node_ports(&o.state, false);
             }
             let new = model.map(|model| {
                 let claims = &self.claims;
@@ -484,9 +543,14 @@ impl Engine {
             }
             if let Some(n) = new {
                 merge(&mut after, &n.state);
+                self.count_node_ports(&n.state, true);
                 self.fragments.insert(name, n);
             }
         }
+        // A new NodePort outside the range widens it before its frontend is written (the
+        // node config comes first in a plan); a range that shrinks is narrowed first too,
+        // which only stops lookups for frontends about to be removed.
+        after.node_config = self.node_config();
         Update {
             ops: plan(&before, &after),
             rendered,
@@ -801,5 +865,61 @@ mod tests {
             2,
             "both backends exist (for conntrack revalidation)"
         );
+    }
+
+    #[test]
+    fn the_node_port_range_is_widened_before_a_node_port_is_written_and_narrowed_after_removal() {
+        let np = service(json!({
+            "metadata": {"name": "np", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.20",
+                     "ports": [{"port": 80, "nodePort": 30080}]}
+        }));
+        let mut e = Engine::new(node(), &DesiredState::default());
+        let cfg = e.desired().node_config;
+        assert!(
+            cfg.node_port_min > cfg.node_port_max,
+            "no NodePorts: an empty range"
+        );
+        let up = e.update(&changes(&models(std::slice::from_ref(&np), &[])));
+        e.commit();
+        assert!(
+            matches!(up.ops.first(), Some(Op::SetNodeConfig(c)) if (c.node_port_min, c.node_port_max) == (30080, 30080)),
+            "the range comes first: {:?}",
+            up.ops
+        );
+        let up = e.update(&[(ServiceName::new("default", "np"), None)]);
+        assert!(
+            matches!(up.ops.first(), Some(Op::SetNodeConfig(c)) if c.node_port_min > c.node_port_max),
+            "{:?}",
+            up.ops
+        );
+    }
+
+    #[test]
+    fn an_external_ip_on_a_node_address_is_flagged_so_the_uplink_looks_it_up() {
+        use xkube_common::lb::NODE_F_FRONTEND_ON_NODE;
+        let on_node = service(json!({
+            "metadata": {"name": "x", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.30", "externalIPs": ["198.18.0.11"],
+                     "ports": [{"port": 443}]}
+        }));
+        let mut e = Engine::new(node(), &DesiredState::default());
+        e.update(&changes(&models(&[web("web", "10.96.0.10")], &[])));
+        assert_eq!(e.desired().node_config.flags & NODE_F_FRONTEND_ON_NODE, 0);
+        let up = e.update(&changes(&models(std::slice::from_ref(&on_node), &[])));
+        assert!(
+            matches!(up.ops.first(), Some(Op::SetNodeConfig(c)) if c.flags & NODE_F_FRONTEND_ON_NODE != 0),
+            "flag set before the frontend: {:?}",
+            up.ops
+        );
+        let whole = desired(
+            &[web("web", "10.96.0.10"), on_node],
+            &[],
+            &node(),
+            &mut Ids::new(),
+        );
+        assert_eq!(e.desired().node_config, whole.node_config);
+        e.update(&[(ServiceName::new("default", "x"), None)]);
+        assert_eq!(e.desired().node_config.flags & NODE_F_FRONTEND_ON_NODE, 0);
     }
 }
