@@ -134,6 +134,33 @@ pub struct Update {
     pub ops: Vec<Op>,
     /// Services rendered again (the changed ones and those whose frontends moved).
     pub rendered: usize,
+    /// Service ids whose name changed: `None` when the id is no longer used (for metrics;
+    /// removals come before additions).
+    pub names: Vec<(u16, Option<String>)>,
+}
+
+/// The `ns/name:port/proto` of each service id of a fragment.
+fn fragment_names(name: &ServiceName, f: &Fragment) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    for p in &f.model.ports {
+        let Some(proto) = super::render::ip_proto(p.protocol) else {
+            continue;
+        };
+        let ident = ServiceIdent {
+            cluster_ip: p.cluster_ip,
+            port: p.port,
+            proto,
+        };
+        if let Some(id) = f.service_ids.get(&ident) {
+            let pname = if p.port_name.is_empty() {
+                p.port.to_string()
+            } else {
+                p.port_name.clone()
+            };
+            out.push((*id, format!("{name}:{pname}/{}", p.protocol.lower())));
+        }
+    }
+    out
 }
 
 struct RenderIds<'a> {
@@ -280,30 +307,12 @@ impl Engine {
         self.fragments.len()
     }
 
-    /// Service ids by `ns/name:port/proto`, for metrics.
+    /// Service ids by `ns/name:port/proto`, for metrics (every service: O(services)).
     pub fn service_names(&self) -> BTreeMap<u16, String> {
-        let mut out = BTreeMap::new();
-        for (name, f) in &self.fragments {
-            for p in &f.model.ports {
-                let Some(proto) = super::render::ip_proto(p.protocol) else {
-                    continue;
-                };
-                let ident = ServiceIdent {
-                    cluster_ip: p.cluster_ip,
-                    port: p.port,
-                    proto,
-                };
-                if let Some(id) = f.service_ids.get(&ident) {
-                    let pname = if p.port_name.is_empty() {
-                        p.port.to_string()
-                    } else {
-                        p.port_name.clone()
-                    };
-                    out.insert(*id, format!("{name}:{pname}/{}", p.protocol.lower()));
-                }
-            }
-        }
-        out
+        self.fragments
+            .iter()
+            .flat_map(|(name, f)| fragment_names(name, f))
+            .collect()
     }
 
     /// Applies changed services (`None`: removed) and returns the ordered operations that turn
@@ -486,6 +495,8 @@ impl Engine {
         };
         let mut after = DesiredState::default();
         let rendered = work.len();
+        let mut removed_names = Vec::new();
+        let mut added_names = Vec::new();
         let empty_s = HashMap::new();
         let empty_b = HashMap::new();
         for (name, model) in work {
@@ -493,6 +504,7 @@ impl Engine {
             if let Some(o) = &old {
                 merge(&mut before, &o.state);
                 self.count_node_ports(&o.state, false);
+                removed_names.extend(o.service_ids.values().map(|id| (*id, None)));
             }
             let new = model.map(|model| {
                 let claims = &self.claims;
@@ -544,6 +556,11 @@ impl Engine {
             if let Some(n) = new {
                 merge(&mut after, &n.state);
                 self.count_node_ports(&n.state, true);
+                added_names.extend(
+                    fragment_names(&name, &n)
+                        .into_iter()
+                        .map(|(i, n)| (i, Some(n))),
+                );
                 self.fragments.insert(name, n);
             }
         }
@@ -551,9 +568,11 @@ impl Engine {
         // node config comes first in a plan); a range that shrinks is narrowed first too,
         // which only stops lookups for frontends about to be removed.
         after.node_config = self.node_config();
+        removed_names.extend(added_names);
         Update {
             ops: plan(&before, &after),
             rendered,
+            names: removed_names,
         }
     }
 

@@ -320,9 +320,15 @@ impl EbpfProxier {
         &mut self.maps
     }
 
-    fn publish_names(&self) {
-        let names = self.engine.service_names();
-        self.metrics.update(|s| s.names = names);
+    fn publish_names(&self, changed: Vec<(u16, Option<String>)>) {
+        self.metrics.update(|s| {
+            for (id, name) in changed {
+                match name {
+                    Some(n) => s.names.insert(id, n),
+                    None => s.names.remove(&id),
+                };
+            }
+        });
     }
 }
 
@@ -344,7 +350,7 @@ impl Proxier for EbpfProxier {
         let st = apply(&mut self.maps, &up.ops)?;
         self.engine.commit();
         self.metrics.update(|s| s.last_apply = st);
-        self.publish_names();
+        self.publish_names(up.names);
         Ok(SyncStats {
             writes: st.upserts + st.deletes,
             services: up.rendered,
@@ -363,11 +369,12 @@ impl Proxier for EbpfProxier {
         if repaired > 0 {
             info!(entries = repaired, "full sync repaired map entries");
         }
+        let names = self.engine.service_names();
         self.metrics.update(|s| {
             s.last_apply = st;
             s.repaired += repaired as u64;
+            s.names = names;
         });
-        self.publish_names();
         Ok(SyncStats {
             writes: st.upserts + st.deletes,
             services: all.len(),
