@@ -1,8 +1,9 @@
 //! Memory of the eBPF mode with 10k services x 5 endpoints programmed (root: real eBPF maps).
 //!
-//! Builds what the agent holds: the reflector caches' objects (`Arc`s, shared with the change
-//! tracker), the models, the engine's fragments and ids, and the map handles; runs the first
-//! full sync; prints this process's VmRSS and VmHWM (peak) from `/proc/self/status`. The kernel
+//! Builds what the agent holds: the change tracker (Service templates and endpoint groups
+//! parsed from the objects, which are then dropped as the agent drops them), the models, the
+//! engine's fragments and ids, and the map handles; runs the first full sync; prints this
+//! process's VmRSS (after returning freed heap) and VmHWM (peak) from `/proc/self/status`. The kernel
 //! maps' own memory is kernel memory, not in the RSS. The agent binary adds its HTTP client,
 //! runtime and servers (a few MiB).
 //!
@@ -62,7 +63,7 @@ fn main() {
     trim();
     let rss = status_kib("VmRSS:");
     println!(
-        "objects: {:.1} MiB, + models: {:.1} MiB",
+        "RSS with the API objects: {:.1} MiB; parsed into the tracker, objects dropped: {:.1} MiB",
         objects as f64 / 1024.0,
         models as f64 / 1024.0
     );

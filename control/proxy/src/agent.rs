@@ -1,5 +1,6 @@
-//! The proxy agent (`xkube proxy`, also inside `xkube agent`): Services, Endpoints and this
-//! node's Node object from the apiserver (list + watch into reflector caches), fed to the
+//! The proxy agent (`xkube proxy`, also inside `xkube agent`): Services and Endpoints from the
+//! apiserver (list + watch, parsed on arrival, no object cache) and this node's Node object
+//! (a reflector), fed to the
 //! mode-independent [sync loop](crate::sync) which drives the mode chosen by `--proxy-mode`
 //! through the [`Proxier`](crate::mode::Proxier) seam. Metrics on `:10249/metrics`, health on
 //! `:10256/healthz`.
@@ -13,11 +14,12 @@ use std::{
     time::Duration,
 };
 
+use futures::{StreamExt as _, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use xkube_client::{Api, Change, Client, ListParams, Reflector, Store};
+use xkube_client::{Api, Change, Client, Event, ListParams, Reflector, Store, watcher};
 
 pub use crate::mode::{ProxyMode, ebpf::XdpAttach};
 use crate::{
@@ -108,22 +110,36 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         info!(node = %opts.node_name, "removed the state of every proxy mode");
         return Ok(());
     }
-    let services: Store<Service> =
-        spawn(Api::all(client.clone()), ListParams::default(), &shutdown);
-    let endpoints: Store<Endpoints> =
-        spawn(Api::all(client.clone()), ListParams::default(), &shutdown);
+    // Services and Endpoints are watched without a cache: the change tracker parses each object
+    // on arrival and keeps only what the model needs (a reflector would hold every object).
+    let mut svc_watch = watcher(Api::<Service>::all(client.clone()), ListParams::default()).boxed();
+    let mut ep_watch =
+        watcher(Api::<Endpoints>::all(client.clone()), ListParams::default()).boxed();
     let nodes: Store<Node> = spawn(
         Api::all(client.clone()),
         ListParams::default().fields(&format!("metadata.name={}", opts.node_name)),
         &shutdown,
     );
-    // Subscribed before the first list is read: no change falls between the two.
-    let svc_changes = services.subscribe();
-    let ep_changes = endpoints.subscribe();
     let node_changes = nodes.subscribe();
-    tokio::select! {
-        _ = async { tokio::join!(services.wait_ready(), endpoints.wait_ready()) } => {}
-        _ = shutdown.cancelled() => return Ok(()),
+    // The first list of each: the first sync must see everything (a sync from a partial list
+    // would remove the services not listed yet).
+    let (mut first_svcs, mut first_eps) = (None, None);
+    while first_svcs.is_none() || first_eps.is_none() {
+        tokio::select! {
+            e = svc_watch.next() => match e {
+                Some(Ok(Event::Restarted(v))) => first_svcs = Some(v),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => debug!(error = %err, "watching services"),
+                None => return Ok(()),
+            },
+            e = ep_watch.next() => match e {
+                Some(Ok(Event::Restarted(v))) => first_eps = Some(v),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => debug!(error = %err, "watching endpoints"),
+                None => return Ok(()),
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        }
     }
     // The kubelet registers the Node and posts its addresses; the controller-manager assigns
     // the pod CIDR. Wait for a usable Node object.
@@ -167,16 +183,15 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     let (tx, rx) = mpsc::channel(4096);
     let _ = tx
         .send(Input::Relist {
-            services: services.list(),
-            endpoints: endpoints.list(),
+            services: first_svcs.into_iter().flatten().map(Arc::new).collect(),
+            endpoints: first_eps.into_iter().flatten().map(Arc::new).collect(),
         })
         .await;
     let forward = tokio::spawn(forward_changes(
         opts.clone(),
-        services.clone(),
-        endpoints.clone(),
+        (svc_watch, ep_watch),
         nodes.clone(),
-        (svc_changes, ep_changes, node_changes),
+        node_changes,
         node,
         tx,
         shutdown.clone(),
@@ -200,45 +215,38 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     }
 }
 
-type Receivers = (
-    broadcast::Receiver<Change<Service>>,
-    broadcast::Receiver<Change<Endpoints>>,
-    broadcast::Receiver<Change<Node>>,
+type Watches = (
+    BoxStream<'static, xkube_client::Result<Event<Service>>>,
+    BoxStream<'static, xkube_client::Result<Event<Endpoints>>>,
 );
 
-/// Turns cache changes into sync loop inputs; a lagged receiver sends the full lists.
-#[allow(clippy::too_many_arguments)]
+/// Turns watch events and Node changes into sync loop inputs.
 async fn forward_changes(
     opts: Options,
-    services: Store<Service>,
-    endpoints: Store<Endpoints>,
+    (mut svc, mut ep): Watches,
     nodes: Store<Node>,
-    (mut svc, mut ep, mut node_rx): Receivers,
+    mut node_rx: broadcast::Receiver<Change<Node>>,
     mut node: NodeInfo,
     tx: mpsc::Sender<Input>,
     shutdown: CancellationToken,
 ) {
     use broadcast::error::RecvError;
-    let relist = || Input::Relist {
-        services: services.list(),
-        endpoints: endpoints.list(),
-    };
     loop {
         let input = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = svc.recv() => match r {
-                Ok(Change::Applied(s)) => Some(Input::ServiceApplied(s)),
-                Ok(Change::Deleted(s)) => Some(Input::ServiceDeleted(ServiceName::of_service(&s))),
-                Ok(Change::Resynced) => None,
-                Err(RecvError::Lagged(n)) => { debug!(missed = n, "service changes lagged; relisting"); Some(relist()) }
-                Err(RecvError::Closed) => return,
+            e = svc.next() => match e {
+                Some(Ok(Event::Applied(s))) => Some(Input::ServiceApplied(Arc::new(s))),
+                Some(Ok(Event::Deleted(s))) => Some(Input::ServiceDeleted(ServiceName::of_service(&s))),
+                Some(Ok(Event::Restarted(v))) => Some(Input::ServicesRelisted(v.into_iter().map(Arc::new).collect())),
+                Some(Err(err)) => { debug!(error = %err, "watching services"); None }
+                None => return,
             },
-            r = ep.recv() => match r {
-                Ok(Change::Applied(e)) => Some(Input::EndpointsApplied(e)),
-                Ok(Change::Deleted(e)) => Some(Input::EndpointsDeleted(ServiceName::of_endpoints(&e))),
-                Ok(Change::Resynced) => None,
-                Err(RecvError::Lagged(n)) => { debug!(missed = n, "endpoints changes lagged; relisting"); Some(relist()) }
-                Err(RecvError::Closed) => return,
+            e = ep.next() => match e {
+                Some(Ok(Event::Applied(e))) => Some(Input::EndpointsApplied(Arc::new(e))),
+                Some(Ok(Event::Deleted(e))) => Some(Input::EndpointsDeleted(ServiceName::of_endpoints(&e))),
+                Some(Ok(Event::Restarted(v))) => Some(Input::EndpointsRelisted(v.into_iter().map(Arc::new).collect())),
+                Some(Err(err)) => { debug!(error = %err, "watching endpoints"); None }
+                None => return,
             },
             r = node_rx.recv() => match r {
                 Err(RecvError::Closed) => return,

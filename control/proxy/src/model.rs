@@ -291,31 +291,55 @@ fn parse_ips<'a>(ips: impl Iterator<Item = &'a str>) -> Vec<Ipv4Addr> {
     out
 }
 
-/// The endpoint port of a subset/slice for the service port `name` / `proto`.
-fn find_port<'a>(
-    mut ports: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<i32>)>,
-    name: &str,
-    proto: Protocol,
-) -> Option<u16> {
-    ports
-        .find(|(n, p, _)| n.unwrap_or("") == name && Protocol::parse(*p) == Some(proto))
-        .and_then(|(_, _, port)| port)
-        .and_then(|p| u16::try_from(p).ok())
-        .filter(|p| *p != 0)
+/// Endpoints sharing a set of ports: one subset of an Endpoints object or one EndpointSlice,
+/// parsed (what the change tracker keeps instead of the API object).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointGroup {
+    /// (port name, protocol, port); unknown protocols and invalid ports left out.
+    pub ports: Vec<(String, Protocol, u16)>,
+    /// The endpoints, `port` 0 (it is per service port).
+    pub endpoints: Vec<Endpoint>,
 }
 
-/// Endpoints of one service port from an Endpoints object: `addresses` are ready (and serving),
-/// `notReadyAddresses` neither (Endpoints cannot say more).
-fn from_endpoints(eps: &Endpoints, name: &str, proto: Protocol, out: &mut Vec<Endpoint>) {
-    for subset in eps.subsets.iter().flatten() {
-        let ports = subset
-            .ports
+impl EndpointGroup {
+    fn port_for(&self, name: &str, proto: Protocol) -> Option<u16> {
+        self.ports
             .iter()
-            .flatten()
-            .map(|p| (p.name.as_deref(), p.protocol.as_deref(), Some(p.port)));
-        let Some(port) = find_port(ports, name, proto) else {
+            .find(|(n, p, _)| n == name && *p == proto)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+fn group_ports<'a>(
+    ports: impl Iterator<Item = (Option<&'a str>, Option<&'a str>, Option<i32>)>,
+) -> Vec<(String, Protocol, u16)> {
+    ports
+        .filter_map(|(n, p, port)| {
+            let proto = Protocol::parse(p)?;
+            let port = port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)?;
+            Some((n.unwrap_or("").to_owned(), proto, port))
+        })
+        .collect()
+}
+
+/// The groups of an Endpoints object: `addresses` are ready (and serving), `notReadyAddresses`
+/// neither (Endpoints cannot say more).
+pub fn endpoint_groups(eps: &Endpoints) -> Vec<EndpointGroup> {
+    let mut out = Vec::new();
+    for subset in eps.subsets.iter().flatten() {
+        let ports = group_ports(
+            subset
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.as_deref(), p.protocol.as_deref(), Some(p.port))),
+        );
+        if ports.is_empty() {
             continue;
-        };
+        }
+        let mut endpoints = Vec::new();
         for (addrs, ready) in [
             (&subset.addresses, true),
             (&subset.not_ready_addresses, false),
@@ -324,9 +348,9 @@ fn from_endpoints(eps: &Endpoints, name: &str, proto: Protocol, out: &mut Vec<En
                 let Ok(addr) = a.ip.parse::<Ipv4Addr>() else {
                     continue;
                 };
-                out.push(Endpoint {
+                endpoints.push(Endpoint {
                     addr,
-                    port,
+                    port: 0,
                     ready,
                     serving: ready,
                     terminating: false,
@@ -335,53 +359,85 @@ fn from_endpoints(eps: &Endpoints, name: &str, proto: Protocol, out: &mut Vec<En
                 });
             }
         }
+        out.push(EndpointGroup { ports, endpoints });
     }
+    out
 }
 
-/// Endpoints of one service port from EndpointSlices (conditions as the API defines them: a
-/// missing `ready` is true, a missing `serving` follows `ready`, a missing `terminating` is
-/// false).
-fn from_slices(
-    slices: &[Arc<EndpointSlice>],
-    name: &str,
-    proto: Protocol,
-    out: &mut Vec<Endpoint>,
-) {
-    for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
-        let ports = slice
+/// The group of an EndpointSlice (conditions as the API defines them: a missing `ready` is
+/// true, a missing `serving` follows `ready`, a missing `terminating` is false); `None` for
+/// non-IPv4 slices.
+pub fn slice_group(slice: &EndpointSlice) -> Option<EndpointGroup> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let ports = group_ports(
+        slice
             .ports
             .iter()
             .flatten()
-            .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.port));
-        let Some(port) = find_port(ports, name, proto) else {
-            continue;
-        };
-        for e in &slice.endpoints {
-            let c = e.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            for a in &e.addresses {
-                let Ok(addr) = a.parse::<Ipv4Addr>() else {
-                    continue;
-                };
-                out.push(Endpoint {
-                    addr,
-                    port,
-                    ready,
-                    serving,
-                    terminating,
-                    node_name: e.node_name.clone(),
-                    zone: e.zone.clone(),
-                });
-            }
+            .map(|p| (p.name.as_deref(), p.protocol.as_deref(), p.port)),
+    );
+    let mut endpoints = Vec::new();
+    for e in &slice.endpoints {
+        let c = e.conditions.as_ref();
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+        for a in &e.addresses {
+            let Ok(addr) = a.parse::<Ipv4Addr>() else {
+                continue;
+            };
+            endpoints.push(Endpoint {
+                addr,
+                port: 0,
+                ready,
+                serving,
+                terminating,
+                node_name: e.node_name.clone(),
+                zone: e.zone.clone(),
+            });
         }
     }
+    Some(EndpointGroup { ports, endpoints })
+}
+
+/// The service's model with the endpoints of `groups` on each port (matched by port name and
+/// protocol). Pure.
+pub fn with_endpoints<'a>(
+    template: &ServiceModel,
+    groups: impl Iterator<Item = &'a EndpointGroup> + Clone,
+) -> ServiceModel {
+    let mut m = template.clone();
+    for p in &mut m.ports {
+        let mut found = Vec::new();
+        for g in groups.clone() {
+            let Some(port) = g.port_for(&p.port_name, p.protocol) else {
+                continue;
+            };
+            found.extend(g.endpoints.iter().map(|e| Endpoint { port, ..e.clone() }));
+        }
+        p.endpoints = merge_endpoints(found);
+    }
+    m
 }
 
 /// The model of one Service with its endpoints; `None` when no mode implements it
 /// (ExternalName, headless, no IPv4 ClusterIP yet). Pure.
 pub fn build(svc: &Service, source: EndpointSource<'_>) -> Option<ServiceModel> {
+    let template = parse_service(svc)?;
+    Some(match source {
+        EndpointSource::None => template,
+        EndpointSource::Endpoints(e) => with_endpoints(&template, endpoint_groups(e).iter()),
+        EndpointSource::Slices(s) => {
+            let groups: Vec<EndpointGroup> = s.iter().filter_map(|s| slice_group(s)).collect();
+            with_endpoints(&template, groups.iter())
+        }
+    })
+}
+
+/// The model of one Service without endpoints (the template [`with_endpoints`] fills).
+pub fn parse_service(svc: &Service) -> Option<ServiceModel> {
     let spec = svc.spec.as_ref()?;
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     if svc_type == "ExternalName" {
@@ -451,13 +507,6 @@ pub fn build(svc: &Service, source: EndpointSource<'_>) -> Option<ServiceModel> 
             continue; // a duplicate the apiserver should have refused
         }
         let port_name = sp.name.clone().unwrap_or_default();
-        let mut found = Vec::new();
-        match source {
-            EndpointSource::None => {}
-            EndpointSource::Endpoints(e) => from_endpoints(e, &port_name, protocol, &mut found),
-            EndpointSource::Slices(s) => from_slices(s, &port_name, protocol, &mut found),
-        }
-        let endpoints = merge_endpoints(found);
         ports.push(ServicePort {
             port_name,
             protocol,
@@ -475,7 +524,7 @@ pub fn build(svc: &Service, source: EndpointSource<'_>) -> Option<ServiceModel> 
             health_check_node_port,
             source_ranges: source_ranges.clone(),
             algorithm,
-            endpoints,
+            endpoints: Vec::new(),
         });
     }
     Some(ServiceModel { name, ports })
@@ -515,13 +564,18 @@ impl Changes {
     }
 }
 
-/// The current Services and Endpoints by name and the models built from them. A change of one
-/// object marks one service dirty; [`ChangeTracker::take_changes`] rebuilds the dirty ones only.
+/// The current Services and Endpoints by name, parsed, and the models built from them. A change
+/// of one object marks one service dirty; [`ChangeTracker::take_changes`] rebuilds the dirty
+/// ones only. API objects are parsed on arrival and not kept: what stays is the service
+/// templates, the endpoint groups and the models.
 #[derive(Debug, Default)]
 pub struct ChangeTracker {
-    services: BTreeMap<ServiceName, Arc<Service>>,
-    endpoints: BTreeMap<ServiceName, Arc<Endpoints>>,
-    slices: BTreeMap<ServiceName, BTreeMap<String, Arc<EndpointSlice>>>,
+    /// Service templates (models without endpoints) of the services a mode implements.
+    services: BTreeMap<ServiceName, ServiceModel>,
+    /// Endpoints objects' groups and their last trigger time.
+    endpoints: BTreeMap<ServiceName, (Vec<EndpointGroup>, Option<String>)>,
+    /// EndpointSlices' groups by slice name.
+    slices: BTreeMap<ServiceName, BTreeMap<String, EndpointGroup>>,
     models: BTreeMap<ServiceName, Arc<ServiceModel>>,
     dirty: BTreeSet<ServiceName>,
     trigger_times: Vec<String>,
@@ -529,16 +583,32 @@ pub struct ChangeTracker {
     endpoint_changes: u64,
 }
 
+fn trigger_time(e: &Endpoints) -> Option<String> {
+    e.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME_ANNOTATION))
+        .cloned()
+}
+
 impl ChangeTracker {
     pub fn new() -> Self {
         Self::default()
     }
 
+    fn set_service(&mut self, svc: &Service) -> ServiceName {
+        let name = ServiceName::of_service(svc);
+        match parse_service(svc) {
+            Some(t) => self.services.insert(name.clone(), t),
+            None => self.services.remove(&name),
+        };
+        name
+    }
+
     /// A Service was added or changed.
     pub fn service_applied(&mut self, svc: Arc<Service>) {
-        let name = ServiceName::of_service(&svc);
         self.service_changes += 1;
-        self.services.insert(name.clone(), svc);
+        let name = self.set_service(&svc);
         self.dirty.insert(name);
     }
 
@@ -553,21 +623,15 @@ impl ChangeTracker {
     pub fn endpoints_applied(&mut self, eps: Arc<Endpoints>) {
         let name = ServiceName::of_endpoints(&eps);
         self.endpoint_changes += 1;
-        let trigger = |e: &Endpoints| {
-            e.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME_ANNOTATION))
-                .cloned()
-        };
-        let new = trigger(&eps);
-        let old = self.endpoints.get(&name).and_then(|e| trigger(e));
-        if let Some(t) = new
-            && Some(&t) != old.as_ref()
+        let new = trigger_time(&eps);
+        let old = self.endpoints.get(&name).and_then(|(_, t)| t.as_ref());
+        if let Some(t) = &new
+            && Some(t) != old
         {
-            self.trigger_times.push(t);
+            self.trigger_times.push(t.clone());
         }
-        self.endpoints.insert(name.clone(), eps);
+        self.endpoints
+            .insert(name.clone(), (endpoint_groups(&eps), new));
         self.dirty.insert(name);
     }
 
@@ -585,10 +649,11 @@ impl ChangeTracker {
         };
         self.endpoint_changes += 1;
         let slice_name = slice.metadata.name.clone().unwrap_or_default();
-        self.slices
-            .entry(name.clone())
-            .or_default()
-            .insert(slice_name, slice);
+        let m = self.slices.entry(name.clone()).or_default();
+        match slice_group(&slice) {
+            Some(g) => m.insert(slice_name, g),
+            None => m.remove(&slice_name),
+        };
         self.dirty.insert(name);
     }
 
@@ -607,26 +672,38 @@ impl ChangeTracker {
         self.dirty.insert(name);
     }
 
-    /// Replaces everything with a full list (after a relist or a lagged change stream); only
-    /// services whose model differs are reported by the next [`Self::take_changes`].
+    /// Replaces every Service with a full list (a relist); only services whose model differs
+    /// are reported by the next [`Self::take_changes`].
+    pub fn replace_services(&mut self, services: impl IntoIterator<Item = Arc<Service>>) {
+        let old = std::mem::take(&mut self.services);
+        self.dirty.extend(old.into_keys());
+        for s in services {
+            let name = self.set_service(&s);
+            self.dirty.insert(name);
+        }
+    }
+
+    /// Replaces every Endpoints object with a full list (a relist).
+    pub fn replace_endpoints(&mut self, endpoints: impl IntoIterator<Item = Arc<Endpoints>>) {
+        let old = std::mem::take(&mut self.endpoints);
+        self.dirty.extend(old.into_keys());
+        for e in endpoints {
+            let name = ServiceName::of_endpoints(&e);
+            let t = trigger_time(&e);
+            self.endpoints
+                .insert(name.clone(), (endpoint_groups(&e), t));
+            self.dirty.insert(name);
+        }
+    }
+
+    /// Replaces everything with full lists.
     pub fn replace_all(
         &mut self,
         services: impl IntoIterator<Item = Arc<Service>>,
         endpoints: impl IntoIterator<Item = Arc<Endpoints>>,
     ) {
-        let services: BTreeMap<_, _> = services
-            .into_iter()
-            .map(|s| (ServiceName::of_service(&s), s))
-            .collect();
-        let endpoints: BTreeMap<_, _> = endpoints
-            .into_iter()
-            .map(|e| (ServiceName::of_endpoints(&e), e))
-            .collect();
-        self.dirty.extend(self.services.keys().cloned());
-        self.dirty.extend(self.endpoints.keys().cloned());
-        self.dirty.extend(services.keys().cloned());
-        self.services = services;
-        self.endpoints = endpoints;
+        self.replace_services(services);
+        self.replace_endpoints(endpoints);
     }
 
     /// Whether anything is waiting for [`Self::take_changes`].
@@ -634,23 +711,21 @@ impl ChangeTracker {
         !self.dirty.is_empty()
     }
 
-    /// Rebuilds the dirty services' models and returns those that differ.
+    /// Rebuilds the dirty services' models and returns those that differ. EndpointSlices, when
+    /// a service has any, take precedence over its Endpoints.
     pub fn take_changes(&mut self) -> Changes {
         let mut out = Changes {
             services: Vec::new(),
             trigger_times: std::mem::take(&mut self.trigger_times),
         };
         for name in std::mem::take(&mut self.dirty) {
-            let model = self.services.get(&name).and_then(|svc| {
-                let source = match (self.slices.get(&name), self.endpoints.get(&name)) {
-                    (Some(s), _) if !s.is_empty() => {
-                        let v: Vec<Arc<EndpointSlice>> = s.values().cloned().collect();
-                        return build(svc, EndpointSource::Slices(&v)).map(Arc::new);
-                    }
-                    (_, Some(e)) => EndpointSource::Endpoints(e),
-                    _ => EndpointSource::None,
+            let model = self.services.get(&name).map(|t| {
+                let m = match (self.slices.get(&name), self.endpoints.get(&name)) {
+                    (Some(s), _) if !s.is_empty() => with_endpoints(t, s.values()),
+                    (_, Some((g, _))) => with_endpoints(t, g.iter()),
+                    _ => t.clone(),
                 };
-                build(svc, source).map(Arc::new)
+                Arc::new(m)
             });
             match (model, self.models.get(&name)) {
                 (Some(m), Some(old)) if *m == **old => {}

@@ -46,11 +46,15 @@ pub enum Input {
     ServiceDeleted(ServiceName),
     EndpointsApplied(Arc<Endpoints>),
     EndpointsDeleted(ServiceName),
-    /// Full lists (start, relist, or a lagged change stream).
+    /// Full lists of both (start).
     Relist {
         services: Vec<Arc<Service>>,
         endpoints: Vec<Arc<Endpoints>>,
     },
+    /// A full list of Services (a watch restarted).
+    ServicesRelisted(Vec<Arc<Service>>),
+    /// A full list of Endpoints (a watch restarted).
+    EndpointsRelisted(Vec<Arc<Endpoints>>),
     Node(NodeInfo),
 }
 
@@ -88,6 +92,8 @@ impl SyncLoop {
                 services,
                 endpoints,
             } => self.tracker.replace_all(services, endpoints),
+            Input::ServicesRelisted(s) => self.tracker.replace_services(s),
+            Input::EndpointsRelisted(e) => self.tracker.replace_endpoints(e),
             Input::Node(n) => {
                 if let Some(p) = self.proxier.as_mut() {
                     p.set_node(&n);

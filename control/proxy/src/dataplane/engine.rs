@@ -22,7 +22,9 @@ use std::{
     sync::Arc,
 };
 
-use xkube_common::lb::{SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey};
+use xkube_common::lb::{
+    Backend, RevNat, SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey, ServiceValue,
+};
 
 use super::{
     desired::{
@@ -91,14 +93,62 @@ impl IdPool {
     }
 }
 
+/// One service's map entries, as sorted slices (a fragment is small and read whole; slices
+/// take a fraction of the memory of maps at 10k services).
+#[derive(Debug, Clone, Default)]
+struct Entries {
+    services: Box<[(ServiceKey, ServiceValue)]>,
+    backends: Box<[(u32, Backend)]>,
+    revnat: Box<[(u16, RevNat)]>,
+    maglev: Box<[(u16, Vec<u32>)]>,
+}
+
+impl Entries {
+    fn from_state(s: DesiredState) -> Self {
+        Self {
+            services: s.services.into_iter().collect(),
+            backends: s.backends.into_iter().collect(),
+            revnat: s.revnat.into_iter().collect(),
+            maglev: s.maglev.into_iter().collect(),
+        }
+    }
+}
+
+/// A sorted (key, id) slice.
+#[derive(Debug, Clone)]
+struct IdMap<K, V>(Box<[(K, V)]>);
+
+impl<K: Ord + Copy, V: Copy> IdMap<K, V> {
+    fn from_map(m: HashMap<K, V>) -> Self {
+        let mut v: Vec<(K, V)> = m.into_iter().collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        Self(v.into_boxed_slice())
+    }
+
+    fn get(&self, k: &K) -> Option<V> {
+        self.0
+            .binary_search_by(|(x, _)| x.cmp(k))
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(K, V)> {
+        self.0.iter()
+    }
+
+    fn empty() -> Self {
+        Self(Box::new([]))
+    }
+}
+
 /// One service's map entries and the ids they use.
 #[derive(Debug, Clone)]
 struct Fragment {
     model: Arc<ServiceModel>,
-    state: DesiredState,
-    wanted: Vec<ServiceKey>,
-    service_ids: HashMap<ServiceIdent, u16>,
-    backend_ids: HashMap<BackendIdent, u32>,
+    state: Entries,
+    wanted: Box<[ServiceKey]>,
+    service_ids: IdMap<ServiceIdent, u16>,
+    backend_ids: IdMap<BackendIdent, u32>,
 }
 
 /// Ids found in the maps at start, by identity, until a service adopts them.
@@ -116,8 +166,9 @@ struct Recovered {
 pub struct Engine {
     node: NodeContext,
     fragments: HashMap<ServiceName, Fragment>,
-    /// Frontend (slot 0, default scope) -> the services asking for it; the first owns it.
-    claims: HashMap<ServiceKey, BTreeSet<ServiceName>>,
+    /// Frontend (slot 0, default scope) -> the services asking for it, sorted; the first owns
+    /// it (almost always only one: a vector).
+    claims: HashMap<ServiceKey, Vec<ServiceName>>,
     service_pool: IdPool,
     backend_pool: IdPool,
     recovered: Option<Recovered>,
@@ -157,15 +208,15 @@ fn fragment_names(name: &ServiceName, f: &Fragment) -> Vec<(u16, String)> {
             } else {
                 p.port_name.clone()
             };
-            out.push((*id, format!("{name}:{pname}/{}", p.protocol.lower())));
+            out.push((id, format!("{name}:{pname}/{}", p.protocol.lower())));
         }
     }
     out
 }
 
 struct RenderIds<'a> {
-    old_services: &'a HashMap<ServiceIdent, u16>,
-    old_backends: &'a HashMap<BackendIdent, u32>,
+    old_services: &'a IdMap<ServiceIdent, u16>,
+    old_backends: &'a IdMap<BackendIdent, u32>,
     recovered: Option<&'a mut Recovered>,
     service_pool: &'a mut IdPool,
     backend_pool: &'a mut IdPool,
@@ -179,7 +230,7 @@ impl IdSource for RenderIds<'_> {
             return Some(*id);
         }
         let id = match self.old_services.get(&ident) {
-            Some(id) => *id,
+            Some(id) => id,
             None => match self
                 .recovered
                 .as_mut()
@@ -198,7 +249,7 @@ impl IdSource for RenderIds<'_> {
             return Some(*id);
         }
         let id = match self.old_backends.get(&ident) {
-            Some(id) => *id,
+            Some(id) => id,
             None => match self
                 .recovered
                 .as_mut()
@@ -213,12 +264,10 @@ impl IdSource for RenderIds<'_> {
     }
 }
 
-fn merge(dst: &mut DesiredState, src: &DesiredState) {
-    dst.services
-        .extend(src.services.iter().map(|(k, v)| (*k, *v)));
-    dst.backends
-        .extend(src.backends.iter().map(|(k, v)| (*k, *v)));
-    dst.revnat.extend(src.revnat.iter().map(|(k, v)| (*k, *v)));
+fn merge(dst: &mut DesiredState, src: &Entries) {
+    dst.services.extend(src.services.iter().copied());
+    dst.backends.extend(src.backends.iter().copied());
+    dst.revnat.extend(src.revnat.iter().copied());
     dst.maglev
         .extend(src.maglev.iter().map(|(k, v)| (*k, v.clone())));
 }
@@ -299,7 +348,7 @@ impl Engine {
             .iter()
             .map(|(n, f)| (n.clone(), Some(Arc::clone(&f.model))))
             .collect();
-        self.render(all, true)
+        self.render(all, true, true)
     }
 
     /// Number of services with a fragment.
@@ -319,12 +368,12 @@ impl Engine {
     /// their old entries into the new ones. Touches only those services (and those whose
     /// frontends they take or give back).
     pub fn update(&mut self, changes: &[(ServiceName, Option<Arc<ServiceModel>>)]) -> Update {
-        self.render(changes.to_vec(), false)
+        self.render(changes.to_vec(), false, true)
     }
 
     /// Brings the engine to exactly `models` (services not in it are removed, services whose
     /// model differs re-rendered) and frees the ids found at start that no service adopted.
-    /// Returns the operations; a full sync rather applies `plan(actual, desired())`.
+    /// Computes no operations (`ops` is empty): a full sync applies `plan(actual, desired())`.
     pub fn sync_all(&mut self, models: &BTreeMap<ServiceName, Arc<ServiceModel>>) -> Update {
         let mut changes: Vec<(ServiceName, Option<Arc<ServiceModel>>)> = self
             .fragments
@@ -338,17 +387,17 @@ impl Engine {
                 .filter(|(n, m)| self.fragments.get(*n).is_none_or(|f| f.model != **m))
                 .map(|(n, m)| (n.clone(), Some(Arc::clone(m)))),
         );
-        let up = self.render(changes, false);
+        let up = self.render(changes, false, false);
         if let Some(rec) = self.recovered.take() {
             let adopted_services: HashSet<u16> = self
                 .fragments
                 .values()
-                .flat_map(|f| f.service_ids.values().copied())
+                .flat_map(|f| f.service_ids.iter().map(|(_, id)| *id))
                 .collect();
             let adopted_backends: HashSet<u32> = self
                 .fragments
                 .values()
-                .flat_map(|f| f.backend_ids.values().copied())
+                .flat_map(|f| f.backend_ids.iter().map(|(_, id)| *id))
                 .collect();
             for id in rec.all_services {
                 if !adopted_services.contains(&id) {
@@ -405,7 +454,7 @@ impl Engine {
         c
     }
 
-    fn count_node_ports(&mut self, state: &DesiredState, add: bool) {
+    fn count_node_ports(&mut self, state: &Entries, add: bool) {
         fn count(n: &mut usize, add: bool) -> bool {
             if add {
                 *n += 1;
@@ -414,12 +463,12 @@ impl Engine {
             }
             *n == 0
         }
-        for p in node_ports(state.services.keys()) {
+        for p in node_ports(state.services.iter().map(|(k, _)| k)) {
             if count(self.node_ports.entry(p).or_insert(0), add) {
                 self.node_ports.remove(&p);
             }
         }
-        for a in frontend_addrs(state.services.keys()) {
+        for a in frontend_addrs(state.services.iter().map(|(k, _)| k)) {
             if count(self.frontend_addrs.entry(a).or_insert(0), add) {
                 self.frontend_addrs.remove(&a);
             }
@@ -430,10 +479,13 @@ impl Engine {
         self.claims.get(key).and_then(|c| c.first())
     }
 
+    /// Renders the changed services; with `ops`, also the operations from their old entries to
+    /// the new ones.
     fn render(
         &mut self,
         changes: Vec<(ServiceName, Option<Arc<ServiceModel>>)>,
         force: bool,
+        ops: bool,
     ) -> Update {
         let mut work: BTreeMap<ServiceName, Option<Arc<ServiceModel>>> = BTreeMap::new();
         let mut moved: BTreeSet<ServiceName> = BTreeSet::new();
@@ -456,7 +508,7 @@ impl Engine {
             for k in old.difference(&new) {
                 if let Some(c) = self.claims.get_mut(k) {
                     let was_owner = c.first() == Some(&name);
-                    c.remove(&name);
+                    c.retain(|n| *n != name);
                     match c.first() {
                         Some(next) if was_owner => {
                             moved.insert(next.clone());
@@ -471,7 +523,9 @@ impl Engine {
             for k in new.difference(&old) {
                 let c = self.claims.entry(*k).or_default();
                 let before = c.first().cloned();
-                c.insert(name.clone());
+                if let Err(at) = c.binary_search(&name) {
+                    c.insert(at, name.clone());
+                }
                 if let Some(prev) = before
                     && c.first() == Some(&name)
                 {
@@ -497,14 +551,16 @@ impl Engine {
         let rendered = work.len();
         let mut removed_names = Vec::new();
         let mut added_names = Vec::new();
-        let empty_s = HashMap::new();
-        let empty_b = HashMap::new();
+        let empty_s = IdMap::empty();
+        let empty_b = IdMap::empty();
         for (name, model) in work {
             let old = self.fragments.remove(&name);
             if let Some(o) = &old {
-                merge(&mut before, &o.state);
+                if ops {
+                    merge(&mut before, &o.state);
+                }
                 self.count_node_ports(&o.state, false);
-                removed_names.extend(o.service_ids.values().map(|id| (*id, None)));
+                removed_names.extend(o.service_ids.iter().map(|(_, id)| (*id, None)));
             }
             let new = model.map(|model| {
                 let claims = &self.claims;
@@ -527,34 +583,36 @@ impl Engine {
                 render_service(&model, &self.node, &mut ids, &denied, &mut state);
                 let (service_ids, backend_ids) = (ids.services, ids.backends);
                 Fragment {
-                    wanted: wanted_frontends(&model),
+                    wanted: wanted_frontends(&model).into_boxed_slice(),
                     model,
-                    state,
-                    service_ids,
-                    backend_ids,
+                    state: Entries::from_state(state),
+                    service_ids: IdMap::from_map(service_ids),
+                    backend_ids: IdMap::from_map(backend_ids),
                 }
             });
             // Ids the old fragment held and the new one does not are freed after the apply.
             if let Some(o) = &old {
-                for (ident, id) in &o.service_ids {
+                for (ident, id) in o.service_ids.iter() {
                     if new
                         .as_ref()
-                        .is_none_or(|n| n.service_ids.get(ident) != Some(id))
+                        .is_none_or(|n| n.service_ids.get(ident) != Some(*id))
                     {
                         self.service_pool.free_later(u32::from(*id));
                     }
                 }
-                for (ident, id) in &o.backend_ids {
+                for (ident, id) in o.backend_ids.iter() {
                     if new
                         .as_ref()
-                        .is_none_or(|n| n.backend_ids.get(ident) != Some(id))
+                        .is_none_or(|n| n.backend_ids.get(ident) != Some(*id))
                     {
                         self.backend_pool.free_later(*id);
                     }
                 }
             }
             if let Some(n) = new {
-                merge(&mut after, &n.state);
+                if ops {
+                    merge(&mut after, &n.state);
+                }
                 self.count_node_ports(&n.state, true);
                 added_names.extend(
                     fragment_names(&name, &n)
@@ -570,7 +628,11 @@ impl Engine {
         after.node_config = self.node_config();
         removed_names.extend(added_names);
         Update {
-            ops: plan(&before, &after),
+            ops: if ops {
+                plan(&before, &after)
+            } else {
+                Vec::new()
+            },
             rendered,
             names: removed_names,
         }

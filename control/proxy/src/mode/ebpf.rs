@@ -364,8 +364,8 @@ impl Proxier for EbpfProxier {
         let ops = plan(&actual, &want);
         let st = apply(&mut self.maps, &ops)?;
         self.engine.commit();
-        // Operations beyond what the engine's own changes explain are drift.
-        let repaired = ops.len().saturating_sub(up.ops.len());
+        // With no service changed since the last sync, every operation repairs drift.
+        let repaired = if up.rendered == 0 { ops.len() } else { 0 };
         if repaired > 0 {
             info!(entries = repaired, "full sync repaired map entries");
         }
