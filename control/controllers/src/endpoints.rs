@@ -1,8 +1,8 @@
 //! The endpoints controller: one Endpoints object per Service with a selector, listing the
 //! ready and not-ready addresses of the selected pods with their resolved target ports.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
@@ -141,6 +141,78 @@ pub fn compute_subsets(svc: &Service, pods: &[Arc<Pod>]) -> Vec<EndpointSubset> 
         .collect()
 }
 
+/// The annotation carrying the time of the change (a pod's readiness, the Service's creation)
+/// that triggered an Endpoints update; proxies derive network programming latency from it.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// What a service's last reconcile saw.
+#[derive(Debug, Default)]
+struct TriggerState {
+    service: Option<jiff::Timestamp>,
+    pods: HashMap<String, jiff::Timestamp>,
+}
+
+/// Kubernetes' `TriggerTimeTracker`: the trigger time of an Endpoints update is the earliest
+/// of the changes not yet reflected in it, a change being a selected pod whose `Ready`
+/// condition moved (`lastTransitionTime`) or the Service's creation, compared with what the
+/// previous reconcile of the same Service saw.
+#[derive(Debug, Default)]
+pub struct TriggerTimeTracker {
+    states: Mutex<HashMap<String, TriggerState>>,
+}
+
+/// A pod's trigger time: when its `Ready` condition last changed.
+fn pod_trigger_time(pod: &Pod) -> Option<jiff::Timestamp> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")?
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
+}
+
+impl TriggerTimeTracker {
+    /// The trigger time for the Service `key` given the pods it selects; `None` when nothing
+    /// changed since the previous call. Records what it saw.
+    pub fn compute(&self, key: &str, svc: &Service, pods: &[&Pod]) -> Option<jiff::Timestamp> {
+        let Ok(mut states) = self.states.lock() else {
+            return None;
+        };
+        let state = states.entry(key.to_owned()).or_default();
+        let mut min: Option<jiff::Timestamp> = None;
+        let mut seen = HashMap::with_capacity(pods.len());
+        for pod in pods {
+            let Some(t) = pod_trigger_time(pod) else {
+                continue;
+            };
+            let name = pod.name().to_owned();
+            if state.pods.get(&name).is_none_or(|prev| t > *prev) {
+                min = Some(min.map_or(t, |m| m.min(t)));
+            }
+            seen.insert(name, t);
+        }
+        let svc_time = svc.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if let Some(t) = svc_time
+            && state.service.is_none_or(|prev| t > prev)
+        {
+            min = Some(min.map_or(t, |m| m.min(t)));
+        }
+        state.pods = seen;
+        state.service = svc_time;
+        min
+    }
+
+    /// The Service is gone.
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut s) = self.states.lock() {
+            s.remove(key);
+        }
+    }
+}
+
 /// The endpoints controller.
 #[derive(Clone)]
 pub struct EndpointsController {
@@ -149,6 +221,7 @@ pub struct EndpointsController {
     pods: Store<Pod>,
     endpoints: Store<Endpoints>,
     queue: WorkQueue<String>,
+    triggers: Arc<TriggerTimeTracker>,
 }
 
 impl EndpointsController {
@@ -165,6 +238,7 @@ impl EndpointsController {
             pods,
             endpoints,
             queue: WorkQueue::new(),
+            triggers: Arc::new(TriggerTimeTracker::default()),
         }
     }
 
@@ -213,6 +287,7 @@ impl Reconciler for EndpointsController {
         let (ns, name) = split_key(key);
         let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
         let Some(svc) = self.services.get(ns, name) else {
+            self.triggers.forget(key);
             // The Service is gone: so are its Endpoints. The cache may lag behind a Service
             // created just now, so the apiserver has the last word.
             if self.endpoints.get(ns, name).is_some() {
@@ -241,6 +316,20 @@ impl Reconciler for EndpointsController {
         }
         let pods = self.pods.filter(|p| p.namespace() == ns);
         let subsets = compute_subsets(&svc, &pods);
+        let selected: Vec<&Pod> = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .map(|sel| {
+                pods.iter()
+                    .map(|p| &**p)
+                    .filter(|p| selector_matches(sel, p.metadata.labels.as_ref()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Computed on every reconcile, as Kubernetes does, so the tracker follows the pods even
+        // when the Endpoints need no update.
+        let trigger = self.triggers.compute(key, &svc, &selected);
         let labels = svc.metadata.labels.clone();
         let current = self.endpoints.get(ns, name);
         if let Some(cur) = &current {
@@ -258,10 +347,22 @@ impl Reconciler for EndpointsController {
             },
             subsets: Some(subsets),
         };
+        let mut annotations = current
+            .as_ref()
+            .and_then(|c| c.metadata.annotations.clone())
+            .unwrap_or_default();
+        match trigger {
+            Some(t) => {
+                annotations.insert(LAST_CHANGE_TRIGGER_TIME.to_owned(), t.to_string());
+            }
+            None => {
+                annotations.remove(LAST_CHANGE_TRIGGER_TIME);
+            }
+        }
+        ep.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
         match current {
             Some(cur) => {
                 ep.metadata.resource_version = cur.metadata.resource_version.clone();
-                ep.metadata.annotations = cur.metadata.annotations.clone();
                 match api.replace(name, &ep).await {
                     Ok(_) => Ok(None),
                     // A stale cache: the watch brings the newer version and requeues us.
@@ -374,6 +475,50 @@ mod tests {
         assert_eq!(subsets.len(), 1);
         assert!(subsets[0].ports.is_none());
         assert_eq!(subsets[0].addresses.as_ref().map(Vec::len), Some(1));
+    }
+
+    fn with_ready_at(pod: &Pod, secs: i64) -> Pod {
+        let mut p = pod.clone();
+        if let Some(c) = p
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .and_then(|c| c.iter_mut().find(|c| c.type_ == "Ready"))
+        {
+            c.last_transition_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(secs).expect("timestamp"),
+            ));
+        }
+        p
+    }
+
+    #[test]
+    fn trigger_time_is_the_earliest_unseen_change_as_kubernetes_computes_it() {
+        let t = TriggerTimeTracker::default();
+        let mut s = svc(json!({}));
+        s.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::from_second(1_000).expect("timestamp"),
+        ));
+        let a = with_ready_at(&pod("a", "10.0.0.1", true, Some(80)), 1_100);
+        let b = with_ready_at(&pod("b", "10.0.0.2", true, Some(80)), 1_200);
+        let ts = |secs| Some(jiff::Timestamp::from_second(secs).expect("timestamp"));
+        // First sight: the service's creation is the earliest change.
+        assert_eq!(t.compute("default/web", &s, &[&a, &b]), ts(1_000));
+        // Nothing new.
+        assert_eq!(t.compute("default/web", &s, &[&a, &b]), None);
+        // b turns ready again later, a new pod c appears: the earliest of the two.
+        let b2 = with_ready_at(&b, 1_500);
+        let c = with_ready_at(&pod("c", "10.0.0.3", true, Some(80)), 1_400);
+        assert_eq!(t.compute("default/web", &s, &[&a, &b2, &c]), ts(1_400));
+        // A pod without a Ready condition never triggers.
+        let mut d = (*pod("d", "10.0.0.4", false, Some(80))).clone();
+        if let Some(st) = d.status.as_mut() {
+            st.conditions = None;
+        }
+        assert_eq!(t.compute("default/web", &s, &[&a, &b2, &c, &d]), None);
+        // Forgotten with the service: everything is new again.
+        t.forget("default/web");
+        assert_eq!(t.compute("default/web", &s, &[&a]), ts(1_000));
     }
 
     #[test]

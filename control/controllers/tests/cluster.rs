@@ -267,12 +267,41 @@ async fn endpoints_follow_readiness_and_named_ports() {
             .then_some(())
     })
     .await;
+    // Condition times have second resolution: the flip back must be a later second to count
+    // as a new change for the trigger time.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     kubelet.set_ready("default/web-2", true);
     eventually("web-2 ready again", || async {
         let e = eps.get_opt("web").await.expect("get endpoints")?;
         (summary(&e).0.len() == 2).then_some(())
     })
     .await;
+    // The update carries the time of the readiness change that triggered it.
+    let e = eps
+        .get_opt("web")
+        .await
+        .expect("get endpoints")
+        .expect("endpoints");
+    let trigger: jiff::Timestamp = e
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(xkube_controllers::endpoints::LAST_CHANGE_TRIGGER_TIME))
+        .unwrap_or_else(|| panic!("no trigger time annotation on {:?}", e.metadata))
+        .parse()
+        .expect("an RFC 3339 trigger time");
+    let created = svcs
+        .get("web")
+        .await
+        .expect("service")
+        .metadata
+        .creation_timestamp
+        .expect("creation timestamp")
+        .0;
+    assert!(
+        trigger > created,
+        "a pod's readiness, not the Service's creation"
+    );
 
     // Headless services get Endpoints too.
     let headless: Service = serde_json::from_value(json!({

@@ -6,7 +6,8 @@
 //! previous run rewrote, which would measure a different path), median and mean over
 //! `CALLS` invocations. The flow's conntrack entry exists (the first call creates it), so the
 //! service rows are the established-flow path; "not a service" is what every other packet on
-//! the uplink pays. Absolute times are machine-specific; compare rows within one run.
+//! the uplink pays: to the node itself (no map lookup when no frontend uses the node address
+//! and the port is no NodePort) and in transit to another address (one lookup). Absolute times are machine-specific; compare rows within one run.
 //!
 //! `sudo cargo bench -p xkube-proxy --bench datapath` (writes a Markdown table to stdout).
 
@@ -93,9 +94,9 @@ fn main() {
     let ns = NetNs::unique("xkbench").unwrap_or_else(|e| panic!("namespace: {e}"));
     let client = Endpoint::new(Ipv4Addr::new(198, 18, 0, 100), 40000);
     println!(
-        "| frontends | bare XDP_PASS | XDP uplink: ClusterIP from outside (SNAT, established) | XDP uplink: not a service | tc pod ingress: ClusterIP (established) | maps written in |"
+        "| frontends | bare XDP_PASS | XDP uplink: ClusterIP from outside (SNAT, established) | XDP uplink: not a service (to the node) | XDP uplink: not a service (transit) | tc pod ingress: ClusterIP (established) | maps written in |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     // The 16-bit service id caps service ports at 65,535 (as in Cilium), so 100k frontends are
     // 50k services with a ClusterIP and an externalIP each.
     for (frontends, n, external) in [
@@ -119,6 +120,9 @@ fn main() {
         let vip = Endpoint::new(target, 80);
         let to_service = Frame::tcp(client, vip, tcp_flags::ACK, b"0123456789").build();
         let foreign = Frame::tcp(client, Endpoint::new(NODE, 22), tcp_flags::ACK, b"x").build();
+        // To an address that is neither the node, a pod nor a frontend (one map lookup).
+        let transit = Endpoint::new(Ipv4Addr::new(198, 18, 0, 200), 443);
+        let transit = Frame::tcp(client, transit, tcp_flags::ACK, b"x").build();
         let pod = Endpoint::new(Ipv4Addr::new(10, 244, 1, 5), 41000);
         let from_pod = Frame::tcp(pod, vip, tcp_flags::ACK, b"0123456789").build();
 
@@ -142,13 +146,15 @@ fn main() {
         let pass = run(programs::XDP_PASS, true, &foreign);
         let svc = run(programs::XDP_UPLINK, true, &to_service);
         let other = run(programs::XDP_UPLINK, true, &foreign);
+        let through = run(programs::XDP_UPLINK, true, &transit);
         let tc = run(programs::TC_POD_INGRESS, false, &from_pod);
         let fmt = |s: &Stats| format!("{:.0} ns ({:.0} mean)", s.median, s.mean);
         println!(
-            "| {frontends} | {} | {} | {} | {} | {:.2} s |",
+            "| {frontends} | {} | {} | {} | {} | {} | {:.2} s |",
             fmt(&pass),
             fmt(&svc),
             fmt(&other),
+            fmt(&through),
             fmt(&tc),
             write.as_secs_f64()
         );

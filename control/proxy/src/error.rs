@@ -57,6 +57,10 @@ pub enum Error {
     Join(#[source] tokio::task::JoinError),
     #[error("dataplane writer lost its map handles")]
     WriterLostMaps,
+    #[error("the sync loop lost its proxier (a sync task panicked)")]
+    ProxierLost,
+    #[error("--{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

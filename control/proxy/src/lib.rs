@@ -1,17 +1,29 @@
 //! The xkube service proxy.
 //!
+//! - [`model`]: the mode-neutral service model (Service + Endpoints/EndpointSlices -> service
+//!   ports, frontends, endpoints), built per changed object by its change tracker;
+//! - [`mode`]: the seam every proxy mode implements ([`mode::Proxier`]), `--proxy-mode`, and
+//!   per-mode cleanup; [`mode::ebpf`] is the eBPF mode;
+//! - [`sync`]: the mode-independent sync loop (`--min-sync-period`, `--sync-period`, partial
+//!   and full syncs) and [`metrics`], kube-proxy's metric names;
+//! - [`dataplane`]: the eBPF mode's map contents: rendering a model into map entries (pure),
+//!   the incremental engine, the ordered diff, the map I/O and conntrack GC;
 //! - [`ebpf`]: the object built from `dataplane-ebpf/programs`, its loader/attacher with
 //!   per-node pins ([`ebpf::datapath`]), the uplink probe, packet crafting and a
 //!   `BPF_PROG_TEST_RUN` harness;
-//! - [`dataplane`]: Services/Endpoints -> desired map contents (pure), the ordered diff and the
-//!   single writer task with conntrack GC;
-//! - [`agent`]: `xkube proxy`, which feeds the writer from the apiserver and serves metrics.
+//! - [`agent`]: `xkube proxy`, which feeds the sync loop from the apiserver and serves metrics
+//!   and health.
 //!
-//! The iptables and userspace modes are not written yet.
+//! The iptables, nftables and userspace modes are not written yet; they plug in as further
+//! [`mode::ProxyMode`] variants implementing [`mode::Proxier`] and [`mode::cleanup`].
 
 pub mod agent;
 pub mod dataplane;
 pub mod ebpf;
 pub mod error;
+pub mod metrics;
+pub mod mode;
+pub mod model;
+pub mod sync;
 
 pub use error::{Error, Result};

@@ -74,6 +74,9 @@ impl Fixture {
                 snat_port_max: 65535,
                 uplink_ifindex: 2,
                 hairpin_addr: a(Ipv4Addr::new(10, 244, 1, 1)),
+                flags: 0,
+                node_port_min: 30000,
+                node_port_max: 32767,
             },
             0,
         )
@@ -153,6 +156,20 @@ impl Fixture {
             0,
         )
         .expect("frontend");
+    }
+
+    /// Changes the node config entry.
+    fn node_config(&mut self, f: impl FnOnce(&mut NodeConfig)) {
+        let mut cfg: Array<&mut MapData, NodeConfig> = Array::try_from(
+            self.dp
+                .ebpf_mut()
+                .map_mut(NODE_CONFIG)
+                .expect("node config map"),
+        )
+        .expect("array");
+        let mut c = cfg.get(&0, 0).expect("read node config");
+        f(&mut c);
+        cfg.set(0, c, 0).expect("write node config");
     }
 
     fn remove_backend(&mut self, id: u32) {
@@ -556,4 +573,60 @@ fn privileged_xdp_passes_foreign_traffic_untouched() {
     let run = f.xdp(&frame);
     assert_eq!(xdp_action::name(run.action), "XDP_PASS");
     assert_eq!(run.packet, frame);
+}
+
+#[test]
+fn privileged_xdp_node_address_fast_path_follows_the_node_config() {
+    use xkube_common::lb::{NODE_F_FRONTEND_ON_NODE, SVC_F_EXTERNAL_IP};
+    let mut f = Fixture::new();
+    let backend = ep([10, 244, 1, 5], 8443);
+    // An externalIP on the node's own address, on a port that is no NodePort.
+    f.service(
+        ep(NODE, 443),
+        IPPROTO_TCP,
+        SVC_F_EXTERNAL_IP | SVC_F_SNAT_REMOTE,
+        9,
+        &[Backendspec {
+            id: 90,
+            at: backend,
+            local: true,
+        }],
+    );
+    let frame = syn(ep(CLIENT, 40001), ep(NODE, 443));
+    let run = f.xdp(&frame);
+    assert_eq!(xdp_action::name(run.action), "XDP_PASS");
+    assert_eq!(
+        run.packet, frame,
+        "without NODE_F_FRONTEND_ON_NODE, traffic to the node address is the node's own"
+    );
+    f.node_config(|c| c.flags |= NODE_F_FRONTEND_ON_NODE);
+    let run = f.xdp(&frame);
+    assert_eq!(xdp_action::name(run.action), "XDP_PASS");
+    assert_eq!(
+        parsed(&run).dst,
+        backend,
+        "with the flag the frontend is looked up"
+    );
+
+    // A NodePort outside the configured range is not looked up; inside it, it is.
+    f.service(
+        ep([0, 0, 0, 0], 29000),
+        IPPROTO_TCP,
+        SVC_F_NODE_PORT | SVC_F_SNAT_REMOTE,
+        10,
+        &[Backendspec {
+            id: 100,
+            at: backend,
+            local: true,
+        }],
+    );
+    let frame = syn(ep(CLIENT, 40002), ep(NODE, 29000));
+    let run = f.xdp(&frame);
+    assert_eq!(
+        run.packet, frame,
+        "29000 is below the NodePort range 30000-32767"
+    );
+    f.node_config(|c| c.node_port_min = 29000);
+    let run = f.xdp(&frame);
+    assert_eq!(parsed(&run).dst, backend, "inside the range");
 }

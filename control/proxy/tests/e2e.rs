@@ -701,3 +701,116 @@ fn privileged_e2e_teardown_leaves_no_program_link_or_pin() {
         "NodePort still served after teardown"
     );
 }
+
+#[test]
+fn privileged_e2e_the_sync_loop_repairs_a_map_entry_deleted_by_hand_within_one_sync_period() {
+    use xkube_common::lb::{IPPROTO_TCP, SCOPE_DEFAULT, ServiceKey};
+    use xkube_proxy::{
+        metrics::ProxyMetrics,
+        mode::ebpf::EbpfProxier,
+        sync::{Input, SyncConfig, SyncLoop},
+    };
+    let mut fx = Fixture::new();
+    let svc = Arc::new(service("web", json!({})));
+    let ep = Arc::new(fx.endpoints("web", &["pod-1a", "pod-2a"]));
+    let period = Duration::from_secs(1);
+    let (maps, ctx, pin_dir) = {
+        let n = &mut fx.nodes[0];
+        (
+            n.maps.take().expect("maps"),
+            n.ctx.clone(),
+            n.pin_dir.clone(),
+        )
+    };
+    let proxier = EbpfProxier::new(maps, ctx, None).expect("eBPF mode over the node's maps");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let metrics = Arc::new(ProxyMetrics::new());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = SyncConfig {
+        min_sync_period: Duration::from_millis(10),
+        sync_period: period,
+    };
+    let task = rt
+        .spawn(SyncLoop::new(Box::new(proxier), config, metrics.clone()).run(rx, shutdown.clone()));
+    rt.block_on(tx.send(Input::Relist {
+        services: vec![svc],
+        endpoints: vec![ep],
+    }))
+    .expect("send");
+
+    // A second handle on node1's maps, as an operator with bpftool would have.
+    let mut hand = Maps::from_pins(&pin_dir.join("maps")).expect("maps from pins");
+    let frontend = ServiceKey {
+        addr: u32::from_ne_bytes(VIP.octets()),
+        port: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        scope: SCOPE_DEFAULT,
+        slot: 0,
+        _pad: 0,
+    };
+    let present = |m: &Maps| m.services.get(&frontend, 0).is_ok();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !present(&hand) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(present(&hand), "the sync loop programmed the service");
+    let to = SocketAddrV4::new(node_addr(0), NODE_PORT);
+    fx.tcp_from_client(to).expect("served through node1");
+
+    hand.services
+        .remove(&frontend)
+        .expect("delete the ClusterIP frontend by hand");
+    let removed_at = Instant::now();
+    assert!(!present(&hand), "gone");
+    // Bounded wait: one sync period plus a second of slack.
+    while !present(&hand) && removed_at.elapsed() < period + Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        present(&hand),
+        "the full sync restored the frontend within one sync period"
+    );
+    println!("repaired after {:?}", removed_at.elapsed());
+    fx.tcp_from_client(to).expect("served again");
+
+    shutdown.cancel();
+    let back = rt.block_on(task).expect("join");
+    assert!(back.is_ok(), "the loop stopped cleanly");
+    assert!(metrics.syncs() >= 2, "an initial and a repairing full sync");
+}
+
+#[test]
+fn privileged_e2e_cleanup_of_every_mode_removes_the_ebpf_state() {
+    use xkube_proxy::mode::{CleanupContext, ProxyMode, cleanup_all, cleanup_other_modes};
+    let mut fx = Fixture::new();
+    fx.apply(
+        &[service("web", json!({}))],
+        &[fx.endpoints("web", &["pod-1a"])],
+    );
+    let n = &mut fx.nodes[0];
+    n.maps = None;
+    n.dp = None;
+    let ctx = CleanupContext {
+        node_name: n.ns.name().to_owned(),
+        bpf_root: PathBuf::from(datapath::PIN_ROOT),
+    };
+    assert_eq!(ctx.bpf_root.join(&ctx.node_name), n.pin_dir);
+    cleanup_other_modes(ProxyMode::Ebpf, &ctx).expect("no other mode to clean");
+    assert!(
+        n.pin_dir.exists(),
+        "starting in the eBPF mode keeps its own state"
+    );
+    assert!(n.ns.xdp_attached("eth0").expect("query xdp"));
+    cleanup_all(&ctx).expect("cleanup");
+    assert!(!n.pin_dir.exists(), "{} left behind", n.pin_dir.display());
+    assert!(
+        !n.ns.xdp_attached("eth0").expect("query xdp"),
+        "XDP left attached"
+    );
+    cleanup_all(&ctx).expect("cleanup is idempotent");
+}

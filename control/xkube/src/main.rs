@@ -134,6 +134,9 @@ struct AgentArgs {
     /// cgroup (the local cluster puts each node's agent and pods in one).
     #[arg(long, env = "XKUBE_PROXY_CGROUP")]
     proxy_cgroup: Option<std::path::PathBuf>,
+    /// Proxy sync timing (--min-sync-period, --sync-period).
+    #[command(flatten)]
+    proxy_sync: xkube_proxy::agent::SyncOptions,
 }
 
 /// Parses an `Args` struct from no arguments: its defaults (and environment).
@@ -269,14 +272,16 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
             .cluster_cidr
             .parse()
             .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
-        uplink: args.uplink,
-        xdp_mode: args.xdp_mode,
-        cgroup: args.proxy_cgroup,
-        pod_bridge: "cbr0".into(),
-        bpf_root: xkube_proxy::ebpf::datapath::PIN_ROOT.into(),
         metrics_bind_address: args.proxy_metrics_bind_address,
         healthz_bind_address: args.proxy_healthz_bind_address,
         cleanup: false,
+        sync: args.proxy_sync,
+        ebpf: xkube_proxy::mode::ebpf::EbpfOptions {
+            uplink: args.uplink,
+            xdp_mode: args.xdp_mode,
+            cgroup: args.proxy_cgroup,
+            ..Default::default()
+        },
     };
     let client = ClientArgs {
         kubeconfig: args

@@ -176,8 +176,23 @@ pub struct NodeConfig {
     /// Source address for hairpin traffic (a pod reaching itself through its service): the
     /// pod bridge's address, network order.
     pub hairpin_addr: u32,
+    /// `NODE_F_*`.
+    pub flags: u32,
+    /// The lowest and highest NodePort programmed, host order (`min > max`: none). Packets to
+    /// the node on other ports skip the NodePort lookup.
+    pub node_port_min: u16,
+    pub node_port_max: u16,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);
+
+/// The node has addresses besides `node_addr` (in `XKUBE_LOCAL_ADDRS`): a NodePort on another
+/// destination needs the local-address lookup. Without it, the uplink decides a packet for
+/// neither a frontend nor a translated flow with one map lookup.
+pub const NODE_F_EXTRA_ADDRS: u32 = 1 << 0;
+/// Some exact frontend (an externalIP, a LoadBalancer IP) is a node address. Without it, a
+/// packet to the node's address on a port that is neither a NodePort nor a SNAT port is for
+/// the node itself: the uplink passes it without any map lookup.
+pub const NODE_F_FRONTEND_ON_NODE: u32 = 1 << 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

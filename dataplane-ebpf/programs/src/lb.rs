@@ -2,7 +2,8 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use xkube_common::lb::{
-    AffinityKey, AffinityValue, Backend, LOCAL_F_NODE, MAGLEV_TABLE_SIZE, MaglevKey, SCOPE_DEFAULT,
+    AffinityKey, AffinityValue, Backend, LOCAL_F_NODE, MAGLEV_TABLE_SIZE, MaglevKey,
+    NODE_F_EXTRA_ADDRS, NodeConfig, SCOPE_DEFAULT,
     SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
     flow_hash,
 };
@@ -55,6 +56,44 @@ pub fn lookup(addr: u32, port: u16, proto: u8, origin: Origin) -> Option<Fronten
         key.scope = SCOPE_INTERNAL;
         svc = unsafe { XKUBE_SERVICES.get(&key) }.copied()?;
     }
+    Some(Frontend { key, svc })
+}
+
+/// [`lookup`] for traffic arriving on the uplink, where most packets are for no service: one
+/// map lookup for the exact frontend; a NodePort lookup only for a port in the range of
+/// programmed NodePorts and a destination that is the node's address (known from the config,
+/// no lookup) or one of its other addresses (a local-address lookup, only on nodes with
+/// several addresses).
+#[inline(always)]
+pub fn lookup_external(addr: u32, port: u16, proto: u8, cfg: &NodeConfig) -> Option<Frontend> {
+    let mut key = ServiceKey {
+        addr,
+        port,
+        proto,
+        scope: SCOPE_DEFAULT,
+        slot: 0,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out immediately; entries are only replaced whole.
+    if let Some(svc) = unsafe { XKUBE_SERVICES.get(&key) }.copied() {
+        return Some(Frontend { key, svc });
+    }
+    let hport = u16::from_be(port);
+    if hport < cfg.node_port_min || hport > cfg.node_port_max {
+        return None;
+    }
+    let node = addr == cfg.node_addr
+        || (cfg.flags & NODE_F_EXTRA_ADDRS != 0
+            && unsafe { XKUBE_LOCAL_ADDRS.get(&addr) }
+                .copied()
+                .unwrap_or(0)
+                & LOCAL_F_NODE
+                != 0);
+    if !node {
+        return None;
+    }
+    key.addr = 0;
+    let svc = unsafe { XKUBE_SERVICES.get(&key) }.copied()?;
     Some(Frontend { key, svc })
 }
 

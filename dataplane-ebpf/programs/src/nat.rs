@@ -79,10 +79,39 @@ fn ct_key(t: &Tuple, dir: u8) -> CtKey {
     }
 }
 
+/// Whether `addr` is in this node's pod CIDR (false when the node has none).
+#[inline(always)]
+pub fn in_pod_cidr(addr: u32, cfg: &NodeConfig) -> bool {
+    cfg.pod_cidr_len != 0 && in_cidr(addr, cfg.pod_cidr, cfg.pod_cidr_len)
+}
+
 /// The forward path: a packet from a client, maybe to a service.
 #[inline(always)]
 pub fn forward(t: &Tuple, origin: Origin, cfg: &NodeConfig) -> Forward {
     let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(f) = established(t, now) {
+        return f;
+    }
+    let Some(fe) = lb::lookup(t.daddr, t.dport, t.proto, origin) else {
+        return Forward::NotService;
+    };
+    new_flow(t, &fe, origin, cfg, now)
+}
+
+/// The forward path for a packet already known to be for frontend `fe` (the uplink looks the
+/// frontend up first, so that other packets cost one lookup).
+#[inline(always)]
+pub fn forward_to(t: &Tuple, fe: &lb::Frontend, origin: Origin, cfg: &NodeConfig) -> Forward {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(f) = established(t, now) {
+        return f;
+    }
+    new_flow(t, fe, origin, cfg, now)
+}
+
+/// A packet of a flow in conntrack whose backend still exists.
+#[inline(always)]
+fn established(t: &Tuple, now: u64) -> Option<Forward> {
     let fkey = ct_key(t, CT_DIR_FORWARD);
     if let Some(ct) = XKUBE_CONNTRACK.get_ptr_mut(&fkey) {
         // SAFETY: a valid map value pointer; fields are plain integers.
@@ -90,21 +119,25 @@ pub fn forward(t: &Tuple, origin: Origin, cfg: &NodeConfig) -> Forward {
         if let Some(b) = lb::backend(v.backend_id, v.rev_nat_id) {
             unsafe { (*ct).last_seen = now };
             let snat = v.flags & CT_F_SNAT != 0;
-            return Forward::Translate(Rewrite {
+            return Some(Forward::Translate(Rewrite {
                 saddr: if snat { v.nat_addr } else { t.saddr },
                 sport: if snat { v.nat_port } else { t.sport },
                 daddr: b.addr,
                 dport: b.port,
                 local: b.flags & BACKEND_F_LOCAL != 0,
                 rev_nat_id: v.rev_nat_id,
-            });
+            }));
         }
         // The backend went away: forget the flow and choose again.
         let _ = XKUBE_CONNTRACK.remove(&fkey);
     }
-    let Some(fe) = lb::lookup(t.daddr, t.dport, t.proto, origin) else {
-        return Forward::NotService;
-    };
+    None
+}
+
+/// A new flow to frontend `fe`: select a backend, create the conntrack entries.
+#[inline(always)]
+fn new_flow(t: &Tuple, fe: &lb::Frontend, origin: Origin, cfg: &NodeConfig, now: u64) -> Forward {
+    let fkey = ct_key(t, CT_DIR_FORWARD);
     let id = fe.svc.rev_nat_id;
     let flow = Flow {
         client: t.saddr,
@@ -114,7 +147,7 @@ pub fn forward(t: &Tuple, origin: Origin, cfg: &NodeConfig) -> Forward {
         dport: t.dport,
         proto: t.proto,
     };
-    let Some((backend_id, b)) = lb::select(&fe, &flow) else {
+    let Some((backend_id, b)) = lb::select(fe, &flow) else {
         lb::count(id, Count::Rejected);
         return Forward::Reject;
     };

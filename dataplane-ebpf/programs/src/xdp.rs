@@ -19,10 +19,10 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use xkube_common::lb::NodeConfig;
+use xkube_common::lb::{NODE_F_FRONTEND_ON_NODE, NodeConfig};
 
 use crate::{
-    lb::Origin,
+    lb::{self, Origin},
     nat::{self, Forward, Reply, ReplyAt, Rewrite, Tuple},
     net::{
         self, ETH_HDR_LEN, ETH_P_IP, IP_HDR_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4_OFF,
@@ -73,15 +73,42 @@ fn try_uplink(ctx: &XdpContext) -> Result<u32, ()> {
         dport: load(ctx, L4_OFF + 2)?,
         proto,
     };
+    // The node config is an array entry (the verifier inlines that lookup). With it, a packet
+    // for neither a frontend nor a translated flow costs one hash lookup:
+    // - replies of translated flows come back either SNATed, to the node address on a SNAT
+    //   port, or to this node's pod CIDR (flows of local pods translated by tc): only those
+    //   are looked up in conntrack; pod addresses are never frontends;
+    // - packets to the node address on other ports need no lookup at all unless a NodePort
+    //   or an exact frontend could match (both known from the config);
+    // - anything else is looked up as a frontend (exact, then NodePort on node addresses).
     let Some(cfg) = nat::node_config() else {
         return Ok(XDP_PASS);
     };
-    if let Reply::Translate(rw) = nat::reply(&t, ReplyAt::UplinkIngress) {
-        rewrite(ctx, &t, &rw)?;
-        count(ctx, rw.rev_nat_id);
-        return Ok(next_hop(ctx, &rw, proto));
+    let to_node = t.daddr == cfg.node_addr;
+    let dport = u16::from_be(t.dport);
+    let snat_port = dport >= cfg.snat_port_min && dport <= cfg.snat_port_max;
+    let to_pod = !to_node && nat::in_pod_cidr(t.daddr, &cfg);
+    if (to_node && snat_port) || to_pod {
+        if let Reply::Translate(rw) = nat::reply(&t, ReplyAt::UplinkIngress) {
+            rewrite(ctx, &t, &rw)?;
+            count(ctx, rw.rev_nat_id);
+            return Ok(next_hop(ctx, &rw, proto));
+        }
+        if to_pod {
+            return Ok(XDP_PASS);
+        }
     }
-    match nat::forward(&t, Origin::External, &cfg) {
+    if to_node
+        && cfg.flags & NODE_F_FRONTEND_ON_NODE == 0
+        && (dport < cfg.node_port_min || dport > cfg.node_port_max)
+    {
+        // For the node itself (ssh, the kubelet, ...): no frontend can match.
+        return Ok(XDP_PASS);
+    }
+    let Some(fe) = lb::lookup_external(t.daddr, t.dport, proto, &cfg) else {
+        return Ok(XDP_PASS);
+    };
+    match nat::forward_to(&t, &fe, Origin::External, &cfg) {
         Forward::NotService => Ok(XDP_PASS),
         Forward::Reject => reject(ctx, &t, &cfg),
         Forward::Translate(rw) => {

@@ -5,103 +5,31 @@
 //! restarts, see [`Ids::from_actual`]) so an unchanged Service produces identical map entries
 //! and the writer's diff is empty.
 //!
-//! Semantics follow kube-proxy: one service id per (ClusterIP, port, protocol); every frontend of
-//! that service port (ClusterIP, NodePort, each externalIP, each LoadBalancer ingress IP) shares
-//! the id and the backends; ready endpoint addresses only; `sessionAffinity: ClientIP`;
-//! `externalTrafficPolicy: Local` through two scopes; Maglev per service by annotation.
+//! Parsing is the [model](crate::model)'s, the per-service map entries are
+//! [`super::render`]'s (see there for the semantics).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    fmt,
     net::Ipv4Addr,
     ops::RangeInclusive,
-    str::FromStr,
     sync::Arc,
 };
 
-use k8s_openapi::api::core::v1::{EndpointSubset, Endpoints, Service};
-use tracing::{debug, error, warn};
+use k8s_openapi::api::core::v1::{Endpoints, Service};
 use xkube_common::lb::{
-    BACKEND_F_LOCAL, Backend, IPPROTO_TCP, IPPROTO_UDP, LOCAL_F_NODE, NodeConfig, RevNat,
-    SCOPE_DEFAULT, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_EXTERNAL_IP,
-    SVC_F_LOAD_BALANCER, SVC_F_MAGLEV, SVC_F_NODE_PORT, SVC_F_SNAT_REMOTE, SVC_F_TWO_SCOPES,
-    ServiceKey, ServiceValue,
+    Backend, LOCAL_F_NODE, NODE_F_EXTRA_ADDRS, NODE_F_FRONTEND_ON_NODE, NodeConfig, RevNat,
+    SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey, ServiceValue,
 };
 
-use super::maglev::{self, MaglevBackend};
-
-/// Annotation choosing the backend selection algorithm of a Service: `maglev` or `random`
-/// (the default).
-pub const LB_ALGORITHM_ANNOTATION: &str = "service.xkube.io/lb-algorithm";
-/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
-pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
-/// `--cluster-cidr` default.
-pub const DEFAULT_CLUSTER_CIDR: Ipv4Cidr = Ipv4Cidr {
-    addr: Ipv4Addr::new(10, 244, 0, 0),
-    len: 16,
+use super::render::{IdSource, render_service};
+pub use crate::model::{
+    CidrParseError, DEFAULT_AFFINITY_TIMEOUT_SECONDS, DEFAULT_CLUSTER_CIDR, Ipv4Cidr,
+    LB_ALGORITHM_ANNOTATION,
 };
+use crate::model::{EndpointSource, ServiceName, build};
+
 /// Default SNAT source port range (above Linux's default ephemeral range 32768-60999).
 pub const DEFAULT_SNAT_PORTS: RangeInclusive<u16> = 61_000..=65_535;
-
-/// An IPv4 prefix, e.g. `10.244.1.0/24`. The address is stored masked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Cidr {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-impl Ipv4Cidr {
-    /// `addr/len` with the host bits cleared; `None` if `len > 32`.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
-        (len <= 32).then(|| Self {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(len)),
-            len,
-        })
-    }
-
-    fn mask(len: u8) -> u32 {
-        if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        }
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    pub fn prefix_len(&self) -> u8 {
-        self.len
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.len) == u32::from(self.addr)
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// A string that is not `a.b.c.d/len`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid IPv4 CIDR {0:?}: expected a.b.c.d/len")]
-pub struct CidrParseError(pub String);
-
-impl FromStr for Ipv4Cidr {
-    type Err = CidrParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || CidrParseError(s.to_owned());
-        let (addr, len) = s.split_once('/').ok_or_else(err)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
-        let len: u8 = len.parse().map_err(|_| err())?;
-        Self::new(addr, len).ok_or_else(err)
-    }
-}
 
 /// What the desired state needs to know about this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,15 +82,37 @@ impl NodeContext {
             snat_port_max: *self.snat_ports.end(),
             uplink_ifindex: self.uplink_ifindex,
             hairpin_addr: ne(self.hairpin_addr),
+            flags: if self
+                .node_addrs
+                .iter()
+                .any(|a| *a != self.node_addr && !a.is_unspecified())
+            {
+                NODE_F_EXTRA_ADDRS
+            } else {
+                0
+            },
+            node_port_min: 1,
+            node_port_max: 0,
         }
     }
+}
 
-    fn is_local(&self, ip: Ipv4Addr, node_name: Option<&str>) -> bool {
-        match node_name {
-            Some(n) if !n.is_empty() => n == self.node_name,
-            _ => self.pod_cidr.is_some_and(|c| c.contains(ip)),
+/// The range of NodePorts among `ports` (`(1, 0)`, an empty range, when there are none).
+pub fn node_port_range(ports: impl IntoIterator<Item = u16>) -> (u16, u16) {
+    ports.into_iter().fold((1, 0), |(lo, hi), p| {
+        if lo > hi {
+            (p, p)
+        } else {
+            (lo.min(p), hi.max(p))
         }
-    }
+    })
+}
+
+/// The NodePorts among frontend keys (slot 0, any address 0).
+pub fn node_ports<'a>(keys: impl IntoIterator<Item = &'a ServiceKey>) -> impl Iterator<Item = u16> {
+    keys.into_iter()
+        .filter(|k| k.slot == 0 && k.addr == 0 && k.scope == SCOPE_DEFAULT)
+        .map(|k| u16::from_be(k.port))
 }
 
 /// An address as stored in the maps (network order in a native `u32`).
@@ -526,367 +476,87 @@ impl Round<'_> {
     }
 }
 
+impl IdSource for Round<'_> {
+    fn service_id(&mut self, ident: ServiceIdent) -> Option<u16> {
+        self.service(ident)
+    }
+
+    fn backend_id(&mut self, ident: BackendIdent) -> Option<u32> {
+        self.backend(ident)
+    }
+}
+
+/// The node's own entries: its config and its addresses.
+pub fn node_entries(node: &NodeContext, state: &mut DesiredState) {
+    state.node_config = node.node_config();
+    state.local_addrs.clear();
+    for addr in node.node_addrs.iter().chain([&node.node_addr]) {
+        if !addr.is_unspecified() {
+            state.local_addrs.insert(ne(*addr), LOCAL_F_NODE);
+        }
+    }
+}
+
 /// Computes the desired map contents for `services` and their `endpoints` (matched by namespace
-/// and name) on the node described by `node`. Pure; see the module documentation.
+/// and name) on the node described by `node`, all at once, through the
+/// [model](crate::model). Pure; see the module documentation. The agent programs the maps
+/// incrementally ([`super::engine::Engine`]); this is the whole-state reference.
 pub fn desired(
     services: &[Service],
     endpoints: &[Endpoints],
     node: &NodeContext,
     ids: &mut Ids,
 ) -> DesiredState {
-    let mut state = DesiredState {
-        node_config: node.node_config(),
-        ..DesiredState::default()
-    };
-    for addr in node.node_addrs.iter().chain([&node.node_addr]) {
-        if !addr.is_unspecified() {
-            state.local_addrs.insert(ne(*addr), LOCAL_F_NODE);
-        }
-    }
-
-    let mut by_name: HashMap<(&str, &str), &Endpoints> = HashMap::with_capacity(endpoints.len());
+    let mut state = DesiredState::default();
+    node_entries(node, &mut state);
+    let mut by_name: HashMap<ServiceName, &Endpoints> = HashMap::with_capacity(endpoints.len());
     for ep in endpoints {
-        let key = (
-            ep.metadata.namespace.as_deref().unwrap_or("default"),
-            ep.metadata.name.as_deref().unwrap_or(""),
-        );
-        by_name.entry(key).or_insert(ep);
+        by_name.entry(ServiceName::of_endpoints(ep)).or_insert(ep);
     }
     // A deterministic order, so conflicting frontends resolve the same way on every call.
-    let mut sorted: Vec<(&str, &str, &Service)> = services
+    let mut sorted: Vec<(ServiceName, &Service)> = services
         .iter()
-        .map(|s| {
-            (
-                s.metadata.namespace.as_deref().unwrap_or("default"),
-                s.metadata.name.as_deref().unwrap_or(""),
-                s,
-            )
-        })
+        .map(|s| (ServiceName::of_service(s), s))
         .collect();
-    sorted.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
 
     let mut round = ids.begin();
-    for (ns, name, svc) in sorted {
-        let eps = by_name.get(&(ns, name)).copied();
-        add_service(&mut state, ns, name, svc, eps, node, &mut round);
+    for (name, svc) in sorted {
+        let source = by_name
+            .get(&name)
+            .map_or(EndpointSource::None, |e| EndpointSource::Endpoints(e));
+        if let Some(model) = build(svc, source) {
+            render_service(&model, node, &mut round, &|_| false, &mut state);
+        }
     }
     round.finish();
+    let (lo, hi) = node_port_range(node_ports(state.services.keys()));
+    state.node_config.node_port_min = lo;
+    state.node_config.node_port_max = hi;
+    let exact: std::collections::HashSet<u32> = frontend_addrs(state.services.keys()).collect();
+    if state.local_addrs.keys().any(|a| exact.contains(a)) {
+        state.node_config.flags |= NODE_F_FRONTEND_ON_NODE;
+    }
     state
 }
 
-/// A frontend of a service port and the flags that make it what it is.
-struct Frontend {
-    addr: Ipv4Addr,
-    port: u16,
-    kind: u16,
-    /// Subject to `externalTrafficPolicy`.
-    external: bool,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn add_service(
-    state: &mut DesiredState,
-    ns: &str,
-    name: &str,
-    svc: &Service,
-    eps: Option<&Endpoints>,
-    node: &NodeContext,
-    round: &mut Round<'_>,
-) {
-    let Some(spec) = &svc.spec else {
-        return;
-    };
-    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    if svc_type == "ExternalName" {
-        return;
-    }
-    let cluster_ip = match spec.cluster_ip.as_deref() {
-        None | Some("") | Some("None") => return, // headless (or not yet allocated)
-        Some(s) => match s.parse::<Ipv4Addr>() {
-            Ok(ip) => ip,
-            Err(_) => {
-                debug!(service = %format!("{ns}/{name}"), cluster_ip = s, "not an IPv4 ClusterIP; skipped");
-                return;
-            }
-        },
-    };
-    let mut common_flags = SVC_F_SNAT_REMOTE;
-    let mut affinity_timeout = 0;
-    if spec.session_affinity.as_deref() == Some("ClientIP") {
-        common_flags |= SVC_F_AFFINITY;
-        affinity_timeout = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|t| *t > 0)
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS);
-    }
-    let maglev = match svc
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
-        .map(|s| s.as_str())
-    {
-        None | Some("random") => false,
-        Some(a) if a.eq_ignore_ascii_case("maglev") => true,
-        Some(other) => {
-            warn!(service = %format!("{ns}/{name}"), algorithm = other, "unknown {LB_ALGORITHM_ANNOTATION}; using random");
-            false
-        }
-    };
-    if maglev {
-        common_flags |= SVC_F_MAGLEV;
-    }
-    let local_policy = spec.external_traffic_policy.as_deref() == Some("Local");
-    let node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
-    let parse_ips = |ips: &mut dyn Iterator<Item = &str>, what: &str| -> Vec<Ipv4Addr> {
-        let mut out = Vec::new();
-        for s in ips {
-            match s.parse::<Ipv4Addr>() {
-                Ok(ip) if !ip.is_unspecified() => out.push(ip),
-                _ => {
-                    debug!(service = %format!("{ns}/{name}"), address = s, "{what} is not an IPv4 address; skipped")
-                }
-            }
-        }
-        out
-    };
-    let external_ips = parse_ips(
-        &mut spec.external_ips.iter().flatten().map(|s| s.as_str()),
-        "externalIP",
-    );
-    let lb_ips = parse_ips(
-        &mut svc
-            .status
-            .iter()
-            .filter_map(|s| s.load_balancer.as_ref())
-            .filter_map(|lb| lb.ingress.as_ref())
-            .flatten()
-            .filter_map(|i| i.ip.as_deref()),
-        "LoadBalancer ingress IP",
-    );
-
-    for sp in spec.ports.iter().flatten() {
-        let proto = match sp.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => IPPROTO_TCP,
-            "UDP" => IPPROTO_UDP,
-            other => {
-                debug!(service = %format!("{ns}/{name}"), protocol = other, port = sp.port, "protocol not handled by the eBPF dataplane; skipped");
-                continue;
-            }
-        };
-        let Ok(port) = u16::try_from(sp.port) else {
-            debug!(service = %format!("{ns}/{name}"), port = sp.port, "invalid port; skipped");
-            continue;
-        };
-        if port == 0 {
-            continue;
-        }
-        let Some(svc_id) = round.service(ServiceIdent {
-            cluster_ip,
-            port,
-            proto,
-        }) else {
-            error!(service = %format!("{ns}/{name}"), port, "out of service ids; service port skipped");
-            continue;
-        };
-
-        // Backends: ready addresses x the endpoint port of the same name, sorted by (addr,
-        // port) so an unchanged service writes identical slots. Keyed by the host-order
-        // address: sorted like the addresses, compared as integers.
-        let mut eps_found: BTreeMap<(u32, u16), bool> = BTreeMap::new();
-        for subset in eps.iter().flat_map(|e| e.subsets.iter().flatten()) {
-            let Some(target) = endpoint_port(subset, sp.name.as_deref(), proto) else {
-                continue;
-            };
-            for a in subset.addresses.iter().flatten() {
-                let Ok(ip) = a.ip.parse::<Ipv4Addr>() else {
-                    debug!(service = %format!("{ns}/{name}"), address = %a.ip, "endpoint is not IPv4; skipped");
-                    continue;
-                };
-                let local = node.is_local(ip, a.node_name.as_deref());
-                *eps_found.entry((u32::from(ip), target)).or_insert(false) |= local;
-            }
-        }
-        if eps_found.len() > usize::from(u16::MAX) {
-            warn!(service = %format!("{ns}/{name}"), endpoints = eps_found.len(), "more endpoints than slots; truncated");
-        }
-        let mut all = Vec::with_capacity(eps_found.len());
-        let mut local = Vec::new();
-        let mut maglev_names: Vec<(String, u32)> = Vec::new();
-        for ((ip, bport), is_local) in eps_found.iter().take(usize::from(u16::MAX)) {
-            let ip = Ipv4Addr::from(*ip);
-            let Some(id) = round.backend(BackendIdent {
-                service: svc_id,
-                addr: ip,
-                port: *bport,
-                proto,
-            }) else {
-                error!(service = %format!("{ns}/{name}"), "out of backend ids; endpoint skipped");
-                continue;
-            };
-            state.backends.insert(
-                id,
-                Backend {
-                    addr: ne(ip),
-                    port: bport.to_be(),
-                    proto,
-                    flags: if *is_local { BACKEND_F_LOCAL } else { 0 },
-                    rev_nat_id: svc_id,
-                    _pad: 0,
-                },
-            );
-            all.push(id);
-            if *is_local {
-                local.push(id);
-            }
-            if maglev {
-                maglev_names.push((format!("{ip}:{bport}"), id));
-            }
-        }
-
-        state.revnat.insert(
-            svc_id,
-            RevNat {
-                addr: ne(cluster_ip),
-                port: port.to_be(),
-                _pad: 0,
-            },
-        );
-        if !maglev_names.is_empty() {
-            let mb: Vec<MaglevBackend<'_>> = maglev_names
-                .iter()
-                .map(|(name, id)| MaglevBackend { name, id: *id })
-                .collect();
-            state.maglev.insert(svc_id, maglev::table(&mb));
-        }
-
-        let mut frontends = vec![Frontend {
-            addr: cluster_ip,
-            port,
-            kind: SVC_F_CLUSTER_IP,
-            external: false,
-        }];
-        if node_ports
-            && let Some(np) = sp
-                .node_port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-        {
-            frontends.push(Frontend {
-                addr: Ipv4Addr::UNSPECIFIED,
-                port: np,
-                kind: SVC_F_NODE_PORT,
-                external: true,
-            });
-        }
-        frontends.extend(external_ips.iter().map(|ip| Frontend {
-            addr: *ip,
-            port,
-            kind: SVC_F_EXTERNAL_IP,
-            external: true,
-        }));
-        frontends.extend(lb_ips.iter().map(|ip| Frontend {
-            addr: *ip,
-            port,
-            kind: SVC_F_LOAD_BALANCER,
-            external: true,
-        }));
-
-        for fe in frontends {
-            let key = ServiceKey {
-                addr: ne(fe.addr),
-                port: fe.port.to_be(),
-                proto,
-                scope: SCOPE_DEFAULT,
-                slot: 0,
-                _pad: 0,
-            };
-            if let Some(other) = state.services.get(&key) {
-                warn!(
-                    service = %format!("{ns}/{name}"),
-                    frontend = %format!("{}:{}", fe.addr, fe.port),
-                    owner = other.rev_nat_id,
-                    "frontend already taken by another service port; skipped"
-                );
-                continue;
-            }
-            let value = ServiceValue {
-                backend_id: 0,
-                count: 0,
-                rev_nat_id: svc_id,
-                flags: common_flags | fe.kind,
-                _pad: 0,
-                affinity_timeout,
-            };
-            if fe.external && local_policy {
-                // The default scope (external traffic) sees node-local backends only. Maglev
-                // tables are per service id and hold every backend, so the local-only scope
-                // selects at random among local backends to keep traffic local.
-                let flags = (value.flags | SVC_F_TWO_SCOPES) & !SVC_F_MAGLEV;
-                write_frontend(state, key, ServiceValue { flags, ..value }, &local);
-                let internal = ServiceKey {
-                    scope: SCOPE_INTERNAL,
-                    ..key
-                };
-                let flags = value.flags | SVC_F_TWO_SCOPES;
-                write_frontend(state, internal, ServiceValue { flags, ..value }, &all);
-            } else {
-                write_frontend(state, key, value, &all);
-            }
-        }
-    }
-}
-
-/// The endpoint port of `subset` serving the service port named `name` (unnamed matches
-/// unnamed) with protocol `proto`.
-fn endpoint_port(subset: &EndpointSubset, name: Option<&str>, proto: u8) -> Option<u16> {
-    let name = name.unwrap_or("");
-    subset
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| {
-            p.name.as_deref().unwrap_or("") == name
-                && match p.protocol.as_deref().unwrap_or("TCP") {
-                    "TCP" => proto == IPPROTO_TCP,
-                    "UDP" => proto == IPPROTO_UDP,
-                    _ => false,
-                }
-        })
-        .and_then(|p| u16::try_from(p.port).ok())
-        .filter(|p| *p != 0)
-}
-
-fn write_frontend(state: &mut DesiredState, key: ServiceKey, value: ServiceValue, ids: &[u32]) {
-    // `ids.len()` fits: the caller takes at most u16::MAX endpoints.
-    let count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
-    state.services.insert(key, ServiceValue { count, ..value });
-    for (i, id) in ids.iter().take(usize::from(count)).enumerate() {
-        state.services.insert(
-            ServiceKey {
-                slot: i as u16 + 1,
-                ..key
-            },
-            ServiceValue {
-                backend_id: *id,
-                count: 0,
-                rev_nat_id: value.rev_nat_id,
-                flags: 0,
-                _pad: 0,
-                affinity_timeout: 0,
-            },
-        );
-    }
+/// The addresses of exact frontends (slot 0, not NodePorts) among `keys`.
+pub fn frontend_addrs<'a>(
+    keys: impl IntoIterator<Item = &'a ServiceKey>,
+) -> impl Iterator<Item = u32> {
+    keys.into_iter()
+        .filter(|k| k.slot == 0 && k.addr != 0 && k.scope == SCOPE_DEFAULT)
+        .map(|k| k.addr)
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use serde_json::json;
-    use xkube_common::lb::MAGLEV_TABLE_SIZE;
+    use xkube_common::lb::{
+        BACKEND_F_LOCAL, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_TABLE_SIZE, SCOPE_INTERNAL,
+        SVC_F_AFFINITY, SVC_F_EXTERNAL_IP, SVC_F_LOAD_BALANCER, SVC_F_MAGLEV, SVC_F_NODE_PORT,
+        SVC_F_SNAT_REMOTE, SVC_F_TWO_SCOPES,
+    };
 
     use super::*;
 

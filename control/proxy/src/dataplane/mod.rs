@@ -1,13 +1,20 @@
-//! The eBPF dataplane's userspace state: Services + Endpoints -> desired map contents (pure),
-//! the ordered diff against the maps' actual contents (pure), and the single writer task that
-//! applies it and garbage-collects conntrack.
+//! The eBPF dataplane's userspace state: a service model -> its map entries ([`render`], pure),
+//! the ordered diff between two map states ([`plan`], pure), the map I/O and conntrack GC
+//! ([`writer`]).
+//!
+//! The agent programs the maps incrementally through the eBPF mode
+//! ([`crate::mode::ebpf::EbpfProxier`]): the [`engine`] keeps every service's entries and ids
+//! and turns a changed service into that service's operations; a full sync applies
+//! `plan(read_actual(maps), engine.desired())`.
 //!
 //! ```text
-//! reflector caches --desired()--> DesiredState --watch--> Writer: plan(written, desired) -> apply
-//!                     ^ Ids (stable ids, rebuilt from the maps on restart)
+//! models --Engine::update--> ops (changed services only) --apply--> maps
+//! models --Engine::sync_all + desired()--> plan(read_actual, desired) --apply--> maps (drift repair)
 //! ```
 //!
-//! Wiring (what the agent does):
+//! [`desired()`] is the whole-state reference (every service at once, ids from [`Ids`]) and
+//! [`Writer`] a standalone task applying whole states from a watch channel; tests, benchmarks
+//! and tools that write a state in one go use them. Their wiring:
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -31,8 +38,10 @@
 //! ```
 
 pub mod desired;
+pub mod engine;
 pub mod maglev;
 pub mod plan;
+pub mod render;
 pub mod writer;
 
 pub use desired::{Desired, DesiredState, Ids, Ipv4Cidr, NodeContext, desired};

@@ -802,6 +802,11 @@ mod tests {
         checked_plan(&empty, &full);
         let gone = state(&[], &[], &mut ids);
         let ops = checked_plan(&full, &gone);
-        assert!(ops.iter().all(|o| o.is_delete()), "teardown only deletes");
+        // ...and narrows the node config's NodePort range (no NodePorts left).
+        assert!(
+            ops.iter().all(|o| o.is_delete()
+                || matches!(o, Op::SetNodeConfig(c) if c.node_port_min > c.node_port_max)),
+            "teardown only deletes"
+        );
     }
 }
