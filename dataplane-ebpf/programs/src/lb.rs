@@ -3,9 +3,8 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use xkube_common::lb::{
     AffinityKey, AffinityValue, Backend, LOCAL_F_NODE, MAGLEV_TABLE_SIZE, MaglevKey,
-    NODE_F_EXTRA_ADDRS, NodeConfig, SCOPE_DEFAULT,
-    SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue,
-    flow_hash,
+    NODE_F_EXTRA_ADDRS, NodeConfig, SCOPE_DEFAULT, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV,
+    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, flow_hash,
 };
 
 use crate::maps::{
