@@ -4,7 +4,8 @@
 //!
 //! `sudo cargo bench -p xkube-e2e --bench services_10k` (the cluster runs `$XKUBE_BIN`, or the
 //! workspace's debug build; build xkube with `--release` and point `XKUBE_BIN` at it for the
-//! release figure). Services and Endpoints go in through `kubectl create -f -` in chunks of 500.
+//! release figure). Services and Endpoints go in through `kubectl create -f -` in chunks of 500,
+//! 8 clients at a time.
 //! Bounded: the wait for programming gives up after 15 minutes.
 
 use std::{
@@ -16,6 +17,37 @@ use xkube_e2e::{Cluster, http_get_here};
 
 const SERVICES: usize = 10_000;
 const CHUNK: usize = 500;
+const PARALLEL: usize = 8;
+
+/// Creates fillers `chunk * CHUNK ..` (a Service and its Endpoints each).
+fn create_chunk(c: &Cluster, chunk: usize) {
+    let mut docs = Vec::with_capacity(2 * CHUNK);
+    for i in chunk * CHUNK..(chunk + 1) * CHUNK {
+        docs.push(
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("filler-{i}")},
+                "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
+            })
+            .to_string(),
+        );
+        docs.push(
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": format!("filler-{i}")},
+                "subsets": [{"addresses": [{"ip": format!("10.244.200.{}", i % 250 + 1)}],
+                             "ports": [{"port": 8080}]}]
+            })
+            .to_string(),
+        );
+    }
+    let out = c.kubectl_stdin(&["create", "-f", "-"], Some(&docs.join("\n---\n")));
+    assert!(
+        out.status.success(),
+        "creating filler services: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 /// Service ports node `i`'s proxy has programmed.
 fn programmed(c: &Cluster, i: usize) -> Option<usize> {
@@ -44,34 +76,18 @@ fn main() {
         programmed(&c, 0)
     });
     let started = Instant::now();
-    for chunk in 0..(SERVICES / CHUNK) {
-        let mut docs = Vec::with_capacity(2 * CHUNK);
-        for i in chunk * CHUNK..(chunk + 1) * CHUNK {
-            docs.push(
-                serde_json::json!({
-                    "apiVersion": "v1", "kind": "Service",
-                    "metadata": {"name": format!("filler-{i}")},
-                    "spec": {"ports": [{"port": 80, "targetPort": 8080}]}
-                })
-                .to_string(),
-            );
-            docs.push(
-                serde_json::json!({
-                    "apiVersion": "v1", "kind": "Endpoints",
-                    "metadata": {"name": format!("filler-{i}")},
-                    "subsets": [{"addresses": [{"ip": format!("10.244.200.{}", i % 250 + 1)}],
-                                 "ports": [{"port": 8080}]}]
-                })
-                .to_string(),
-            );
+    // PARALLEL clients, each creating every PARALLEL-th chunk (as load generators do; one
+    // serial kubectl waits for every create's commit in turn).
+    std::thread::scope(|scope| {
+        for w in 0..PARALLEL {
+            let c = &c;
+            scope.spawn(move || {
+                for chunk in (w..SERVICES / CHUNK).step_by(PARALLEL) {
+                    create_chunk(c, chunk);
+                }
+            });
         }
-        let out = c.kubectl_stdin(&["create", "-f", "-"], Some(&docs.join("\n---\n")));
-        assert!(
-            out.status.success(),
-            "creating filler services: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    });
     let created = started.elapsed();
     let mut done = [None, None];
     let deadline = Instant::now() + Duration::from_secs(900);
