@@ -451,6 +451,10 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
     } else {
         UserInfo::unsecured()
     };
+    let user = match impersonate(app, user, req.headers()) {
+        Ok(u) => u,
+        Err(e) => return ("OTHER", String::new(), status_response(&e)),
+    };
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let route = match segs.as_slice() {
@@ -519,6 +523,77 @@ async fn dispatch(app: &Arc<App>, req: Request) -> (&'static str, String, Respon
         Err(e) => status_response(&e),
     };
     (metric_verb(verb), resource, resp)
+}
+
+/// Kubernetes' user impersonation (`Impersonate-User`, `Impersonate-Group`,
+/// `Impersonate-Uid`): each requested attribute needs the `impersonate` verb on `users`,
+/// `serviceaccounts`, `groups` or `uids`; the request then runs as the impersonated user.
+fn impersonate(app: &App, user: UserInfo, headers: &HeaderMap) -> Result<UserInfo, StatusError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let name = values("impersonate-user").into_iter().next();
+    let groups = values("impersonate-group");
+    let uid = values("impersonate-uid").into_iter().next();
+    if headers
+        .keys()
+        .any(|k| k.as_str().starts_with("impersonate-extra-"))
+    {
+        return Err(StatusError::bad_request(
+            "impersonating extra user attributes is not supported",
+        ));
+    }
+    let Some(name) = name else {
+        if groups.is_empty() && uid.is_none() {
+            return Ok(user);
+        }
+        return Err(StatusError::bad_request(
+            "requested impersonation of groups or uid without impersonating a user",
+        ));
+    };
+    let check = |resource: &str, ns: &str, target: &str| -> Result<(), StatusError> {
+        let attrs = Attributes::resource("impersonate", "", resource, ns, target);
+        app.authz
+            .authorize(&user, &attrs)
+            .map_err(|reason| StatusError::forbidden("", resource, target, &reason))
+    };
+    let mut out_groups = Vec::new();
+    match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, sa)) => {
+            check("serviceaccounts", ns, sa)?;
+            out_groups.extend([
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{ns}"),
+            ]);
+        }
+        None => check("users", "", &name)?,
+    }
+    for g in &groups {
+        check("groups", "", g)?;
+        if !out_groups.contains(g) {
+            out_groups.push(g.clone());
+        }
+    }
+    if let Some(u) = &uid {
+        check("uids", "", u)?;
+    }
+    if name == "system:anonymous" {
+        out_groups.push("system:unauthenticated".into());
+        return Ok(UserInfo {
+            name,
+            uid: uid.unwrap_or_default(),
+            groups: out_groups,
+        });
+    }
+    Ok(UserInfo::new(&name, &uid.unwrap_or_default(), out_groups))
 }
 
 /// The user of a service-account token, if the token verifies.

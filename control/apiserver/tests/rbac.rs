@@ -927,6 +927,39 @@ async fn kubectl_auth_can_i_and_whoami() {
         (0, "system:serviceaccount:apps:bot"),
         "{err}"
     );
+    // Impersonation: the admin may, and gets the impersonated user's answer; alice may not.
+    let (code, out, err) = kubectl(
+        &admin,
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "pods",
+            "-n",
+            "default",
+            "--as=system:serviceaccount:apps:bot",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (1, "no"), "{err}");
+    let (code, out, err) = kubectl(
+        &admin,
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "pods",
+            "-n",
+            "apps",
+            "--as=system:serviceaccount:apps:bot",
+        ],
+    );
+    assert_eq!((code, out.as_str()), (0, "yes"), "{err}");
+    let (code, _, err) = kubectl(&alice, &["get", "pods", "--as=root"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("cannot impersonate resource \"users\""),
+        "{err}"
+    );
     let (code, out, err) = kubectl(&alice, &["auth", "whoami"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("alice"), "{out}");
