@@ -271,23 +271,12 @@ pub fn check_escalation(
         // Without RBAC the policy objects are inert: nothing to escalate through.
         return Ok(());
     };
-    match res.plural {
-        "roles" | "clusterroles" => {
-            let verb = Attributes::resource("escalate", rbac::GROUP, res.plural, ns, name);
-            if authz.decide(user, &verb).0 {
-                return Ok(());
-            }
-            let missing = rbac::uncovered(&rb.rules_for(user, ns), &rules_of(obj));
-            if missing.is_empty() {
-                return Ok(());
-            }
-            Err(forbidden(format!(
-                "user \"{}\" (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
-                user.name,
-                groups_list(user),
-                missing.join("\n")
-            )))
-        }
+    // What the write grants, and the verb that allows granting it without holding it.
+    let (verb_attrs, requested) = match res.plural {
+        "roles" | "clusterroles" => (
+            Attributes::resource("escalate", rbac::GROUP, res.plural, ns, name),
+            Some(rules_of(obj)),
+        ),
         "rolebindings" | "clusterrolebindings" => {
             let Ok(role_ref) = serde_json::from_value::<RoleRef>(obj["roleRef"].clone()) else {
                 // Validation answers a malformed roleRef with 422 later.
@@ -299,31 +288,39 @@ pub fn check_escalation(
                 "clusterroles"
             };
             let bind = Attributes::resource("bind", rbac::GROUP, plural, ns, &role_ref.name);
-            if authz.decide(user, &bind).0 {
-                return Ok(());
-            }
-            let Some(rules) = rb.role_rules(ns, &role_ref) else {
+            let rules = rb.role_rules(ns, &role_ref);
+            if rules.is_none() && !authz.decide(user, &bind).0 {
                 return Err(forbidden(format!(
-                    "user \"{}\" (groups=[{}]) is attempting to grant RBAC permissions not currently held: {}.rbac.authorization.k8s.io \"{}\" not found",
-                    user.name,
-                    groups_list(user),
-                    plural,
+                    "{}: {plural}.rbac.authorization.k8s.io \"{}\" not found",
+                    grant_message(user),
                     role_ref.name
                 )));
-            };
-            let missing = rbac::uncovered(&rb.rules_for(user, ns), &rules);
-            if missing.is_empty() {
-                return Ok(());
             }
-            Err(forbidden(format!(
-                "user \"{}\" (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
-                user.name,
-                groups_list(user),
-                missing.join("\n")
-            )))
+            (bind, rules)
         }
-        _ => Ok(()),
+        _ => return Ok(()),
+    };
+    if authz.decide(user, &verb_attrs).0 {
+        return Ok(());
     }
+    let missing = rbac::uncovered(&rb.rules_for(user, ns), &requested.unwrap_or_default());
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(forbidden(format!(
+        "{}:\n{}",
+        grant_message(user),
+        missing.join("\n")
+    )))
+}
+
+/// The start of RBAC's escalation message.
+fn grant_message(user: &UserInfo) -> String {
+    format!(
+        "user \"{}\" (groups=[{}]) is attempting to grant RBAC permissions not currently held",
+        user.name,
+        groups_list(user)
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -635,23 +635,8 @@ impl Registry {
     /// patch of its type (400), a JSON patch operation that fails (422), a result whose name
     /// or namespace differs from the URL's (400), whose uid, kind or apiVersion changed, or
     /// that does not decode as the kind (422 naming the field), or that fails validation (422).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn patch(
-        &self,
-        res: &ResourceInfo,
-        ns: Option<&str>,
-        name: &str,
-        patch: &Value,
-        ty: PatchType,
-        subresource: Option<&str>,
-        opts: &WriteOptions,
-    ) -> Result<Written, StatusError> {
-        self.patch_checked(res, ns, name, patch, ty, subresource, opts, |_| Ok(()))
-            .await
-    }
-
-    /// [`Registry::patch`] with `check` run on every patched object before it is written
-    /// (RBAC's escalation check); an error from `check` is the answer and nothing is written.
+    /// `check` runs on every patched object before it is written (RBAC's escalation check);
+    /// an error from it is the answer and nothing is written.
     #[allow(clippy::too_many_arguments)]
     pub async fn patch_checked(
         &self,
