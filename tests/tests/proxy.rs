@@ -330,28 +330,45 @@ fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let client_path = c.client_ns().path().to_owned();
+    let started = Instant::now();
     let looper = {
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         std::thread::spawn(move || {
+            // What failed and when (seconds since the loop started), to tell a dataplane gap
+            // from a slow answer.
+            let mut errors = Vec::new();
             let ns = std::fs::File::open(&client_path).expect("client namespace");
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             let deadline = Instant::now() + Duration::from_secs(60);
-            // Bounded: at most 20,000 requests or 60 s.
+            // Paced at 500 requests/s at most: requests to the remote backend are SNATed, and
+            // agnhost closes first, so each holds a SNAT port through the backend's 60 s
+            // TIME_WAIT (4,536 ports per backend). Bounded: 20,000 requests or 60 s.
+            let mut next = Instant::now();
             for _ in 0..20_000 {
                 if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                     break;
                 }
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                next += Duration::from_millis(2);
                 let r = xkube_e2e::http_get_here(to, "/hostname", TIMEOUT);
                 match r {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        if errors.len() < 10 {
+                            errors.push(format!("{:.3}s: {e}", started.elapsed().as_secs_f64()));
+                        }
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
+            errors
         })
     };
     std::thread::sleep(Duration::from_secs(1));
     let node = c.node_name(0);
+    let killed_at = started.elapsed();
     c.restart(&node, true);
+    let restarted_at = started.elapsed();
     // The agent is back when its proxy answers /healthz again (after its first sync).
     c.wait(
         "the restarted agent's proxy to be healthy",
@@ -366,12 +383,15 @@ fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
             .ok()
         },
     );
+    let healthy_at = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    looper.join().expect("request loop");
+    let errors = looper.join().expect("request loop");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
-        "NodePort requests via node1 across its agent's SIGKILL + restart: {ok} ok, {failed} failed"
+        "NodePort requests via node1 across its agent's SIGKILL + restart: {ok} ok, {failed} failed \
+         (killed at {killed_at:.3?}, restarted at {restarted_at:.3?}, healthy at {healthy_at:.3?}); \
+         errors: {errors:#?}"
     );
     assert!(ok > 50, "the loop ran ({ok} requests)");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);

@@ -6,10 +6,10 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, MapData};
 use xkube_common::lb::{
-    BACKEND_F_LOCAL, BACKENDS, Backend, IPPROTO_TCP, IPPROTO_UDP, LOCAL_ADDRS, LOCAL_F_NODE,
-    MAGLEV, MAGLEV_TABLE_SIZE, MaglevKey, NODE_CONFIG, NodeConfig, SCOPE_DEFAULT, SERVICES,
-    SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_MAGLEV, SVC_F_NODE_PORT, SVC_F_SNAT_REMOTE, ServiceKey,
-    ServiceValue, flow_hash, programs,
+    BACKEND_F_LOCAL, BACKENDS, Backend, CONNTRACK, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP,
+    LOCAL_ADDRS, LOCAL_F_NODE, MAGLEV, MAGLEV_TABLE_SIZE, MaglevKey, NODE_CONFIG, NodeConfig,
+    SCOPE_DEFAULT, SERVICES, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_MAGLEV, SVC_F_NODE_PORT,
+    SVC_F_SNAT_REMOTE, ServiceKey, ServiceValue, flow_hash, programs,
 };
 use xkube_netns::NetNs;
 use xkube_proxy::ebpf::{
@@ -177,6 +177,19 @@ impl Fixture {
             HashMap::try_from(self.dp.ebpf_mut().map_mut(BACKENDS).expect("backends"))
                 .expect("hash");
         bm.remove(&id).expect("remove backend");
+    }
+
+    /// Makes every conntrack entry `secs` older.
+    fn age_conntrack(&mut self, secs: u64) {
+        let mut ct: HashMap<&mut MapData, CtKey, CtValue> =
+            HashMap::try_from(self.dp.ebpf_mut().map_mut(CONNTRACK).expect("conntrack"))
+                .expect("hash");
+        let keys: Vec<CtKey> = ct.keys().map(|k| k.expect("conntrack key")).collect();
+        for k in keys {
+            let mut v = ct.get(&k, 0).expect("conntrack entry");
+            v.last_seen = v.last_seen.saturating_sub(secs * 1_000_000_000);
+            ct.insert(k, v, 0).expect("age conntrack entry");
+        }
     }
 
     fn xdp(&self, frame: &[u8]) -> PacketRun {
@@ -629,4 +642,167 @@ fn privileged_xdp_node_address_fast_path_follows_the_node_config() {
     f.node_config(|c| c.node_port_min = 29000);
     let run = f.xdp(&frame);
     assert_eq!(parsed(&run).dst, backend, "inside the range");
+}
+
+/// A NodePort with one remote backend, SNAT limited to `ports` source ports.
+fn snat_fixture(ports: u16) -> (Fixture, Endpoint, Endpoint) {
+    let mut f = Fixture::new();
+    f.node_config(|c| c.snat_port_max = c.snat_port_min + ports - 1);
+    let backend = ep([10, 244, 2, 7], 8080);
+    f.service(
+        ep([0, 0, 0, 0], 30080),
+        IPPROTO_TCP,
+        SVC_F_NODE_PORT | SVC_F_SNAT_REMOTE,
+        8,
+        &[Backendspec {
+            id: 80,
+            at: backend,
+            local: false,
+        }],
+    );
+    (f, backend, ep(NODE, 30080))
+}
+
+/// Opens a connection from `client` through the uplink: the SNAT source the backend sees, or
+/// `None` when the SYN was answered with a RST (no source port left).
+fn open(f: &Fixture, client: Endpoint, node: Endpoint, backend: Endpoint) -> Option<Endpoint> {
+    let run = f.xdp(&syn(client, node));
+    let p = parsed(&run);
+    if p.tcp_flags & tcp_flags::RST != 0 {
+        assert_eq!(xdp_action::name(run.action), "XDP_TX");
+        return None;
+    }
+    assert_eq!(p.dst, backend);
+    let snat = p.src;
+    let reply =
+        parsed(&f.xdp(&Frame::tcp(backend, snat, tcp_flags::SYN | tcp_flags::ACK, b"").build()));
+    assert_eq!(
+        (reply.src, reply.dst),
+        (node, client),
+        "reply of {client:?}"
+    );
+    Some(snat)
+}
+
+/// Closes a connection the way HTTP/1.0 does (the backend's FIN first), or with a RST.
+fn close(
+    f: &Fixture,
+    client: Endpoint,
+    node: Endpoint,
+    backend: Endpoint,
+    snat: Endpoint,
+    rst: bool,
+) {
+    let ack = tcp_flags::ACK;
+    if rst {
+        let p = parsed(&f.xdp(&Frame::tcp(backend, snat, tcp_flags::RST, b"").build()));
+        assert_eq!(p.dst, client);
+        return;
+    }
+    let p = parsed(&f.xdp(&Frame::tcp(backend, snat, tcp_flags::FIN | ack, b"").build()));
+    assert_eq!(p.dst, client);
+    let p = parsed(&f.xdp(&Frame::tcp(client, node, tcp_flags::FIN | ack, b"").build()));
+    assert_eq!((p.src, p.dst), (snat, backend));
+    let p = parsed(&f.xdp(&Frame::tcp(backend, snat, ack, b"").build()));
+    assert_eq!(
+        p.dst, client,
+        "the last ACK still reaches the closing client"
+    );
+}
+
+/// Closes a connection the client closes first (the backend ends without TIME_WAIT).
+fn close_client_first(
+    f: &Fixture,
+    client: Endpoint,
+    node: Endpoint,
+    backend: Endpoint,
+    snat: Endpoint,
+) {
+    let ack = tcp_flags::ACK;
+    let p = parsed(&f.xdp(&Frame::tcp(client, node, tcp_flags::FIN | ack, b"").build()));
+    assert_eq!((p.src, p.dst), (snat, backend));
+    let p = parsed(&f.xdp(&Frame::tcp(backend, snat, tcp_flags::FIN | ack, b"").build()));
+    assert_eq!(p.dst, client);
+    let p = parsed(&f.xdp(&Frame::tcp(client, node, ack, b"").build()));
+    assert_eq!(
+        (p.src, p.dst),
+        (snat, backend),
+        "the last ACK reaches the backend"
+    );
+}
+
+#[test]
+fn privileged_xdp_snat_ports_of_reset_flows_are_reused_and_live_ones_never() {
+    // 8 source ports, one held by a live connection, 200 connections reset one after another.
+    let (f, backend, node) = snat_fixture(8);
+    let live_client = ep(CLIENT, 20000);
+    let live = open(&f, live_client, node, backend).expect("the first connection gets a port");
+    for k in 0..200 {
+        let client = ep(CLIENT, 30000 + k);
+        let snat = open(&f, client, node, backend)
+            .unwrap_or_else(|| panic!("connection {k} found no port among 7 of reset flows"));
+        assert_ne!(snat, live, "connection {k} took the live connection's port");
+        close(&f, client, node, backend, snat, true);
+    }
+    // The live connection still translates both ways.
+    let p = parsed(&f.xdp(&Frame::tcp(live_client, node, tcp_flags::ACK, b"x").build()));
+    assert_eq!((p.src, p.dst), (live, backend));
+    let p = parsed(&f.xdp(&Frame::tcp(backend, live, tcp_flags::ACK, b"y").build()));
+    assert_eq!((p.src, p.dst), (node, live_client));
+}
+
+#[test]
+fn privileged_xdp_closed_flows_keep_their_snat_port_from_other_clients_through_the_backends_time_wait()
+ {
+    let (mut f, backend, node) = snat_fixture(4);
+    // Connections closed with FINs keep their port from other clients while the backend may
+    // hold the tuple in TIME_WAIT: the 4 ports run out and further clients get a RST.
+    let mut opened = Vec::new();
+    for k in 0..12 {
+        let client = ep(CLIENT, 30000 + k);
+        if let Some(snat) = open(&f, client, node, backend) {
+            close(&f, client, node, backend, snat, false);
+            opened.push((client, snat));
+        }
+    }
+    assert_eq!(opened.len(), 4, "closed flows hold their ports: {opened:?}");
+    // A client reopening from the same port gets its SNAT port back at once: the backend sees
+    // the same tuple, which TIME_WAIT accepts a new SYN on.
+    let (client, snat) = opened[0];
+    assert_eq!(open(&f, client, node, backend), Some(snat));
+    close(&f, client, node, backend, snat, false);
+
+    // Past TIME_WAIT every port can go to other clients; replies go to the new clients.
+    f.age_conntrack(61);
+    for k in 0..12 {
+        let client = ep(CLIENT, 31000 + k);
+        let snat = open(&f, client, node, backend)
+            .unwrap_or_else(|| panic!("connection {k} found no port after TIME_WAIT"));
+        close(&f, client, node, backend, snat, true);
+    }
+    // A connection the client closes first leaves the backend without TIME_WAIT: its port is
+    // free for other clients a second after the close.
+    let mut closed_by_client = Vec::new();
+    for k in 0..12 {
+        let client = ep(CLIENT, 32000 + k);
+        if let Some(snat) = open(&f, client, node, backend) {
+            close_client_first(&f, client, node, backend, snat);
+            closed_by_client.push(snat);
+        }
+    }
+    assert_eq!(closed_by_client.len(), 4, "{closed_by_client:?}");
+    f.age_conntrack(2);
+    for k in 0..8 {
+        let client = ep(CLIENT, 33000 + k);
+        let snat = open(&f, client, node, backend)
+            .unwrap_or_else(|| panic!("connection {k} found no port a second after the close"));
+        close(&f, client, node, backend, snat, true);
+    }
+
+    // A client reusing the port of a closed connection whose SNAT port went to another
+    // client opens a new flow.
+    let (client, _) = opened[1];
+    let snat = open(&f, client, node, backend).expect("a new flow on a reused client port");
+    let p = parsed(&f.xdp(&Frame::tcp(backend, snat, tcp_flags::ACK, b"z").build()));
+    assert_eq!((p.src, p.dst), (node, client));
 }

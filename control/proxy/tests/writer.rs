@@ -14,9 +14,9 @@ use aya::{Ebpf, EbpfLoader};
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use serde_json::json;
 use xkube_common::lb::{
-    AffinityKey, AffinityValue, BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CtKey, CtValue,
-    IPPROTO_TCP, IPPROTO_UDP, SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey, SockRevNatKey,
-    SockRevNatValue,
+    AffinityKey, AffinityValue, BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_FIN_FORWARD,
+    CT_F_FIN_REPLY, CT_F_RST, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP, SCOPE_DEFAULT,
+    SVC_F_CLUSTER_IP, ServiceKey, SockRevNatKey, SockRevNatValue,
 };
 use xkube_proxy::dataplane::{
     Desired, DesiredState, IdleTimeouts, Ids, Maps, NodeContext, Writer, WriterConfig, apply,
@@ -381,6 +381,7 @@ fn privileged_gc_removes_idle_and_stale_conntrack_affinity_and_sock_revnat_entri
         last_seen: now.saturating_sub(age_s * sec),
         ..CtValue::default()
     };
+    let closed = |v: CtValue, flags: u16| CtValue { flags, ..v };
     let entries = [
         // (key, value, survives)
         (
@@ -406,6 +407,31 @@ fn privileged_gc_removes_idle_and_stale_conntrack_affinity_and_sock_revnat_entri
         (
             ct_key(1004, IPPROTO_UDP, CT_DIR_FORWARD),
             ct_val(a_id, a_be.rev_nat_id, 100),
+            true,
+        ),
+        // Closed TCP flows: reset, or FINs from both sides, go after 60 s; one FIN is a
+        // half-closed flow that may still carry data.
+        (
+            ct_key(1007, IPPROTO_TCP, CT_DIR_FORWARD),
+            closed(ct_val(a_id, a_be.rev_nat_id, 90), CT_F_RST),
+            false,
+        ),
+        (
+            ct_key(1007, IPPROTO_TCP, CT_DIR_REPLY),
+            closed(
+                ct_val(a_id, a_be.rev_nat_id, 90),
+                CT_F_FIN_FORWARD | CT_F_FIN_REPLY,
+            ),
+            false,
+        ),
+        (
+            ct_key(1008, IPPROTO_TCP, CT_DIR_FORWARD),
+            closed(ct_val(a_id, a_be.rev_nat_id, 20), CT_F_RST),
+            true,
+        ),
+        (
+            ct_key(1008, IPPROTO_TCP, CT_DIR_REPLY),
+            closed(ct_val(a_id, a_be.rev_nat_id, 90), CT_F_FIN_REPLY),
             true,
         ),
         // Backend id that does not exist.
@@ -486,8 +512,8 @@ fn privileged_gc_removes_idle_and_stale_conntrack_affinity_and_sock_revnat_entri
     let st = gc(&mut maps, now, &IdleTimeouts::default()).unwrap_or_else(|e| panic!("gc: {e}"));
     assert_eq!(st.conntrack_scanned, entries.len());
     assert_eq!(
-        st.conntrack_idle, 2,
-        "idle TCP (7 h) and UDP (400 s): {st:?}"
+        st.conntrack_idle, 4,
+        "idle TCP (7 h), UDP (400 s) and closed TCP (90 s): {st:?}"
     );
     assert_eq!(
         st.conntrack_stale_backend, 2,
@@ -522,7 +548,7 @@ fn privileged_gc_removes_idle_and_stale_conntrack_affinity_and_sock_revnat_entri
     );
     apply_and_check(&mut maps, &state2, "service a deleted");
     let st = gc(&mut maps, now, &IdleTimeouts::default()).unwrap_or_else(|e| panic!("gc: {e}"));
-    assert_eq!(st.conntrack_stale_backend, 3, "a's live flows: {st:?}");
+    assert_eq!(st.conntrack_stale_backend, 5, "a's live flows: {st:?}");
     assert_eq!(st.affinity_removed, 1, "a's affinity: {st:?}");
     assert_eq!(st.sock_revnat_removed, 1, "a's socket entry: {st:?}");
 }

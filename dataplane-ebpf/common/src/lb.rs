@@ -243,6 +243,33 @@ pub const CT_F_SNAT: u16 = 1 << 0;
 /// a reply rewritten to the node's own address on a pod interface would be dropped by the
 /// stack as a martian (local source arriving from outside).
 pub const CT_F_EXTERNAL: u16 = 1 << 1;
+/// TCP state, kept on both entries of a flow: the client sent a FIN.
+pub const CT_F_FIN_FORWARD: u16 = 1 << 2;
+/// TCP state: the backend sent a FIN.
+pub const CT_F_FIN_REPLY: u16 = 1 << 3;
+/// TCP state: either side sent a RST.
+pub const CT_F_RST: u16 = 1 << 4;
+/// TCP state, on the reply entry: the backend sent the first FIN, so it ends in TIME_WAIT.
+pub const CT_F_BACKEND_TIME_WAIT: u16 = 1 << 5;
+
+/// Whether a TCP flow with these `CT_F_*` flags is over: reset, or closed from both sides.
+/// A closed flow's SNAT port may be taken by a new flow, a SYN on its tuple starts a new flow,
+/// and the agent's GC drops it after a short timeout instead of the established one.
+#[inline(always)]
+pub const fn ct_closed(flags: u16) -> bool {
+    flags & CT_F_RST != 0
+        || flags & (CT_F_FIN_FORWARD | CT_F_FIN_REPLY) == CT_F_FIN_FORWARD | CT_F_FIN_REPLY
+}
+
+/// How long a flow the backend closed first keeps its SNAT port from other clients after its
+/// last packet: the backend holds the tuple in TIME_WAIT that long (60 s on Linux), and a SYN
+/// from another client, whose TCP timestamps have another random offset, would be refused
+/// there by PAWS. The same client reopening its own tuple may take the port at once (Linux NAT
+/// allows that too), and a reset flow leaves no TIME_WAIT behind.
+pub const CT_SNAT_REUSE_AFTER_TIME_WAIT_NS: u64 = 60_000_000_000;
+/// How long a flow the client closed first keeps its SNAT port: the backend leaves no
+/// TIME_WAIT, but the last ACK (or a retransmitted FIN) must still find the flow's entries.
+pub const CT_SNAT_REUSE_AFTER_CLOSE_NS: u64 = 1_000_000_000;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -303,7 +330,7 @@ pub struct ServiceCounters {
     pub bytes: u64,
     /// New connections (socket connects, new conntrack entries, UDP sends by the socket LB).
     pub connections: u64,
-    /// Packets or connects rejected because the service had no endpoints.
+    /// New connections refused: the service had no endpoints, or no SNAT source port was free.
     pub rejected: u64,
 }
 const _: () = assert!(core::mem::size_of::<ServiceCounters>() == 32);

@@ -7,20 +7,34 @@
 //!   and the SNAT source if any;
 //! - reply, keyed by the tuple the backend's replies carry: the client's original address and
 //!   the service address to restore.
+//!
+//! TCP flows carry their close state on both entries (`CT_F_FIN_*`, `CT_F_RST`): a SYN on a
+//! closed flow's tuple (the client reusing its port) opens a new flow, another client may take
+//! a closed flow's SNAT port once the backend's TIME_WAIT is over (a second after the close
+//! when the client closed first, at once after a reset), and
+//! the agent's GC drops closed flows after a minute instead of hours.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
 use xkube_common::lb::{
-    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_EXTERNAL, CT_F_SNAT, CtKey, CtValue,
-    NodeConfig, SVC_F_SNAT_REMOTE, flow_hash,
+    BACKEND_F_LOCAL, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_BACKEND_TIME_WAIT, CT_F_EXTERNAL,
+    CT_F_FIN_FORWARD, CT_F_FIN_REPLY, CT_F_RST, CT_F_SNAT, CT_SNAT_REUSE_AFTER_CLOSE_NS,
+    CT_SNAT_REUSE_AFTER_TIME_WAIT_NS, CtKey, CtValue, NodeConfig, SVC_F_SNAT_REMOTE, ct_closed,
+    flow_hash,
 };
 
 use crate::{
     lb::{self, Count, Flow, Origin},
     maps::{XKUBE_CONNTRACK, XKUBE_NODE_CONFIG},
+    net::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-/// How many SNAT source ports are tried for a new connection before giving up.
-const SNAT_TRIES: u32 = 16;
+/// How many random SNAT source ports are tried for a new connection before giving up. Probes
+/// are independent, so with a fraction `f` of the range taken a new flow fails with
+/// probability `f^32` (1e-5 at 70 %).
+const SNAT_TRIES: u32 = 32;
 
 /// A packet's 5-tuple; addresses and ports in network order.
 #[derive(Clone, Copy)]
@@ -30,6 +44,37 @@ pub struct Tuple {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+}
+
+impl Tuple {
+    /// A TCP SYN opening a connection (not a SYN-ACK).
+    #[inline(always)]
+    fn is_syn(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+    }
+
+    /// The close state (`CT_F_*`) this packet adds to its flow; `reply` when it comes from the
+    /// backend.
+    #[inline(always)]
+    fn close_bits(&self, reply: bool) -> u16 {
+        if self.proto != IPPROTO_TCP {
+            return 0;
+        }
+        let mut bits = 0;
+        if self.tcp_flags & TCP_RST != 0 {
+            bits |= CT_F_RST;
+        }
+        if self.tcp_flags & TCP_FIN != 0 {
+            bits |= if reply {
+                CT_F_FIN_REPLY
+            } else {
+                CT_F_FIN_FORWARD
+            };
+        }
+        bits
+    }
 }
 
 /// The tuple a translated packet must carry.
@@ -109,7 +154,8 @@ pub fn forward_to(t: &Tuple, fe: &lb::Frontend, origin: Origin, cfg: &NodeConfig
     new_flow(t, fe, origin, cfg, now)
 }
 
-/// A packet of a flow in conntrack whose backend still exists.
+/// A packet of a flow in conntrack whose backend still exists. A SYN on the tuple of a closed
+/// flow, or of one whose reply entry now belongs to another flow, starts a new flow instead.
 #[inline(always)]
 fn established(t: &Tuple, now: u64) -> Option<Forward> {
     let fkey = ct_key(t, CT_DIR_FORWARD);
@@ -117,21 +163,58 @@ fn established(t: &Tuple, now: u64) -> Option<Forward> {
         // SAFETY: a valid map value pointer; fields are plain integers.
         let v = unsafe { *ct };
         if let Some(b) = lb::backend(v.backend_id, v.rev_nat_id) {
-            unsafe { (*ct).last_seen = now };
-            let snat = v.flags & CT_F_SNAT != 0;
-            return Some(Forward::Translate(Rewrite {
-                saddr: if snat { v.nat_addr } else { t.saddr },
-                sport: if snat { v.nat_port } else { t.sport },
-                daddr: b.addr,
-                dport: b.port,
-                local: b.flags & BACKEND_F_LOCAL != 0,
-                rev_nat_id: v.rev_nat_id,
-            }));
+            // The key the backend's replies carry (the SNAT source, or the client itself).
+            let rkey = CtKey {
+                src_addr: b.addr,
+                dst_addr: v.nat_addr,
+                src_port: b.port,
+                dst_port: v.nat_port,
+                proto: t.proto,
+                dir: CT_DIR_REPLY,
+                _pad: 0,
+            };
+            let bits = t.close_bits(false);
+            let renew = t.is_syn() && (ct_closed(v.flags) || own_reply(&rkey, t, 0, now).is_none());
+            if !renew {
+                unsafe { (*ct).last_seen = now };
+                if bits & !v.flags != 0 {
+                    unsafe { (*ct).flags |= bits };
+                    let _ = own_reply(&rkey, t, bits, now);
+                }
+                let snat = v.flags & CT_F_SNAT != 0;
+                return Some(Forward::Translate(Rewrite {
+                    saddr: if snat { v.nat_addr } else { t.saddr },
+                    sport: if snat { v.nat_port } else { t.sport },
+                    daddr: b.addr,
+                    dport: b.port,
+                    local: b.flags & BACKEND_F_LOCAL != 0,
+                    rev_nat_id: v.rev_nat_id,
+                }));
+            }
         }
-        // The backend went away: forget the flow and choose again.
+        // The backend went away or the client opens a new connection on the tuple of a
+        // closed one: forget the flow and choose again.
         let _ = XKUBE_CONNTRACK.remove(&fkey);
     }
     None
+}
+
+/// The reply entry `rkey` if it still belongs to the flow of client packet `t` (reply entries
+/// keep the client's original address and port); adds close state `bits` to it.
+#[inline(always)]
+fn own_reply(rkey: &CtKey, t: &Tuple, bits: u16, now: u64) -> Option<()> {
+    let r = XKUBE_CONNTRACK.get_ptr_mut(rkey)?;
+    // SAFETY: a valid map value pointer; fields are plain integers.
+    unsafe {
+        if (*r).nat_addr != t.saddr || (*r).nat_port != t.sport {
+            return None;
+        }
+        if bits != 0 {
+            (*r).flags |= bits;
+            (*r).last_seen = now;
+        }
+    }
+    Some(())
 }
 
 /// A new flow to frontend `fe`: select a backend, create the conntrack entries.
@@ -190,6 +273,7 @@ fn new_flow(t: &Tuple, fe: &lb::Frontend, origin: Origin, cfg: &NodeConfig, now:
         _pad: 0,
         last_seen: now,
     };
+    rval.flags |= t.close_bits(false);
     let mut rkey = CtKey {
         src_addr: b.addr,
         dst_addr: t.saddr,
@@ -202,11 +286,13 @@ fn new_flow(t: &Tuple, fe: &lb::Frontend, origin: Origin, cfg: &NodeConfig, now:
     if snat {
         rkey.dst_addr = nat_addr;
         rw.saddr = nat_addr;
-        let Some(port) = alloc_snat_port(t, cfg, &mut rkey, &rval) else {
+        let Some(port) = alloc_snat_port(t, cfg, &mut rkey, &rval, now) else {
+            lb::count(id, Count::Rejected);
             return Forward::Reject;
         };
         rw.sport = port;
     } else if XKUBE_CONNTRACK.insert(&rkey, &rval, 0).is_err() {
+        lb::count(id, Count::Rejected);
         return Forward::Reject;
     }
     rval.nat_addr = rw.saddr;
@@ -218,19 +304,33 @@ fn new_flow(t: &Tuple, fe: &lb::Frontend, origin: Origin, cfg: &NodeConfig, now:
     Forward::Translate(rw)
 }
 
-/// Picks a free SNAT source port for the reply key and inserts the reply entry; returns the
-/// port in network order.
+/// Picks a SNAT source port for the reply key and inserts the reply entry; returns the port
+/// in network order.
+///
+/// The first probe is a hash of the client's tuple and the backend, so a client reopening a
+/// connection from the same port gets the same SNAT port and the backend sees the same tuple
+/// (TIME_WAIT accepts a new SYN on it); the other probes are random. A probed port whose
+/// entry is this client's own tuple is taken over at once; failing a free port, the first
+/// probed port of a flow that may be reused ([`snat_reusable`]) is taken.
 #[inline(always)]
-fn alloc_snat_port(t: &Tuple, cfg: &NodeConfig, rkey: &mut CtKey, rval: &CtValue) -> Option<u16> {
+fn alloc_snat_port(
+    t: &Tuple,
+    cfg: &NodeConfig,
+    rkey: &mut CtKey,
+    rval: &CtValue,
+    now: u64,
+) -> Option<u16> {
     let min = u32::from(cfg.snat_port_min);
     let span = u32::from(cfg.snat_port_max).saturating_sub(min) + 1;
     if min == 0 {
         return None;
     }
-    let h = flow_hash(t.saddr, t.daddr, t.sport, t.dport, t.proto);
+    let mut pick = flow_hash(t.saddr, rkey.src_addr, t.sport, rkey.src_port, t.proto);
+    // Port 0 is never in the range (min > 0): it means "none found".
+    let mut reusable = 0u16;
     let mut i = 0;
     while i < SNAT_TRIES {
-        let port = ((min + (h.wrapping_add(i.wrapping_mul(7919))) % span) as u16).to_be();
+        let port = ((min + pick % span) as u16).to_be();
         rkey.dst_port = port;
         if XKUBE_CONNTRACK
             .insert(&*rkey, rval, u64::from(BPF_NOEXIST))
@@ -238,9 +338,40 @@ fn alloc_snat_port(t: &Tuple, cfg: &NodeConfig, rkey: &mut CtKey, rval: &CtValue
         {
             return Some(port);
         }
+        if let Some(old) = unsafe { XKUBE_CONNTRACK.get(&*rkey) } {
+            if old.nat_addr == t.saddr && old.nat_port == t.sport {
+                XKUBE_CONNTRACK.insert(&*rkey, rval, 0).ok()?;
+                return Some(port);
+            }
+            if reusable == 0 && snat_reusable(old, now) {
+                reusable = port;
+            }
+        }
+        pick = unsafe { bpf_get_prandom_u32() };
         i += 1;
     }
-    None
+    if reusable == 0 {
+        return None;
+    }
+    rkey.dst_port = reusable;
+    XKUBE_CONNTRACK.insert(&*rkey, rval, 0).ok()?;
+    Some(reusable)
+}
+
+/// Whether a reply entry's SNAT port may go to another client's new flow: its flow was reset,
+/// or closed from both sides and quiet for long enough (the backend's TIME_WAIT when it closed
+/// first).
+#[inline(always)]
+fn snat_reusable(v: &CtValue, now: u64) -> bool {
+    if v.flags & CT_F_RST != 0 {
+        return true;
+    }
+    let quiet = if v.flags & CT_F_BACKEND_TIME_WAIT != 0 {
+        CT_SNAT_REUSE_AFTER_TIME_WAIT_NS
+    } else {
+        CT_SNAT_REUSE_AFTER_CLOSE_NS
+    };
+    ct_closed(v.flags) && now.saturating_sub(v.last_seen) >= quiet
 }
 
 /// Where a reply is being looked at.
@@ -281,6 +412,35 @@ pub fn reply(t: &Tuple, at: ReplyAt) -> Reply {
         _ => return Reply::Elsewhere,
     }
     unsafe { (*ct).last_seen = bpf_ktime_get_ns() };
+    let bits = t.close_bits(true);
+    if bits & !v.flags != 0 {
+        // The backend closing first ends in TIME_WAIT on its side.
+        let tw = if bits & CT_F_FIN_REPLY != 0 && v.flags & (CT_F_FIN_FORWARD | CT_F_RST) == 0 {
+            CT_F_BACKEND_TIME_WAIT
+        } else {
+            0
+        };
+        unsafe { (*ct).flags |= bits | tw };
+        // The forward entry, keyed by the client's original tuple, if it is still this flow's
+        // (its source after translation is where this reply goes).
+        let fkey = CtKey {
+            src_addr: v.nat_addr,
+            dst_addr: v.svc_addr,
+            src_port: v.nat_port,
+            dst_port: v.svc_port,
+            proto: t.proto,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        };
+        if let Some(f) = XKUBE_CONNTRACK.get_ptr_mut(&fkey) {
+            // SAFETY: a valid map value pointer; fields are plain integers.
+            unsafe {
+                if (*f).nat_addr == t.daddr && (*f).nat_port == t.dport {
+                    (*f).flags |= bits;
+                }
+            }
+        }
+    }
     Reply::Translate(Rewrite {
         saddr: v.svc_addr,
         sport: v.svc_port,

@@ -25,6 +25,12 @@ pub mod ip {
 /// Offset of the checksum in the L4 header.
 pub const TCP_CHECK: usize = 16;
 pub const UDP_CHECK: usize = 6;
+/// Offset of the flags byte in the TCP header, and the flags.
+pub const TCP_FLAGS: usize = 13;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Contexts with direct packet access.
 pub trait Packet {
@@ -134,4 +140,14 @@ pub fn sum_words<const N: usize, P: Packet>(
         i += 1;
     }
     Ok(acc)
+}
+
+/// The TCP flags of an IPv4 packet without options (0 for other protocols).
+#[inline(always)]
+pub fn tcp_flags<P: Packet>(ctx: &P, proto: u8) -> Result<u8, ()> {
+    if proto == IPPROTO_TCP {
+        load(ctx, L4_OFF + TCP_FLAGS)
+    } else {
+        Ok(0)
+    }
 }

@@ -68,6 +68,7 @@ fn handle(ctx: &TcContext, at: ReplyAt, forward: bool) -> Result<i32, ()> {
         sport: load(ctx, L4_OFF)?,
         dport: load(ctx, L4_OFF + 2)?,
         proto,
+        tcp_flags: net::tcp_flags(ctx, proto)?,
     };
     match nat::reply(&t, at) {
         Reply::Translate(rw) => {

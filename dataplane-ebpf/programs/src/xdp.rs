@@ -26,15 +26,12 @@ use crate::{
     nat::{self, Forward, Reply, ReplyAt, Rewrite, Tuple},
     net::{
         self, ETH_HDR_LEN, ETH_P_IP, IP_HDR_LEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4_OFF,
-        TCP_CHECK, UDP_CHECK, csum_replace2, csum_replace4, ip, load, store, sum_words,
+        TCP_ACK, TCP_CHECK, TCP_FIN, TCP_FLAGS, TCP_RST, TCP_SYN, UDP_CHECK, csum_replace2,
+        csum_replace4, ip, load, store, sum_words,
     },
 };
 
 const AF_INET: u8 = 2;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 #[xdp]
 pub fn xkube_xdp_uplink(ctx: XdpContext) -> u32 {
@@ -72,6 +69,7 @@ fn try_uplink(ctx: &XdpContext) -> Result<u32, ()> {
         sport: load(ctx, L4_OFF)?,
         dport: load(ctx, L4_OFF + 2)?,
         proto,
+        tcp_flags: net::tcp_flags(ctx, proto)?,
     };
     // The node config is an array entry (the verifier inlines that lookup). With it, a packet
     // for neither a frontend nor a translated flow costs one hash lookup:
@@ -240,7 +238,7 @@ fn ip_header(ctx: &XdpContext, tot_len: u16, proto: u8, saddr: u32, daddr: u32) 
 }
 
 fn reject_tcp(ctx: &XdpContext, t: &Tuple) -> Result<u32, ()> {
-    let flags: u8 = load(ctx, L4_OFF + 13)?;
+    let flags = t.tcp_flags;
     if flags & TCP_RST != 0 {
         return Ok(XDP_DROP);
     }
@@ -270,7 +268,7 @@ fn reject_tcp(ctx: &XdpContext, t: &Tuple) -> Result<u32, ()> {
     store(ctx, L4_OFF + 4, rst_seq.to_be())?;
     store(ctx, L4_OFF + 8, rst_ack.to_be())?;
     store(ctx, L4_OFF + 12, 5u8 << 4)?;
-    store(ctx, L4_OFF + 13, rst_flags)?;
+    store(ctx, L4_OFF + TCP_FLAGS, rst_flags)?;
     store(ctx, L4_OFF + 14, 0u16)?; // window
     store(ctx, L4_OFF + 16, 0u16)?; // checksum
     store(ctx, L4_OFF + 18, 0u16)?; // urgent

@@ -19,7 +19,7 @@ use xkube_common::lb::{
     AFFINITY, AffinityKey, AffinityValue, BACKENDS, Backend, CONNTRACK, CtKey, CtValue,
     IPPROTO_TCP, LOCAL_ADDRS, MAGLEV, MAGLEV_TABLE_SIZE, MaglevKey, NODE_CONFIG, NodeConfig,
     REVNAT, RevNat, SERVICE_COUNTERS, SERVICES, SOCK_REVNAT, SVC_F_AFFINITY, ServiceCounters,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, ct_closed,
 };
 
 use super::{
@@ -221,15 +221,20 @@ pub fn ktime_now_ns() -> Result<u64> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdleTimeouts {
     pub tcp: Duration,
+    /// TCP flows the datapath saw reset or closed from both sides.
+    pub tcp_closed: Duration,
     /// UDP (and anything that is not TCP).
     pub udp: Duration,
 }
 
 impl Default for IdleTimeouts {
-    /// TCP 6 hours (Cilium's established timeout), UDP 5 minutes.
+    /// TCP 6 hours (Cilium's established timeout); closed TCP 60 seconds, the backend's
+    /// TIME_WAIT, during which the datapath may keep a closed flow's SNAT port from other
+    /// clients (`CT_SNAT_REUSE_AFTER_TIME_WAIT_NS`); UDP 5 minutes.
     fn default() -> Self {
         Self {
             tcp: Duration::from_secs(6 * 3600),
+            tcp_closed: Duration::from_nanos(xkube_common::lb::CT_SNAT_REUSE_AFTER_TIME_WAIT_NS),
             udp: Duration::from_secs(300),
         }
     }
@@ -252,7 +257,7 @@ fn elapsed(now_ns: u64, then_ns: u64) -> Duration {
 }
 
 /// Removes, at `now_ns` (`CLOCK_MONOTONIC`, see [`ktime_now_ns`]):
-/// - conntrack entries idle longer than `idle`, or whose backend id no longer exists or no
+/// - conntrack entries idle longer than `idle` (shorter for closed TCP flows), or whose backend id no longer exists or no
 ///   longer belongs to the entry's service;
 /// - affinity entries older than their service's timeout, of services without affinity, or
 ///   whose backend is gone;
@@ -276,10 +281,10 @@ pub fn gc(maps: &mut Maps, now_ns: u64, idle: &IdleTimeouts) -> Result<GcStats> 
 
     // Conntrack.
     let ct_expired = |k: &CtKey, v: &CtValue| -> (bool, bool) {
-        let timeout = if k.proto == IPPROTO_TCP {
-            idle.tcp
-        } else {
-            idle.udp
+        let timeout = match k.proto {
+            IPPROTO_TCP if ct_closed(v.flags) => idle.tcp_closed,
+            IPPROTO_TCP => idle.tcp,
+            _ => idle.udp,
         };
         let idle_out = elapsed(now_ns, v.last_seen) > timeout;
         let stale = v.backend_id != 0 && !backend_ok(v.backend_id, v.rev_nat_id);

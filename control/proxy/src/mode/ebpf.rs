@@ -195,7 +195,7 @@ impl ModeMetrics for EbpfMetrics {
             ),
             (
                 "xkube_proxy_service_rejected_total",
-                "Connections rejected because the service had no endpoints.",
+                "New connections refused because the service had no endpoints or no SNAT source port was free for a remote backend.",
                 |c| c.rejected,
             ),
         ] {
