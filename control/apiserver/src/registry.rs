@@ -725,8 +725,36 @@ impl Registry {
     }
 
     /// Deletes one object without touching dependents; `true` when it is gone from the store
-    /// (rather than marked for graceful or finalized deletion).
+    /// (rather than marked for graceful or finalized deletion). As Kubernetes' storage does,
+    /// a write that lost a race with another writer (the kubelet updating a pod's status, a
+    /// controller adding a label) is retried on the fresh object unless the caller pinned a
+    /// resourceVersion: a plain DELETE never answers 409.
     async fn delete_leaf(
+        self: &Arc<Self>,
+        res: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(Value, bool), StatusError> {
+        const ATTEMPTS: usize = 16;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.delete_leaf_once(res, ns, name, opts).await {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && opts.resource_version.is_none()
+                        && attempt < ATTEMPTS
+                        && e.message.contains("the object has been modified") =>
+                {
+                    continue;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn delete_leaf_once(
         self: &Arc<Self>,
         res: &'static ResourceInfo,
         ns: Option<&str>,

@@ -781,6 +781,84 @@ async fn pod_binding_and_graceful_deletion() {
     api.stop().await;
 }
 
+/// A DELETE without preconditions must not lose a race with a concurrent writer: the
+/// kubelet writes a pod's status while users delete it (Kubernetes retries internally).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plain_delete_racing_status_writers_never_conflicts() {
+    let api = std::sync::Arc::new(start().await);
+    let pods = "/api/v1/namespaces/default/pods";
+    let binding = |n: &str| {
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": n},
+               "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}})
+    };
+    const PODS: usize = 20;
+    for i in 0..PODS {
+        let n = format!("race-{i}");
+        assert_eq!(api.post(pods, &pod(&n, json!({}))).await.0, 201);
+        let (code, s) = api.post(&format!("{pods}/{n}/binding"), &binding(&n)).await;
+        assert_eq!(code, 201, "{s}");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for i in 0..PODS {
+        let (api, stop) = (api.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let path = format!("{pods}/race-{i}/status");
+            let mut writes = 0u32;
+            // Bounded: at most 2,000 writes per pod, and the deletes stop it sooner.
+            while writes < 2_000 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"status": {"message": format!("write {writes}")}});
+                let (code, s) = api
+                    .patch(&path, "application/merge-patch+json", &body)
+                    .await;
+                assert_eq!(code, 200, "{s}");
+                writes += 1;
+            }
+            writes
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..PODS {
+        let (code, s) = api.delete(&format!("{pods}/race-{i}")).await;
+        assert_eq!(
+            code, 202,
+            "delete race-{i} while its status is written: {s}"
+        );
+        assert!(s["metadata"]["deletionTimestamp"].is_string(), "{s}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.expect("writer") > 0);
+    }
+    // A pinned resourceVersion is still a precondition: a stale one is a conflict.
+    let (_, cur) = api.get(&format!("{pods}/race-0")).await;
+    let stale: i64 = cur["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse::<i64>()
+        .expect("number")
+        - 1;
+    let (code, s) = api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{pods}/race-0"),
+            "application/json",
+            Some(json!({"preconditions": {"resourceVersion": stale.to_string()}}).to_string()),
+        )
+        .await;
+    assert_eq!(code, 409, "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Precondition failed")),
+        "{s}"
+    );
+    std::sync::Arc::into_inner(api)
+        .expect("one owner")
+        .stop()
+        .await;
+}
+
 #[tokio::test]
 async fn discovery_health_and_metrics() {
     let api = start().await;
