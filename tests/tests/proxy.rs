@@ -1,6 +1,9 @@
-//! Issue M1 6/6 acceptance: the eBPF proxy on `xkube cluster up --nodes 3 --proxy-mode ebpf`
-//! (SEEDS.md A6, A8, A9, A10; affinity, UDP, hairpin; no KUBE-* iptables rules; agent SIGKILL
-//! under load). Every request is sent from inside the cluster's namespaces.
+//! The cluster proxy suite, run once per proxy mode on `xkube cluster up --nodes 3
+//! --proxy-mode <mode>` (SEEDS.md A6, A8, A9, A10; affinity, UDP, hairpin, no endpoints ->
+//! refused, scaling reflected; agent SIGKILL under load). The same steps for every mode; what
+//! differs is only the check of the mode's own node state (no KUBE-* rules for eBPF, the
+//! seed's rule shapes for iptables). Every request is sent from inside the cluster's
+//! namespaces.
 
 use std::{
     collections::BTreeSet,
@@ -122,7 +125,125 @@ fn hostnames(ns: &xkube_netns::NetNs, to: SocketAddrV4, tries: usize) -> BTreeSe
 
 #[test]
 fn privileged_cluster_services_through_the_ebpf_proxy() {
-    let c = Cluster::up(3, &["--proxy-mode", "ebpf"]);
+    services_suite("ebpf");
+}
+
+#[test]
+fn privileged_cluster_services_through_the_iptables_proxy() {
+    services_suite("iptables");
+}
+
+#[test]
+fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
+    agent_restart_suite("ebpf");
+}
+
+#[test]
+fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests_iptables() {
+    agent_restart_suite("iptables");
+}
+
+/// `iptables-save` of both backends in a node's namespace.
+fn iptables_save(c: &Cluster, node: usize) -> String {
+    c.node_ns(node)
+        .run(|| {
+            ["iptables-legacy-save", "iptables-nft-save"]
+                .iter()
+                .map(|tool| {
+                    let out = std::process::Command::new(tool).output().expect(tool);
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                })
+                .collect::<String>()
+        })
+        .expect("enter node")
+}
+
+/// The node state only `mode` has: eBPF leaves no KUBE-* rule; iptables shows the seed's rule
+/// shapes (SEEDS.md B) for `svc` with `endpoints` ready endpoints.
+fn check_mode_state(c: &Cluster, mode: &str, svc: &str, endpoints: usize) {
+    for i in 0..c.nodes {
+        let text = iptables_save(c, i);
+        // kube-proxy's chains are KUBE-*; the kubelet's own pod masquerade chain is XKUBE-*.
+        let kube: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .any(|t| t.trim_start_matches(':').starts_with("KUBE-"))
+            })
+            .collect();
+        if mode == "ebpf" {
+            assert!(kube.is_empty(), "node{} has KUBE rules: {kube:?}", i + 1);
+            continue;
+        }
+        let cip = cluster_ip(c, svc);
+        let has = |needle: &str| kube.iter().any(|l| l.contains(needle));
+        // The suite's services name their port `http`.
+        let comment = format!("--comment \"default/{svc}:http cluster IP\"");
+        let svc_jump = kube
+            .iter()
+            .find(|l| l.starts_with("-A KUBE-SERVICES") && l.contains(&comment))
+            .unwrap_or_else(|| {
+                panic!(
+                    "node{}: no cluster IP rule for {svc}:\n{}",
+                    i + 1,
+                    kube.join("\n")
+                )
+            });
+        assert!(svc_jump.contains(&format!("-d {cip}/32")), "{svc_jump}");
+        let chain = svc_jump.rsplit(' ').next().unwrap_or("");
+        assert!(chain.starts_with("KUBE-SVC-"), "{svc_jump}");
+        let to_seps: Vec<&&str> = kube
+            .iter()
+            .filter(|l| l.starts_with(&format!("-A {chain} ")) && l.contains("-j KUBE-SEP-"))
+            .collect();
+        assert_eq!(to_seps.len(), endpoints, "node{}: {to_seps:#?}", i + 1);
+        let random = to_seps
+            .iter()
+            .filter(|l| l.contains("-m statistic --mode random --probability"))
+            .count();
+        assert_eq!(
+            random,
+            endpoints - 1,
+            "the last endpoint is unconditional: {to_seps:#?}"
+        );
+        for want in [
+            "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+            "-j MASQUERADE --random-fully",
+            "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        ] {
+            assert!(
+                has(want),
+                "node{}: no {want:?} in\n{}",
+                i + 1,
+                kube.join("\n")
+            );
+        }
+        assert!(
+            kube.iter().any(|l| l.starts_with("-A KUBE-SERVICES")
+                && l.contains("! -d 127.0.0.0/8")
+                && l.contains("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")),
+            "node{}: the node ports jump",
+            i + 1
+        );
+        // Hairpin and DNAT in every endpoint chain of the service.
+        let seps = kube
+            .iter()
+            .filter(|l| {
+                l.starts_with("-A KUBE-SEP-") && l.contains(&format!("\"default/{svc}:http\""))
+            })
+            .count();
+        assert_eq!(
+            seps,
+            2 * endpoints,
+            "node{}: hairpin + DNAT per endpoint",
+            i + 1
+        );
+    }
+}
+
+fn services_suite(mode: &str) {
+    let c = Cluster::up(3, &["--proxy-mode", mode]);
     c.apply(&web_rc("web", 3));
     c.apply(&service("web", "web", "  type: NodePort"));
     wait_endpoints(&c, "web", 3);
@@ -285,24 +406,35 @@ spec:
         started.elapsed()
     );
 
-    // No KUBE-* iptables rules on any node.
-    for i in 0..c.nodes {
-        let rules = c
-            .node_ns(i)
-            .run(|| std::process::Command::new("iptables-save").output())
-            .expect("enter node")
-            .expect("iptables-save");
-        let text = String::from_utf8_lossy(&rules.stdout);
-        // kube-proxy's chains are KUBE-*; the kubelet's own pod masquerade chain is XKUBE-*.
-        let kube: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                l.split_whitespace()
-                    .any(|t| t.trim_start_matches(':').starts_with("KUBE-"))
+    // The mode's own state on every node.
+    check_mode_state(&c, mode, "web", 2);
+
+    // A service without endpoints refuses connections (no black hole).
+    c.apply(&service("empty", "nobody", ""));
+    let empty = SocketAddrV4::new(cluster_ip(&c, "empty"), 80);
+    let refused = c.wait(
+        "the empty service to be programmed",
+        Duration::from_secs(10),
+        || {
+            c.on_node(0, || {
+                match std::net::TcpStream::connect_timeout(&empty.into(), TIMEOUT) {
+                    // iptables REJECTs (ICMP port unreachable: refused); the socket LB refuses
+                    // the connect() itself (EPERM). A timeout would mean a black hole.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionRefused
+                                | std::io::ErrorKind::PermissionDenied
+                        ) =>
+                    {
+                        Some(e)
+                    }
+                    _ => None,
+                }
             })
-            .collect();
-        assert!(kube.is_empty(), "node{} has KUBE rules: {kube:?}", i + 1);
-    }
+        },
+    );
+    println!("{mode}: empty service from node1: {refused}");
 
     // Deleting the Service stops its traffic.
     c.kubectl_ok(&["delete", "svc", "web"]);
@@ -317,9 +449,8 @@ spec:
     );
 }
 
-#[test]
-fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
-    let c = Cluster::up(3, &["--proxy-mode", "ebpf"]);
+fn agent_restart_suite(mode: &str) {
+    let c = Cluster::up(3, &["--proxy-mode", mode]);
     c.apply(&web_rc("web", 2));
     c.apply(&service("web", "web", "  type: NodePort"));
     wait_endpoints(&c, "web", 2);
@@ -389,7 +520,7 @@ fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
     let errors = looper.join().expect("request loop");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     println!(
-        "NodePort requests via node1 across its agent's SIGKILL + restart: {ok} ok, {failed} failed \
+        "{mode}: NodePort requests via node1 across its agent's SIGKILL + restart: {ok} ok, {failed} failed \
          (killed at {killed_at:.3?}, restarted at {restarted_at:.3?}, healthy at {healthy_at:.3?}); \
          errors: {errors:#?}"
     );

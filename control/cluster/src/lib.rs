@@ -328,6 +328,13 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             })?
             .map_err(|e| Error::Invalid(format!("XDP pass program on fabric port {port}: {e}")))?;
         sysctl::set(&ns, "net/ipv4/ip_forward", "1")?;
+        if !opts.kubelet_only && opts.proxy_mode != xkube_proxy::agent::ProxyMode::Ebpf {
+            // A host process's packet to a service address needs a route before nat OUTPUT
+            // translates it (real nodes have a default route). Via the control plane, which
+            // forwards nothing: a packet no rule translated is dropped inside the cluster's
+            // namespaces. The eBPF mode translates at connect() and needs none.
+            ns.add_route(Ipv4Addr::new(10, 96, 0, 0), 12, CONTROL_PLANE_ADDR)?;
+        }
         // Named like the node, so a DaemonSet can find its node's cgroup from `spec.nodeName`.
         let cg = cg_root.join(names.node(i));
         std::fs::create_dir_all(&cg).map_err(io("create cgroup", &cg))?;
@@ -458,7 +465,9 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             .arg(opts.node_status_update_frequency.to_string());
         if !opts.kubelet_only {
             cmd.arg("--proxy-kubeconfig")
-                .arg(&certs[i].proxy_kubeconfig);
+                .arg(&certs[i].proxy_kubeconfig)
+                .arg("--proxy-mode")
+                .arg(opts.proxy_mode.name());
         }
         if let Some(engine) = state.engines.get(i) {
             cmd.arg("--docker-endpoint").arg(engine.endpoint());

@@ -16,7 +16,7 @@ use std::{
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol},
 };
 use tokio::sync::broadcast;
@@ -277,6 +277,17 @@ impl PodNetwork {
                 .await
                 .map_err(|source| Error::Netlink {
                     op: format!("attach {host_ref} to {BRIDGE}"),
+                    source,
+                })?;
+            // Hairpin mode on the bridge port (the kubelet's `--hairpin-mode=hairpin-veth`):
+            // with br_netfilter, a pod's packet to its own service is DNATed back to itself
+            // while it is being bridged, and must leave by the port it came in on.
+            h.link()
+                .set_port(LinkBridgePort::new(idx).hairpin(true).build())
+                .execute()
+                .await
+                .map_err(|source| Error::Netlink {
+                    op: format!("hairpin mode on {host_ref}"),
                     source,
                 })?;
             Ok(false)

@@ -28,6 +28,7 @@ use crate::{
     mode::{
         CleanupContext, ModeMetrics, NodeInfo, Proxier, cleanup_all, cleanup_other_modes,
         ebpf::{EbpfOptions, EbpfProxier},
+        iptables::{IptablesOptions, IptablesProxier},
     },
     model::{Ipv4Cidr, ServiceName},
     sync::{Input, SyncConfig, SyncLoop},
@@ -63,6 +64,8 @@ pub struct Options {
     pub sync: SyncOptions,
     #[command(flatten)]
     pub ebpf: EbpfOptions,
+    #[command(flatten)]
+    pub iptables: IptablesOptions,
 }
 
 /// kube-proxy's sync timing flags.
@@ -168,6 +171,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     cleanup_other_modes(opts.proxy_mode, &opts.cleanup_context())?;
     let proxier: Box<dyn Proxier> = match opts.proxy_mode {
         ProxyMode::Ebpf => Box::new(EbpfProxier::start(&opts.ebpf, &node, &shutdown)?),
+        ProxyMode::Iptables => Box::new(IptablesProxier::new(&opts.iptables, &node)?),
     };
     let mode_metrics = proxier.metrics();
     let metrics = Arc::new(ProxyMetrics::new());

@@ -59,6 +59,12 @@ pub enum Error {
     WriterLostMaps,
     #[error("the sync loop lost its proxier (a sync task panicked)")]
     ProxierLost,
+    #[error("{cmd} failed (exit status {status:?}): {stderr}")]
+    Iptables {
+        cmd: String,
+        status: Option<i32>,
+        stderr: String,
+    },
     #[error("--{flag}: {reason}")]
     Flag { flag: &'static str, reason: String },
 }

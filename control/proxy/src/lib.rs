@@ -3,7 +3,9 @@
 //! - [`model`]: the mode-neutral service model (Service + Endpoints/EndpointSlices -> service
 //!   ports, frontends, endpoints), built per changed object by its change tracker;
 //! - [`mode`]: the seam every proxy mode implements ([`mode::Proxier`]), `--proxy-mode`, and
-//!   per-mode cleanup; [`mode::ebpf`] is the eBPF mode;
+//!   per-mode cleanup; [`mode::ebpf`] is the eBPF mode, [`mode::iptables`] kube-proxy's
+//!   iptables mode;
+//! - [`conntrack`]: deleting stale UDP flows from the kernel's conntrack table (ctnetlink);
 //! - [`sync`]: the mode-independent sync loop (`--min-sync-period`, `--sync-period`, partial
 //!   and full syncs) and [`metrics`], kube-proxy's metric names;
 //! - [`dataplane`]: the eBPF mode's map contents: rendering a model into map entries (pure),
@@ -14,10 +16,11 @@
 //! - [`agent`]: `xkube proxy`, which feeds the sync loop from the apiserver and serves metrics
 //!   and health.
 //!
-//! The iptables, nftables and userspace modes are not written yet; they plug in as further
+//! The nftables and userspace modes are not written yet; they plug in as further
 //! [`mode::ProxyMode`] variants implementing [`mode::Proxier`] and [`mode::cleanup`].
 
 pub mod agent;
+pub mod conntrack;
 pub mod dataplane;
 pub mod ebpf;
 pub mod error;

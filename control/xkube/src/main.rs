@@ -137,6 +137,9 @@ struct AgentArgs {
     /// Proxy sync timing (--min-sync-period, --sync-period).
     #[command(flatten)]
     proxy_sync: xkube_proxy::agent::SyncOptions,
+    /// The iptables mode's flags (--iptables-backend, --masquerade-all).
+    #[command(flatten)]
+    proxy_iptables: xkube_proxy::mode::iptables::IptablesOptions,
 }
 
 /// Parses an `Args` struct from no arguments: its defaults (and environment).
@@ -282,6 +285,7 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
             cgroup: args.proxy_cgroup,
             ..Default::default()
         },
+        iptables: args.proxy_iptables,
     };
     let client = ClientArgs {
         kubeconfig: args

@@ -11,6 +11,7 @@
 //! ([`cleanup_other_modes`]), as kube-proxy does.
 
 pub mod ebpf;
+pub mod iptables;
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -24,15 +25,18 @@ use crate::{
 pub enum ProxyMode {
     /// eBPF: socket LB, tc and XDP programs (the default).
     Ebpf,
+    /// kube-proxy's iptables mode (nat DNAT chains, one iptables-restore per sync).
+    Iptables,
 }
 
 impl ProxyMode {
     /// Every mode, for cleanup.
-    pub const ALL: [ProxyMode; 1] = [ProxyMode::Ebpf];
+    pub const ALL: [ProxyMode; 2] = [ProxyMode::Ebpf, ProxyMode::Iptables];
 
     pub fn name(&self) -> &'static str {
         match self {
             ProxyMode::Ebpf => "ebpf",
+            ProxyMode::Iptables => "iptables",
         }
     }
 }
@@ -110,6 +114,7 @@ pub struct CleanupContext {
 pub fn cleanup(mode: ProxyMode, ctx: &CleanupContext) -> Result<()> {
     match mode {
         ProxyMode::Ebpf => ebpf::cleanup(ctx),
+        ProxyMode::Iptables => iptables::cleanup(ctx),
     }
 }
 

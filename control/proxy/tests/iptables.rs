@@ -1,0 +1,474 @@
+//! The iptables mode: rendered rules against golden files (kube-proxy's shapes), chain-name
+//! hashes against kube-proxy's test vectors, and (privileged) the mode's syncs, canary and
+//! cleanup against the real iptables tools of both backends inside throwaway namespaces.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde_json::{Value, json};
+use xkube_proxy::{
+    mode::{
+        NodeInfo, Proxier,
+        iptables::{
+            IptablesOptions, IptablesProxier,
+            exec::{Backend, BackendChoice, Iptables},
+            rules::{
+                FullSyncExtras, RenderContext, ServiceRules, endpoint_chain, port_chain,
+                render_service, restore_input,
+            },
+        },
+    },
+    model::{EndpointSource, ServiceModel, ServiceName, build},
+};
+
+const NODE: &str = "node-1";
+
+fn ctx() -> RenderContext {
+    RenderContext {
+        node_name: NODE.into(),
+        node_ip: Ipv4Addr::new(198, 18, 0, 11),
+        pod_cidr: Some("10.180.0.0/24".parse().expect("cidr")),
+        cluster_cidr: "10.180.0.0/16".parse().expect("cidr"),
+        masquerade_all: false,
+        large_cluster: false,
+    }
+}
+
+fn model(svc: Value, endpoints: &[(&str, Option<&str>, bool)], ports: Value) -> ServiceModel {
+    let svc: Service = serde_json::from_value(svc).expect("service");
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-abc"), "namespace": ns,
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": endpoints.iter().map(|(ip, node, ready)| json!({
+            "addresses": [ip], "nodeName": node, "conditions": {"ready": ready}
+        })).collect::<Vec<_>>(),
+        "ports": ports,
+    }))
+    .expect("slice");
+    let slices = [Arc::new(slice)];
+    build(&svc, EndpointSource::Slices(&slices)).expect("a model")
+}
+
+fn service(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})
+}
+
+/// Every shape the renderer knows, one service each.
+fn fixtures() -> Vec<ServiceModel> {
+    let p80 = json!([{"name": "p80", "port": 80, "protocol": "TCP"}]);
+    vec![
+        // A ClusterIP service with one endpoint (kube-proxy's test vector names).
+        model(
+            service(
+                "ns1",
+                "svc1",
+                json!({"clusterIP": "172.30.0.41",
+                "ports": [{"name": "p80", "port": 80, "targetPort": 80}]}),
+            ),
+            &[("10.180.0.1", Some(NODE), true)],
+            p80.clone(),
+        ),
+        // LoadBalancer, externalTrafficPolicy Local, a local and a remote endpoint.
+        model(
+            service(
+                "ns2",
+                "svc2",
+                json!({"type": "LoadBalancer", "clusterIP": "172.30.0.42",
+                "externalTrafficPolicy": "Local", "healthCheckNodePort": 30000,
+                "ports": [{"name": "p80", "port": 80, "nodePort": 3001}]}),
+            )
+            .tap(|s| s["status"] = json!({"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}})),
+            &[
+                ("10.180.0.2", Some(NODE), true),
+                ("10.180.1.2", Some("node-2"), true),
+            ],
+            p80.clone(),
+        ),
+        // NodePort, three endpoints: kube-proxy's probabilities.
+        model(
+            service(
+                "ns3",
+                "svc3",
+                json!({"type": "NodePort", "clusterIP": "172.30.0.43",
+                "ports": [{"name": "p80", "port": 80, "nodePort": 3003}]}),
+            ),
+            &[
+                ("10.180.0.3", Some(NODE), true),
+                ("10.180.1.3", Some("node-2"), true),
+                ("10.180.2.3", Some("node-3"), true),
+            ],
+            p80.clone(),
+        ),
+        // externalIPs and ClientIP affinity.
+        model(
+            service(
+                "ns4",
+                "svc4",
+                json!({"clusterIP": "172.30.0.44",
+                "externalIPs": ["192.168.99.11"], "sessionAffinity": "ClientIP",
+                "ports": [{"name": "p80", "port": 80}]}),
+            ),
+            &[
+                ("10.180.0.4", Some(NODE), true),
+                ("10.180.1.4", Some("node-2"), true),
+            ],
+            p80.clone(),
+        ),
+        // loadBalancerSourceRanges: the KUBE-FW chain and the KUBE-PROXY-FIREWALL drop.
+        model(
+            service(
+                "ns5",
+                "svc5",
+                json!({"type": "LoadBalancer", "clusterIP": "172.30.0.45",
+                "loadBalancerSourceRanges": ["203.0.113.0/25"],
+                "ports": [{"name": "p80", "port": 80, "nodePort": 3002}]}),
+            )
+            .tap(|s| s["status"] = json!({"loadBalancer": {"ingress": [{"ip": "5.6.7.8"}]}})),
+            &[("10.180.0.5", Some(NODE), true)],
+            p80.clone(),
+        ),
+        // No endpoints: REJECT for the cluster IP, the external IP and the node port.
+        model(
+            service(
+                "ns6",
+                "svc6",
+                json!({"type": "NodePort", "clusterIP": "172.30.0.46",
+                "externalIPs": ["192.168.99.16"],
+                "ports": [{"name": "p80", "port": 80, "nodePort": 3006}]}),
+            ),
+            &[("10.180.0.6", Some(NODE), false)],
+            p80.clone(),
+        ),
+        // UDP, an unnamed port, internalTrafficPolicy Local with no local endpoint: DROP.
+        model(
+            service(
+                "ns7",
+                "svc7",
+                json!({"clusterIP": "172.30.0.47",
+                "internalTrafficPolicy": "Local",
+                "ports": [{"port": 53, "protocol": "UDP"}]}),
+            ),
+            &[("10.180.1.7", Some("node-2"), true)],
+            json!([{"port": 53, "protocol": "UDP"}]),
+        ),
+        // externalTrafficPolicy Local without a local endpoint: pods short-circuit, the rest
+        // is dropped.
+        model(
+            service(
+                "ns8",
+                "svc8",
+                json!({"type": "NodePort", "clusterIP": "172.30.0.48",
+                "externalTrafficPolicy": "Local",
+                "ports": [{"name": "p80", "port": 80, "nodePort": 3008}]}),
+            ),
+            &[("10.180.1.8", Some("node-2"), true)],
+            p80,
+        ),
+    ]
+}
+
+trait Tap {
+    fn tap(self, f: impl FnOnce(&mut Self)) -> Self;
+}
+impl Tap for Value {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+
+fn rendered(models: &[ServiceModel], ctx: &RenderContext) -> BTreeMap<ServiceName, ServiceRules> {
+    models
+        .iter()
+        .map(|m| (m.name.clone(), render_service(m, ctx)))
+        .collect()
+}
+
+/// Compares with a golden file; `XKUBE_BLESS=1` rewrites it (review the diff!).
+fn golden(name: &str, got: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/iptables")
+        .join(name);
+    if std::env::var_os("XKUBE_BLESS").is_some() {
+        std::fs::write(&path, got).expect("write golden file");
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (XKUBE_BLESS=1 writes it)", path.display()));
+    if want != got {
+        let diff: Vec<String> = want
+            .lines()
+            .zip(got.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(5)
+            .map(|(i, (a, b))| format!("line {}:\n  want {a}\n  got  {b}", i + 1))
+            .collect();
+        panic!(
+            "{name} differs ({} vs {} lines):\n{}",
+            want.lines().count(),
+            got.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[test]
+fn chain_names_match_kube_proxys_test_vectors() {
+    assert_eq!(
+        port_chain("KUBE-SVC-", "ns1/svc1:p80", "tcp"),
+        "KUBE-SVC-XPGD46QRK7WJZT7O"
+    );
+    assert_eq!(
+        endpoint_chain("ns1/svc1:p80", "tcp", "10.180.0.1:80"),
+        "KUBE-SEP-SXIVWICOYRO3J4NJ"
+    );
+}
+
+#[test]
+fn full_sync_input_matches_the_golden_file() {
+    let input = restore_input(
+        &rendered(&fixtures(), &ctx()),
+        None,
+        &BTreeSet::new(),
+        &FullSyncExtras::default(),
+    );
+    golden("full.txt", &input);
+}
+
+#[test]
+fn partial_sync_rewrites_the_changed_service_only_and_deletes_its_stale_chains() {
+    let mut models = fixtures();
+    let before = rendered(&models, &ctx());
+    // svc3 loses an endpoint; the others are unchanged.
+    let svc3 = models
+        .iter_mut()
+        .find(|m| m.name.name == "svc3")
+        .expect("svc3");
+    svc3.ports[0]
+        .endpoints
+        .retain(|e| e.addr != Ipv4Addr::new(10, 180, 2, 3));
+    let name = svc3.name.clone();
+    let after = rendered(&models, &ctx());
+    let old: BTreeSet<String> = before[&name].chains().cloned().collect();
+    let new: BTreeSet<String> = after[&name].chains().cloned().collect();
+    let stale: BTreeSet<String> = old.difference(&new).cloned().collect();
+    assert_eq!(stale.len(), 1, "one endpoint chain goes");
+    let input = restore_input(
+        &after,
+        Some(&[name].into()),
+        &stale,
+        &FullSyncExtras::default(),
+    );
+    golden("partial.txt", &input);
+}
+
+#[test]
+fn large_clusters_leave_out_per_endpoint_comments() {
+    let models = fixtures();
+    let mut c = ctx();
+    c.large_cluster = true;
+    let r = rendered(&models[..1], &c);
+    let input = restore_input(&r, None, &BTreeSet::new(), &FullSyncExtras::default());
+    assert!(input.contains("-A KUBE-SVC-XPGD46QRK7WJZT7O -j KUBE-SEP-SXIVWICOYRO3J4NJ\n"));
+    assert!(input.contains("-A KUBE-SEP-SXIVWICOYRO3J4NJ -s 10.180.0.1 -j KUBE-MARK-MASQ\n"));
+    assert!(
+        input.contains("\"ns1/svc1:p80 cluster IP\""),
+        "service comments stay"
+    );
+}
+
+// ---- privileged: the real tools -------------------------------------------------------
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "iptables tests need root; CI runs them as root"
+    );
+}
+
+fn node() -> NodeInfo {
+    let c = ctx();
+    NodeInfo {
+        name: c.node_name,
+        addrs: vec![c.node_ip],
+        pod_cidr: c.pod_cidr,
+        cluster_cidr: c.cluster_cidr,
+    }
+}
+
+fn models_map(models: &[ServiceModel]) -> BTreeMap<ServiceName, Arc<ServiceModel>> {
+    models
+        .iter()
+        .map(|m| (m.name.clone(), Arc::new(m.clone())))
+        .collect()
+}
+
+/// `-A` lines of `iptables-save` in `table` that belong to this mode (KUBE-*, and jumps to it).
+fn kube_lines(ipt: &Iptables, table: &str) -> Vec<String> {
+    ipt.save(Some(table))
+        .expect("iptables-save")
+        .lines()
+        .filter(|l| l.contains("KUBE-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn each_backend(f: impl Fn(Backend) + Sync) {
+    require_root();
+    for b in [Backend::Legacy, Backend::Nft] {
+        let ns = xkube_netns::NetNs::unique("xkipt").expect("namespace");
+        ns.run(|| f(b)).expect("enter namespace");
+    }
+}
+
+#[test]
+fn privileged_the_golden_input_loads_in_both_backends_and_reads_back() {
+    each_backend(|b| {
+        let ipt = Iptables::new(b);
+        let input = restore_input(
+            &rendered(&fixtures(), &ctx()),
+            None,
+            &BTreeSet::new(),
+            &FullSyncExtras::default(),
+        );
+        ipt.restore(&input)
+            .unwrap_or_else(|e| panic!("{b:?}: restore: {e}"));
+        let nat = kube_lines(&ipt, "nat");
+        // What iptables-save prints: the seed's shapes (SEEDS.md B).
+        for want in [
+            "-A KUBE-SERVICES -d 172.30.0.41/32 -p tcp -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O",
+            "-A KUBE-SEP-SXIVWICOYRO3J4NJ -s 10.180.0.1/32 -m comment --comment \"ns1/svc1:p80\" -j KUBE-MARK-MASQ",
+            "-A KUBE-SEP-SXIVWICOYRO3J4NJ -p tcp -m comment --comment \"ns1/svc1:p80\" -m tcp -j DNAT --to-destination 10.180.0.1:80",
+            "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000",
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+        ] {
+            assert!(
+                nat.iter().any(|l| l == want),
+                "{b:?}: no {want:?} in\n{}",
+                nat.join("\n")
+            );
+        }
+        let probabilities = nat
+            .iter()
+            .filter(|l| l.contains("-m statistic --mode random --probability"))
+            .count();
+        assert_eq!(
+            probabilities,
+            1 + 2 + 1,
+            "{b:?}: svc2 (1), svc3 (2), svc4 (1)"
+        );
+    });
+}
+
+#[test]
+fn privileged_syncs_canary_and_cleanup_on_both_backends() {
+    each_backend(|b| {
+        let opts = IptablesOptions {
+            iptables_backend: match b {
+                Backend::Legacy => BackendChoice::Legacy,
+                Backend::Nft => BackendChoice::Nft,
+            },
+            masquerade_all: false,
+        };
+        let ipt = Iptables::new(b);
+        // Somebody else's rules stay (Docker's, the kubelet's).
+        ipt.restore("*nat\n:DOCKER - [0:0]\n-A DOCKER -i docker0 -j RETURN\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\nCOMMIT\n")
+            .expect("foreign rules");
+        let mut p = IptablesProxier::new(&opts, &node()).expect("proxier");
+        assert_eq!(p.backend(), b);
+        let mut models = fixtures();
+        p.sync_full(&models_map(&models)).expect("full sync");
+        let full = kube_lines(&ipt, "nat");
+        // The jumps from the built-in chains, once each, also after another full sync.
+        p.sync_full(&models_map(&models)).expect("second full sync");
+        let jumps = |t: &str| {
+            kube_lines(&ipt, t)
+                .into_iter()
+                .filter(|l| {
+                    [
+                        "-A INPUT ",
+                        "-A OUTPUT ",
+                        "-A FORWARD ",
+                        "-A PREROUTING ",
+                        "-A POSTROUTING ",
+                    ]
+                    .iter()
+                    .any(|c| l.starts_with(c))
+                })
+                .count()
+        };
+        assert_eq!(jumps("nat"), 3, "{b:?}: nat jumps");
+        assert_eq!(jumps("filter"), 9, "{b:?}: filter jumps");
+        assert_eq!(
+            kube_lines(&ipt, "nat"),
+            full,
+            "{b:?}: a full sync is idempotent"
+        );
+
+        // A partial sync: svc3 loses an endpoint, svc1 goes away.
+        let svc3 = models
+            .iter_mut()
+            .find(|m| m.name.name == "svc3")
+            .expect("svc3");
+        svc3.ports[0]
+            .endpoints
+            .retain(|e| e.addr != Ipv4Addr::new(10, 180, 2, 3));
+        let changed = vec![
+            (svc3.name.clone(), Some(Arc::new(svc3.clone()))),
+            (ServiceName::new("ns1", "svc1"), None),
+        ];
+        p.sync_changed(&changed).expect("partial sync");
+        let nat = kube_lines(&ipt, "nat");
+        assert!(
+            !nat.iter().any(|l| l.contains("KUBE-SVC-XPGD46QRK7WJZT7O")),
+            "{b:?}: svc1's chain deleted"
+        );
+        assert!(
+            !nat.iter().any(|l| l.contains("10.180.2.3")),
+            "{b:?}: the endpoint is gone"
+        );
+        assert!(
+            nat.iter().any(|l| l.contains("10.180.1.3:80")),
+            "{b:?}: the others stay"
+        );
+        let chains = ipt.save(Some("nat")).expect("save");
+        assert!(
+            !chains.contains(":KUBE-SVC-XPGD46QRK7WJZT7O"),
+            "{b:?}: no stale chain left"
+        );
+
+        // The canary: flushed rules are back after housekeeping.
+        ipt.restore("*mangle\n:KUBE-PROXY-CANARY - [0:0]\n-X KUBE-PROXY-CANARY\nCOMMIT\n")
+            .expect("delete the canary");
+        p.housekeeping().expect("housekeeping");
+        assert!(
+            ipt.chain_exists("mangle", "KUBE-PROXY-CANARY")
+                .expect("check"),
+            "{b:?}: canary back"
+        );
+
+        // Cleanup removes everything of ours and nothing else.
+        xkube_proxy::mode::cleanup_all(&xkube_proxy::mode::CleanupContext {
+            node_name: NODE.into(),
+            bpf_root: std::env::temp_dir().join("xkipt-none"),
+        })
+        .expect("cleanup");
+        for t in ["nat", "filter", "mangle"] {
+            let save = ipt.save(Some(t)).expect("save");
+            let left: Vec<&str> = save.lines().filter(|l| l.contains("KUBE-")).collect();
+            assert!(left.is_empty(), "{b:?} {t}: left {left:?}");
+        }
+        let nat = ipt.save(Some("nat")).expect("save");
+        assert!(
+            nat.contains("-A DOCKER -i docker0 -j RETURN"),
+            "{b:?}: Docker's rules stay"
+        );
+    });
+}
