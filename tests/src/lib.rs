@@ -220,10 +220,16 @@ impl Cluster {
 
     /// `xkube cluster restart <role>` (`--kill` for SIGKILL).
     pub fn restart(&self, role: &str, kill: bool) {
+        self.restart_with(role, kill, &[]);
+    }
+
+    /// `xkube cluster restart <role>` with more flags (`--proxy-mode iptables`).
+    pub fn restart_with(&self, role: &str, kill: bool, extra: &[&str]) {
         let mut cmd = Command::new(xkube_bin());
         cmd.args(["cluster", "restart", "--name", &self.name])
             .arg("--data-root")
             .arg(&self.data_root)
+            .args(extra)
             .arg(role);
         if kill {
             cmd.arg("--kill");

@@ -10,7 +10,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -163,14 +163,7 @@ fn iptables_save(c: &Cluster, node: usize) -> String {
 fn check_mode_state(c: &Cluster, mode: &str, svc: &str, endpoints: usize) {
     for i in 0..c.nodes {
         let text = iptables_save(c, i);
-        // kube-proxy's chains are KUBE-*; the kubelet's own pod masquerade chain is XKUBE-*.
-        let kube: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                l.split_whitespace()
-                    .any(|t| t.trim_start_matches(':').starts_with("KUBE-"))
-            })
-            .collect();
+        let kube = kube_lines(&text);
         if mode == "ebpf" {
             assert!(kube.is_empty(), "node{} has KUBE rules: {kube:?}", i + 1);
             continue;
@@ -372,6 +365,43 @@ spec:
         "UDP reply from the service address"
     );
 
+    // A UDP flow follows its endpoint: a client that keeps its source port keeps one
+    // conntrack flow; when the pod answering it is deleted, its next datagram reaches a live
+    // pod (the stale flow is deleted) instead of the dead address.
+    let sock = c
+        .client_ns()
+        .run(|| {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+            s.set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            s
+        })
+        .expect("enter client");
+    let ask = || -> Option<String> {
+        sock.send_to(b"hostname", dns).ok()?;
+        let mut buf = [0u8; 256];
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    };
+    let first = c.wait("a UDP answer on one flow", Duration::from_secs(10), ask);
+    let gone_ip = pods(&c, "web")
+        .into_iter()
+        .find(|p| p.0 == first)
+        .map(|p| p.1)
+        .expect("the answering pod");
+    c.kubectl_ok(&["delete", "pod", &first, "--wait=false"]);
+    c.wait(
+        "the deleted pod to leave the endpoints",
+        Duration::from_secs(30),
+        || (!ready_endpoints(&c, "dns").contains(&gone_ip)).then_some(()),
+    );
+    let next = c.wait(
+        "an answer from a live pod on the same flow",
+        Duration::from_secs(15),
+        || ask().filter(|h| *h != first),
+    );
+    println!("{mode}: UDP flow moved from {first} to {next} after the pod's deletion");
+
     // Hairpin: the only pod of a service reaches itself through that service.
     c.apply(&web_rc("solo", 1));
     c.apply(&service("solo", "solo", ""));
@@ -449,6 +479,76 @@ spec:
     );
 }
 
+/// Requests to `to` from the client namespace on a thread, paced at 500/s at most (requests
+/// to a remote backend are SNATed and agnhost closes first, so each holds a SNAT port through
+/// the backend's 60 s TIME_WAIT: 4,536 ports per backend). Bounded: 30,000 requests or 90 s.
+struct RequestLoop {
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    thread: std::thread::JoinHandle<Vec<(f64, Option<String>)>>,
+}
+
+impl RequestLoop {
+    fn start(c: &Cluster, to: SocketAddrV4) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client_path = c.client_ns().path().to_owned();
+        let started = Instant::now();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let ns = std::fs::File::open(&client_path).expect("client namespace");
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                let deadline = Instant::now() + Duration::from_secs(90);
+                let mut next = Instant::now();
+                let mut out = Vec::new();
+                for _ in 0..30_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    next += Duration::from_millis(2);
+                    let at = started.elapsed().as_secs_f64();
+                    let r = xkube_e2e::http_get_here(to, "/hostname", TIMEOUT);
+                    out.push((at, r.err().map(|e| e.to_string())));
+                }
+                out
+            })
+        };
+        Self {
+            stop,
+            started,
+            thread,
+        }
+    }
+
+    fn at(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Every request: when it started (seconds since the loop started) and its error.
+    fn stop(self) -> Vec<(f64, Option<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("request loop")
+    }
+}
+
+/// Waits until node `i`'s proxy answers /healthz (after its first sync).
+fn wait_proxy_healthy(c: &Cluster, i: usize) {
+    c.wait(
+        "the agent's proxy to be healthy",
+        Duration::from_secs(60),
+        || {
+            http_get(
+                &c.node_ns(i),
+                SocketAddrV4::new(c.node_addr(i), 10256),
+                "/healthz",
+                TIMEOUT,
+            )
+            .ok()
+        },
+    );
+}
+
 fn agent_restart_suite(mode: &str) {
     let c = Cluster::up(3, &["--proxy-mode", mode]);
     c.apply(&web_rc("web", 2));
@@ -458,72 +558,135 @@ fn agent_restart_suite(mode: &str) {
     let to = SocketAddrV4::new(c.node_addr(0), np);
     hostnames(&c.client_ns(), to, 5);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let client_path = c.client_ns().path().to_owned();
-    let started = Instant::now();
-    let looper = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            // What failed and when (seconds since the loop started), to tell a dataplane gap
-            // from a slow answer.
-            let mut errors = Vec::new();
-            let ns = std::fs::File::open(&client_path).expect("client namespace");
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            // Paced at 500 requests/s at most: requests to the remote backend are SNATed, and
-            // agnhost closes first, so each holds a SNAT port through the backend's 60 s
-            // TIME_WAIT (4,536 ports per backend). Bounded: 20,000 requests or 60 s.
-            let mut next = Instant::now();
-            for _ in 0..20_000 {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
-                next += Duration::from_millis(2);
-                let r = xkube_e2e::http_get_here(to, "/hostname", TIMEOUT);
-                match r {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        if errors.len() < 10 {
-                            errors.push(format!("{:.3}s: {e}", started.elapsed().as_secs_f64()));
-                        }
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            errors
-        })
-    };
+    let looper = RequestLoop::start(&c, to);
     std::thread::sleep(Duration::from_secs(1));
-    let node = c.node_name(0);
-    let killed_at = started.elapsed();
-    c.restart(&node, true);
-    let restarted_at = started.elapsed();
-    // The agent is back when its proxy answers /healthz again (after its first sync).
-    c.wait(
-        "the restarted agent's proxy to be healthy",
-        Duration::from_secs(60),
-        || {
-            http_get(
-                &c.node_ns(0),
-                SocketAddrV4::new(c.node_addr(0), 10256),
-                "/healthz",
-                TIMEOUT,
-            )
-            .ok()
-        },
-    );
-    let healthy_at = started.elapsed();
+    let killed_at = looper.at();
+    c.restart(&c.node_name(0), true);
+    let restarted_at = looper.at();
+    wait_proxy_healthy(&c, 0);
+    let healthy_at = looper.at();
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let errors = looper.join().expect("request loop");
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let all = looper.stop();
+    let errors: Vec<String> = all
+        .iter()
+        .filter_map(|(t, e)| e.as_ref().map(|e| format!("{t:.3}s: {e}")))
+        .collect();
+    let (ok, failed) = (all.len() - errors.len(), errors.len());
     println!(
         "{mode}: NodePort requests via node1 across its agent's SIGKILL + restart: {ok} ok, {failed} failed \
-         (killed at {killed_at:.3?}, restarted at {restarted_at:.3?}, healthy at {healthy_at:.3?}); \
-         errors: {errors:#?}"
+         (killed at {killed_at:.3}s, restarted at {restarted_at:.3}s, healthy at {healthy_at:.3}s); \
+         errors: {:#?}",
+        &errors[..errors.len().min(10)]
     );
     assert!(ok > 50, "the loop ran ({ok} requests)");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+}
+
+/// Whether node `i` holds eBPF state of the proxy (pins, XDP on the uplink).
+fn ebpf_state(c: &Cluster, i: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let pins = std::path::Path::new("/sys/fs/bpf/xkube").join(c.node_name(i));
+    if pins.exists() {
+        found.push(format!("pins at {}", pins.display()));
+    }
+    let link = c
+        .node_ns(i)
+        .run(|| {
+            std::process::Command::new("ip")
+                .args(["-d", "link", "show", "eth0"])
+                .output()
+        })
+        .expect("enter node")
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&link.stdout);
+    if text.contains("xdp") {
+        found.push(format!("XDP on eth0: {text}"));
+    }
+    found
+}
+
+fn kube_rules(c: &Cluster, i: usize) -> usize {
+    kube_lines(&iptables_save(c, i)).len()
+}
+
+/// Lines of `iptables-save` output naming one of kube-proxy's KUBE-* chains (the kubelet's own
+/// pod masquerade chain is XKUBE-*).
+fn kube_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .any(|t| t.trim_start_matches(':').starts_with("KUBE-"))
+        })
+        .collect()
+}
+
+/// Switching node1 ebpf -> iptables -> ebpf under load: each switch leaves no state of the
+/// other mode, and requests fail only while the node has neither mode's state (the new agent
+/// removes the old mode, then programs its own in its first sync).
+#[test]
+fn privileged_cluster_switching_a_live_node_between_ebpf_and_iptables() {
+    let c = Cluster::up(3, &["--proxy-mode", "ebpf"]);
+    c.apply(&web_rc("web", 2));
+    c.apply(&service("web", "web", "  type: NodePort"));
+    wait_endpoints(&c, "web", 2);
+    let to = SocketAddrV4::new(c.node_addr(0), node_port(&c, "web"));
+    hostnames(&c.client_ns(), to, 5);
+    assert!(!ebpf_state(&c, 0).is_empty(), "ebpf mode has its state");
+    assert_eq!(kube_rules(&c, 0), 0);
+
+    let looper = RequestLoop::start(&c, to);
+    let mut windows = Vec::new();
+    for mode in ["iptables", "ebpf"] {
+        std::thread::sleep(Duration::from_secs(1));
+        let from = looper.at();
+        c.restart_with(&c.node_name(0), false, &["--proxy-mode", mode]);
+        wait_proxy_healthy(&c, 0);
+        let until = looper.at();
+        windows.push((mode, from, until));
+        if mode == "iptables" {
+            let left = ebpf_state(&c, 0);
+            assert!(
+                left.is_empty(),
+                "eBPF state left after the switch: {left:?}"
+            );
+            assert!(kube_rules(&c, 0) > 0, "iptables rules written");
+        } else {
+            assert_eq!(kube_rules(&c, 0), 0, "iptables rules left after the switch");
+            assert!(!ebpf_state(&c, 0).is_empty(), "eBPF state back");
+        }
+        // Served by the new mode.
+        assert_eq!(
+            hostnames(&c.client_ns(), to, 20).len(),
+            2,
+            "{mode} serves both backends"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let all = looper.stop();
+    let ok = all.iter().filter(|(_, e)| e.is_none()).count();
+    assert!(ok > 500, "the loop ran ({ok} requests)");
+    for (mode, from, until) in &windows {
+        let failed: Vec<&(f64, Option<String>)> = all
+            .iter()
+            .filter(|(t, e)| e.is_some() && t >= from && t <= until)
+            .collect();
+        let gap = match (failed.first(), failed.last()) {
+            (Some(a), Some(b)) => format!("{:.1} ms", (b.0 - a.0) * 1000.0),
+            _ => "none".into(),
+        };
+        println!(
+            "switch to {mode}: {} failed requests, failure window {gap} (restart to healthy: {:.0} ms); first errors: {:?}",
+            failed.len(),
+            (until - from) * 1000.0,
+            failed.iter().take(3).collect::<Vec<_>>()
+        );
+    }
+    let outside: Vec<&(f64, Option<String>)> = all
+        .iter()
+        .filter(|(t, e)| e.is_some() && !windows.iter().any(|(_, f, u)| t >= f && t <= u))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "requests failed outside the switches: {outside:?}"
+    );
 }

@@ -654,13 +654,35 @@ fn load_state(opts: &NameOptions) -> Result<(State, PathBuf)> {
 /// Restarts the process with role `role` (the control plane or a node's agent): SIGKILL when
 /// `kill`, else SIGTERM and a grace period; then the same command in the same namespace and
 /// cgroup. Returns the new pid.
-pub fn restart(opts: &NameOptions, role: &str, kill: bool) -> Result<u32> {
+/// With `proxy_mode`, a node's agent comes back in that mode (switching a live node; the new
+/// agent removes the old mode's state before it programs its own).
+pub fn restart(
+    opts: &NameOptions,
+    role: &str,
+    kill: bool,
+    proxy_mode: Option<xkube_proxy::agent::ProxyMode>,
+) -> Result<u32> {
     let (mut state, data) = load_state(opts)?;
     let p = state
         .processes
         .iter_mut()
         .find(|p| p.role == role)
         .ok_or_else(|| Error::Invalid(format!("no process {role:?} in cluster {:?}", opts.name)))?;
+    if let Some(mode) = proxy_mode {
+        let at = p
+            .argv
+            .iter()
+            .position(|a| a == "--proxy-mode")
+            .ok_or_else(|| Error::Invalid(format!("{role:?} runs no proxy")))?;
+        match p.argv.get_mut(at + 1) {
+            Some(v) => *v = mode.name().to_owned(),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{role:?}: --proxy-mode without a value"
+                )));
+            }
+        }
+    }
     let pid = p.pid as i32;
     signal_all(
         &[pid],

@@ -5,8 +5,8 @@
 //! through the [`Proxier`](crate::mode::Proxier) seam. Metrics on `:10249/metrics`, health on
 //! `:10256/healthz`.
 //!
-//! Starting in one mode removes every other mode's state first; `--cleanup` removes every
-//! mode's state and exits.
+//! Starting in one mode removes every other mode's state once its own first sync succeeded
+//! (make before break); `--cleanup` removes every mode's state and exits.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -168,7 +168,6 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     };
     info!(node = %node.name, addrs = ?node.addrs, pod_cidr = ?node.pod_cidr, mode = opts.proxy_mode.name(), "proxy starting");
 
-    cleanup_other_modes(opts.proxy_mode, &opts.cleanup_context())?;
     let proxier: Box<dyn Proxier> = match opts.proxy_mode {
         ProxyMode::Ebpf => Box::new(EbpfProxier::start(&opts.ebpf, &node, &shutdown)?),
         ProxyMode::Iptables => Box::new(IptablesProxier::new(&opts.iptables, &node)?),
@@ -204,7 +203,16 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         min_sync_period: opts.sync.min_sync_period,
         sync_period: opts.sync.sync_period,
     };
+    // The other modes' state goes once this mode serves: a node switched from one mode to
+    // another keeps serving through the switch (both translate new connections the same way;
+    // whichever sees a packet first translates it).
+    let (mode, ctx) = (opts.proxy_mode, opts.cleanup_context());
     let res = SyncLoop::new(proxier, config, metrics)
+        .after_first_sync(Box::new(move || {
+            cleanup_other_modes(mode, &ctx)?;
+            info!(mode = mode.name(), "state of the other proxy modes removed");
+            Ok(())
+        }))
         .run(rx, shutdown.clone())
         .await;
     shutdown.cancel();

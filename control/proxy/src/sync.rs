@@ -58,12 +58,16 @@ pub enum Input {
     Node(NodeInfo),
 }
 
+/// Work to run once, after the first successful sync (on a blocking thread).
+pub type FirstSyncHook = Box<dyn FnOnce() -> crate::Result<()> + Send>;
+
 /// The sync loop (module docs).
 pub struct SyncLoop {
     proxier: Option<Box<dyn Proxier>>,
     tracker: ChangeTracker,
     config: SyncConfig,
     metrics: Arc<ProxyMetrics>,
+    after_first_sync: Option<FirstSyncHook>,
 }
 
 enum Kind {
@@ -78,7 +82,15 @@ impl SyncLoop {
             tracker: ChangeTracker::new(),
             config,
             metrics,
+            after_first_sync: None,
         }
+    }
+
+    /// Runs `hook` once the first sync has succeeded: the agent removes the state of the
+    /// other proxy modes only when its own mode serves (make before break).
+    pub fn after_first_sync(mut self, hook: FirstSyncHook) -> Self {
+        self.after_first_sync = Some(hook);
+        self
     }
 
     fn input(&mut self, i: Input) -> bool {
@@ -186,6 +198,13 @@ impl SyncLoop {
                         }
                         retry = cfg.min_sync_period;
                         retry_at = None;
+                        if let Some(hook) = self.after_first_sync.take() {
+                            match tokio::task::spawn_blocking(hook).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => warn!(error = %e, "after the first sync"),
+                                Err(e) => warn!(error = %e, "after the first sync"),
+                            }
+                        }
                     }
                     Err(e) => {
                         warn!(error = %e, full, retry_in_ms = retry.as_millis() as u64, "sync failed; a full sync follows");
@@ -473,6 +492,43 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(&h.calls()[3..], [Call::Node, Call::Full(1)]);
         h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_sync_hook_runs_once_after_the_first_successful_sync() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fail_next = Arc::new(Mutex::new(true));
+        let fake = Fake {
+            calls: calls.clone(),
+            fail_next,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let hooked = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let h = hooked.clone();
+        let task = tokio::spawn(
+            SyncLoop::new(Box::new(fake), CFG, Arc::new(ProxyMetrics::new()))
+                .after_first_sync(Box::new(move || {
+                    let n = seen.lock().map(|v| v.len()).unwrap_or(0);
+                    if let Ok(mut v) = h.lock() {
+                        v.push(n);
+                    }
+                    Ok(())
+                }))
+                .run(rx, CancellationToken::new()),
+        );
+        tx.send(Input::Relist {
+            services: vec![svc("a", "10.96.0.1")],
+            endpoints: vec![],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        // The first full sync failed, the retry succeeded: the hook ran then, and only once.
+        assert_eq!(hooked.lock().map(|v| v.clone()).unwrap_or_default(), [2]);
+        drop(tx);
+        let r = task.await.unwrap_or_else(|e| panic!("join: {e}"));
+        assert!(r.is_ok());
     }
 
     use std::net::Ipv4Addr;

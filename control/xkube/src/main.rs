@@ -79,6 +79,9 @@ enum ClusterCmd {
         /// SIGKILL instead of SIGTERM.
         #[arg(long)]
         kill: bool,
+        /// Bring a node's agent back in this proxy mode.
+        #[arg(long, value_enum)]
+        proxy_mode: Option<xkube_proxy::agent::ProxyMode>,
     },
 }
 
@@ -421,7 +424,8 @@ fn main() -> ExitCode {
                 cluster,
                 role,
                 kill,
-            } => xkube_cluster::restart(&cluster, &role, kill)
+                proxy_mode,
+            } => xkube_cluster::restart(&cluster, &role, kill, proxy_mode)
                 .map(|pid| println!("{role} restarted (pid {pid})"))
                 .map_err(anyhow::Error::from),
         },

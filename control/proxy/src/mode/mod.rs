@@ -7,8 +7,9 @@
 //! state (eBPF maps and ids, iptables chains, listeners) and its flags.
 //!
 //! Cleanup is per mode and works without starting it ([`cleanup`]): `--cleanup` removes every
-//! mode's state, and starting in mode X first removes the state of every other mode
-//! ([`cleanup_other_modes`]), as kube-proxy does.
+//! mode's state, and a proxy started in mode X removes the state of every other mode
+//! ([`cleanup_other_modes`]) once its own first sync succeeded (kube-proxy removes it before
+//! starting; removing it after keeps a node that switches modes serving throughout).
 
 pub mod ebpf;
 pub mod iptables;
