@@ -66,7 +66,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "docker.io",
         "the docker runtime: its tests and `cluster up --runtime docker` start dockerd",
     ),
-    ("iptables", "the kubelet's pod masquerade"),
+    (
+        "iptables",
+        "the kubelet's pod masquerade and the proxy's iptables mode (legacy and nft tools)",
+    ),
     (
         "curl",
         "the tools image of `cluster up --runtime docker` and the e2e pods",
