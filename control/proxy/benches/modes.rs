@@ -129,7 +129,7 @@ fn bench(c: &mut Criterion) {
         for mode in MODES {
             g.bench_with_input(BenchmarkId::new(mode, n), &mode, |b, mode| {
                 b.iter_batched(
-                    || fresh(*mode),
+                    || fresh(mode),
                     |mut m| {
                         m.proxier()
                             .sync_full(base.models())
