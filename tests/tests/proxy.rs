@@ -161,6 +161,26 @@ fn iptables_save(c: &Cluster, node: usize) -> String {
 /// The node state only `mode` has: eBPF leaves no KUBE-* rule; iptables shows the seed's rule
 /// shapes (SEEDS.md B) for `svc` with `endpoints` ready endpoints.
 fn check_mode_state(c: &Cluster, mode: &str, svc: &str, endpoints: usize) {
+    if mode == "iptables" {
+        // Programming follows the Endpoints by up to --min-sync-period (1 s in this mode).
+        c.wait(
+            &format!("{endpoints} endpoint chains of {svc} on every node"),
+            Duration::from_secs(10),
+            || {
+                (0..c.nodes)
+                    .all(|i| {
+                        let text = iptables_save(c, i);
+                        let tag = format!("\"default/{svc}:http -> ");
+                        kube_lines(&text)
+                            .iter()
+                            .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains(&tag))
+                            .count()
+                            == endpoints
+                    })
+                    .then_some(())
+            },
+        );
+    }
     for i in 0..c.nodes {
         let text = iptables_save(c, i);
         let kube = kube_lines(&text);
@@ -244,21 +264,21 @@ fn services_suite(mode: &str) {
     let all: BTreeSet<String> = pods(&c, "web").into_iter().map(|p| p.0).collect();
     assert_eq!(all.len(), 3);
 
-    // A6: ClusterIP from host processes of every node (socket LB on the node cgroup).
+    // A6: ClusterIP from host processes of every node (socket LB on the node cgroup), once
+    // the node has programmed all three endpoints (within --min-sync-period).
     for i in 0..c.nodes {
-        let seen = c.on_node(i, || -> BTreeSet<String> {
-            (0..30)
-                .map(|_| {
-                    xkube_e2e::http_get_here(vip, "/hostname", TIMEOUT)
-                        .unwrap_or_else(|e| panic!("ClusterIP from node{}: {e}", i + 1))
-                })
-                .collect()
-        });
-        assert_eq!(
-            seen,
-            all,
-            "node{} host processes reach every backend",
-            i + 1
+        let mut seen = BTreeSet::new();
+        c.wait(
+            &format!("node{} host processes to reach every backend", i + 1),
+            Duration::from_secs(10),
+            || {
+                seen = c.on_node(i, || -> BTreeSet<String> {
+                    (0..30)
+                        .filter_map(|_| xkube_e2e::http_get_here(vip, "/hostname", TIMEOUT).ok())
+                        .collect()
+                });
+                (seen == all).then_some(())
+            },
         );
     }
 
@@ -329,6 +349,11 @@ fn services_suite(mode: &str) {
     c.apply(&service("sticky", "web", "  sessionAffinity: ClientIP"));
     wait_endpoints(&c, "sticky", 3);
     let sticky = SocketAddrV4::new(cluster_ip(&c, "sticky"), 80);
+    c.wait(
+        "the sticky service to answer",
+        Duration::from_secs(10),
+        || http_get(&c.client_ns(), sticky, "/hostname", TIMEOUT).ok(),
+    );
     assert_eq!(hostnames(&c.client_ns(), sticky, 20).len(), 1, "affinity");
 
     // A UDP service: the reply comes from the service address.
@@ -409,13 +434,16 @@ spec:
     let solo_vip = cluster_ip(&c, "solo");
     let (solo, solo_ip, solo_node) = pods(&c, "solo").remove(0);
     let path = format!("/dial?host={solo_vip}&port=80&path=/hostname");
-    let answer = http_get(
-        &c.node_ns(solo_node),
-        SocketAddrV4::new(solo_ip, 8080),
-        &path,
-        TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("hairpin: {e}"));
+    let answer = c.wait("the pod to reach itself", Duration::from_secs(10), || {
+        http_get(
+            &c.node_ns(solo_node),
+            SocketAddrV4::new(solo_ip, 8080),
+            &path,
+            TIMEOUT,
+        )
+        .ok()
+        .filter(|a| a.trim() == solo)
+    });
     assert_eq!(
         answer.trim(),
         solo,

@@ -334,6 +334,13 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             // forwards nothing: a packet no rule translated is dropped inside the cluster's
             // namespaces. The eBPF mode translates at connect() and needs none.
             ns.add_route(Ipv4Addr::new(10, 96, 0, 0), 12, CONTROL_PLANE_ADDR)?;
+            // A packet from the external client for a service not programmed yet would leave
+            // by the interface it came in on, and the node would redirect the client to the
+            // control plane for that address (a route exception that outlives the service's
+            // programming): nodes send no ICMP redirects.
+            for conf in ["all", "eth0"] {
+                sysctl::set(&ns, &format!("net/ipv4/conf/{conf}/send_redirects"), "0")?;
+            }
         }
         // Named like the node, so a DaemonSet can find its node's cgroup from `spec.nodeName`.
         let cg = cg_root.join(names.node(i));

@@ -71,21 +71,21 @@ pub struct Options {
 /// kube-proxy's sync timing flags.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct SyncOptions {
-    /// The minimum interval between syncs; changes within it are coalesced. kube-proxy
-    /// defaults to 1s for iptables; the eBPF mode's partial syncs are cheap enough for 10ms.
-    #[arg(long, env = "XKUBE_MIN_SYNC_PERIOD", default_value = "10ms", value_parser = parse_period)]
-    pub min_sync_period: Duration,
-    /// The interval of full syncs, which re-read the kernel's state and repair drift.
+    /// The minimum interval between syncs; changes within it are coalesced. Default: the
+    /// mode's (eBPF 10ms, its partial syncs cost microseconds; iptables 1s, as kube-proxy).
+    #[arg(long, env = "XKUBE_MIN_SYNC_PERIOD", value_parser = parse_period)]
+    pub min_sync_period: Option<Duration>,
+    /// The longest interval between syncs; the eBPF mode's are full syncs, which re-read the
+    /// kernel's state and repair drift (the iptables mode's full syncs are hourly).
     #[arg(long, env = "XKUBE_SYNC_PERIOD", default_value = "30s", value_parser = parse_period)]
     pub sync_period: Duration,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        let d = SyncConfig::default();
         Self {
-            min_sync_period: d.min_sync_period,
-            sync_period: d.sync_period,
+            min_sync_period: None,
+            sync_period: SyncConfig::default().sync_period,
         }
     }
 }
@@ -102,7 +102,7 @@ impl Options {
 /// Runs the proxy until `shutdown`; the mode's state keeps working afterwards where it can
 /// (the eBPF dataplane is pinned).
 pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> Result<()> {
-    if opts.sync.min_sync_period > opts.sync.sync_period {
+    if opts.sync.min_sync_period > Some(opts.sync.sync_period) {
         return Err(Error::Flag {
             flag: "min-sync-period",
             reason: "longer than --sync-period".into(),
@@ -200,7 +200,11 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         shutdown.clone(),
     ));
     let config = SyncConfig {
-        min_sync_period: opts.sync.min_sync_period,
+        min_sync_period: opts
+            .sync
+            .min_sync_period
+            .unwrap_or_else(|| proxier.default_min_sync_period())
+            .min(opts.sync.sync_period),
         sync_period: opts.sync.sync_period,
     };
     // The other modes' state goes once this mode serves: a node switched from one mode to

@@ -20,7 +20,8 @@ use netlink_packet_netfilter::{
 };
 use rtnetlink::{
     packet_core::{
-        NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+        DefaultNla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+        NetlinkPayload, Nla as _,
     },
     sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER},
 };
@@ -93,6 +94,15 @@ fn request(flags: u16, seq: u32, ct: ConntrackMessage) -> Vec<u8> {
     buf
 }
 
+/// `CTA_ID`: the kernel's id of a flow; a delete carrying it only deletes that flow.
+const CTA_ID: u16 = 12;
+
+/// What a delete names: the original tuple as the kernel sent it, and the flow's id.
+struct FlowKey {
+    orig: Vec<Tuple>,
+    id: Option<DefaultNla>,
+}
+
 /// A ctnetlink socket in the calling thread's network namespace.
 struct Conn {
     sock: Socket,
@@ -111,6 +121,13 @@ enum Answer {
 impl Conn {
     fn open() -> Result<Self> {
         let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io_err("socket", e))?;
+        // A kernel that never answers must not hang the sync thread.
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(5, 0),
+        )
+        .map_err(|e| io_err("setsockopt", e.into()))?;
         sock.bind_auto().map_err(|e| io_err("bind", e))?;
         sock.connect(&SocketAddr::new(0, 0))
             .map_err(|e| io_err("connect", e))?;
@@ -138,7 +155,10 @@ impl Conn {
                     .map_err(|e| io_err("decode", std::io::Error::other(e.to_string())))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
-                    return Ok(());
+                    return Err(io_err(
+                        "decode",
+                        std::io::Error::other("a netlink message of length 0"),
+                    ));
                 }
                 off += len.next_multiple_of(4);
                 if msg.header.sequence_number != seq {
@@ -160,25 +180,26 @@ impl Conn {
         }
     }
 
-    /// Every IPv4 UDP flow: (original tuple as the kernel sent it, original, reply).
-    fn dump_udp(&mut self) -> Result<Vec<(Vec<Tuple>, Direction, Direction)>> {
+    /// Every IPv4 UDP flow: (its key for a delete, original, reply).
+    fn dump_udp(&mut self) -> Result<Vec<(FlowKey, Direction, Direction)>> {
         let seq = self.send(NLM_F_DUMP, ConntrackMessage::Get(vec![]))?;
         let mut out = Vec::new();
         let mut err = 0;
         self.recv(seq, |a| match a {
             Answer::Entry(attrs) => {
-                let (mut orig, mut reply) = (None, None);
+                let (mut orig, mut reply, mut id) = (None, None, None);
                 for a in attrs {
                     match a {
                         ConntrackAttribute::CtaTupleOrig(t) => orig = Some(t),
                         ConntrackAttribute::CtaTupleReply(t) => reply = Some(t),
+                        ConntrackAttribute::Other(nla) if nla.kind() == CTA_ID => id = Some(nla),
                         _ => {}
                     }
                 }
                 if let (Some(o), Some(r)) = (orig, reply) {
                     let (od, rd) = (direction(&o), direction(&r));
                     if od.proto == IPPROTO_UDP {
-                        out.push((o, od, rd));
+                        out.push((FlowKey { orig: o, id }, od, rd));
                     }
                 }
                 true
@@ -196,16 +217,16 @@ impl Conn {
         Ok(out)
     }
 
-    /// Deletes the flow with this original tuple; `false` when it was already gone.
-    fn delete(&mut self, orig: Vec<Tuple>) -> Result<bool> {
+    /// Deletes the flow; `false` when it was already gone (or is another flow now: the id
+    /// the dump gave does not match).
+    fn delete(&mut self, key: FlowKey) -> Result<bool> {
         // Never without a tuple: an empty DELETE flushes the whole table.
-        if orig.is_empty() {
+        if key.orig.is_empty() {
             return Ok(false);
         }
-        let seq = self.send(
-            NLM_F_ACK,
-            ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(orig)]),
-        )?;
+        let mut attrs = vec![ConntrackAttribute::CtaTupleOrig(key.orig)];
+        attrs.extend(key.id.map(ConntrackAttribute::Other));
+        let seq = self.send(NLM_F_ACK, ConntrackMessage::Delete(attrs))?;
         let mut code = 0;
         self.recv(seq, |a| match a {
             Answer::Ack(c) => {
@@ -223,7 +244,9 @@ impl Conn {
 }
 
 /// Whether the flow (`orig`, `reply`) goes to one of the services through an endpoint that
-/// does not serve it any more.
+/// does not serve it any more: to a frontend (address and port) whose reply does not come from
+/// one of the service's endpoints (translated to a gone endpoint, or never translated), or to
+/// a node port (on any address) translated to a gone endpoint.
 pub fn is_stale(
     orig: &Direction,
     reply: &Direction,
@@ -233,14 +256,13 @@ pub fn is_stale(
     let (Some(dst), Some(rsrc)) = (orig.dst, reply.src) else {
         return false;
     };
-    // Not translated: not a service flow of ours.
-    if rsrc == dst && reply.sport == orig.dport {
-        return false;
-    }
     let gone = |s: &&UdpService| !s.endpoints.contains(&(rsrc, reply.sport));
-    // A frontend address and port; or a node port on any destination address.
-    by_frontend.get(&(dst, orig.dport)).is_some_and(gone)
-        || by_node_port.get(&orig.dport).is_some_and(gone)
+    if let Some(s) = by_frontend.get(&(dst, orig.dport)) {
+        return gone(s);
+    }
+    // A node port: only translated flows are ours (a pod may talk to another host's port).
+    let translated = rsrc != dst || reply.sport != orig.dport;
+    translated && by_node_port.get(&orig.dport).is_some_and(gone)
 }
 
 /// Deletes the UDP flows of `services` whose endpoint is gone (module docs); the number
@@ -258,13 +280,28 @@ pub fn delete_stale_udp(services: &[&UdpService]) -> Result<usize> {
     }
     let mut conn = Conn::open()?;
     let flows = conn.dump_udp()?;
-    let mut deleted = 0;
-    for (tuple, orig, reply) in flows {
-        if is_stale(&orig, &reply, &by_frontend, &by_node_port) && conn.delete(tuple)? {
-            deleted += 1;
+    let (mut deleted, mut first_err) = (0, None);
+    for (key, orig, reply) in flows {
+        if !is_stale(&orig, &reply, &by_frontend, &by_node_port) {
+            continue;
+        }
+        match conn.delete(key) {
+            Ok(true) => deleted += 1,
+            Ok(false) => {}
+            // One flow that cannot be deleted does not keep the others.
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     }
-    Ok(deleted)
+    match first_err {
+        Some(e) if deleted == 0 => Err(e),
+        Some(e) => {
+            tracing::warn!(error = %e, deleted, "some stale UDP flows could not be deleted");
+            Ok(deleted)
+        }
+        None => Ok(deleted),
+    }
 }
 
 #[cfg(test)]
@@ -307,11 +344,18 @@ mod tests {
             dir([198, 18, 0, 100], 40000, [198, 18, 0, 11], 30053),
             dir([10, 244, 1, 6], 5353, [198, 18, 0, 11], 40000)
         ));
-        // Not translated, or to another address: not ours.
-        assert!(!check(
+        // To the frontend but never translated (created before the rules): stale, as in
+        // kube-proxy (the client would never reach an endpoint on that flow).
+        assert!(check(
             dir(client, 40000, [10, 96, 0, 10], 53),
             dir([10, 96, 0, 10], 53, client, 40000)
         ));
+        // An untranslated flow to another host's port that is a node port here: not ours.
+        assert!(!check(
+            dir(client, 40000, [198, 18, 0, 100], 30053),
+            dir([198, 18, 0, 100], 30053, client, 40000)
+        ));
+        // To another address: not ours.
         assert!(!check(
             dir(client, 40000, [10, 96, 0, 11], 53),
             dir([10, 244, 1, 6], 5353, client, 40000)

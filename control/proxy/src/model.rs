@@ -478,6 +478,9 @@ pub fn parse_service(svc: &Service) -> Option<ServiceModel> {
             .filter_map(|s| s.load_balancer.as_ref())
             .filter_map(|lb| lb.ingress.as_ref())
             .flatten()
+            // `ipMode: Proxy`: the load balancer proxies to the nodes, its address is not
+            // one to capture on them (kube-proxy ignores it too).
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_deref()),
     );
     let mut source_ranges: Vec<Ipv4Cidr> = spec

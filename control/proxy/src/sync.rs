@@ -58,8 +58,9 @@ pub enum Input {
     Node(NodeInfo),
 }
 
-/// Work to run once, after the first successful sync (on a blocking thread).
-pub type FirstSyncHook = Box<dyn FnOnce() -> crate::Result<()> + Send>;
+/// Work to run after the first successful sync (on a blocking thread); retried after each
+/// later successful sync until it succeeds once.
+pub type FirstSyncHook = Box<dyn FnMut() -> crate::Result<()> + Send>;
 
 /// The sync loop (module docs).
 pub struct SyncLoop {
@@ -126,8 +127,17 @@ impl SyncLoop {
         shutdown: CancellationToken,
     ) -> Result<Box<dyn Proxier>, Error> {
         let cfg = self.config;
+        // Every --sync-period a periodic sync; it is a full one when the mode's full-sync
+        // period is over too (kube-proxy: partial syncs every sync period, a full one hourly).
+        let full_every = self
+            .proxier
+            .as_ref()
+            .and_then(|p| p.full_sync_period())
+            .unwrap_or(cfg.sync_period)
+            .max(cfg.sync_period);
         let mut needs_full = true;
         let mut last_sync: Option<Instant> = None;
+        let mut next_periodic = Instant::now();
         let mut next_full = Instant::now();
         let mut retry = cfg.min_sync_period;
         let mut retry_at: Option<Instant> = None;
@@ -145,9 +155,12 @@ impl SyncLoop {
             let now = Instant::now();
             let min_ok = last_sync.is_none_or(|t| now >= t + cfg.min_sync_period)
                 && retry_at.is_none_or(|t| now >= t);
-            let kind = if (needs_full && min_ok) || now >= next_full {
+            let periodic = now >= next_periodic;
+            let kind = if !min_ok {
+                None
+            } else if needs_full || (periodic && now >= next_full) {
                 Some(Kind::Full)
-            } else if self.tracker.has_changes() && min_ok {
+            } else if periodic || self.tracker.has_changes() {
                 Some(Kind::Partial)
             } else {
                 None
@@ -155,7 +168,7 @@ impl SyncLoop {
             if let Some(kind) = kind {
                 let changes = self.tracker.take_changes();
                 pending_triggers.extend(changes.trigger_times);
-                if matches!(kind, Kind::Partial) && changes.services.is_empty() {
+                if matches!(kind, Kind::Partial) && changes.services.is_empty() && !periodic {
                     // Objects changed, their models did not: nothing to program.
                     self.metrics.programmed(&pending_triggers);
                     pending_triggers.clear();
@@ -192,17 +205,23 @@ impl SyncLoop {
                         self.metrics.synced(full, took);
                         self.metrics.programmed(&pending_triggers);
                         pending_triggers.clear();
+                        next_periodic = Instant::now() + cfg.sync_period;
                         if full {
                             needs_full = false;
-                            next_full = Instant::now() + cfg.sync_period;
+                            next_full = Instant::now() + full_every;
                         }
                         retry = cfg.min_sync_period;
                         retry_at = None;
-                        if let Some(hook) = self.after_first_sync.take() {
-                            match tokio::task::spawn_blocking(hook).await {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => warn!(error = %e, "after the first sync"),
-                                Err(e) => warn!(error = %e, "after the first sync"),
+                        if let Some(mut hook) = self.after_first_sync.take() {
+                            let (hook, res) = tokio::task::spawn_blocking(move || {
+                                let r = hook();
+                                (hook, r)
+                            })
+                            .await
+                            .map_err(Error::Join)?;
+                            if let Err(e) = res {
+                                warn!(error = %e, "after the first sync; retried after the next");
+                                self.after_first_sync = Some(hook);
                             }
                         }
                     }
@@ -234,16 +253,18 @@ impl SyncLoop {
                 next_housekeeping = housekeeping.map(|i| Instant::now() + i);
                 continue;
             }
-            let mut deadline = next_full;
+            // No sync before the gate (--min-sync-period, the retry delay); the periodic one
+            // waits for it too.
+            let mut gate = last_sync.map_or(now, |t| t + cfg.min_sync_period);
+            if let Some(r) = retry_at {
+                gate = gate.max(r);
+            }
+            let mut deadline = next_periodic.max(gate);
             if let Some(t) = next_housekeeping {
                 deadline = deadline.min(t);
             }
             if needs_full || self.tracker.has_changes() {
-                let mut t = last_sync.map_or(now, |t| t + cfg.min_sync_period);
-                if let Some(r) = retry_at {
-                    t = t.max(r);
-                }
-                deadline = deadline.min(t);
+                deadline = deadline.min(gate);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -279,10 +300,11 @@ mod tests {
         Node,
     }
 
-    /// A mode that records what it is asked to do; fails the syncs listed in `fail`.
+    /// A mode that records what it is asked to do; fails the next `fail_next` syncs.
     struct Fake {
         calls: Arc<Mutex<Vec<(Call, tokio::time::Instant)>>>,
-        fail_next: Arc<Mutex<bool>>,
+        fail_next: Arc<Mutex<u32>>,
+        full_period: Option<Duration>,
     }
 
     struct NoMetrics;
@@ -298,7 +320,11 @@ mod tests {
             let fail = self
                 .fail_next
                 .lock()
-                .map(|mut f| std::mem::take(&mut *f))
+                .map(|mut f| {
+                    let fail = *f > 0;
+                    *f = f.saturating_sub(1);
+                    fail
+                })
                 .unwrap_or(false);
             if fail {
                 Err(Error::ProxierLost)
@@ -329,6 +355,9 @@ mod tests {
         fn metrics(&self) -> Arc<dyn ModeMetrics> {
             Arc::new(NoMetrics)
         }
+        fn full_sync_period(&self) -> Option<Duration> {
+            self.full_period
+        }
     }
 
     fn svc(name: &str, ip: &str) -> Arc<Service> {
@@ -343,18 +372,23 @@ mod tests {
 
     struct Harness {
         calls: Arc<Mutex<Vec<(Call, tokio::time::Instant)>>>,
-        fail_next: Arc<Mutex<bool>>,
+        fail_next: Arc<Mutex<u32>>,
         tx: mpsc::Sender<Input>,
         task: tokio::task::JoinHandle<Result<Box<dyn Proxier>, Error>>,
         metrics: Arc<ProxyMetrics>,
     }
 
     fn start(cfg: SyncConfig) -> Harness {
+        start_with(cfg, None)
+    }
+
+    fn start_with(cfg: SyncConfig, full_period: Option<Duration>) -> Harness {
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let fail_next = Arc::new(Mutex::new(false));
+        let fail_next = Arc::new(Mutex::new(0));
         let fake = Fake {
             calls: calls.clone(),
             fail_next: fail_next.clone(),
+            full_period,
         };
         let metrics = Arc::new(ProxyMetrics::new());
         let (tx, rx) = mpsc::channel(64);
@@ -469,7 +503,7 @@ mod tests {
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         if let Ok(mut f) = h.fail_next.lock() {
-            *f = true;
+            *f = 1;
         }
         h.send(Input::ServiceApplied(svc("a", "10.96.0.1"))).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -497,10 +531,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_first_sync_hook_runs_once_after_the_first_successful_sync() {
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let fail_next = Arc::new(Mutex::new(true));
+        let fail_next = Arc::new(Mutex::new(1));
         let fake = Fake {
             calls: calls.clone(),
             fail_next,
+            full_period: None,
         };
         let (tx, rx) = mpsc::channel(64);
         let hooked = Arc::new(Mutex::new(Vec::new()));
@@ -529,6 +564,50 @@ mod tests {
         drop(tx);
         let r = task.await.unwrap_or_else(|e| panic!("join: {e}"));
         assert!(r.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_full_syncs_back_off_instead_of_spinning() {
+        let h = start(CFG);
+        if let Ok(mut f) = h.fail_next.lock() {
+            *f = 1_000;
+        }
+        h.send(Input::Relist {
+            services: vec![svc("a", "10.96.0.1")],
+            endpoints: vec![],
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        // Retries at 0, 1, 3, 7, 15, 31 s, then every 30 s (the sync period): 8 in 100 s.
+        let n = h.calls().len();
+        assert!((6..=9).contains(&n), "{n} attempts: {:?}", h.calls());
+        assert!(h.calls().iter().all(|c| matches!(c, Call::Full(1))));
+        if let Ok(mut f) = h.fail_next.lock() {
+            *f = 0;
+        }
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mode_with_a_longer_full_sync_period_gets_partial_syncs_in_between() {
+        let h = start_with(CFG, Some(Duration::from_secs(90)));
+        h.send(Input::Relist {
+            services: vec![svc("a", "10.96.0.1")],
+            endpoints: vec![],
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        // Every 30 s a sync; the one at 90 s is full again.
+        assert_eq!(
+            h.calls(),
+            [
+                Call::Full(1),
+                Call::Partial(vec![]),
+                Call::Partial(vec![]),
+                Call::Full(1)
+            ]
+        );
+        h.stop().await;
     }
 
     use std::net::Ipv4Addr;

@@ -169,9 +169,70 @@ fn fixtures() -> Vec<ServiceModel> {
                 "ports": [{"name": "p80", "port": 80, "nodePort": 3008}]}),
             ),
             &[("10.180.1.8", Some("node-2"), true)],
-            p80,
+            p80.clone(),
         ),
+        // internalTrafficPolicy Local with a local and a remote endpoint, and ClientIP
+        // affinity with its own timeout: KUBE-SVL is the internal chain.
+        model(
+            service(
+                "ns9",
+                "svc9",
+                json!({"clusterIP": "172.30.0.49", "internalTrafficPolicy": "Local",
+                "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+                "ports": [{"name": "p80", "port": 80}]}),
+            ),
+            &[
+                ("10.180.0.9", Some(NODE), true),
+                ("10.180.1.9", Some("node-2"), true),
+            ],
+            p80.clone(),
+        ),
+        // loadBalancerSourceRanges that hold the node's address: the node's own requests to
+        // the LB IP are allowed too.
+        model(
+            service(
+                "ns10",
+                "svc10",
+                json!({"type": "LoadBalancer", "clusterIP": "172.30.0.50",
+                "loadBalancerSourceRanges": ["198.18.0.0/24"],
+                "ports": [{"name": "p80", "port": 80, "nodePort": 3010}]}),
+            )
+            .tap(|s| s["status"] = json!({"loadBalancer": {"ingress": [{"ip": "5.6.7.10"}]}})),
+            &[("10.180.0.10", Some(NODE), true)],
+            p80.clone(),
+        ),
+        // Every endpoint terminating but still serving: used, as kube-proxy falls back to them.
+        model(
+            service(
+                "ns11",
+                "svc11",
+                json!({"clusterIP": "172.30.0.51", "ports": [{"name": "p80", "port": 80}]}),
+            ),
+            &[
+                ("10.180.0.11", Some(NODE), false),
+                ("10.180.1.11", Some("node-2"), false),
+            ],
+            p80,
+        )
+        .tap_model(|m| {
+            for e in &mut m.ports[0].endpoints {
+                e.serving = true;
+                e.terminating = e.addr == Ipv4Addr::new(10, 180, 0, 11);
+            }
+            // The second is neither ready nor terminating: not used.
+        }),
     ]
+}
+
+trait TapModel {
+    fn tap_model(self, f: impl FnOnce(&mut Self)) -> Self;
+}
+impl TapModel for ServiceModel {
+    fn tap_model(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
 }
 
 trait Tap {
@@ -267,6 +328,37 @@ fn partial_sync_rewrites_the_changed_service_only_and_deletes_its_stale_chains()
         &FullSyncExtras::default(),
     );
     golden("partial.txt", &input);
+}
+
+#[test]
+fn masquerade_all_marks_every_cluster_ip_connection() {
+    let mut c = ctx();
+    c.masquerade_all = true;
+    let r = rendered(&fixtures()[..1], &c);
+    let input = restore_input(&r, None, &BTreeSet::new(), &FullSyncExtras::default());
+    assert!(input.contains(
+        "-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-MARK-MASQ\n"
+    ));
+}
+
+#[test]
+fn a_full_sync_adds_the_canaries_and_the_missing_jumps() {
+    let r = rendered(&fixtures()[..1], &ctx());
+    let extras = FullSyncExtras {
+        canary: true,
+        jumps: xkube_proxy::mode::iptables::rules::JUMP_RULES.to_vec(),
+    };
+    let input = restore_input(&r, None, &BTreeSet::new(), &extras);
+    assert!(input.starts_with("*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n*filter\n"));
+    for want in [
+        "-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n",
+        "-I FORWARD 1 -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n",
+        "-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+        "-I POSTROUTING 1 -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n",
+    ] {
+        assert!(input.contains(want), "no {want:?} in\n{input}");
+    }
+    assert_eq!(input.matches(":KUBE-PROXY-CANARY - [0:0]").count(), 3);
 }
 
 #[test]
@@ -379,8 +471,13 @@ fn privileged_syncs_canary_and_cleanup_on_both_backends() {
         };
         let ipt = Iptables::new(b);
         // Somebody else's rules stay (Docker's, the kubelet's).
-        ipt.restore("*nat\n:DOCKER - [0:0]\n-A DOCKER -i docker0 -j RETURN\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\nCOMMIT\n")
-            .expect("foreign rules");
+        ipt.restore(
+            "*nat\n:DOCKER - [0:0]\n-A DOCKER -i docker0 -j RETURN\n\
+             -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\nCOMMIT\n\
+             *filter\n:KUBE-FIREWALL - [0:0]\n-A KUBE-FIREWALL -d 127.0.0.0/8 -j DROP\nCOMMIT\n\
+             *mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n",
+        )
+        .expect("foreign rules");
         let mut p = IptablesProxier::new(&opts, &node()).expect("proxier");
         assert_eq!(p.backend(), b);
         let mut models = fixtures();
@@ -454,21 +551,43 @@ fn privileged_syncs_canary_and_cleanup_on_both_backends() {
             "{b:?}: canary back"
         );
 
+        // A CNI plugin marks with our KUBE-MARK-MASQ: that chain stays for it.
+        ipt.restore("*nat\n:CNI-HOSTPORT-SETMARK - [0:0]\n-A CNI-HOSTPORT-SETMARK -j KUBE-MARK-MASQ\nCOMMIT\n")
+            .expect("a CNI rule");
         // Cleanup removes everything of ours and nothing else.
         xkube_proxy::mode::cleanup_all(&xkube_proxy::mode::CleanupContext {
             node_name: NODE.into(),
             bpf_root: std::env::temp_dir().join("xkipt-none"),
         })
         .expect("cleanup");
+        let others = ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-MARK-MASQ"];
         for t in ["nat", "filter", "mangle"] {
             let save = ipt.save(Some(t)).expect("save");
-            let left: Vec<&str> = save.lines().filter(|l| l.contains("KUBE-")).collect();
+            let left: Vec<&str> = save
+                .lines()
+                .filter(|l| l.contains("KUBE-") && !others.iter().any(|o| l.contains(o)))
+                .collect();
             assert!(left.is_empty(), "{b:?} {t}: left {left:?}");
         }
+        let filter = ipt.save(Some("filter")).expect("save");
+        assert!(
+            filter.contains("-A KUBE-FIREWALL -d 127.0.0.0/8 -j DROP"),
+            "{b:?}: the kubelet's chain stays"
+        );
+        let mangle = ipt.save(Some("mangle")).expect("save");
+        assert!(
+            mangle.contains(":KUBE-KUBELET-CANARY"),
+            "{b:?}: the kubelet's canary stays"
+        );
         let nat = ipt.save(Some("nat")).expect("save");
         assert!(
             nat.contains("-A DOCKER -i docker0 -j RETURN"),
             "{b:?}: Docker's rules stay"
+        );
+        assert!(
+            nat.contains("-A CNI-HOSTPORT-SETMARK -j KUBE-MARK-MASQ")
+                && nat.contains("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"),
+            "{b:?}: a chain another program uses stays"
         );
     });
 }

@@ -98,6 +98,17 @@ pub trait Proxier: Send + 'static {
         None
     }
 
+    /// How often the periodic sync is a full one (`None`: every `--sync-period`); the other
+    /// periodic syncs are partial syncs without changes.
+    fn full_sync_period(&self) -> Option<Duration> {
+        None
+    }
+
+    /// `--min-sync-period` when the flag is not given.
+    fn default_min_sync_period(&self) -> Duration {
+        Duration::from_millis(10)
+    }
+
     /// The mode's metrics (per-service counters, its own sync figures).
     fn metrics(&self) -> Arc<dyn ModeMetrics>;
 }

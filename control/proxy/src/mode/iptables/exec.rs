@@ -127,7 +127,9 @@ impl Iptables {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `iptables-restore --noflush` of `input`: one transaction, all or nothing.
+    /// `iptables-restore --noflush` of `input`. Each `*table` section is committed as one
+    /// transaction (nft commits the whole input at once; legacy table by table, so a failure
+    /// in nat can follow a committed filter: the full sync that follows a failure repairs it).
     pub fn restore(&self, input: &str) -> Result<()> {
         let tool = self.backend.tool("iptables-restore");
         let mut child = Command::new(&tool)
@@ -148,7 +150,8 @@ impl Iptables {
         Ok(())
     }
 
-    /// Whether `chain` exists in `table`.
+    /// Whether `chain` exists in `table`: the tool's exit status 1 ("No chain/target/match by
+    /// that name") is no; any other failure (the xtables lock, a resource problem) an error.
     pub fn chain_exists(&self, table: &str, chain: &str) -> Result<bool> {
         let tool = self.backend.tool("iptables");
         let out = Command::new(&tool)
@@ -157,7 +160,11 @@ impl Iptables {
             .stderr(Stdio::piped())
             .output()
             .map_err(|e| spawn_err(&tool, e))?;
-        Ok(out.status.success())
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(run_err(&tool, &out)),
+        }
     }
 }
 
@@ -166,6 +173,20 @@ pub fn declared_chains(save: &str) -> impl Iterator<Item = &str> {
     save.lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split_whitespace().next())
+}
+
+/// The sections of `iptables-save` output (all tables): `(table, its lines)`.
+pub fn tables(save: &str) -> Vec<(&str, String)> {
+    let mut out: Vec<(&str, String)> = Vec::new();
+    for l in save.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            out.push((t.trim(), String::new()));
+        } else if let Some((_, body)) = out.last_mut() {
+            body.push_str(l);
+            body.push('\n');
+        }
+    }
+    out
 }
 
 /// The `-A` rules of `chain` in `iptables-save` output of one table.

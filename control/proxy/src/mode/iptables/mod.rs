@@ -1,11 +1,11 @@
 //! The iptables mode: Kubernetes 1.33 kube-proxy's iptables proxier, rule for rule.
 //!
-//! Every sync is one `iptables-restore --noflush` transaction ([`rules::restore_input`]). A
-//! partial sync rewrites the top-level chains and the changed services' own chains only; the
-//! chains of unchanged services stay as they are in the kernel. A full sync (the first, every
-//! `--sync-period`, after a failure, and when a canary chain disappeared) rewrites every
-//! chain, deletes chains no service owns any more, and inserts the jumps from the built-in
-//! chains that are missing. UDP flows translated to endpoints that no longer serve their
+//! Every sync is one `iptables-restore --noflush` input ([`rules::restore_input`]). A partial
+//! sync (on changes, and every `--sync-period` without any) rewrites the top-level chains and
+//! the changed services' own chains only; the chains of unchanged services stay as they are
+//! in the kernel. A full sync (the first, hourly, after a failure, and when the canary chain
+//! disappeared) rewrites every chain, deletes chains no service owns any more, and inserts
+//! the jumps from the built-in chains that are missing. UDP flows translated to endpoints that no longer serve their
 //! service are deleted from conntrack over netlink ([`crate::conntrack`]), as kube-proxy's
 //! conntrack reconciler does, so a DNS client is not stuck on a dead pod.
 //!
@@ -58,62 +58,92 @@ impl Default for IptablesOptions {
     }
 }
 
-/// The tables holding a canary chain.
-const CANARY_TABLES: [&str; 3] = ["mangle", "nat", "filter"];
-
-/// Removes every chain and jump rule of this mode, in both backends. Idempotent.
+/// Removes this mode's chains and its jumps from the built-in chains, in both backends.
+/// Idempotent. Tables are read with one `iptables-save` per backend (naming a table would
+/// create it in the legacy backend); a chain of ours that another program's rule still
+/// jumps to (a CNI plugin using `KUBE-MARK-MASQ`) is kept. A failing backend does not stop the
+/// other's cleanup; the first error is returned.
 pub fn cleanup(_ctx: &CleanupContext) -> Result<()> {
+    let mut first_err = None;
     for backend in [exec::Backend::Legacy, exec::Backend::Nft] {
         let ipt = Iptables::new(backend);
         if !ipt.available() {
             continue;
         }
-        let mut input = String::new();
-        for table in ["filter", "nat", "mangle"] {
-            let save = ipt.save(Some(table))?;
-            let ours: Vec<&str> = declared_chains(&save).filter(|c| is_our_chain(c)).collect();
-            if ours.is_empty() {
-                continue;
+        let res = ipt.save(None).and_then(|save| {
+            let input = cleanup_input(&save);
+            if input.is_empty() {
+                return Ok(());
             }
-            input.push_str(&format!("*{table}\n"));
-            for c in &ours {
-                input.push_str(&format!(":{c} - [0:0]\n"));
-            }
-            // Jumps into our chains from chains that are not ours (the built-in ones).
-            for l in save.lines() {
-                let Some(rest) = l.strip_prefix("-A ") else {
-                    continue;
-                };
-                let chain = rest.split_whitespace().next().unwrap_or("");
-                let target = rest.rsplit_once(" -j ").map(|(_, t)| t.trim());
-                if !is_our_chain(chain) && target.is_some_and(|t| ours.contains(&t)) {
-                    input.push_str(&format!("-D {rest}\n"));
-                }
-            }
-            for c in &ours {
-                input.push_str(&format!("-X {c}\n"));
-            }
-            input.push_str("COMMIT\n");
-        }
-        if !input.is_empty() {
             ipt.restore(&input)?;
             info!(backend = backend.name(), "iptables mode state removed");
+            Ok(())
+        });
+        if let Err(e) = res {
+            warn!(backend = backend.name(), error = %e, "removing the iptables mode's state");
+            first_err.get_or_insert(e);
         }
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
+}
+
+/// The restore input removing this mode's state from `save` (every table); empty when there
+/// is none.
+pub fn cleanup_input(save: &str) -> String {
+    let mut input = String::new();
+    for (table, body) in exec::tables(save) {
+        let ours: Vec<&str> = declared_chains(&body).filter(|c| is_our_chain(c)).collect();
+        if ours.is_empty() {
+            continue;
+        }
+        let mut ours_jumps = Vec::new();
+        let mut referenced: BTreeSet<&str> = BTreeSet::new();
+        for rest in body.lines().filter_map(|l| l.strip_prefix("-A ")) {
+            let chain = rest.split_whitespace().next().unwrap_or("");
+            if is_our_chain(chain) {
+                continue;
+            }
+            let spec = rest[chain.len()..].trim_start();
+            let ours_jump = JUMP_RULES
+                .iter()
+                .any(|j| j.table == table && j.from == chain && j.spec() == spec);
+            if ours_jump {
+                ours_jumps.push(rest);
+            } else if let Some(t) = spec.rsplit_once("-j ").map(|(_, t)| t.trim())
+                && ours.contains(&t)
+            {
+                referenced.insert(t);
+            }
+        }
+        let gone: Vec<&&str> = ours.iter().filter(|c| !referenced.contains(*c)).collect();
+        input.push_str(&format!("*{table}\n"));
+        for c in &gone {
+            input.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for rest in ours_jumps {
+            input.push_str(&format!("-D {rest}\n"));
+        }
+        for c in &gone {
+            input.push_str(&format!("-X {c}\n"));
+        }
+        input.push_str("COMMIT\n");
+    }
+    input
 }
 
 #[derive(Default)]
 struct MetricsState {
-    nat_rules: usize,
-    filter_rules: usize,
+    /// Rules this mode owns in the kernel, per table (`None` before the first sync).
+    total: Option<(usize, usize)>,
+    /// Rules written by the last sync (nat, filter).
+    last: (usize, usize),
     restore_failures: u64,
     partial_restore_failures: u64,
     canary_resyncs: u64,
     conntrack_deleted: u64,
 }
 
-/// kube-proxy's iptables metrics.
+/// kube-proxy's iptables metrics (and the conntrack reconciler's).
 #[derive(Default)]
 pub struct IptablesMetrics {
     state: Mutex<MetricsState>,
@@ -133,32 +163,56 @@ impl ModeMetrics for IptablesMetrics {
         let Ok(s) = self.state.lock() else {
             return;
         };
+        let (nat, filter) = s.total.unwrap_or((0, 0));
+        let fam = "ip_family=\"IPv4\"";
         let _ = writeln!(
             out,
             "# HELP kubeproxy_sync_proxy_rules_iptables_total Total number of iptables rules owned by kube-proxy\n\
              # TYPE kubeproxy_sync_proxy_rules_iptables_total gauge\n\
-             kubeproxy_sync_proxy_rules_iptables_total{{table=\"filter\"}} {}\n\
-             kubeproxy_sync_proxy_rules_iptables_total{{table=\"nat\"}} {}\n\
+             kubeproxy_sync_proxy_rules_iptables_total{{{fam},table=\"filter\"}} {filter}\n\
+             kubeproxy_sync_proxy_rules_iptables_total{{{fam},table=\"nat\"}} {nat}\n\
+             # HELP kubeproxy_sync_proxy_rules_iptables_last Number of iptables rules written by kube-proxy in last sync\n\
+             # TYPE kubeproxy_sync_proxy_rules_iptables_last gauge\n\
+             kubeproxy_sync_proxy_rules_iptables_last{{{fam},table=\"filter\"}} {}\n\
+             kubeproxy_sync_proxy_rules_iptables_last{{{fam},table=\"nat\"}} {}\n\
              # HELP kubeproxy_sync_proxy_rules_iptables_restore_failures_total Cumulative proxy iptables restore failures\n\
              # TYPE kubeproxy_sync_proxy_rules_iptables_restore_failures_total counter\n\
-             kubeproxy_sync_proxy_rules_iptables_restore_failures_total {}\n\
+             kubeproxy_sync_proxy_rules_iptables_restore_failures_total{{{fam}}} {}\n\
              # HELP kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total Cumulative proxy iptables partial restore failures\n\
              # TYPE kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total counter\n\
-             kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total {}\n\
-             # HELP xkube_proxy_iptables_canary_resyncs_total Full syncs forced because a canary chain disappeared.\n\
+             kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{{{fam}}} {}\n\
+             # HELP kubeproxy_conntrack_reconciler_deleted_entries_total Cumulative conntrack flows deleted by the conntrack reconciler\n\
+             # TYPE kubeproxy_conntrack_reconciler_deleted_entries_total counter\n\
+             kubeproxy_conntrack_reconciler_deleted_entries_total{{{fam}}} {}\n\
+             # HELP xkube_proxy_iptables_canary_resyncs_total Full syncs forced because the canary chain disappeared.\n\
              # TYPE xkube_proxy_iptables_canary_resyncs_total counter\n\
-             xkube_proxy_iptables_canary_resyncs_total {}\n\
-             # HELP xkube_proxy_conntrack_udp_flows_deleted_total UDP conntrack flows deleted because their endpoint stopped serving the service.\n\
-             # TYPE xkube_proxy_conntrack_udp_flows_deleted_total counter\n\
-             xkube_proxy_conntrack_udp_flows_deleted_total {}",
-            s.filter_rules + 3,
-            s.nat_rules + 5,
+             xkube_proxy_iptables_canary_resyncs_total {}",
+            s.last.1,
+            s.last.0,
             s.restore_failures,
             s.partial_restore_failures,
-            s.canary_resyncs,
             s.conntrack_deleted,
+            s.canary_resyncs,
         );
     }
+}
+
+/// Rule lines (`-A`, `-I`) of a restore input per table (nat, filter), as kube-proxy counts
+/// them (chain declarations, `-X` and COMMIT are not rules).
+fn rule_lines(input: &str) -> (usize, usize) {
+    let (mut nat, mut filter, mut table) = (0, 0, "");
+    for l in input.lines() {
+        if let Some(t) = l.strip_prefix('*') {
+            table = t;
+        } else if l.starts_with("-A ") || l.starts_with("-I ") {
+            match table {
+                "nat" => nat += 1,
+                "filter" => filter += 1,
+                _ => {}
+            }
+        }
+    }
+    (nat, filter)
 }
 
 /// The iptables mode (module docs).
@@ -246,14 +300,18 @@ impl IptablesProxier {
         true
     }
 
-    fn publish_counts(&self) {
+    /// Publishes the rule counts after a successful restore of `input`.
+    fn publish_counts(&self, input: &str) {
         let (nat, filter) = self.rules.values().fold((0, 0), |(n, f), r| {
             let (a, b) = r.rule_counts();
             (n + a, f + b)
         });
+        let last = rule_lines(input);
         self.metrics.update(|s| {
-            s.nat_rules = nat;
-            s.filter_rules = filter;
+            // The fixed rules: KUBE-POSTROUTING (3), KUBE-MARK-MASQ, the node ports jump;
+            // KUBE-FORWARD (3).
+            s.total = Some((nat + 5, filter + 3));
+            s.last = last;
         });
     }
 
@@ -295,17 +353,15 @@ impl IptablesProxier {
             jumps = extras.jumps.len(),
             "full iptables sync"
         );
-        self.publish_counts();
-        Ok(input.lines().count())
+        self.publish_counts(&input);
+        let (nat, filter) = rule_lines(&input);
+        Ok(nat + filter + stale.len())
     }
 
+    /// Whether the mangle table's canary is gone (kube-proxy polls that one; a flush of the
+    /// nat or filter table also breaks the next partial sync, which a full sync follows).
     fn canary_lost(&self) -> Result<bool> {
-        for t in CANARY_TABLES {
-            if !self.ipt.chain_exists(t, KUBE_PROXY_CANARY)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(!self.ipt.chain_exists("mangle", KUBE_PROXY_CANARY)?)
     }
 
     /// Deletes UDP flows to `services` whose endpoint no longer serves them.
@@ -385,11 +441,12 @@ impl Proxier for IptablesProxier {
             });
             return Err(e);
         }
-        self.publish_counts();
+        self.publish_counts(&input);
         let touched: Vec<&ServiceRules> = write.iter().filter_map(|n| self.rules.get(n)).collect();
         self.reconcile_conntrack(&touched);
+        let (nat, filter) = rule_lines(&input);
         Ok(SyncStats {
-            writes: input.lines().count(),
+            writes: nat + filter + stale.len(),
             services: changed.len(),
         })
     }
@@ -420,8 +477,19 @@ impl Proxier for IptablesProxier {
         Ok(())
     }
 
+    /// The canary poll (kube-proxy polls at its default sync period).
     fn housekeeping_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(5))
+        Some(Duration::from_secs(30))
+    }
+
+    /// kube-proxy's full syncs are hourly; the periodic syncs between are partial.
+    fn full_sync_period(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
+    }
+
+    /// kube-proxy's default for the iptables mode: a restore costs milliseconds to seconds.
+    fn default_min_sync_period(&self) -> Duration {
+        Duration::from_secs(1)
     }
 
     fn metrics(&self) -> Arc<dyn ModeMetrics> {
