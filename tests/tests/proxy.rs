@@ -114,6 +114,18 @@ fn pods(c: &Cluster, app: &str) -> Vec<(String, Ipv4Addr, usize)> {
 }
 
 /// Hostnames (= pod names) answering `to` from `ns` over `tries` requests.
+/// The backends answering `tries` requests; `None` if any request failed (while a change is
+/// being programmed).
+fn try_hostnames(
+    ns: &xkube_netns::NetNs,
+    to: SocketAddrV4,
+    tries: usize,
+) -> Option<BTreeSet<String>> {
+    (0..tries)
+        .map(|_| http_get(ns, to, "/hostname", TIMEOUT).ok())
+        .collect()
+}
+
 fn hostnames(ns: &xkube_netns::NetNs, to: SocketAddrV4, tries: usize) -> BTreeSet<String> {
     (0..tries)
         .map(|_| {
@@ -456,8 +468,10 @@ spec:
     let started = Instant::now();
     c.wait(
         "traffic only to the 2 remaining pods",
-        Duration::from_secs(5),
-        || (hostnames(&c.client_ns(), vip, 20).len() == 2).then_some(()),
+        Duration::from_secs(15),
+        // Requests may fail while the removed pod is gone and the rules not yet updated
+        // (within --min-sync-period).
+        || (try_hostnames(&c.client_ns(), vip, 20)?.len() == 2).then_some(()),
     );
     println!(
         "scale-down reflected in traffic after {:?}",
