@@ -598,7 +598,10 @@ fn agent_restart_suite(mode: &str) {
     wait_endpoints(&c, "web", 2);
     let np = node_port(&c, "web");
     let to = SocketAddrV4::new(c.node_addr(0), np);
-    hostnames(&c.client_ns(), to, 5);
+    // Programmed within the mode's --min-sync-period of the Endpoints.
+    c.wait("the NodePort to answer", Duration::from_secs(10), || {
+        try_hostnames(&c.client_ns(), to, 5)
+    });
 
     let looper = RequestLoop::start(&c, to);
     std::thread::sleep(Duration::from_secs(1));
@@ -672,7 +675,10 @@ fn privileged_cluster_switching_a_live_node_between_ebpf_and_iptables() {
     c.apply(&service("web", "web", "  type: NodePort"));
     wait_endpoints(&c, "web", 2);
     let to = SocketAddrV4::new(c.node_addr(0), node_port(&c, "web"));
-    hostnames(&c.client_ns(), to, 5);
+    // Programmed within the mode's --min-sync-period of the Endpoints.
+    c.wait("the NodePort to answer", Duration::from_secs(10), || {
+        try_hostnames(&c.client_ns(), to, 5)
+    });
     assert!(!ebpf_state(&c, 0).is_empty(), "ebpf mode has its state");
     assert_eq!(kube_rules(&c, 0), 0);
 

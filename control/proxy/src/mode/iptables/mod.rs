@@ -225,8 +225,6 @@ pub struct IptablesProxier {
     /// Endpoints of every service port (large cluster mode).
     endpoints: usize,
     metrics: Arc<IptablesMetrics>,
-    /// Delete stale UDP conntrack flows (off in golden tests that run without a kernel).
-    conntrack: bool,
 }
 
 impl std::fmt::Debug for IptablesProxier {
@@ -277,7 +275,6 @@ impl IptablesProxier {
             rules: BTreeMap::new(),
             endpoints: 0,
             metrics: Arc::new(IptablesMetrics::default()),
-            conntrack: true,
         })
     }
 
@@ -366,9 +363,6 @@ impl IptablesProxier {
 
     /// Deletes UDP flows to `services` whose endpoint no longer serves them.
     fn reconcile_conntrack(&self, services: &[&ServiceRules]) {
-        if !self.conntrack {
-            return;
-        }
         let udp: Vec<&rules::UdpService> = services
             .iter()
             .flat_map(|r| r.ports.iter())
