@@ -319,35 +319,69 @@ async fn logs(
         )
             .into_response();
     }
-    // Follow: the file from `start`, then whatever is appended, until the pod goes away.
+    // Follow: the file from `start`, then whatever is appended, until the pod goes away. The
+    // file stays open, so what was written before the pod's removal deleted it is still sent
+    // (a final read once the pod is gone).
     let uid = view.pod.metadata.uid.clone().unwrap_or_default();
-    let stream = futures::stream::unfold(
-        (path, start as u64, ctx, uid, 0u32),
-        |(path, mut off, ctx, uid, idle)| async move {
-            let p = path.clone();
-            let chunk = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                let mut f = std::fs::File::open(&p)?;
-                f.seek(std::io::SeekFrom::Start(off))?;
-                let mut buf = Vec::new();
-                f.take(1 << 20).read_to_end(&mut buf)?;
-                Ok(buf)
-            })
-            .await;
-            if let Ok(Ok(b)) = chunk
-                && !b.is_empty()
+    struct Follow {
+        path: std::path::PathBuf,
+        file: Option<std::fs::File>,
+        off: u64,
+        idle: u32,
+        done: bool,
+    }
+    let read_more = |mut st: Follow| async move {
+        tokio::task::spawn_blocking(move || {
+            if st.file.is_none() {
+                st.file = std::fs::File::open(&st.path).ok();
+            }
+            let mut buf = Vec::new();
+            if let Some(f) = st.file.as_mut()
+                && f.seek(std::io::SeekFrom::Start(st.off)).is_ok()
             {
-                off += b.len() as u64;
+                let _ = f.take(1 << 20).read_to_end(&mut buf);
+            }
+            st.off += buf.len() as u64;
+            (st, buf)
+        })
+        .await
+        .ok()
+    };
+    let stream = futures::stream::unfold(
+        (
+            Follow {
+                path,
+                file: None,
+                off: start as u64,
+                idle: 0,
+                done: false,
+            },
+            ctx,
+            uid,
+        ),
+        move |(st, ctx, uid)| async move {
+            if st.done {
+                return None;
+            }
+            // Whether the pod is gone is decided before the read, so the read sees everything
+            // the container wrote.
+            let gone = !ctx.views().contains_key(&uid);
+            let (mut st, b) = read_more(st).await?;
+            if !b.is_empty() {
+                st.idle = 0;
+                st.done = gone && b.len() < (1 << 20);
                 return Some((
                     Ok::<_, std::io::Error>(bytes::Bytes::from(b)),
-                    (path, off, ctx, uid, 0),
+                    (st, ctx, uid),
                 ));
             }
             // The pod is gone, or nothing was written for an hour: end the stream.
-            if !ctx.views().contains_key(&uid) || idle > 36_000 {
+            if gone || st.idle > 36_000 {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            Some((Ok(bytes::Bytes::new()), (path, off, ctx, uid, idle + 1)))
+            st.idle += 1;
+            Some((Ok(bytes::Bytes::new()), (st, ctx, uid)))
         },
     );
     (
