@@ -567,6 +567,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_failing_first_sync_hook_is_retried_after_later_syncs_until_it_succeeds() {
+        let runs = Arc::new(Mutex::new(0u32));
+        let (tx, rx) = mpsc::channel(64);
+        let r = runs.clone();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake {
+            calls: calls.clone(),
+            fail_next: Arc::new(Mutex::new(0)),
+            full_period: None,
+        };
+        let task = tokio::spawn(
+            SyncLoop::new(Box::new(fake), CFG, Arc::new(ProxyMetrics::new()))
+                .after_first_sync(Box::new(move || {
+                    let n = r.lock().map(|mut n| {
+                        *n += 1;
+                        *n
+                    });
+                    match n {
+                        Ok(1) => Err(Error::ProxierLost),
+                        _ => Ok(()),
+                    }
+                }))
+                .run(rx, CancellationToken::new()),
+        );
+        tx.send(Input::Relist {
+            services: vec![svc("a", "10.96.0.1")],
+            endpoints: vec![],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        // Failed after the first sync, succeeded after the next (periodic) one, then left alone.
+        assert_eq!(runs.lock().map(|n| *n).unwrap_or(0), 2);
+        assert!(calls.lock().map(|c| c.len()).unwrap_or(0) >= 3);
+        drop(tx);
+        let r = task.await.unwrap_or_else(|e| panic!("join: {e}"));
+        assert!(r.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failing_full_syncs_back_off_instead_of_spinning() {
         let h = start(CFG);
         if let Ok(mut f) = h.fail_next.lock() {
