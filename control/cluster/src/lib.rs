@@ -662,7 +662,7 @@ fn load_state(opts: &NameOptions) -> Result<(State, PathBuf)> {
 /// `kill`, else SIGTERM and a grace period; then the same command in the same namespace and
 /// cgroup. Returns the new pid.
 /// With `proxy_mode`, a node's agent comes back in that mode (switching a live node; the new
-/// agent removes the old mode's state before it programs its own).
+/// agent removes the old mode's state once its own first sync succeeded).
 pub fn restart(
     opts: &NameOptions,
     role: &str,
