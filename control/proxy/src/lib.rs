@@ -16,8 +16,9 @@
 //! - [`agent`]: `xkube proxy`, which feeds the sync loop from the apiserver and serves metrics
 //!   and health.
 //!
-//! The nftables and userspace modes are not written yet; they plug in as further
-//! [`mode::ProxyMode`] variants implementing [`mode::Proxier`] and [`mode::cleanup`].
+//! The nftables and userspace modes are not written yet (the userspace mode's round robin is
+//! in [`mode::userspace`]); they plug in as further [`mode::ProxyMode`] variants implementing
+//! [`mode::Proxier`] and [`mode::cleanup`].
 
 pub mod agent;
 pub mod conntrack;

@@ -13,6 +13,7 @@
 
 pub mod ebpf;
 pub mod iptables;
+pub mod userspace;
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
