@@ -10,7 +10,7 @@
 //! modes that use the kernel's NAT (iptables, nftables).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -26,7 +26,17 @@ use rtnetlink::{
     sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER},
 };
 
-use crate::{Error, Result, mode::iptables::rules::UdpService};
+use crate::{Error, Result};
+
+/// A UDP service port's destinations and the endpoints it may be translated to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdpService {
+    /// (address, port) frontends: cluster IP, external IPs, LB IPs.
+    pub frontends: Vec<(Ipv4Addr, u16)>,
+    pub node_port: Option<u16>,
+    /// The serving endpoints: a flow translated to any other is stale.
+    pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
+}
 
 /// One direction of a flow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

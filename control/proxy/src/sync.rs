@@ -383,8 +383,19 @@ mod tests {
     }
 
     fn start_with(cfg: SyncConfig, full_period: Option<Duration>) -> Harness {
+        start_hooked(cfg, full_period, 0, None)
+    }
+
+    /// A loop over a [`Fake`] whose first `fail_first` syncs fail, with an after-first-sync
+    /// `hook` that sees the calls recorded so far.
+    fn start_hooked(
+        cfg: SyncConfig,
+        full_period: Option<Duration>,
+        fail_first: u32,
+        hook: Option<Box<dyn FnMut(usize) -> crate::Result<()> + Send>>,
+    ) -> Harness {
         let calls = Arc::new(Mutex::new(Vec::new()));
-        let fail_next = Arc::new(Mutex::new(0));
+        let fail_next = Arc::new(Mutex::new(fail_first));
         let fake = Fake {
             calls: calls.clone(),
             fail_next: fail_next.clone(),
@@ -392,9 +403,14 @@ mod tests {
         };
         let metrics = Arc::new(ProxyMetrics::new());
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(
-            SyncLoop::new(Box::new(fake), cfg, metrics.clone()).run(rx, CancellationToken::new()),
-        );
+        let mut sync_loop = SyncLoop::new(Box::new(fake), cfg, metrics.clone());
+        if let Some(mut hook) = hook {
+            let seen = calls.clone();
+            sync_loop = sync_loop.after_first_sync(Box::new(move || {
+                hook(seen.lock().map(|v| v.len()).unwrap_or(0))
+            }));
+        }
+        let task = tokio::spawn(sync_loop.run(rx, CancellationToken::new()));
         Harness {
             calls,
             fail_next,
@@ -530,80 +546,59 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_first_sync_hook_runs_once_after_the_first_successful_sync() {
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let fail_next = Arc::new(Mutex::new(1));
-        let fake = Fake {
-            calls: calls.clone(),
-            fail_next,
-            full_period: None,
-        };
-        let (tx, rx) = mpsc::channel(64);
         let hooked = Arc::new(Mutex::new(Vec::new()));
-        let seen = calls.clone();
-        let h = hooked.clone();
-        let task = tokio::spawn(
-            SyncLoop::new(Box::new(fake), CFG, Arc::new(ProxyMetrics::new()))
-                .after_first_sync(Box::new(move || {
-                    let n = seen.lock().map(|v| v.len()).unwrap_or(0);
-                    if let Ok(mut v) = h.lock() {
-                        v.push(n);
-                    }
-                    Ok(())
-                }))
-                .run(rx, CancellationToken::new()),
+        let seen = hooked.clone();
+        let h = start_hooked(
+            CFG,
+            None,
+            1,
+            Some(Box::new(move |calls| {
+                if let Ok(mut v) = seen.lock() {
+                    v.push(calls);
+                }
+                Ok(())
+            })),
         );
-        tx.send(Input::Relist {
+        h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
         })
-        .await
-        .unwrap_or_else(|e| panic!("send: {e}"));
+        .await;
         tokio::time::sleep(Duration::from_secs(70)).await;
         // The first full sync failed, the retry succeeded: the hook ran then, and only once.
         assert_eq!(hooked.lock().map(|v| v.clone()).unwrap_or_default(), [2]);
-        drop(tx);
-        let r = task.await.unwrap_or_else(|e| panic!("join: {e}"));
-        assert!(r.is_ok());
+        h.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_first_sync_hook_is_retried_after_later_syncs_until_it_succeeds() {
         let runs = Arc::new(Mutex::new(0u32));
-        let (tx, rx) = mpsc::channel(64);
         let r = runs.clone();
-        let calls = Arc::new(Mutex::new(Vec::new()));
-        let fake = Fake {
-            calls: calls.clone(),
-            fail_next: Arc::new(Mutex::new(0)),
-            full_period: None,
-        };
-        let task = tokio::spawn(
-            SyncLoop::new(Box::new(fake), CFG, Arc::new(ProxyMetrics::new()))
-                .after_first_sync(Box::new(move || {
-                    let n = r.lock().map(|mut n| {
-                        *n += 1;
-                        *n
-                    });
-                    match n {
-                        Ok(1) => Err(Error::ProxierLost),
-                        _ => Ok(()),
-                    }
-                }))
-                .run(rx, CancellationToken::new()),
+        let h = start_hooked(
+            CFG,
+            None,
+            0,
+            Some(Box::new(move |_| {
+                let n = r.lock().map(|mut n| {
+                    *n += 1;
+                    *n
+                });
+                match n {
+                    Ok(1) => Err(Error::ProxierLost),
+                    _ => Ok(()),
+                }
+            })),
         );
-        tx.send(Input::Relist {
+        h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
         })
-        .await
-        .unwrap_or_else(|e| panic!("send: {e}"));
+        .await;
         tokio::time::sleep(Duration::from_secs(100)).await;
         // Failed after the first sync, succeeded after the next (periodic) one, then left alone.
         assert_eq!(runs.lock().map(|n| *n).unwrap_or(0), 2);
-        assert!(calls.lock().map(|c| c.len()).unwrap_or(0) >= 3);
-        drop(tx);
-        let r = task.await.unwrap_or_else(|e| panic!("join: {e}"));
-        assert!(r.is_ok());
+        assert!(h.calls().len() >= 3);
+        h.stop().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -219,7 +219,6 @@ fn rule_lines(input: &str) -> (usize, usize) {
 pub struct IptablesProxier {
     ipt: Iptables,
     ctx: RenderContext,
-    masquerade_all: bool,
     models: BTreeMap<ServiceName, Arc<ServiceModel>>,
     rules: BTreeMap<ServiceName, ServiceRules>,
     /// Endpoints of every service port (large cluster mode).
@@ -270,7 +269,6 @@ impl IptablesProxier {
         Ok(Self {
             ipt,
             ctx: render_context(node, opts.masquerade_all, false),
-            masquerade_all: opts.masquerade_all,
             models: BTreeMap::new(),
             rules: BTreeMap::new(),
             endpoints: 0,
@@ -363,7 +361,7 @@ impl IptablesProxier {
 
     /// Deletes UDP flows to `services` whose endpoint no longer serves them.
     fn reconcile_conntrack(&self, services: &[&ServiceRules]) {
-        let udp: Vec<&rules::UdpService> = services
+        let udp: Vec<&conntrack::UdpService> = services
             .iter()
             .flat_map(|r| r.ports.iter())
             .filter_map(|p| p.udp.as_ref())
@@ -389,7 +387,7 @@ impl Proxier for IptablesProxier {
 
     fn set_node(&mut self, node: &NodeInfo) {
         // Rendered again by the full sync that follows a node change.
-        self.ctx = render_context(node, self.masquerade_all, self.ctx.large_cluster);
+        self.ctx = render_context(node, self.ctx.masquerade_all, self.ctx.large_cluster);
     }
 
     fn sync_changed(&mut self, changed: &ChangedServices) -> Result<SyncStats> {

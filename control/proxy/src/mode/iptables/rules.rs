@@ -18,6 +18,7 @@ use std::{
     net::Ipv4Addr,
 };
 
+use crate::conntrack::UdpService;
 use crate::model::{Endpoint, Ipv4Cidr, ServiceModel, ServiceName, ServicePort, TrafficPolicy};
 
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
@@ -253,16 +254,6 @@ pub struct PortRules {
     pub udp: Option<UdpService>,
 }
 
-/// A UDP service port's destinations and the endpoints it may be translated to.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UdpService {
-    /// (address, port) frontends: cluster IP, external IPs, LB IPs.
-    pub frontends: Vec<(Ipv4Addr, u16)>,
-    pub node_port: Option<u16>,
-    /// Endpoints new flows may be DNATed to.
-    pub endpoints: BTreeSet<(Ipv4Addr, u16)>,
-}
-
 /// The rules of one Service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceRules {
@@ -435,93 +426,82 @@ fn render_port(svc: &ServiceName, p: &ServicePort, ctx: &RenderContext) -> PortR
 
     let no_endpoints = quoted(format_args!("{name} has no endpoints"));
     let no_local = quoted(format_args!("{name} has no local endpoints"));
-    let (internal_target, internal_comment) = if !has_endpoints {
+    // What the filter table does with traffic no chain takes: REJECT without any endpoint,
+    // DROP without a local one (the rules are only written on the side that lacks them).
+    let (filter_target, filter_comment) = if !has_endpoints {
         ("REJECT", &no_endpoints)
     } else {
         ("DROP", &no_local)
     };
-    let (external_target, external_comment) = (internal_target, internal_comment);
+    // `-A <chain> -m comment --comment <c> -m <p> -p <p> -d <ip> --dport <port> -j <target>`
+    let to_frontend = |chain: &str, comment: &str, ip: Ipv4Addr, target: &str| {
+        Line::new(chain)
+            .comment(comment)
+            .proto(proto)
+            .arg(format_args!("-d {ip} --dport {} -j {target}", p.port))
+            .done()
+    };
 
     // The cluster IP.
     let cluster_ip_comment = quoted(format_args!("{name} cluster IP"));
-    let to_cluster_ip = |l: Line| {
-        l.proto(proto)
-            .arg(format_args!("-d {} --dport {}", p.cluster_ip, p.port))
-    };
     if has_internal {
-        out.nat_top.push(
-            to_cluster_ip(Line::new(KUBE_SERVICES).comment(&cluster_ip_comment))
-                .arg(format_args!("-j {internal_chain}"))
-                .done(),
-        );
+        out.nat_top.push(to_frontend(
+            KUBE_SERVICES,
+            &cluster_ip_comment,
+            p.cluster_ip,
+            internal_chain,
+        ));
     } else {
-        out.filter.push(
-            to_cluster_ip(Line::new(KUBE_SERVICES).comment(internal_comment))
-                .arg(format_args!("-j {internal_target}"))
-                .done(),
-        );
+        out.filter.push(to_frontend(
+            KUBE_SERVICES,
+            filter_comment,
+            p.cluster_ip,
+            filter_target,
+        ));
     }
 
     // External IPs.
+    let external_ip_comment = quoted(format_args!("{name} external IP"));
     for ip in &p.external_ips {
         if has_endpoints {
-            out.nat_top.push(
-                Line::new(KUBE_SERVICES)
-                    .comment(&quoted(format_args!("{name} external IP")))
-                    .proto(proto)
-                    .arg(format_args!("-d {ip} --dport {} -j {ext_chain}", p.port))
-                    .done(),
-            );
+            out.nat_top.push(to_frontend(
+                KUBE_SERVICES,
+                &external_ip_comment,
+                *ip,
+                &ext_chain,
+            ));
         }
         if !has_external {
-            out.filter.push(
-                Line::new(KUBE_EXTERNAL_SERVICES)
-                    .comment(external_comment)
-                    .proto(proto)
-                    .arg(format_args!(
-                        "-d {ip} --dport {} -j {external_target}",
-                        p.port
-                    ))
-                    .done(),
-            );
+            out.filter.push(to_frontend(
+                KUBE_EXTERNAL_SERVICES,
+                filter_comment,
+                *ip,
+                filter_target,
+            ));
         }
     }
 
     // LoadBalancer ingress IPs.
+    let lb_comment = quoted(format_args!("{name} loadbalancer IP"));
+    let not_accepted = quoted(format_args!("{name} traffic not accepted by {fw_chain}"));
     for ip in &p.load_balancer_ips {
         if has_endpoints {
-            out.nat_top.push(
-                Line::new(KUBE_SERVICES)
-                    .comment(&quoted(format_args!("{name} loadbalancer IP")))
-                    .proto(proto)
-                    .arg(format_args!("-d {ip} --dport {} -j {lb_chain}", p.port))
-                    .done(),
-            );
+            out.nat_top
+                .push(to_frontend(KUBE_SERVICES, &lb_comment, *ip, lb_chain));
         }
         if uses_fw_chain {
-            out.filter.push(
-                Line::new(KUBE_PROXY_FIREWALL)
-                    .comment(&quoted(format_args!(
-                        "{name} traffic not accepted by {fw_chain}"
-                    )))
-                    .proto(proto)
-                    .arg(format_args!("-d {ip} --dport {} -j DROP", p.port))
-                    .done(),
-            );
+            out.filter
+                .push(to_frontend(KUBE_PROXY_FIREWALL, &not_accepted, *ip, "DROP"));
         }
     }
     if !has_external {
         for ip in &p.load_balancer_ips {
-            out.filter.push(
-                Line::new(KUBE_EXTERNAL_SERVICES)
-                    .comment(external_comment)
-                    .proto(proto)
-                    .arg(format_args!(
-                        "-d {ip} --dport {} -j {external_target}",
-                        p.port
-                    ))
-                    .done(),
-            );
+            out.filter.push(to_frontend(
+                KUBE_EXTERNAL_SERVICES,
+                filter_comment,
+                *ip,
+                filter_target,
+            ));
         }
     }
 
@@ -539,10 +519,10 @@ fn render_port(svc: &ServiceName, p: &ServicePort, ctx: &RenderContext) -> PortR
         if !has_external {
             out.filter.push(
                 Line::new(KUBE_EXTERNAL_SERVICES)
-                    .comment(external_comment)
+                    .comment(filter_comment)
                     .arg("-m addrtype --dst-type LOCAL")
                     .proto(proto)
-                    .arg(format_args!("--dport {np} -j {external_target}"))
+                    .arg(format_args!("--dport {np} -j {filter_target}"))
                     .done(),
             );
         }
@@ -561,19 +541,16 @@ fn render_port(svc: &ServiceName, p: &ServicePort, ctx: &RenderContext) -> PortR
 
     // The service's own chains.
     if has_internal {
-        let l = to_cluster_ip(Line::new(internal_chain).comment(&cluster_ip_comment));
-        if ctx.masquerade_all {
-            out.chain_rules
-                .push(l.arg(format_args!("-j {KUBE_MARK_MASQ}")).done());
-        } else {
-            out.chain_rules.push(
-                l.arg(format_args!(
-                    "! -s {} -j {KUBE_MARK_MASQ}",
-                    ctx.cluster_cidr
-                ))
-                .done(),
-            );
+        // Off-cluster clients of the cluster IP are masqueraded (all with --masquerade-all).
+        let mut l = Line::new(internal_chain)
+            .comment(&cluster_ip_comment)
+            .proto(proto)
+            .arg(format_args!("-d {} --dport {}", p.cluster_ip, p.port));
+        if !ctx.masquerade_all {
+            l = l.arg(format_args!("! -s {}", ctx.cluster_cidr));
         }
+        out.chain_rules
+            .push(l.arg(format_args!("-j {KUBE_MARK_MASQ}")).done());
     }
 
     if uses_ext_chain {
@@ -628,7 +605,6 @@ fn render_port(svc: &ServiceName, p: &ServicePort, ctx: &RenderContext) -> PortR
 
     if uses_fw_chain {
         out.chains.push(fw_chain.clone());
-        let lb_comment = quoted(format_args!("{name} loadbalancer IP"));
         let mut allow_from_node = false;
         for cidr in &p.source_ranges {
             out.chain_rules.push(
