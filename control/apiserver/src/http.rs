@@ -806,7 +806,16 @@ async fn serve_resource(
             let opts = write_options(&q)?;
             if sub == Some("scale") {
                 let scale = decode_body(&parts.headers, &bytes)?;
-                return update_scale(app, res, ns, name, &scale, &opts, &accept).await;
+                return update_scale(
+                    app,
+                    res,
+                    ns,
+                    name,
+                    ScaleChange::Replace(&scale),
+                    &opts,
+                    &accept,
+                )
+                .await;
             }
             let mut obj = decode_body(&parts.headers, &bytes)?;
             check_kind(res, &mut obj)?;
@@ -857,9 +866,8 @@ async fn serve_resource(
             let patch = decode_body(&parts.headers, &bytes)?;
             let opts = write_options(&q)?;
             if sub == Some("scale") {
-                let (obj, _) = reg.get(res, ns, name).await?;
-                let scale = xkube_api::patch::apply(&scale_of(&obj), &patch, ty)?;
-                return update_scale(app, res, ns, name, &scale, &opts, &accept).await;
+                let change = ScaleChange::Patch(&patch, ty);
+                return update_scale(app, res, ns, name, change, &opts, &accept).await;
             }
             admit(
                 app,
@@ -1060,15 +1068,8 @@ fn scale_of(rc: &Value) -> Value {
     })
 }
 
-async fn update_scale(
-    app: &App,
-    res: &'static ResourceInfo,
-    ns: Option<&str>,
-    name: &str,
-    scale: &Value,
-    opts: &WriteOptions,
-    accept: &Accept,
-) -> Result<Response, StatusError> {
+/// `spec.replicas` of a Scale written by a client: required, not negative.
+fn scale_replicas(name: &str, scale: &Value) -> Result<i64, StatusError> {
     let Some(replicas) = scale["spec"]["replicas"].as_i64() else {
         return Err(StatusError::invalid(
             "autoscaling",
@@ -1093,16 +1094,52 @@ async fn update_scale(
             .collect(),
         ));
     }
-    let pinned = scale["metadata"]["resourceVersion"]
-        .as_str()
-        .filter(|s| !s.is_empty());
-    // Without a resourceVersion in the Scale, a concurrent write (a controller's status
-    // update) is retried, as Kubernetes' GuaranteedUpdate does.
+    Ok(replicas)
+}
+
+/// What a write to the scale subresource asks for.
+enum ScaleChange<'a> {
+    /// PUT: the whole Scale; its `resourceVersion`, when set, is a precondition.
+    Replace(&'a Value),
+    /// PATCH: applied to the Scale of the current object on every attempt, as Kubernetes'
+    /// patcher does inside GuaranteedUpdate; a `resourceVersion` the patch sets is a
+    /// precondition, otherwise a concurrent write (a controller's status) is retried.
+    Patch(&'a Value, PatchType),
+}
+
+async fn update_scale(
+    app: &App,
+    res: &'static ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    change: ScaleChange<'_>,
+    opts: &WriteOptions,
+    accept: &Accept,
+) -> Result<Response, StatusError> {
     let w = app
         .registry
         .guaranteed_update(res, ns, name, None, opts, 8, |cur, rev| {
-            if let Some(rv) = pinned
-                && rv != rev.to_string()
+            let current = scale_of(cur);
+            let (scale, pinned) = match &change {
+                ScaleChange::Replace(scale) => {
+                    let rv = scale["metadata"]["resourceVersion"].as_str();
+                    (
+                        (*scale).clone(),
+                        rv.filter(|s| !s.is_empty()).map(str::to_string),
+                    )
+                }
+                ScaleChange::Patch(patch, ty) => {
+                    let scale = xkube_api::patch::apply(&current, patch, *ty)?;
+                    let rv = scale["metadata"]["resourceVersion"]
+                        .as_str()
+                        .map(str::to_string);
+                    let pinned = rv.filter(|rv| *rv != meta::resource_version(&current));
+                    (scale, pinned)
+                }
+            };
+            let replicas = scale_replicas(name, &scale)?;
+            if let Some(rv) = &pinned
+                && *rv != rev.to_string()
             {
                 return Err(StatusError::modified_conflict(res.group, res.plural, name));
             }

@@ -859,6 +859,88 @@ async fn a_plain_delete_racing_status_writers_never_conflicts() {
         .await;
 }
 
+/// `kubectl scale` and `rolling-update` PATCH the scale subresource while the replication
+/// controller writes the status: the patch is applied to the current object and retried, as
+/// Kubernetes' patcher does, unless the patch itself pins a resourceVersion.
+#[tokio::test]
+async fn a_scale_patch_racing_status_writers_never_conflicts() {
+    let api = std::sync::Arc::new(start().await);
+    let rcs = "/api/v1/namespaces/default/replicationcontrollers";
+    let rc = json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "r"},
+        "spec": {"replicas": 0, "template": {"metadata": {"labels": {"app": "r"}},
+                 "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+    let (code, s) = api.post(rcs, &rc).await;
+    assert_eq!(code, 201, "{s}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (api, stop) = (api.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut writes = 0u32;
+            // Bounded: at most 5,000 writes, and the scaling below stops it sooner.
+            while writes < 5_000 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = json!({"status": {"fullyLabeledReplicas": writes % 7}});
+                let (code, s) = api
+                    .patch(
+                        &format!("{rcs}/r/status"),
+                        "application/merge-patch+json",
+                        &body,
+                    )
+                    .await;
+                assert_eq!(code, 200, "{s}");
+                writes += 1;
+            }
+            writes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for n in 1..=40 {
+        let (code, s) = api
+            .patch(
+                &format!("{rcs}/r/scale"),
+                "application/merge-patch+json",
+                &json!({"spec": {"replicas": n}}),
+            )
+            .await;
+        assert_eq!(code, 200, "scale to {n} while the status is written: {s}");
+        assert_eq!(s["spec"]["replicas"], n, "{s}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.expect("writer") > 0);
+    // A resourceVersion in the patch is a precondition: a stale one is a conflict and
+    // changes nothing.
+    let (_, cur) = api.get(&format!("{rcs}/r")).await;
+    let stale = cur["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse::<i64>()
+        .expect("number")
+        - 1;
+    let (code, s) = api
+        .patch(
+            &format!("{rcs}/r/scale"),
+            "application/merge-patch+json",
+            &json!({"metadata": {"resourceVersion": stale.to_string()}, "spec": {"replicas": 1}}),
+        )
+        .await;
+    assert_eq!(code, 409, "{s}");
+    let (_, after) = api.get(&format!("{rcs}/r")).await;
+    assert_eq!(after, cur);
+    // A negative count is refused with the field path.
+    let (code, s) = api
+        .patch(
+            &format!("{rcs}/r/scale"),
+            "application/merge-patch+json",
+            &json!({"spec": {"replicas": -1}}),
+        )
+        .await;
+    assert_eq!(code, 422, "{s}");
+    assert_eq!(s["details"]["causes"][0]["field"], "spec.replicas", "{s}");
+    std::sync::Arc::into_inner(api)
+        .expect("one owner")
+        .stop()
+        .await;
+}
+
 #[tokio::test]
 async fn discovery_health_and_metrics() {
     let api = start().await;
