@@ -6,8 +6,10 @@
 //! previous run rewrote, which would measure a different path), median and mean over
 //! `CALLS` invocations. The flow's conntrack entry exists (the first call creates it), so the
 //! service rows are the established-flow path; "not a service" is what every other packet on
-//! the uplink pays: to the node itself (no map lookup when no frontend uses the node address
-//! and the port is no NodePort) and in transit to another address (one lookup). Absolute times are machine-specific; compare rows within one run.
+//! the uplink pays: to the node itself (no hash lookup when no frontend uses the node address
+//! and the port is no NodePort) and in transit to another address (no hash lookup unless the
+//! address collides with a frontend's in the frontend filter). Absolute times are
+//! machine-specific; compare rows within one run.
 //!
 //! `sudo cargo bench -p xkube-proxy --bench datapath` (writes a Markdown table to stdout).
 
@@ -120,7 +122,8 @@ fn main() {
         let vip = Endpoint::new(target, 80);
         let to_service = Frame::tcp(client, vip, tcp_flags::ACK, b"0123456789").build();
         let foreign = Frame::tcp(client, Endpoint::new(NODE, 22), tcp_flags::ACK, b"x").build();
-        // To an address that is neither the node, a pod nor a frontend (one map lookup).
+        // To an address that is neither the node, a pod nor a frontend (ruled out by the
+        // frontend filter).
         let transit = Endpoint::new(Ipv4Addr::new(198, 18, 0, 200), 443);
         let transit = Frame::tcp(client, transit, tcp_flags::ACK, b"x").build();
         let pod = Endpoint::new(Ipv4Addr::new(10, 244, 1, 5), 41000);

@@ -6,10 +6,11 @@ use std::{collections::HashSet, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap, MapData};
 use xkube_common::lb::{
-    BACKEND_F_LOCAL, BACKENDS, Backend, CONNTRACK, CtKey, CtValue, IPPROTO_TCP, IPPROTO_UDP,
-    LOCAL_ADDRS, LOCAL_F_NODE, MAGLEV, MAGLEV_TABLE_SIZE, MaglevKey, NODE_CONFIG, NodeConfig,
-    SCOPE_DEFAULT, SERVICES, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_MAGLEV, SVC_F_NODE_PORT,
-    SVC_F_SNAT_REMOTE, ServiceKey, ServiceValue, flow_hash, programs,
+    BACKEND_F_LOCAL, BACKENDS, Backend, CONNTRACK, CtKey, CtValue, FRONTEND_FILTER,
+    FrontendFilterWords, IPPROTO_TCP, IPPROTO_UDP, LOCAL_ADDRS, LOCAL_F_NODE, MAGLEV,
+    MAGLEV_TABLE_SIZE, MaglevKey, NODE_CONFIG, NODE_F_FRONTEND_FILTER, NodeConfig, SCOPE_DEFAULT,
+    SERVICES, SVC_F_AFFINITY, SVC_F_CLUSTER_IP, SVC_F_MAGLEV, SVC_F_NODE_PORT, SVC_F_SNAT_REMOTE,
+    ServiceKey, ServiceValue, flow_hash, frontend_filter_bit, programs,
 };
 use xkube_netns::NetNs;
 use xkube_proxy::ebpf::{
@@ -47,7 +48,7 @@ struct Backendspec {
 }
 
 /// A test fixture: the programs loaded inside a throwaway namespace (so FIB lookups see an
-/// empty routing table) with the node configuration written.
+/// empty routing table) with the node configuration written, the frontend filter on.
 struct Fixture {
     dp: Datapath,
     ns: NetNs,
@@ -74,7 +75,7 @@ impl Fixture {
                 snat_port_max: 65535,
                 uplink_ifindex: 2,
                 hairpin_addr: a(Ipv4Addr::new(10, 244, 1, 1)),
-                flags: 0,
+                flags: NODE_F_FRONTEND_FILTER,
                 node_port_min: 30000,
                 node_port_max: 32767,
             },
@@ -88,7 +89,28 @@ impl Fixture {
         Self { dp, ns }
     }
 
-    /// Writes a frontend and its backends the way the writer does (backends, slots, frontend).
+    /// Sets (`on`) or clears the frontend filter bit of `addr`.
+    fn filter_bit(&mut self, addr: Ipv4Addr, on: bool) {
+        let mut filter: Array<&mut MapData, FrontendFilterWords> = Array::try_from(
+            self.dp
+                .ebpf_mut()
+                .map_mut(FRONTEND_FILTER)
+                .expect("frontend filter map"),
+        )
+        .expect("array");
+        let bit = frontend_filter_bit(a(addr));
+        let mut words = Box::new(filter.get(&0, 0).expect("read the filter"));
+        let w = &mut words[(bit >> 6) as usize];
+        if on {
+            *w |= 1 << (bit & 63);
+        } else {
+            *w &= !(1 << (bit & 63));
+        }
+        filter.set(0, *words, 0).expect("write the filter");
+    }
+
+    /// Writes a frontend and its backends the way the writer does (filter bit of an exact
+    /// frontend, backends, slots, frontend).
     fn service(
         &mut self,
         front: Endpoint,
@@ -97,6 +119,9 @@ impl Fixture {
         id: u16,
         backends: &[Backendspec],
     ) {
+        if !front.ip.is_unspecified() {
+            self.filter_bit(front.ip, true);
+        }
         let ebpf = self.dp.ebpf_mut();
         {
             let mut bm: HashMap<&mut MapData, u32, Backend> =
@@ -577,6 +602,36 @@ fn privileged_tc_pod_to_cluster_ip_dnat_reply_and_hairpin() {
     let other = syn(pod_a, ep([10, 244, 2, 2], 80));
     let run = f.tc(programs::TC_POD_INGRESS, &other);
     assert_eq!((run.action, &run.packet), (TC_ACT_OK, &other));
+}
+
+#[test]
+fn privileged_xdp_frontend_filter_rules_out_addresses_without_their_bit() {
+    let mut f = Fixture::new();
+    let vip = ep([10, 96, 0, 10], 80);
+    let backend = ep([10, 244, 2, 9], 8080);
+    f.service(
+        vip,
+        IPPROTO_TCP,
+        SVC_F_CLUSTER_IP | SVC_F_SNAT_REMOTE,
+        9,
+        &[Backendspec {
+            id: 90,
+            at: backend,
+            local: false,
+        }],
+    );
+    let frame = syn(ep(CLIENT, 40001), vip);
+    assert_eq!(parsed(&f.xdp(&frame)).dst, backend, "bit set: translated");
+    // The bit cleared by hand: the program trusts the filter and skips the services map...
+    f.filter_bit(vip.ip, false);
+    let frame = syn(ep(CLIENT, 40002), vip);
+    let run = f.xdp(&frame);
+    assert_eq!(xdp_action::name(run.action), "XDP_PASS");
+    assert_eq!(run.packet, frame, "the filter rules the frontend out");
+    // ...unless the config says the filter is not written (an upgraded node before its
+    // first sync).
+    f.node_config(|c| c.flags &= !NODE_F_FRONTEND_FILTER);
+    assert_eq!(parsed(&f.xdp(&frame)).dst, backend, "filter off: looked up");
 }
 
 #[test]

@@ -762,18 +762,30 @@ fn privileged_e2e_the_sync_loop_repairs_a_map_entry_deleted_by_hand_within_one_s
     let to = SocketAddrV4::new(node_addr(0), NODE_PORT);
     fx.tcp_from_client(to).expect("served through node1");
 
+    let bit = xkube_common::lb::frontend_filter_bit(frontend.addr);
+    let filtered = |m: &Maps| {
+        m.frontend_filter
+            .get(&0, 0)
+            .is_ok_and(|w| w[(bit >> 6) as usize] & (1 << (bit & 63)) != 0)
+    };
+    assert!(filtered(&hand), "the ClusterIP's filter bit is set");
     hand.services
         .remove(&frontend)
         .expect("delete the ClusterIP frontend by hand");
+    hand.frontend_filter
+        .set(0, [0; xkube_common::lb::FRONTEND_FILTER_WORDS], 0)
+        .expect("clear the filter by hand");
     let removed_at = Instant::now();
     assert!(!present(&hand), "gone");
     // Bounded wait: one sync period plus a second of slack.
-    while !present(&hand) && removed_at.elapsed() < period + Duration::from_secs(1) {
+    while !(present(&hand) && filtered(&hand))
+        && removed_at.elapsed() < period + Duration::from_secs(1)
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        present(&hand),
-        "the full sync restored the frontend within one sync period"
+        present(&hand) && filtered(&hand),
+        "the full sync restored the frontend and its filter bit within one sync period"
     );
     println!("repaired after {:?}", removed_at.elapsed());
     fx.tcp_from_client(to).expect("served again");

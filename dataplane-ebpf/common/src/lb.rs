@@ -48,6 +48,43 @@ pub const MAGLEV_MAX: u32 = MAGLEV_TABLE_SIZE * 256;
 pub const SERVICE_COUNTERS: &str = "XKUBE_SERVICE_COUNTERS";
 pub const SERVICE_COUNTERS_LEN: u32 = 65_536;
 
+/// Frontend address filter: one array entry of [`FRONTEND_FILTER_WORDS`] `u64` words (64 KiB),
+/// one bit per [`frontend_filter_bit`] of every exact frontend address (ClusterIP,
+/// externalIP, LB IP). A clear bit proves a destination is no exact frontend with one inlined
+/// array lookup, so the XDP uplink passes transit traffic without a hash lookup; a set bit may
+/// be a collision and the services map decides. One entry, so userspace reads and writes the
+/// whole filter with one system call each.
+pub const FRONTEND_FILTER: &str = "XKUBE_FRONTEND_FILTER";
+/// log2 of the filter's bits: 524,288 bits, about 2% of non-frontend addresses collide with
+/// 10,000 frontend addresses, 17% with 100,000.
+pub const FRONTEND_FILTER_BITS_LOG2: u32 = 19;
+pub const FRONTEND_FILTER_WORDS: usize = 1 << (FRONTEND_FILTER_BITS_LOG2 - 6);
+/// The value of the filter's one entry.
+pub type FrontendFilterWords = [u64; FRONTEND_FILTER_WORDS];
+
+/// The filter bit of `addr` (network order, as in packets and [`ServiceKey::addr`]):
+/// Fibonacci hashing of the raw word, its top [`FRONTEND_FILTER_BITS_LOG2`] bits. Both the
+/// programs and userspace use this function.
+#[inline(always)]
+pub const fn frontend_filter_bit(addr: u32) -> u32 {
+    addr.wrapping_mul(0x9E37_79B1) >> (32 - FRONTEND_FILTER_BITS_LOG2)
+}
+
+/// Every map of the load-balancer datapath, by name.
+pub const MAP_NAMES: [&str; 11] = [
+    SERVICES,
+    BACKENDS,
+    REVNAT,
+    LOCAL_ADDRS,
+    NODE_CONFIG,
+    FRONTEND_FILTER,
+    MAGLEV,
+    CONNTRACK,
+    AFFINITY,
+    SOCK_REVNAT,
+    SERVICE_COUNTERS,
+];
+
 /// Program names in the object file.
 pub mod programs {
     pub const SOCK_CONNECT4: &str = "xkube_sock_connect4";
@@ -193,6 +230,11 @@ pub const NODE_F_EXTRA_ADDRS: u32 = 1 << 0;
 /// packet to the node's address on a port that is neither a NodePort nor a SNAT port is for
 /// the node itself: the uplink passes it without any map lookup.
 pub const NODE_F_FRONTEND_ON_NODE: u32 = 1 << 1;
+
+/// [`FRONTEND_FILTER`] holds every exact frontend address: a clear bit means "no exact
+/// frontend". Set once userspace has written the filter (an upgraded node's first program
+/// run with older maps ignores the empty filter until then).
+pub const NODE_F_FRONTEND_FILTER: u32 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -3,13 +3,14 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use xkube_common::lb::{
     AffinityKey, AffinityValue, Backend, LOCAL_F_NODE, MAGLEV_TABLE_SIZE, MaglevKey,
-    NODE_F_EXTRA_ADDRS, NodeConfig, SCOPE_DEFAULT, SCOPE_INTERNAL, SVC_F_AFFINITY, SVC_F_MAGLEV,
-    SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, flow_hash,
+    NODE_F_EXTRA_ADDRS, NODE_F_FRONTEND_FILTER, NodeConfig, SCOPE_DEFAULT, SCOPE_INTERNAL,
+    SVC_F_AFFINITY, SVC_F_MAGLEV, SVC_F_TWO_SCOPES, ServiceKey, ServiceValue, flow_hash,
+    frontend_filter_bit,
 };
 
 use crate::maps::{
-    XKUBE_AFFINITY, XKUBE_BACKENDS, XKUBE_LOCAL_ADDRS, XKUBE_MAGLEV, XKUBE_SERVICE_COUNTERS,
-    XKUBE_SERVICES,
+    XKUBE_AFFINITY, XKUBE_BACKENDS, XKUBE_FRONTEND_FILTER, XKUBE_LOCAL_ADDRS, XKUBE_MAGLEV,
+    XKUBE_SERVICE_COUNTERS, XKUBE_SERVICES,
 };
 
 /// Where the traffic comes from, which decides the scope of a two-scope service.
@@ -58,8 +59,8 @@ pub fn lookup(addr: u32, port: u16, proto: u8, origin: Origin) -> Option<Fronten
     Some(Frontend { key, svc })
 }
 
-/// [`lookup`] for traffic arriving on the uplink, where most packets are for no service: one
-/// map lookup for the exact frontend; a NodePort lookup only for a port in the range of
+/// [`lookup`] for traffic arriving on the uplink, where most packets are for no service: the
+/// exact frontend is looked up only when the frontend filter does not rule it out; a NodePort lookup only for a port in the range of
 /// programmed NodePorts and a destination that is the node's address (known from the config,
 /// no lookup) or one of its other addresses (a local-address lookup, only on nodes with
 /// several addresses).
@@ -73,8 +74,12 @@ pub fn lookup_external(addr: u32, port: u16, proto: u8, cfg: &NodeConfig) -> Opt
         slot: 0,
         _pad: 0,
     };
-    // SAFETY: the value is copied out immediately; entries are only replaced whole.
-    if let Some(svc) = unsafe { XKUBE_SERVICES.get(&key) }.copied() {
+    // The filter (an array entry: the verifier inlines the lookup) rules out most
+    // destinations that are no exact frontend without the hash lookup.
+    if (cfg.flags & NODE_F_FRONTEND_FILTER == 0 || may_be_frontend(addr))
+        // SAFETY: the value is copied out immediately; entries are only replaced whole.
+        && let Some(svc) = unsafe { XKUBE_SERVICES.get(&key) }.copied()
+    {
         return Some(Frontend { key, svc });
     }
     let hport = u16::from_be(port);
@@ -94,6 +99,18 @@ pub fn lookup_external(addr: u32, port: u16, proto: u8, cfg: &NodeConfig) -> Opt
     key.addr = 0;
     let svc = unsafe { XKUBE_SERVICES.get(&key) }.copied()?;
     Some(Frontend { key, svc })
+}
+
+/// Whether `addr` may be an exact frontend: its bit in the frontend filter is set (or the
+/// word cannot be read).
+#[inline(always)]
+fn may_be_frontend(addr: u32) -> bool {
+    let bit = frontend_filter_bit(addr);
+    XKUBE_FRONTEND_FILTER.get(0).is_none_or(|words| {
+        words
+            .get((bit >> 6) as usize)
+            .is_none_or(|w| *w & (1u64 << (bit & 63)) != 0)
+    })
 }
 
 /// The backend with `id`, if it still exists and still belongs to service `rev_nat_id`.

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use xkube_common::lb::{
     AFFINITY_MAX, AffinityKey, AffinityValue, BACKENDS_MAX, Backend, CONNTRACK_MAX, CtKey, CtValue,
-    LOCAL_ADDRS_MAX, MAGLEV_MAX, MaglevKey, NodeConfig, REVNAT_MAX, RevNat, SERVICE_COUNTERS_LEN,
-    SERVICES_MAX, SOCK_REVNAT_MAX, ServiceCounters, ServiceKey, ServiceValue, SockRevNatKey,
-    SockRevNatValue,
+    FrontendFilterWords, LOCAL_ADDRS_MAX, MAGLEV_MAX, MaglevKey, NodeConfig, REVNAT_MAX, RevNat,
+    SERVICE_COUNTERS_LEN, SERVICES_MAX, SOCK_REVNAT_MAX, ServiceCounters, ServiceKey, ServiceValue,
+    SockRevNatKey, SockRevNatValue,
 };
 
 #[map]
@@ -23,6 +23,8 @@ pub static XKUBE_REVNAT: HashMap<u32, RevNat> = HashMap::with_max_entries(REVNAT
 pub static XKUBE_LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(LOCAL_ADDRS_MAX, 0);
 #[map]
 pub static XKUBE_NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+#[map]
+pub static XKUBE_FRONTEND_FILTER: Array<FrontendFilterWords> = Array::with_max_entries(1, 0);
 #[map]
 pub static XKUBE_SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::with_max_entries(SOCK_REVNAT_MAX, 0);

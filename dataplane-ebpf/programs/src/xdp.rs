@@ -71,14 +71,16 @@ fn try_uplink(ctx: &XdpContext) -> Result<u32, ()> {
         proto,
         tcp_flags: net::tcp_flags(ctx, proto)?,
     };
-    // The node config is an array entry (the verifier inlines that lookup). With it, a packet
-    // for neither a frontend nor a translated flow costs one hash lookup:
+    // The node config and the frontend filter are array entries (the verifier inlines those
+    // lookups). With them, a packet for neither a frontend nor a translated flow costs no
+    // hash lookup, except on a filter collision or as a possible reply:
     // - replies of translated flows come back either SNATed, to the node address on a SNAT
     //   port, or to this node's pod CIDR (flows of local pods translated by tc): only those
     //   are looked up in conntrack; pod addresses are never frontends;
     // - packets to the node address on other ports need no lookup at all unless a NodePort
     //   or an exact frontend could match (both known from the config);
-    // - anything else is looked up as a frontend (exact, then NodePort on node addresses).
+    // - anything else is looked up as a frontend: exact when the filter does not rule the
+    //   address out, then NodePort on node addresses.
     let Some(cfg) = nat::node_config() else {
         return Ok(XDP_PASS);
     };

@@ -17,8 +17,8 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use xkube_common::lb::{
-    Backend, LOCAL_F_NODE, NODE_F_EXTRA_ADDRS, NODE_F_FRONTEND_ON_NODE, NodeConfig, RevNat,
-    SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey, ServiceValue,
+    Backend, LOCAL_F_NODE, NODE_F_EXTRA_ADDRS, NODE_F_FRONTEND_FILTER, NODE_F_FRONTEND_ON_NODE,
+    NodeConfig, RevNat, SCOPE_DEFAULT, SVC_F_CLUSTER_IP, ServiceKey, ServiceValue,
 };
 
 use super::render::{IdSource, render_service};
@@ -82,15 +82,16 @@ impl NodeContext {
             snat_port_max: *self.snat_ports.end(),
             uplink_ifindex: self.uplink_ifindex,
             hairpin_addr: ne(self.hairpin_addr),
-            flags: if self
-                .node_addrs
-                .iter()
-                .any(|a| *a != self.node_addr && !a.is_unspecified())
-            {
-                NODE_F_EXTRA_ADDRS
-            } else {
-                0
-            },
+            flags: NODE_F_FRONTEND_FILTER
+                | if self
+                    .node_addrs
+                    .iter()
+                    .any(|a| *a != self.node_addr && !a.is_unspecified())
+                {
+                    NODE_F_EXTRA_ADDRS
+                } else {
+                    0
+                },
             node_port_min: 1,
             node_port_max: 0,
         }
@@ -142,6 +143,8 @@ pub struct DesiredState {
     pub local_addrs: BTreeMap<u32, u32>,
     /// `XKUBE_NODE_CONFIG[0]`.
     pub node_config: NodeConfig,
+    /// `XKUBE_FRONTEND_FILTER`: word index -> bits, the non-zero words ([`super::filter`]).
+    pub frontend_filter: BTreeMap<u32, u64>,
 }
 
 impl DesiredState {
@@ -156,6 +159,7 @@ impl DesiredState {
                 .map(|t| t.iter().filter(|id| **id != 0).count())
                 .sum::<usize>()
             + self.local_addrs.len()
+            + self.frontend_filter.len()
             + 1
     }
 }
@@ -534,6 +538,7 @@ pub fn desired(
     state.node_config.node_port_min = lo;
     state.node_config.node_port_max = hi;
     let exact: std::collections::HashSet<u32> = frontend_addrs(state.services.keys()).collect();
+    state.frontend_filter = super::filter::filter_words(exact.iter().copied());
     if state.local_addrs.keys().any(|a| exact.contains(a)) {
         state.node_config.flags |= NODE_F_FRONTEND_ON_NODE;
     }

@@ -31,6 +31,7 @@ use super::{
         BackendIdent, DesiredState, NodeContext, ServiceIdent, frontend_addrs, ip_of, ne,
         node_entries, node_port_range, node_ports,
     },
+    filter::FrontendFilter,
     plan::{Op, plan},
     render::{IdSource, render_service, wanted_frontends},
 };
@@ -174,8 +175,10 @@ pub struct Engine {
     recovered: Option<Recovered>,
     /// NodePort -> frontends using it (for the node config's NodePort range).
     node_ports: BTreeMap<u16, usize>,
-    /// Exact frontend address -> frontends using it (for `NODE_F_FRONTEND_ON_NODE`).
+    /// Exact frontend address -> frontends using it (for `NODE_F_FRONTEND_ON_NODE` and the
+    /// frontend filter).
     frontend_addrs: HashMap<u32, usize>,
+    filter: FrontendFilter,
 }
 
 /// What [`Engine::update`] decided.
@@ -328,6 +331,7 @@ impl Engine {
             recovered: Some(rec),
             node_ports: BTreeMap::new(),
             frontend_addrs: HashMap::new(),
+            filter: FrontendFilter::default(),
         }
     }
 
@@ -424,6 +428,7 @@ impl Engine {
         let mut s = DesiredState::default();
         node_entries(&self.node, &mut s);
         s.node_config = self.node_config();
+        s.frontend_filter = self.filter.words();
         for f in self.fragments.values() {
             merge(&mut s, &f.state);
         }
@@ -454,7 +459,9 @@ impl Engine {
         c
     }
 
-    fn count_node_ports(&mut self, state: &Entries, add: bool) {
+    /// Counts the NodePorts and exact frontend addresses of `state` in (`add`) or out; an
+    /// address gained or lost updates the filter, recording changed words in `touched`.
+    fn count_frontends(&mut self, state: &Entries, add: bool, touched: &mut BTreeMap<u32, u64>) {
         fn count(n: &mut usize, add: bool) -> bool {
             if add {
                 *n += 1;
@@ -469,8 +476,15 @@ impl Engine {
             }
         }
         for a in frontend_addrs(state.services.iter().map(|(k, _)| k)) {
-            if count(self.frontend_addrs.entry(a).or_insert(0), add) {
+            let n = self.frontend_addrs.entry(a).or_insert(0);
+            let was = *n;
+            if count(n, add) {
                 self.frontend_addrs.remove(&a);
+                if was > 0 {
+                    self.filter.remove(a, touched);
+                }
+            } else if was == 0 {
+                self.filter.insert(a, touched);
             }
         }
     }
@@ -548,6 +562,7 @@ impl Engine {
             ..DesiredState::default()
         };
         let mut after = DesiredState::default();
+        let mut touched = BTreeMap::new();
         let rendered = work.len();
         let mut removed_names = Vec::new();
         let mut added_names = Vec::new();
@@ -559,7 +574,7 @@ impl Engine {
                 if ops {
                     merge(&mut before, &o.state);
                 }
-                self.count_node_ports(&o.state, false);
+                self.count_frontends(&o.state, false, &mut touched);
                 removed_names.extend(o.service_ids.iter().map(|(_, id)| (*id, None)));
             }
             let new = model.map(|model| {
@@ -613,7 +628,7 @@ impl Engine {
                 if ops {
                     merge(&mut after, &n.state);
                 }
-                self.count_node_ports(&n.state, true);
+                self.count_frontends(&n.state, true, &mut touched);
                 added_names.extend(
                     fragment_names(&name, &n)
                         .into_iter()
@@ -626,6 +641,8 @@ impl Engine {
         // node config comes first in a plan); a range that shrinks is narrowed first too,
         // which only stops lookups for frontends about to be removed.
         after.node_config = self.node_config();
+        after.frontend_filter = self.filter.current(&touched);
+        before.frontend_filter = touched;
         removed_names.extend(added_names);
         Update {
             ops: if ops {
@@ -676,6 +693,11 @@ mod tests {
         m.iter()
             .map(|(n, m)| (n.clone(), Some(m.clone())))
             .collect()
+    }
+
+    /// The first operation after the frontend filter's bits (which always come first).
+    fn first_non_filter(ops: &[Op]) -> Option<&Op> {
+        ops.iter().find(|o| !matches!(o, Op::SetFilterWord { .. }))
     }
 
     fn mixed() -> (Vec<Service>, Vec<Endpoints>) {
@@ -743,10 +765,25 @@ mod tests {
         let first = e.update(&changes(&all));
         e.commit();
         assert_eq!(first.rendered, n as usize);
+        let filter = first
+            .ops
+            .iter()
+            .filter(|o| matches!(o, Op::SetFilterWord { .. }))
+            .count();
         assert_eq!(
-            first.ops.len(),
+            first.ops.len() - filter,
             n as usize * (1 + 5 + 5 + 1),
             "frontend, slots, backends, revnat"
+        );
+        assert!(
+            (1..=xkube_common::lb::FRONTEND_FILTER_WORDS).contains(&filter),
+            "each filter word written once: {filter}"
+        );
+        assert!(
+            first.ops[..filter]
+                .iter()
+                .all(|o| matches!(o, Op::SetFilterWord { .. })),
+            "filter bits before anything else"
         );
 
         // Replace one endpoint of s1234.
@@ -964,13 +1001,13 @@ mod tests {
         let up = e.update(&changes(&models(std::slice::from_ref(&np), &[])));
         e.commit();
         assert!(
-            matches!(up.ops.first(), Some(Op::SetNodeConfig(c)) if (c.node_port_min, c.node_port_max) == (30080, 30080)),
+            matches!(first_non_filter(&up.ops), Some(Op::SetNodeConfig(c)) if (c.node_port_min, c.node_port_max) == (30080, 30080)),
             "the range comes first: {:?}",
             up.ops
         );
         let up = e.update(&[(ServiceName::new("default", "np"), None)]);
         assert!(
-            matches!(up.ops.first(), Some(Op::SetNodeConfig(c)) if c.node_port_min > c.node_port_max),
+            matches!(first_non_filter(&up.ops), Some(Op::SetNodeConfig(c)) if c.node_port_min > c.node_port_max),
             "{:?}",
             up.ops
         );
@@ -989,7 +1026,7 @@ mod tests {
         assert_eq!(e.desired().node_config.flags & NODE_F_FRONTEND_ON_NODE, 0);
         let up = e.update(&changes(&models(std::slice::from_ref(&on_node), &[])));
         assert!(
-            matches!(up.ops.first(), Some(Op::SetNodeConfig(c)) if c.flags & NODE_F_FRONTEND_ON_NODE != 0),
+            matches!(first_non_filter(&up.ops), Some(Op::SetNodeConfig(c)) if c.flags & NODE_F_FRONTEND_ON_NODE != 0),
             "flag set before the frontend: {:?}",
             up.ops
         );

@@ -39,6 +39,7 @@
 
 pub mod desired;
 pub mod engine;
+pub mod filter;
 pub mod maglev;
 pub mod plan;
 pub mod render;

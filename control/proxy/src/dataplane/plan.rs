@@ -3,6 +3,7 @@
 //! [`plan`] is pure. Its order guarantees that a datapath reading the maps between any two
 //! operations never sees a half-written service (DESIGN.md section 5):
 //!
+//! 0. frontend filter bits of new frontend addresses (before the config enables the filter);
 //! 1. node config, new local addresses;
 //! 2. backends (new or changed);
 //! 3. reverse NAT entries (before the first frontend of their service);
@@ -19,7 +20,8 @@
 //! 9. Maglev entries (after the frontend that used them);
 //! 10. reverse NAT entries (after the last frontend of their service);
 //! 11. backends no longer referenced;
-//! 12. local addresses.
+//! 12. local addresses;
+//! 13. frontend filter bits of addresses no frontend uses any more.
 //!
 //! Identical states give an empty plan.
 
@@ -35,6 +37,11 @@ use super::desired::DesiredState;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     SetNodeConfig(NodeConfig),
+    /// One word of the frontend filter (array entries are overwritten, never deleted).
+    SetFilterWord {
+        index: u32,
+        bits: u64,
+    },
     UpsertLocalAddr {
         addr: u32,
         flags: u32,
@@ -143,6 +150,16 @@ fn maglev_key(rev_nat_id: u16, index: usize) -> MaglevKey {
 pub fn plan(actual: &DesiredState, desired: &DesiredState) -> Vec<Op> {
     let mut ops = Vec::new();
 
+    // 0. The filter bits of new frontends, before the config that enables the filter and
+    //    before any frontend; bits of removed frontends are cleared last (13.).
+    let (filter_set, filter_clear) =
+        super::filter::filter_ops(&actual.frontend_filter, &desired.frontend_filter);
+    ops.extend(
+        filter_set
+            .into_iter()
+            .map(|(index, bits)| Op::SetFilterWord { index, bits }),
+    );
+
     // 1. Node facts.
     if actual.node_config != desired.node_config {
         ops.push(Op::SetNodeConfig(desired.node_config));
@@ -244,6 +261,11 @@ pub fn plan(actual: &DesiredState, desired: &DesiredState) -> Vec<Op> {
             .into_iter()
             .map(|addr| Op::DeleteLocalAddr { addr }),
     );
+    ops.extend(
+        filter_clear
+            .into_iter()
+            .map(|(index, bits)| Op::SetFilterWord { index, bits }),
+    );
     ops
 }
 
@@ -252,7 +274,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use serde_json::json;
-    use xkube_common::lb::{MAGLEV_TABLE_SIZE, SCOPE_INTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES};
+    use xkube_common::lb::{
+        MAGLEV_TABLE_SIZE, NODE_F_FRONTEND_FILTER, SCOPE_INTERNAL, SVC_F_MAGLEV, SVC_F_TWO_SCOPES,
+    };
 
     use super::*;
     use crate::dataplane::desired::{
@@ -267,6 +291,13 @@ mod tests {
         for (n, op) in ops.iter().enumerate() {
             match *op {
                 Op::SetNodeConfig(c) => s.node_config = c,
+                Op::SetFilterWord { index, bits } => {
+                    if bits == 0 {
+                        s.frontend_filter.remove(&index);
+                    } else {
+                        s.frontend_filter.insert(index, bits);
+                    }
+                }
                 Op::UpsertLocalAddr { addr, flags } => {
                     s.local_addrs.insert(addr, flags);
                 }
@@ -319,6 +350,16 @@ mod tests {
     /// right kind; its revnat exists; a Maglev frontend's table is full of existing backends;
     /// a two-scope default frontend has an internal copy.
     fn check_consistent(s: &DesiredState, when: &str) {
+        if s.node_config.flags & NODE_F_FRONTEND_FILTER != 0 {
+            for a in crate::dataplane::desired::frontend_addrs(s.services.keys()) {
+                let bit = xkube_common::lb::frontend_filter_bit(a);
+                let word = s.frontend_filter.get(&(bit >> 6)).copied().unwrap_or(0);
+                assert!(
+                    word & (1 << (bit & 63)) != 0,
+                    "{when}: frontend address {a:#x} ruled out by the filter"
+                );
+            }
+        }
         for (k, v) in s.services.iter().filter(|(k, _)| k.slot == 0) {
             for slot in 1..=v.count {
                 let sv = s
@@ -549,7 +590,12 @@ mod tests {
             "revnat after the last frontend"
         );
         assert!(backends.iter().all(|b| revnat[0] < *b), "backends last");
-        assert_eq!(ops.len(), 6, "nothing touches the kept service");
+        // The removed ClusterIP's filter bit is cleared after everything else.
+        assert!(
+            matches!(ops.last(), Some(Op::SetFilterWord { .. })),
+            "{ops:#?}"
+        );
+        assert_eq!(ops.len(), 7, "nothing touches the kept service");
     }
 
     #[test]
@@ -805,6 +851,7 @@ mod tests {
         // ...and narrows the node config's NodePort range (no NodePorts left).
         assert!(
             ops.iter().all(|o| o.is_delete()
+                || matches!(o, Op::SetFilterWord { bits: 0, .. })
                 || matches!(o, Op::SetNodeConfig(c) if c.node_port_min > c.node_port_max)),
             "teardown only deletes"
         );

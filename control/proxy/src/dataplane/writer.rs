@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use xkube_common::lb::{
     AFFINITY, AffinityKey, AffinityValue, BACKENDS, Backend, CONNTRACK, CtKey, CtValue,
-    IPPROTO_TCP, LOCAL_ADDRS, MAGLEV, MAGLEV_TABLE_SIZE, MaglevKey, NODE_CONFIG, NodeConfig,
-    REVNAT, RevNat, SERVICE_COUNTERS, SERVICES, SOCK_REVNAT, SVC_F_AFFINITY, ServiceCounters,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, ct_closed,
+    FRONTEND_FILTER, FrontendFilterWords, IPPROTO_TCP, LOCAL_ADDRS, MAGLEV, MAGLEV_TABLE_SIZE,
+    MaglevKey, NODE_CONFIG, NodeConfig, REVNAT, RevNat, SERVICE_COUNTERS, SERVICES, SOCK_REVNAT,
+    SVC_F_AFFINITY, ServiceCounters, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    ct_closed,
 };
 
 use super::{
@@ -29,18 +30,7 @@ use super::{
 use crate::error::{Error, Result};
 
 /// Every map of the load-balancer datapath, by name.
-pub const MAP_NAMES: [&str; 10] = [
-    SERVICES,
-    BACKENDS,
-    REVNAT,
-    LOCAL_ADDRS,
-    NODE_CONFIG,
-    MAGLEV,
-    CONNTRACK,
-    AFFINITY,
-    SOCK_REVNAT,
-    SERVICE_COUNTERS,
-];
+pub use xkube_common::lb::MAP_NAMES;
 
 /// Typed handles on the load-balancer maps. LRU hash maps use aya's `HashMap` type too (it
 /// accepts both `BPF_MAP_TYPE_HASH` and `BPF_MAP_TYPE_LRU_HASH`).
@@ -50,6 +40,8 @@ pub struct Maps {
     pub revnat: HashMap<MapData, u32, RevNat>,
     pub local_addrs: HashMap<MapData, u32, u32>,
     pub node_config: Array<MapData, NodeConfig>,
+    /// One entry: the whole filter.
+    pub frontend_filter: Array<MapData, FrontendFilterWords>,
     pub maglev: HashMap<MapData, MaglevKey, u32>,
     /// LRU.
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
@@ -99,6 +91,7 @@ impl Maps {
             revnat: typed!(REVNAT),
             local_addrs: typed!(LOCAL_ADDRS),
             node_config: typed!(NODE_CONFIG),
+            frontend_filter: typed!(FRONTEND_FILTER),
             maglev: typed!(MAGLEV),
             conntrack: typed!(CONNTRACK),
             affinity: typed!(AFFINITY),
@@ -158,7 +151,36 @@ pub fn read_actual(maps: &Maps) -> Result<DesiredState> {
         t[i] = v;
     }
     s.node_config = maps.node_config.get(&0, 0).map_err(map_err(NODE_CONFIG))?;
+    let words: FrontendFilterWords = maps
+        .frontend_filter
+        .get(&0, 0)
+        .map_err(map_err(FRONTEND_FILTER))?;
+    s.frontend_filter = words
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w != 0)
+        .filter_map(|(i, w)| Some((u32::try_from(i).ok()?, *w)))
+        .collect();
     Ok(s)
+}
+
+/// Writes filter words into the filter's one entry (read, modified, written whole).
+fn set_filter_words(maps: &mut Maps, ops: &[Op]) -> Result<()> {
+    let mut words: Box<FrontendFilterWords> = Box::new(
+        maps.frontend_filter
+            .get(&0, 0)
+            .map_err(map_err(FRONTEND_FILTER))?,
+    );
+    for op in ops {
+        if let Op::SetFilterWord { index, bits } = op
+            && let Some(w) = words.get_mut(*index as usize)
+        {
+            *w = *bits;
+        }
+    }
+    maps.frontend_filter
+        .set(0, *words, 0)
+        .map_err(map_err(FRONTEND_FILTER))
 }
 
 /// What an [`apply`] did.
@@ -179,9 +201,25 @@ fn is_enoent(e: &MapError) -> bool {
 /// Applies `ops` in order. Stops at the first failure (the caller re-reads the actual state).
 pub fn apply(maps: &mut Maps, ops: &[Op]) -> Result<ApplyStats> {
     let mut st = ApplyStats::default();
-    for op in ops {
+    let mut rest = ops;
+    while let Some(op) = rest.first() {
+        // A run of filter words (a plan has at most two) is one read and one write of the
+        // filter's single entry.
+        let run = rest
+            .iter()
+            .take_while(|o| matches!(o, Op::SetFilterWord { .. }))
+            .count();
+        if run > 0 {
+            set_filter_words(maps, &rest[..run])?;
+            st.upserts += run;
+            rest = &rest[run..];
+            continue;
+        }
+        rest = &rest[1..];
         let (name, res): (&'static str, Result<(), MapError>) = match op {
             Op::SetNodeConfig(c) => (NODE_CONFIG, maps.node_config.set(0, c, 0)),
+            // Consumed above as a run; never reached.
+            Op::SetFilterWord { .. } => continue,
             Op::UpsertLocalAddr { addr, flags } => {
                 (LOCAL_ADDRS, maps.local_addrs.insert(addr, flags, 0))
             }

@@ -15,10 +15,7 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use xkube_common::lb::{
-    AFFINITY, BACKENDS, CONNTRACK, LOCAL_ADDRS, MAGLEV, NODE_CONFIG, REVNAT, SERVICE_COUNTERS,
-    SERVICES, SOCK_REVNAT, programs,
-};
+use xkube_common::lb::programs;
 
 use crate::{Error, Result};
 
@@ -26,18 +23,7 @@ use crate::{Error, Result};
 pub const PIN_ROOT: &str = "/sys/fs/bpf/xkube";
 
 /// Every load-balancer map, by name.
-pub const MAP_NAMES: [&str; 10] = [
-    SERVICES,
-    BACKENDS,
-    REVNAT,
-    LOCAL_ADDRS,
-    NODE_CONFIG,
-    SOCK_REVNAT,
-    CONNTRACK,
-    AFFINITY,
-    MAGLEV,
-    SERVICE_COUNTERS,
-];
+pub use xkube_common::lb::MAP_NAMES;
 
 const CGROUP_PROGRAMS: [&str; 4] = [
     programs::SOCK_CONNECT4,
