@@ -294,6 +294,32 @@ fn services_suite(mode: &str) {
         );
     }
 
+    // The proxies read EndpointSlices (mirrored from the Endpoints with the controller's
+    // trigger time): every node measured the programming latency of the endpoint changes.
+    for i in 0..c.nodes {
+        let metrics = c
+            .node_ns(i)
+            .run(|| {
+                xkube_e2e::http_get_here(
+                    SocketAddrV4::new(c.node_addr(i), 10249),
+                    "/metrics",
+                    TIMEOUT,
+                )
+            })
+            .expect("enter node")
+            .unwrap_or_else(|e| panic!("node{} metrics: {e}", i + 1));
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_count "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(
+            count > 0.0,
+            "node{}: no network programming latency measured:\n{metrics}",
+            i + 1
+        );
+    }
+
     // A6: ClusterIP from pods on every node (agnhost /dial makes the pod connect).
     for (name, ip, node) in pods(&c, "web") {
         let path = format!("/dial?host={}&port=80&path=/hostname", vip.ip());

@@ -47,16 +47,11 @@ pub fn slices_for(ep: &Value) -> Vec<Value> {
                        "protocol": p["protocol"].as_str().unwrap_or("TCP")})
             })
             .collect();
-        let slice_name = if i == 0 {
-            name.to_string()
-        } else {
-            format!("{name}-{i}")
-        };
-        out.push(json!({
+        let mut slice = json!({
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {
-                "name": slice_name,
+                "name": slice_name(name, i),
                 "namespace": ns,
                 "labels": {"kubernetes.io/service-name": name, MANAGED_BY: MIRROR},
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Endpoints", "name": name,
@@ -65,17 +60,49 @@ pub fn slices_for(ep: &Value) -> Vec<Value> {
             "addressType": "IPv4",
             "endpoints": endpoints,
             "ports": ports,
-        }));
+        });
+        // Annotations are copied, as Kubernetes' mirroring controller does (the proxies read
+        // `endpoints.kubernetes.io/last-change-trigger-time` for their programming latency),
+        // except kubectl's last-applied configuration.
+        let mut annotations = meta::string_map(&ep["metadata"]["annotations"]);
+        annotations.remove(LAST_APPLIED);
+        if !annotations.is_empty() {
+            slice["metadata"]["annotations"] = json!(annotations);
+        }
+        out.push(slice);
     }
     out
 }
+
+/// kubectl's `apply` annotation, never mirrored.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn same(a: &Value, b: &Value) -> bool {
     a["endpoints"] == b["endpoints"]
         && a["ports"] == b["ports"]
         && meta::labels(a) == meta::labels(b)
+        && a["metadata"]["annotations"] == b["metadata"]["annotations"]
 }
 
+/// The name of the `i`th slice of Endpoints `name` (the mirror's names are deterministic).
+fn slice_name(name: &str, i: usize) -> String {
+    if i == 0 {
+        name.to_string()
+    } else {
+        format!("{name}-{i}")
+    }
+}
+
+/// Whether `slice` is one this mirror wrote for Endpoints `name`.
+fn mirrored_for(slice: &Value, name: &str) -> bool {
+    let labels = meta::labels(slice);
+    labels.get(MANAGED_BY).map(String::as_str) == Some(MIRROR)
+        && labels.get("kubernetes.io/service-name").map(String::as_str) == Some(name)
+}
+
+/// Brings the slices of Endpoints `ns/name` to what `ep` (None: deleted) asks for, with point
+/// reads of the deterministic slice names (a label-selected list would scan every slice of
+/// the namespace per event: quadratic at 10k services).
 async fn reconcile(
     reg: &Arc<Registry>,
     slices: &'static ResourceInfo,
@@ -84,34 +111,19 @@ async fn reconcile(
     ep: Option<&Value>,
 ) {
     let want = ep.map(slices_for).unwrap_or_default();
-    let selector = LabelSelector::parse(&format!(
-        "kubernetes.io/service-name={name},{MANAGED_BY}={MIRROR}"
-    ));
-    let Ok(selector) = selector else {
-        return;
-    };
-    let have = match reg
-        .list(
-            slices,
-            Some(ns),
-            &selector,
-            &FieldSelector::default(),
-            false,
-        )
-        .await
-    {
-        Ok((items, _)) => items,
-        Err(e) => {
-            tracing::warn!(ns, name, error = %e.message, "listing endpoint slices failed");
-            return;
-        }
-    };
     let opts = WriteOptions::default();
     for w in &want {
         let wname = meta::name(w);
-        match have.iter().find(|h| meta::name(h) == wname) {
-            Some(h) if same(h, w) => {}
-            Some(h) => {
+        match reg.get(slices, Some(ns), wname).await {
+            Ok((h, _)) if same(&h, w) => {}
+            Ok((h, _)) if !mirrored_for(&h, name) => {
+                tracing::debug!(
+                    ns,
+                    name = wname,
+                    "endpoint slice not managed by the mirror; left alone"
+                );
+            }
+            Ok((h, _)) => {
                 let mut u = w.clone();
                 meta::set(
                     &mut u,
@@ -125,18 +137,28 @@ async fn reconcile(
                     tracing::debug!(ns, name = wname, error = %e.message, "updating endpoint slice");
                 }
             }
-            None => {
+            Err(e) if e.reason == "NotFound" => {
                 if let Err(e) = reg.create(slices, Some(ns), w.clone(), &opts).await {
                     tracing::debug!(ns, name = wname, error = %e.message, "creating endpoint slice");
                 }
             }
+            Err(e) => {
+                tracing::warn!(ns, name = wname, error = %e.message, "reading endpoint slice failed");
+            }
         }
     }
-    for h in &have {
-        if !want.iter().any(|w| meta::name(w) == meta::name(h)) {
-            let _ = reg
-                .delete(slices, Some(ns), meta::name(h), &DeleteOptions::default())
-                .await;
+    // Slices beyond the wanted ones (fewer subsets, or the Endpoints deleted).
+    for i in want.len().. {
+        let sname = slice_name(name, i);
+        match reg.get(slices, Some(ns), &sname).await {
+            Ok((h, _)) if mirrored_for(&h, name) => {
+                let _ = reg
+                    .delete(slices, Some(ns), &sname, &DeleteOptions::default())
+                    .await;
+            }
+            // Another owner's slice, or the first missing name: the mirror's slices are
+            // numbered without gaps.
+            _ => break,
         }
     }
 }
@@ -229,6 +251,20 @@ mod tests {
         assert_eq!(
             s[1]["ports"],
             json!([{"name": "", "port": 81, "protocol": "TCP"}])
+        );
+        assert!(s[0]["metadata"]["annotations"].is_null(), "none to copy");
+    }
+
+    #[test]
+    fn the_trigger_time_is_mirrored_and_last_applied_is_not() {
+        let ep = json!({"metadata": {"name": "web", "namespace": "d", "uid": "u",
+            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-05T08:00:00Z",
+                            LAST_APPLIED: "{}"}},
+            "subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]});
+        let s = slices_for(&ep);
+        assert_eq!(
+            s[0]["metadata"]["annotations"],
+            json!({"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-05T08:00:00Z"})
         );
     }
 }

@@ -1056,6 +1056,54 @@ async fn endpoints_are_mirrored_into_endpoint_slices() {
     let s = found.expect("mirrored slice");
     assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "web");
     assert_eq!(s["endpoints"].as_array().expect("endpoints").len(), 2);
+
+    // A second subset is a second slice; back to one subset, it goes, and the trigger time
+    // annotation follows the Endpoints.
+    let (_, cur) = api.get("/api/v1/namespaces/default/endpoints/web").await;
+    let mut two = cur.clone();
+    two["subsets"] = json!([{"addresses": [{"ip": "10.1.0.1"}], "ports": [{"port": 80}]},
+                            {"addresses": [{"ip": "10.1.0.3"}], "ports": [{"port": 81}]}]);
+    let (code, two) = api
+        .put("/api/v1/namespaces/default/endpoints/web", &two)
+        .await;
+    assert_eq!(code, 200, "{two}");
+    let mut second = None;
+    for _ in 0..50 {
+        let (code, s) = api.get(&format!("{slices}/web-1")).await;
+        if code == 200 {
+            second = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(second.expect("second slice")["ports"][0]["port"], 81);
+    let mut one = two.clone();
+    one["subsets"] = json!([{"addresses": [{"ip": "10.1.0.4"}], "ports": [{"port": 80}]}]);
+    one["metadata"]["annotations"] =
+        json!({"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-05T08:00:00Z"});
+    let (code, one) = api
+        .put("/api/v1/namespaces/default/endpoints/web", &one)
+        .await;
+    assert_eq!(code, 200, "{one}");
+    let mut settled = false;
+    for _ in 0..50 {
+        let (first, s) = api.get(&format!("{slices}/web")).await;
+        let (gone, _) = api.get(&format!("{slices}/web-1")).await;
+        if first == 200
+            && gone == 404
+            && s["metadata"]["annotations"]["endpoints.kubernetes.io/last-change-trigger-time"]
+                == "2026-12-05T08:00:00Z"
+            && s["endpoints"][0]["addresses"][0] == "10.1.0.4"
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        settled,
+        "slices follow the Endpoints' subsets and annotations"
+    );
     assert_eq!(
         api.delete("/api/v1/namespaces/default/endpoints/web")
             .await

@@ -52,7 +52,7 @@ fn main() {
     trim();
     let objects = status_kib("VmRSS:");
     let mut tracker = ChangeTracker::new();
-    tracker.replace_all(svcs, eps);
+    tracker.replace_all(svcs, eps, []);
     tracker.take_changes();
     trim();
     let models = status_kib("VmRSS:");

@@ -34,7 +34,7 @@ const ENDPOINTS: u32 = 2;
 fn tracker(n: u32) -> ChangeTracker {
     let (svcs, eps) = common::objects(n, ENDPOINTS);
     let mut t = ChangeTracker::new();
-    t.replace_all(svcs, eps);
+    t.replace_all(svcs, eps, []);
     t.take_changes();
     t
 }

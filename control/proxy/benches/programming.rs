@@ -46,7 +46,7 @@ fn fresh() -> (Ebpf, ChangeTracker, EbpfProxier) {
     let proxier = EbpfProxier::new(maps, node(), None).unwrap_or_else(|e| panic!("proxier: {e}"));
     let (svcs, eps) = common::objects(SERVICES, ENDPOINTS);
     let mut tracker = ChangeTracker::new();
-    tracker.replace_all(svcs, eps);
+    tracker.replace_all(svcs, eps, []);
     tracker.take_changes();
     (ebpf, tracker, proxier)
 }

@@ -1,5 +1,7 @@
-//! The proxy agent (`xkube proxy`, also inside `xkube agent`): Services and Endpoints from the
-//! apiserver (list + watch, parsed on arrival, no object cache) and this node's Node object
+//! The proxy agent (`xkube proxy`, also inside `xkube agent`): Services and EndpointSlices
+//! from the apiserver (list + watch, parsed on arrival, no object cache; kube-proxy reads
+//! slices only, and the apiserver mirrors every Endpoints object into slices) and this node's
+//! Node object
 //! (a reflector), fed to the
 //! mode-independent [sync loop](crate::sync) which drives the mode chosen by `--proxy-mode`
 //! through the [`Proxier`](crate::mode::Proxier) seam. Metrics on `:10249/metrics`, health on
@@ -15,7 +17,10 @@ use std::{
 };
 
 use futures::{StreamExt as _, stream::BoxStream};
-use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -113,11 +118,15 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         info!(node = %opts.node_name, "removed the state of every proxy mode");
         return Ok(());
     }
-    // Services and Endpoints are watched without a cache: the change tracker parses each object
-    // on arrival and keeps only what the model needs (a reflector would hold every object).
+    // Services and EndpointSlices are watched without a cache: the change tracker parses each
+    // object on arrival and keeps only what the model needs (a reflector would hold every
+    // object).
     let mut svc_watch = watcher(Api::<Service>::all(client.clone()), ListParams::default()).boxed();
-    let mut ep_watch =
-        watcher(Api::<Endpoints>::all(client.clone()), ListParams::default()).boxed();
+    let mut ep_watch = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        ListParams::default(),
+    )
+    .boxed();
     let nodes: Store<Node> = spawn(
         Api::all(client.clone()),
         ListParams::default().fields(&format!("metadata.name={}", opts.node_name)),
@@ -138,7 +147,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
             e = ep_watch.next() => match e {
                 Some(Ok(Event::Restarted(v))) => first_eps = Some(v),
                 Some(Ok(_)) => {}
-                Some(Err(err)) => debug!(error = %err, "watching endpoints"),
+                Some(Err(err)) => debug!(error = %err, "watching endpointslices"),
                 None => return Ok(()),
             },
             _ = shutdown.cancelled() => return Ok(()),
@@ -187,7 +196,8 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     let _ = tx
         .send(Input::Relist {
             services: first_svcs.into_iter().flatten().map(Arc::new).collect(),
-            endpoints: first_eps.into_iter().flatten().map(Arc::new).collect(),
+            endpoints: Vec::new(),
+            slices: first_eps.into_iter().flatten().map(Arc::new).collect(),
         })
         .await;
     let forward = tokio::spawn(forward_changes(
@@ -233,7 +243,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
 
 type Watches = (
     BoxStream<'static, xkube_client::Result<Event<Service>>>,
-    BoxStream<'static, xkube_client::Result<Event<Endpoints>>>,
+    BoxStream<'static, xkube_client::Result<Event<EndpointSlice>>>,
 );
 
 /// Turns watch events and Node changes into sync loop inputs.
@@ -258,10 +268,10 @@ async fn forward_changes(
                 None => return,
             },
             e = ep.next() => match e {
-                Some(Ok(Event::Applied(e))) => Some(Input::EndpointsApplied(Arc::new(e))),
-                Some(Ok(Event::Deleted(e))) => Some(Input::EndpointsDeleted(ServiceName::of_endpoints(&e))),
-                Some(Ok(Event::Restarted(v))) => Some(Input::EndpointsRelisted(v.into_iter().map(Arc::new).collect())),
-                Some(Err(err)) => { debug!(error = %err, "watching endpoints"); None }
+                Some(Ok(Event::Applied(e))) => Some(Input::SliceApplied(Arc::new(e))),
+                Some(Ok(Event::Deleted(e))) => Some(Input::SliceDeleted(Arc::new(e))),
+                Some(Ok(Event::Restarted(v))) => Some(Input::SlicesRelisted(v.into_iter().map(Arc::new).collect())),
+                Some(Err(err)) => { debug!(error = %err, "watching endpointslices"); None }
                 None => return,
             },
             r = node_rx.recv() => match r {

@@ -577,8 +577,8 @@ pub struct ChangeTracker {
     services: BTreeMap<ServiceName, ServiceModel>,
     /// Endpoints objects' groups and their last trigger time.
     endpoints: BTreeMap<ServiceName, (Vec<EndpointGroup>, Option<String>)>,
-    /// EndpointSlices' groups by slice name.
-    slices: BTreeMap<ServiceName, BTreeMap<String, EndpointGroup>>,
+    /// EndpointSlices' groups and last trigger times by slice name.
+    slices: BTreeMap<ServiceName, BTreeMap<String, (EndpointGroup, Option<String>)>>,
     models: BTreeMap<ServiceName, Arc<ServiceModel>>,
     dirty: BTreeSet<ServiceName>,
     trigger_times: Vec<String>,
@@ -586,9 +586,10 @@ pub struct ChangeTracker {
     endpoint_changes: u64,
 }
 
-fn trigger_time(e: &Endpoints) -> Option<String> {
-    e.metadata
-        .annotations
+fn trigger_time(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    meta.annotations
         .as_ref()
         .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME_ANNOTATION))
         .cloned()
@@ -626,13 +627,9 @@ impl ChangeTracker {
     pub fn endpoints_applied(&mut self, eps: Arc<Endpoints>) {
         let name = ServiceName::of_endpoints(&eps);
         self.endpoint_changes += 1;
-        let new = trigger_time(&eps);
-        let old = self.endpoints.get(&name).and_then(|(_, t)| t.as_ref());
-        if let Some(t) = &new
-            && Some(t) != old
-        {
-            self.trigger_times.push(t.clone());
-        }
+        let new = trigger_time(&eps.metadata);
+        let old = self.endpoints.get(&name).and_then(|(_, t)| t.clone());
+        self.note_trigger(&new, old.as_ref());
         self.endpoints
             .insert(name.clone(), (endpoint_groups(&eps), new));
         self.dirty.insert(name);
@@ -645,18 +642,47 @@ impl ChangeTracker {
         self.dirty.insert(name.clone());
     }
 
+    /// A new trigger time (an Endpoints' or EndpointSlice's annotation) is a change to
+    /// measure the network programming latency of.
+    fn note_trigger(&mut self, new: &Option<String>, old: Option<&String>) {
+        if let Some(t) = new
+            && Some(t) != old
+        {
+            self.trigger_times.push(t.clone());
+        }
+    }
+
+    fn set_slice(&mut self, slice: &EndpointSlice) -> Option<ServiceName> {
+        let name = ServiceName::of_slice(slice)?;
+        let slice_name = slice.metadata.name.clone().unwrap_or_default();
+        let m = self.slices.entry(name.clone()).or_default();
+        match slice_group(slice) {
+            Some(g) => {
+                m.insert(slice_name, (g, trigger_time(&slice.metadata)));
+            }
+            None => {
+                m.remove(&slice_name);
+                if m.is_empty() {
+                    self.slices.remove(&name);
+                }
+            }
+        }
+        Some(name)
+    }
+
     /// An EndpointSlice was added or changed (slices without a service label are ignored).
     pub fn slice_applied(&mut self, slice: Arc<EndpointSlice>) {
         let Some(name) = ServiceName::of_slice(&slice) else {
             return;
         };
         self.endpoint_changes += 1;
-        let slice_name = slice.metadata.name.clone().unwrap_or_default();
-        let m = self.slices.entry(name.clone()).or_default();
-        match slice_group(&slice) {
-            Some(g) => m.insert(slice_name, g),
-            None => m.remove(&slice_name),
-        };
+        let old = self
+            .slices
+            .get(&name)
+            .and_then(|m| m.get(slice.metadata.name.as_deref().unwrap_or("")))
+            .and_then(|(_, t)| t.clone());
+        self.note_trigger(&trigger_time(&slice.metadata), old.as_ref());
+        self.set_slice(&slice);
         self.dirty.insert(name);
     }
 
@@ -686,13 +712,24 @@ impl ChangeTracker {
         }
     }
 
+    /// Replaces every EndpointSlice with a full list (a relist).
+    pub fn replace_slices(&mut self, slices: impl IntoIterator<Item = Arc<EndpointSlice>>) {
+        let old = std::mem::take(&mut self.slices);
+        self.dirty.extend(old.into_keys());
+        for s in slices {
+            if let Some(name) = self.set_slice(&s) {
+                self.dirty.insert(name);
+            }
+        }
+    }
+
     /// Replaces every Endpoints object with a full list (a relist).
     pub fn replace_endpoints(&mut self, endpoints: impl IntoIterator<Item = Arc<Endpoints>>) {
         let old = std::mem::take(&mut self.endpoints);
         self.dirty.extend(old.into_keys());
         for e in endpoints {
             let name = ServiceName::of_endpoints(&e);
-            let t = trigger_time(&e);
+            let t = trigger_time(&e.metadata);
             self.endpoints
                 .insert(name.clone(), (endpoint_groups(&e), t));
             self.dirty.insert(name);
@@ -704,9 +741,11 @@ impl ChangeTracker {
         &mut self,
         services: impl IntoIterator<Item = Arc<Service>>,
         endpoints: impl IntoIterator<Item = Arc<Endpoints>>,
+        slices: impl IntoIterator<Item = Arc<EndpointSlice>>,
     ) {
         self.replace_services(services);
         self.replace_endpoints(endpoints);
+        self.replace_slices(slices);
     }
 
     /// Whether anything is waiting for [`Self::take_changes`].
@@ -724,7 +763,7 @@ impl ChangeTracker {
         for name in std::mem::take(&mut self.dirty) {
             let model = self.services.get(&name).map(|t| {
                 let m = match (self.slices.get(&name), self.endpoints.get(&name)) {
-                    (Some(s), _) if !s.is_empty() => with_endpoints(t, s.values()),
+                    (Some(s), _) if !s.is_empty() => with_endpoints(t, s.values().map(|(g, _)| g)),
                     (_, Some((g, _))) => with_endpoints(t, g.iter()),
                     _ => t.clone(),
                 };
@@ -1009,6 +1048,49 @@ mod tests {
     }
 
     #[test]
+    fn slices_drive_the_tracker_with_trigger_times_and_relists() {
+        let slice = |name: &str, ip: &str, trigger: &str| -> Arc<EndpointSlice> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "ns1",
+                                 "labels": {SERVICE_NAME_LABEL: "web"},
+                                 "annotations": {LAST_CHANGE_TRIGGER_TIME_ANNOTATION: trigger}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+                    "ports": [{"port": 8080, "protocol": "TCP", "name": ""}]
+                }))
+                .unwrap_or_else(|e| panic!("slice: {e}")),
+            )
+        };
+        let addrs = |c: &Changes| -> Vec<Ipv4Addr> {
+            c.services[0].1.as_ref().expect("model").ports[0]
+                .endpoints
+                .iter()
+                .map(|e| e.addr)
+                .collect()
+        };
+        let mut t = ChangeTracker::new();
+        t.service_applied(Arc::new(service(json!({
+            "metadata": {"name": "web", "namespace": "ns1"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "targetPort": 8080}]}}))));
+        t.slice_applied(slice("web-a", "10.244.1.5", "t1"));
+        t.slice_applied(slice("web-b", "10.244.2.5", "t2"));
+        let c = t.take_changes();
+        assert_eq!(addrs(&c), [ip("10.244.1.5"), ip("10.244.2.5")]);
+        assert_eq!(c.trigger_times, ["t1", "t2"]);
+        // The same trigger time again is no new change to measure.
+        t.slice_applied(slice("web-a", "10.244.1.6", "t1"));
+        let c = t.take_changes();
+        assert_eq!(addrs(&c), [ip("10.244.1.6"), ip("10.244.2.5")]);
+        assert!(c.trigger_times.is_empty());
+        // A relist without web-b drops its endpoints; deleting the last slice leaves none.
+        t.replace_slices([slice("web-a", "10.244.1.6", "t1")]);
+        assert_eq!(addrs(&t.take_changes()), [ip("10.244.1.6")]);
+        t.slice_deleted(&slice("web-a", "10.244.1.6", "t1"));
+        assert!(addrs(&t.take_changes()).is_empty());
+    }
+
+    #[test]
     fn maglev_annotation_selects_the_algorithm() {
         let s = service(json!({"metadata": {"name": "web", "namespace": "ns1",
                                             "annotations": {LB_ALGORITHM_ANNOTATION: "Maglev"}},
@@ -1091,7 +1173,7 @@ mod tests {
         t.service_applied(s("a", "10.96.0.1"));
         t.service_applied(s("b", "10.96.0.2"));
         t.take_changes();
-        t.replace_all([s("a", "10.96.0.1"), s("c", "10.96.0.3")], []);
+        t.replace_all([s("a", "10.96.0.1"), s("c", "10.96.0.3")], [], []);
         let mut names: Vec<_> = t
             .take_changes()
             .services

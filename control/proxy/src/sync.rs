@@ -11,7 +11,10 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
+use k8s_openapi::api::{
+    core::v1::{Endpoints, Service},
+    discovery::v1::EndpointSlice,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -46,15 +49,21 @@ pub enum Input {
     ServiceDeleted(ServiceName),
     EndpointsApplied(Arc<Endpoints>),
     EndpointsDeleted(ServiceName),
-    /// Full lists of both (start).
+    SliceApplied(Arc<EndpointSlice>),
+    SliceDeleted(Arc<EndpointSlice>),
+    /// Full lists (start): the agent watches Services and EndpointSlices; a service's slices,
+    /// when it has any, take precedence over its Endpoints.
     Relist {
         services: Vec<Arc<Service>>,
         endpoints: Vec<Arc<Endpoints>>,
+        slices: Vec<Arc<EndpointSlice>>,
     },
     /// A full list of Services (a watch restarted).
     ServicesRelisted(Vec<Arc<Service>>),
     /// A full list of Endpoints (a watch restarted).
     EndpointsRelisted(Vec<Arc<Endpoints>>),
+    /// A full list of EndpointSlices (a watch restarted).
+    SlicesRelisted(Vec<Arc<EndpointSlice>>),
     Node(NodeInfo),
 }
 
@@ -101,12 +110,16 @@ impl SyncLoop {
             Input::ServiceDeleted(n) => self.tracker.service_deleted(&n),
             Input::EndpointsApplied(e) => self.tracker.endpoints_applied(e),
             Input::EndpointsDeleted(n) => self.tracker.endpoints_deleted(&n),
+            Input::SliceApplied(s) => self.tracker.slice_applied(s),
+            Input::SliceDeleted(s) => self.tracker.slice_deleted(&s),
             Input::Relist {
                 services,
                 endpoints,
-            } => self.tracker.replace_all(services, endpoints),
+                slices,
+            } => self.tracker.replace_all(services, endpoints, slices),
             Input::ServicesRelisted(s) => self.tracker.replace_services(s),
             Input::EndpointsRelisted(e) => self.tracker.replace_endpoints(e),
+            Input::SlicesRelisted(s) => self.tracker.replace_slices(s),
             Input::Node(n) => {
                 if let Some(p) = self.proxier.as_mut() {
                     p.set_node(&n);
@@ -451,6 +464,7 @@ mod tests {
         h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
+            slices: vec![],
         })
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -489,6 +503,7 @@ mod tests {
         h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
+            slices: vec![],
         })
         .await;
         tokio::time::sleep(Duration::from_secs(95)).await;
@@ -515,6 +530,7 @@ mod tests {
         h.send(Input::Relist {
             services: vec![],
             endpoints: vec![],
+            slices: vec![],
         })
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -562,6 +578,7 @@ mod tests {
         h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
+            slices: vec![],
         })
         .await;
         tokio::time::sleep(Duration::from_secs(70)).await;
@@ -592,6 +609,7 @@ mod tests {
         h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
+            slices: vec![],
         })
         .await;
         tokio::time::sleep(Duration::from_secs(100)).await;
@@ -610,6 +628,7 @@ mod tests {
         h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
+            slices: vec![],
         })
         .await;
         tokio::time::sleep(Duration::from_secs(100)).await;
@@ -629,6 +648,7 @@ mod tests {
         h.send(Input::Relist {
             services: vec![svc("a", "10.96.0.1")],
             endpoints: vec![],
+            slices: vec![],
         })
         .await;
         tokio::time::sleep(Duration::from_secs(100)).await;

@@ -740,6 +740,7 @@ fn privileged_e2e_the_sync_loop_repairs_a_map_entry_deleted_by_hand_within_one_s
     rt.block_on(tx.send(Input::Relist {
         services: vec![svc],
         endpoints: vec![ep],
+        slices: vec![],
     }))
     .expect("send");
 
