@@ -146,6 +146,11 @@ fn privileged_cluster_services_through_the_iptables_proxy() {
 }
 
 #[test]
+fn privileged_cluster_services_through_the_userspace_proxy() {
+    services_suite("userspace");
+}
+
+#[test]
 fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
     agent_restart_suite("ebpf");
 }
@@ -153,6 +158,186 @@ fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
 #[test]
 fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests_iptables() {
     agent_restart_suite("iptables");
+}
+
+/// The userspace mode's listeners die with the agent: requests in the gap fail, and every
+/// request after the new agent's first sync succeeds.
+#[test]
+fn privileged_cluster_agent_sigkill_and_restart_userspace_recovers_after_its_first_sync() {
+    agent_restart_suite("userspace");
+}
+
+/// A proxy metric of node `i` (the first sample of `name`).
+fn proxy_metric(c: &Cluster, i: usize, name: &str) -> f64 {
+    let text = http_get(
+        &c.node_ns(i),
+        SocketAddrV4::new(c.node_addr(i), 10249),
+        "/metrics",
+        TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("node{} metrics: {e}", i + 1));
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("node{}: no {name} in\n{text}", i + 1))
+}
+
+/// Keep-alive HTTP/1.1 requests for `/hostname` on one connection to `to` until `until`;
+/// returns the requests answered.
+fn keepalive_requests(to: SocketAddrV4, until: Instant) -> std::io::Result<usize> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let s = std::net::TcpStream::connect_timeout(&to.into(), TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    let mut n = 0;
+    while Instant::now() < until {
+        w.write_all(b"GET /hostname HTTP/1.1\r\nHost: svc\r\n\r\n")?;
+        let mut len = None;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0u8; len.ok_or(std::io::ErrorKind::InvalidData)?];
+        r.read_exact(&mut body)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The seeds' two connections (SEEDS.md B): the backend's peer is node1, not the client;
+/// and bounded keep-alive load through the ClusterIP leaves no descriptor and no task behind.
+fn userspace_two_connections_and_no_leaks(c: &Cluster, node_port: u16, vip: SocketAddrV4) {
+    let node1_addrs = c
+        .node_ns(0)
+        .run(|| {
+            std::process::Command::new("ip")
+                .args(["-4", "-o", "addr"])
+                .output()
+        })
+        .expect("enter node")
+        .expect("ip addr");
+    let node1_addrs = String::from_utf8_lossy(&node1_addrs.stdout).into_owned();
+    for _ in 0..10 {
+        let peer = http_get(
+            &c.client_ns(),
+            SocketAddrV4::new(c.node_addr(0), node_port),
+            "/clientip",
+            TIMEOUT,
+        )
+        .expect("GET /clientip through the NodePort");
+        let ip = peer.trim().rsplit_once(':').map_or("", |(ip, _)| ip);
+        assert!(
+            node1_addrs.contains(&format!("inet {ip}/")),
+            "the backend's peer {peer:?} is not an address of node1:\n{node1_addrs}"
+        );
+    }
+    println!("userspace: backends see node1's address as the peer");
+
+    // A dial that fails is retried on the next endpoint (250 ms, 500 ms, 1 s, 2 s): a
+    // selectorless service whose Endpoints list an address nobody answers on next to a live
+    // pod answers every request.
+    let live = c.get_json(&["pods", "-l", "app=web"])["items"][0]["status"]["podIP"]
+        .as_str()
+        .expect("a web pod's IP")
+        .to_owned();
+    c.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: halfdead}}
+spec:
+  ports:
+  - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: halfdead}}
+subsets:
+- addresses: [{{ip: "198.18.0.250"}}, {{ip: "{live}"}}]
+  ports: [{{name: http, port: 8080}}]
+"#
+    ));
+    let halfdead = SocketAddrV4::new(cluster_ip(c, "halfdead"), 80);
+    c.wait(
+        "the half-dead service to answer",
+        Duration::from_secs(10),
+        || http_get(&c.client_ns(), halfdead, "/hostname", TIMEOUT).ok(),
+    );
+    let started = Instant::now();
+    for i in 0..6 {
+        http_get(&c.client_ns(), halfdead, "/hostname", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to the half-dead service: {e}"));
+    }
+    println!(
+        "userspace: 6 requests to a service with a dead endpoint all answered in {:?} (dials retried)",
+        started.elapsed()
+    );
+
+    // Bounded: 64 clients, 10 s.
+    let settle = || -> (f64, f64) {
+        std::thread::sleep(Duration::from_secs(1));
+        (
+            proxy_metric(c, 0, "process_open_fds"),
+            proxy_metric(c, 0, "xkube_runtime_alive_tasks"),
+        )
+    };
+    let (fds_before, tasks_before) = settle();
+    let until = Instant::now() + Duration::from_secs(10);
+    let client = c.client_ns().path().to_owned();
+    let answered: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..64)
+            .map(|_| {
+                let client = client.clone();
+                scope.spawn(move || {
+                    let ns = std::fs::File::open(&client).expect("client namespace");
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    keepalive_requests(vip, until).expect("keep-alive requests")
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("client")).sum()
+    });
+    // The relays end when the clients close; give the proxy a moment.
+    let mut after = settle();
+    for _ in 0..5 {
+        if after.0 <= fds_before + 4.0 && after.1 <= tasks_before + 4.0 {
+            break;
+        }
+        after = settle();
+    }
+    println!(
+        "userspace: 64 keep-alive clients x 10 s through the ClusterIP: {answered} requests; \
+         node1's agent: open fds {fds_before} -> {}, tasks {tasks_before} -> {}",
+        after.0, after.1
+    );
+    assert!(answered > 640, "the clients ran ({answered} requests)");
+    assert!(
+        after.0 <= fds_before + 4.0 && after.1 <= tasks_before + 4.0,
+        "descriptors or tasks left behind: fds {fds_before} -> {}, tasks {tasks_before} -> {}",
+        after.0,
+        after.1
+    );
+    assert_eq!(
+        proxy_metric(
+            c,
+            0,
+            "xkube_proxy_userspace_connections_active{service=\"default/web:http\"}"
+        ),
+        0.0,
+        "no proxied connection left open"
+    );
 }
 
 /// `iptables-save` of both backends in a node's namespace.
@@ -192,6 +377,10 @@ fn check_mode_state(c: &Cluster, mode: &str, svc: &str, endpoints: usize) {
                     .then_some(())
             },
         );
+    }
+    if mode == "userspace" {
+        check_userspace_rules(c, svc);
+        return;
     }
     for i in 0..c.nodes {
         let text = iptables_save(c, i);
@@ -267,6 +456,65 @@ fn check_mode_state(c: &Cluster, mode: &str, svc: &str, endpoints: usize) {
     }
 }
 
+/// The userspace mode's redirections for `svc` (seed 003): its ClusterIP redirected to the
+/// proxy port from containers and DNATed from the host, the same for its NodePort on local
+/// addresses, the proxy port accepted in filter, and no iptables-mode chain.
+fn check_userspace_rules(c: &Cluster, svc: &str) {
+    let cip = cluster_ip(c, svc);
+    let comment = format!("-m comment --comment \"default/{svc}:http\"");
+    for i in 0..c.nodes {
+        let text = iptables_save(c, i);
+        let kube = kube_lines(&text);
+        let find = |prefix: &str, needle: &str| -> String {
+            kube.iter()
+                .find(|l| l.starts_with(prefix) && l.contains(needle) && l.contains(&comment))
+                .map(|l| (*l).to_owned())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "node{}: no {prefix} rule for {svc}:\n{}",
+                        i + 1,
+                        kube.join("\n")
+                    )
+                })
+        };
+        let container = find(
+            &format!("-A KUBE-PORTALS-CONTAINER -d {cip}/32 -p tcp"),
+            "--dport 80 -j REDIRECT --to-ports ",
+        );
+        let port = container.rsplit(' ').next().unwrap_or("");
+        let node = c.node_addr(i);
+        find(
+            &format!("-A KUBE-PORTALS-HOST -d {cip}/32 -p tcp"),
+            &format!("--dport 80 -j DNAT --to-destination {node}:{port}"),
+        );
+        find(
+            "-A KUBE-NODEPORT-CONTAINER -p tcp",
+            &format!("-j REDIRECT --to-ports {port}"),
+        );
+        find(
+            "-A KUBE-NODEPORT-HOST -p tcp",
+            &format!("-j DNAT --to-destination {node}:{port}"),
+        );
+        find(
+            "-A KUBE-NODEPORT-NON-LOCAL -p tcp",
+            &format!("--dport {port} -j ACCEPT"),
+        );
+        for jump in [
+            "-A PREROUTING -m comment --comment \"handle ClusterIPs; NOTE: this must be before the NodePort rules\" -j KUBE-PORTALS-CONTAINER",
+            "-A OUTPUT -m addrtype --dst-type LOCAL -m comment --comment \"handle service NodePorts; NOTE: this must be the last rule in the chain\" -j KUBE-NODEPORT-HOST",
+        ] {
+            assert!(kube.contains(&jump), "node{}: no {jump:?}", i + 1);
+        }
+        assert!(
+            !kube
+                .iter()
+                .any(|l| l.contains("KUBE-SVC-") || l.contains("KUBE-SEP-")),
+            "node{}: iptables-mode chains left",
+            i + 1
+        );
+    }
+}
+
 fn services_suite(mode: &str) {
     let c = Cluster::up(3, &["--proxy-mode", mode]);
     c.apply(&web_rc("web", 3));
@@ -291,32 +539,6 @@ fn services_suite(mode: &str) {
                 });
                 (seen == all).then_some(())
             },
-        );
-    }
-
-    // The proxies read EndpointSlices (mirrored from the Endpoints with the controller's
-    // trigger time): every node measured the programming latency of the endpoint changes.
-    for i in 0..c.nodes {
-        let metrics = c
-            .node_ns(i)
-            .run(|| {
-                xkube_e2e::http_get_here(
-                    SocketAddrV4::new(c.node_addr(i), 10249),
-                    "/metrics",
-                    TIMEOUT,
-                )
-            })
-            .expect("enter node")
-            .unwrap_or_else(|e| panic!("node{} metrics: {e}", i + 1));
-        let count = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_count "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        assert!(
-            count > 0.0,
-            "node{}: no network programming latency measured:\n{metrics}",
-            i + 1
         );
     }
 
@@ -350,6 +572,9 @@ fn services_suite(mode: &str) {
         all,
         "ClusterIP from outside"
     );
+    if mode == "userspace" {
+        userspace_two_connections_and_no_leaks(&c, np, vip);
+    }
 
     // A9: a LoadBalancer service whose ingress IP (assigned in status, no cloud) is routed to
     // node2 by the client.
@@ -504,6 +729,33 @@ spec:
         started.elapsed()
     );
 
+    // The proxies read EndpointSlices (mirrored from the Endpoints with the controller's
+    // trigger time): every node measured the programming latency of the scale-down (a change
+    // its watch saw; the first list's changes are not measured).
+    for i in 0..c.nodes {
+        let metrics = c
+            .node_ns(i)
+            .run(|| {
+                xkube_e2e::http_get_here(
+                    SocketAddrV4::new(c.node_addr(i), 10249),
+                    "/metrics",
+                    TIMEOUT,
+                )
+            })
+            .expect("enter node")
+            .unwrap_or_else(|e| panic!("node{} metrics: {e}", i + 1));
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_count "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(
+            count > 0.0,
+            "node{}: no network programming latency measured:\n{metrics}",
+            i + 1
+        );
+    }
+
     // The mode's own state on every node.
     check_mode_state(&c, mode, "web", 2);
 
@@ -515,17 +767,26 @@ spec:
         Duration::from_secs(10),
         || {
             c.on_node(0, || {
+                let refused = |e: &std::io::Error| {
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ConnectionReset
+                    )
+                };
                 match std::net::TcpStream::connect_timeout(&empty.into(), TIMEOUT) {
                     // iptables REJECTs (ICMP port unreachable: refused); the socket LB refuses
-                    // the connect() itself (EPERM). A timeout would mean a black hole.
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::ConnectionRefused
-                                | std::io::ErrorKind::PermissionDenied
-                        ) =>
-                    {
-                        Some(e)
+                    // the connect() itself (EPERM); the userspace proxy accepts and resets.
+                    // A timeout would mean a black hole.
+                    Err(e) if refused(&e) => Some(e),
+                    Ok(mut s) if mode == "userspace" => {
+                        use std::io::Read as _;
+                        s.set_read_timeout(Some(TIMEOUT)).ok()?;
+                        match s.read(&mut [0u8; 1]) {
+                            Err(e) if refused(&e) => Some(e),
+                            _ => None,
+                        }
                     }
                     _ => None,
                 }
@@ -650,6 +911,27 @@ fn agent_restart_suite(mode: &str) {
         &errors[..errors.len().min(10)]
     );
     assert!(ok > 50, "the loop ran ({ok} requests)");
+    if mode == "userspace" {
+        // Listeners live in the agent: requests between the kill and the new agent's first
+        // sync may fail; none after it.
+        let late: Vec<&(f64, Option<String>)> = all
+            .iter()
+            .filter(|(t, e)| e.is_some() && *t > healthy_at)
+            .collect();
+        let gap = all
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(t, _)| *t)
+            .fold(None, |acc: Option<(f64, f64)>, t| {
+                Some(acc.map_or((t, t), |(a, b)| (a.min(t), b.max(t))))
+            });
+        println!("userspace: failures between {gap:?} (s since the loop started)");
+        assert!(
+            late.is_empty(),
+            "requests failed after the first sync: {late:?}"
+        );
+        return;
+    }
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
 }
 

@@ -34,6 +34,7 @@ use crate::{
         CleanupContext, ModeMetrics, NodeInfo, Proxier, cleanup_all, cleanup_other_modes,
         ebpf::{EbpfOptions, EbpfProxier},
         iptables::{IptablesOptions, IptablesProxier},
+        userspace::{UserspaceOptions, UserspaceProxier},
     },
     model::{Ipv4Cidr, ServiceName},
     sync::{Input, SyncConfig, SyncLoop},
@@ -69,8 +70,12 @@ pub struct Options {
     pub sync: SyncOptions,
     #[command(flatten)]
     pub ebpf: EbpfOptions,
+    /// The iptables backend is shared with the userspace mode, which writes iptables
+    /// redirections too.
     #[command(flatten)]
     pub iptables: IptablesOptions,
+    #[command(flatten)]
+    pub userspace: UserspaceOptions,
 }
 
 /// kube-proxy's sync timing flags.
@@ -180,6 +185,11 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     let proxier: Box<dyn Proxier> = match opts.proxy_mode {
         ProxyMode::Ebpf => Box::new(EbpfProxier::start(&opts.ebpf, &node, &shutdown)?),
         ProxyMode::Iptables => Box::new(IptablesProxier::new(&opts.iptables, &node)?),
+        ProxyMode::Userspace => Box::new(UserspaceProxier::new(
+            &opts.userspace,
+            opts.iptables.iptables_backend,
+            &node,
+        )?),
     };
     let mode_metrics = proxier.metrics();
     let metrics = Arc::new(ProxyMetrics::new());

@@ -256,6 +256,22 @@ impl ProxyMetrics {
             "# HELP xkube_proxy_sync_errors_total Failed syncs.\n# TYPE xkube_proxy_sync_errors_total counter\nxkube_proxy_sync_errors_total {}",
             i.errors
         );
+        // The process's open descriptors and live tasks (a connection or flow that is never
+        // cleaned up shows here; the agent process also runs the kubelet).
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let _ = writeln!(
+                out,
+                "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}",
+                fds.count()
+            );
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let _ = writeln!(
+                out,
+                "# HELP xkube_runtime_alive_tasks Tasks alive in the process's tokio runtime.\n# TYPE xkube_runtime_alive_tasks gauge\nxkube_runtime_alive_tasks {}",
+                rt.metrics().num_alive_tasks()
+            );
+        }
     }
 }
 

@@ -143,6 +143,8 @@ struct AgentArgs {
     /// The iptables mode's flags (--iptables-backend, --masquerade-all).
     #[command(flatten)]
     proxy_iptables: xkube_proxy::mode::iptables::IptablesOptions,
+    #[command(flatten)]
+    proxy_userspace: xkube_proxy::mode::userspace::UserspaceOptions,
 }
 
 /// Parses an `Args` struct from no arguments: its defaults (and environment).
@@ -289,6 +291,7 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
             ..Default::default()
         },
         iptables: args.proxy_iptables,
+        userspace: args.proxy_userspace,
     };
     let client = ClientArgs {
         kubeconfig: args

@@ -29,16 +29,20 @@ pub enum ProxyMode {
     Ebpf,
     /// kube-proxy's iptables mode (nat DNAT chains, one iptables-restore per sync).
     Iptables,
+    /// kube-proxy's userspace mode (a listening socket per service port, a second connection
+    /// to the backend; iptables redirects to the socket).
+    Userspace,
 }
 
 impl ProxyMode {
     /// Every mode, for cleanup.
-    pub const ALL: [ProxyMode; 2] = [ProxyMode::Ebpf, ProxyMode::Iptables];
+    pub const ALL: [ProxyMode; 3] = [ProxyMode::Ebpf, ProxyMode::Iptables, ProxyMode::Userspace];
 
     pub fn name(&self) -> &'static str {
         match self {
             ProxyMode::Ebpf => "ebpf",
             ProxyMode::Iptables => "iptables",
+            ProxyMode::Userspace => "userspace",
         }
     }
 }
@@ -128,6 +132,7 @@ pub fn cleanup(mode: ProxyMode, ctx: &CleanupContext) -> Result<()> {
     match mode {
         ProxyMode::Ebpf => ebpf::cleanup(ctx),
         ProxyMode::Iptables => iptables::cleanup(ctx),
+        ProxyMode::Userspace => userspace::cleanup(ctx),
     }
 }
 

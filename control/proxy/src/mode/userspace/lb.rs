@@ -105,6 +105,11 @@ impl RoundRobin {
         }
     }
 
+    /// Whether `endpoint` is one of the port's endpoints now.
+    pub fn contains(&self, endpoint: SocketAddrV4) -> bool {
+        self.endpoints.contains(&endpoint)
+    }
+
     /// Clients with an affinity (for metrics and tests).
     pub fn affinities(&self) -> usize {
         self.clients.len()
