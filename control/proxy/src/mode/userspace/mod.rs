@@ -415,8 +415,8 @@ impl UserspaceProxier {
         changes
     }
 
-    /// Writes the rules of every port (when they differ from the last written); with
-    /// `check_jumps`, also the jumps from the built-in chains that are missing.
+    /// Writes the rules of every port; with `check_jumps` (a full sync), also the jumps from
+    /// the built-in chains that are missing.
     fn write_rules(&mut self, check_jumps: bool) -> Result<usize> {
         let all_jumps = jumps();
         let missing = if check_jumps {
@@ -426,7 +426,9 @@ impl UserspaceProxier {
         };
         let portals: Vec<Portal> = self.ports.values().map(|p| p.portal.clone()).collect();
         let input = restore_input(&portals, self.node_ip, &missing);
-        if missing.is_empty() && self.written.as_ref() == Some(&input) {
+        // A partial sync skips an unchanged input (endpoint changes only touch the round
+        // robin); a full sync always writes, repairing rules changed by hand.
+        if !check_jumps && self.written.as_ref() == Some(&input) {
             return Ok(0);
         }
         self.written = None;
@@ -855,7 +857,10 @@ mod tests {
             let err = bind_port(Some(range), &mut next, Protocol::Tcp)
                 .err()
                 .expect("the range is full");
-            assert!(err.to_string().contains("no free tcp port in 40000-40002"), "{err}");
+            assert!(
+                err.to_string().contains("no free tcp port in 40000-40002"),
+                "{err}"
+            );
             // UDP ports are another space.
             let u = bind_port(Some(range), &mut next, Protocol::Udp).expect("udp");
             assert_eq!(u.1, 40000);
