@@ -854,9 +854,9 @@ mod tests {
             let a = bind_port(Some(range), &mut next, Protocol::Tcp).expect("first");
             let b = bind_port(Some(range), &mut next, Protocol::Tcp).expect("second");
             assert_eq!((a.1, b.1), (40000, 40002));
-            let err = bind_port(Some(range), &mut next, Protocol::Tcp)
-                .err()
-                .expect("the range is full");
+            let Err(err) = bind_port(Some(range), &mut next, Protocol::Tcp) else {
+                panic!("the range is full: no port expected");
+            };
             assert!(
                 err.to_string().contains("no free tcp port in 40000-40002"),
                 "{err}"
