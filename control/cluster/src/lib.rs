@@ -329,18 +329,7 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             .map_err(|e| Error::Invalid(format!("XDP pass program on fabric port {port}: {e}")))?;
         sysctl::set(&ns, "net/ipv4/ip_forward", "1")?;
         if !opts.kubelet_only && opts.proxy_mode != xkube_proxy::agent::ProxyMode::Ebpf {
-            // A host process's packet to a service address needs a route before nat OUTPUT
-            // translates it (real nodes have a default route). Via the control plane, which
-            // forwards nothing: a packet no rule translated is dropped inside the cluster's
-            // namespaces. The eBPF mode translates at connect() and needs none.
-            ns.add_route(Ipv4Addr::new(10, 96, 0, 0), 12, CONTROL_PLANE_ADDR)?;
-            // A packet from the external client for a service not programmed yet would leave
-            // by the interface it came in on, and the node would redirect the client to the
-            // control plane for that address (a route exception that outlives the service's
-            // programming): nodes send no ICMP redirects.
-            for conf in ["all", "eth0"] {
-                sysctl::set(&ns, &format!("net/ipv4/conf/{conf}/send_redirects"), "0")?;
-            }
+            netfilter_mode_node(&ns)?;
         }
         // Named like the node, so a DaemonSet can find its node's cgroup from `spec.nodeName`.
         let cg = cg_root.join(names.node(i));
@@ -676,6 +665,9 @@ pub fn restart(
         .find(|p| p.role == role)
         .ok_or_else(|| Error::Invalid(format!("no process {role:?} in cluster {:?}", opts.name)))?;
     if let Some(mode) = proxy_mode {
+        if mode != xkube_proxy::agent::ProxyMode::Ebpf {
+            netfilter_mode_node(&NetNs::borrowed(&p.netns)?)?;
+        }
         let at = p
             .argv
             .iter()
@@ -720,6 +712,28 @@ pub fn restart(
     let new = p.pid;
     save(&data, &state)?;
     Ok(new)
+}
+
+/// What a node of the iptables and userspace modes needs besides its agent (idempotent).
+fn netfilter_mode_node(ns: &NetNs) -> Result<()> {
+    // A host process's packet to a service address needs a route before nat OUTPUT
+    // translates it (real nodes have a default route). Via the control plane, which
+    // forwards nothing: a packet no rule translated is dropped inside the cluster's
+    // namespaces. The eBPF mode translates at connect() and needs none.
+    if let Err(e) = ns.add_route(Ipv4Addr::new(10, 96, 0, 0), 12, CONTROL_PLANE_ADDR) {
+        // A node switched from such a mode before has it already.
+        if !e.to_string().contains("File exists") {
+            return Err(e.into());
+        }
+    }
+    // A packet from the external client for a service not programmed yet would leave by the
+    // interface it came in on, and the node would redirect the client to the control plane
+    // for that address (a route exception that outlives the service's programming): nodes
+    // send no ICMP redirects.
+    for conf in ["all", "eth0"] {
+        sysctl::set(ns, &format!("net/ipv4/conf/{conf}/send_redirects"), "0")?;
+    }
+    Ok(())
 }
 
 /// The name of a host link that already has `addr`, if any.

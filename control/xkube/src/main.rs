@@ -56,6 +56,9 @@ enum Cmd {
     },
     /// The service proxy (eBPF dataplane).
     Proxy(Box<ProxyArgs>),
+    /// Every proxy mode side by side on a local cluster: request/response, new connections,
+    /// UDP, node CPU, programming latency; writes results.json, report.md and SVG plots.
+    Bench(Box<xkube_bench::BenchOptions>),
     /// Test workload modelled on Kubernetes' agnhost netexec: HTTP, TCP and UDP echo.
     Agnhost(agnhost::Args),
     /// Holds a pod's namespaces: sleeps until SIGTERM/SIGINT, reaps children.
@@ -439,6 +442,16 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
         }),
         Cmd::Agnhost(args) => run_async(|token| agnhost::run(args, token)),
+        Cmd::Bench(opts) => {
+            let out = opts.out.clone();
+            xkube_bench::run(*opts).map(|r| {
+                println!(
+                    "{} cells measured; results in {}/ (results.json, report.md, *.svg)",
+                    r.cells.len(),
+                    out.display()
+                );
+            })
+        }
         Cmd::Pause => pause::run(),
     };
     match result {

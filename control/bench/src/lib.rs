@@ -1,0 +1,703 @@
+//! `xkube bench`: every proxy mode side by side on one local cluster (DESIGN.md section 7).
+//!
+//! One 2-node `xkube cluster up` runs the binary that runs the bench (say which build in the
+//! report). Two backends (agnhost) are pinned to node1 and node2, each behind its own NodePort
+//! Service. For each service count (ascending; the other services are real Services with
+//! Endpoints, created through the API) and each mode, the nodes' agents are restarted into the
+//! mode (make before break) and the load generator ([`load`]) measures keep-alive and
+//! new-connection request/response and UDP over the routes of [`report::Route`], from a host
+//! process of node1 (inside its namespace and cgroup) and from the external client; `none`
+//! goes straight to the pod IPs. Node CPU is read around a NodePort run, agent memory from
+//! `/proc`, and programming latency (Service created -> first connection) by creating
+//! Services one by one. Everything is bounded in time and count, and the cluster is removed
+//! at the end, also on failure.
+
+pub mod load;
+pub mod plot;
+pub mod report;
+pub mod stats;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::Parser as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use xkube_client::Api;
+use xkube_proxy::agent::ProxyMode;
+
+use crate::{
+    load::{Load, Workload},
+    report::{Cell, Cost, Machine, Programming, Results, Route},
+    stats::{CpuSample, Summary},
+};
+
+/// Modes `xkube bench` knows; `none` is straight to the pod IP.
+pub const MODES: [&str; 4] = ["none", "ebpf", "iptables", "userspace"];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchOptions {
+    /// Modes to measure, comma-separated: none (straight to the pod IP), ebpf, iptables,
+    /// userspace.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "none,ebpf,iptables,userspace"
+    )]
+    pub modes: Vec<String>,
+    /// Service counts, comma-separated (the bench's own services included).
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    pub services: Vec<usize>,
+    /// Where results.json, report.md and the plots go.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// A smoke run: services 2 and 100, 1 s per workload, 3 programming samples.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seconds per workload run (default 5, --quick 1).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Concurrent clients of the N-client workloads.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Programming samples per mode and service count (default 20, --quick 3).
+    #[arg(long)]
+    pub programming_samples: Option<usize>,
+    /// The local cluster's name (removed at the end).
+    #[arg(long, default_value = "xkbench")]
+    pub name: String,
+    #[arg(long, default_value = xkube_cluster::DEFAULT_DATA_ROOT)]
+    pub data_root: PathBuf,
+}
+
+impl BenchOptions {
+    fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration.unwrap_or(if self.quick { 1 } else { 5 }))
+    }
+
+    fn services(&self) -> Vec<usize> {
+        let mut s = if self.quick && self.services == [1, 1000, 10000] {
+            vec![2, 100]
+        } else {
+            self.services.clone()
+        };
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+
+    fn samples(&self) -> usize {
+        self.programming_samples
+            .unwrap_or(if self.quick { 3 } else { 20 })
+    }
+}
+
+/// Checks the modes (a mode the proxy does not have is refused) and returns them.
+pub fn parse_modes(modes: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for m in modes {
+        let m = m.trim().to_ascii_lowercase();
+        if !MODES.contains(&m.as_str()) {
+            bail!(
+                "mode {m:?} does not exist (yet): xkube bench measures {}",
+                MODES.join(", ")
+            );
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    if out.is_empty() {
+        bail!("no mode to measure");
+    }
+    Ok(out)
+}
+
+fn proxy_mode(m: &str) -> Option<ProxyMode> {
+    match m {
+        "ebpf" => Some(ProxyMode::Ebpf),
+        "iptables" => Some(ProxyMode::Iptables),
+        "userspace" => Some(ProxyMode::Userspace),
+        _ => None,
+    }
+}
+
+fn machine(binary: &Path) -> Machine {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let backend = std::process::Command::new("iptables")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Machine {
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        cpu_model,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        iptables_backend: backend,
+        binary: binary.display().to_string(),
+        build: if binary.components().any(|c| c.as_os_str() == "release") {
+            "release".into()
+        } else if cfg!(debug_assertions) {
+            "debug".into()
+        } else {
+            "release".into()
+        },
+    }
+}
+
+/// A progress bar on a terminal; a log line per phase otherwise (CI logs).
+fn bar(len: u64, what: &str) -> ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        eprintln!("xkube bench: {what}");
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template("{spinner} {msg:48} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b.set_message(what.to_string());
+    b
+}
+
+/// A new message on `b` (and a log line when stderr is no terminal).
+fn step(b: &ProgressBar, msg: String) {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        eprintln!("xkube bench:   {msg}");
+    }
+    b.set_message(msg);
+}
+
+/// The cluster under test and what the bench made in it.
+struct Bench {
+    opts: BenchOptions,
+    names: xkube_cluster::NameOptions,
+    state: xkube_cluster::State,
+    rt: tokio::runtime::Runtime,
+    client: xkube_client::Client,
+    /// node1's and node2's backend: pod IP, ClusterIP, NodePort.
+    backends: [(Ipv4Addr, Ipv4Addr, u16); 2],
+    /// The mode the agents run now.
+    mode: Option<ProxyMode>,
+    agent_pids: Vec<u32>,
+    fillers: usize,
+}
+
+/// Runs the bench (root); the cluster is removed at the end, also on failure.
+pub fn run(opts: BenchOptions) -> anyhow::Result<Results> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("xkube bench needs root (network namespaces, eBPF, iptables)");
+    }
+    let modes = parse_modes(&opts.modes)?;
+    let binary = std::env::current_exe().context("the running xkube binary")?;
+    let names = xkube_cluster::NameOptions {
+        name: opts.name.clone(),
+        data_root: opts.data_root.clone(),
+    };
+    let first = modes
+        .iter()
+        .find_map(|m| proxy_mode(m))
+        .unwrap_or(ProxyMode::Ebpf);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let up = {
+        #[derive(clap::Parser)]
+        struct Up {
+            #[command(flatten)]
+            up: xkube_cluster::UpOptions,
+        }
+        let data_root = opts.data_root.display().to_string();
+        let bin = binary.display().to_string();
+        Up::try_parse_from([
+            "up",
+            "--name",
+            &opts.name,
+            "--nodes",
+            "2",
+            "--proxy-mode",
+            first.name(),
+            "--data-root",
+            &data_root,
+            "--xkube",
+            &bin,
+        ])?
+        .up
+    };
+    let spin = bar(1, "cluster up (2 nodes)");
+    let state = rt.block_on(xkube_cluster::up(&up));
+    spin.finish();
+    let state = match state {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = xkube_cluster::down(&names);
+            return Err(anyhow!("cluster up: {e}"));
+        }
+    };
+    let res = (|| {
+        let config = xkube_client::Config::load(Some(&state.kubeconfig), &Default::default())
+            .map_err(|e| anyhow!("kubeconfig: {e}"))?;
+        let client = xkube_client::Client::new(&config).map_err(|e| anyhow!("client: {e}"))?;
+        let agent_pids = state
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                state
+                    .processes
+                    .iter()
+                    .find(|p| p.role == n.name)
+                    .map(|p| p.pid)
+            })
+            .collect();
+        let mut b = Bench {
+            opts: opts.clone(),
+            names: names.clone(),
+            state: state.clone(),
+            rt,
+            client,
+            backends: [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 0); 2],
+            mode: Some(first),
+            agent_pids,
+            fillers: 0,
+        };
+        b.measure(&modes, machine(&binary))
+    })();
+    if let Err(e) = xkube_cluster::down(&names) {
+        tracing::warn!(error = %e, "removing the bench cluster");
+    }
+    let results = res?;
+    report::write(&opts.out, &results)?;
+    Ok(results)
+}
+
+impl Bench {
+    fn node_ns(&self, i: usize) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.state.nodes[i].namespace)
+    }
+
+    fn client_ns(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(format!("xkc-{}-client", self.opts.name))
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            clients: self.opts.clients,
+            duration: self.opts.duration(),
+            max_ops: 2_000_000,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn measure(&mut self, modes: &[String], machine: Machine) -> anyhow::Result<Results> {
+        self.backends()?;
+        let services = self.opts.services();
+        let mut r = Results {
+            machine,
+            quick: self.opts.quick,
+            modes: modes.to_vec(),
+            services: services.clone(),
+            ..Default::default()
+        };
+        for n in &services {
+            if self.fillers_up_to(n.saturating_sub(2))? {
+                // Every mode starts from a fresh agent whose first sync saw every service.
+                self.mode = None;
+            }
+            for mode in modes {
+                self.switch(mode)?;
+                self.workloads(mode, *n, &mut r)?;
+                if mode != "none" {
+                    self.programming(mode, *n, &mut r)?;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// The two backends and their NodePort services.
+    fn backends(&mut self) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        let svcs: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let spin = bar(2, "backends on node1 and node2");
+        for i in 0..2 {
+            let node = self.state.nodes[i].name.clone();
+            let name = format!("bench-n{}", i + 1);
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": {"app": name}},
+                "spec": {"nodeName": node, "containers": [{
+                    "name": "agnhost", "image": "xkube/agnhost",
+                    "args": ["--http-port=8080", "--udp-port=8081"],
+                    "ports": [{"name": "http", "containerPort": 8080},
+                              {"name": "dns", "containerPort": 8081, "protocol": "UDP"}],
+                    "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}
+            }))?;
+            let svc: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"type": "NodePort", "selector": {"app": name}, "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http"},
+                    {"name": "dns", "port": 53, "targetPort": "dns", "protocol": "UDP"}]}
+            }))?;
+            self.rt
+                .block_on(pods.create(&pod))
+                .map_err(|e| anyhow!("pod {name}: {e}"))?;
+            let svc = self
+                .rt
+                .block_on(svcs.create(&svc))
+                .map_err(|e| anyhow!("service {name}: {e}"))?;
+            let spec = svc.spec.unwrap_or_default();
+            let cip: Ipv4Addr = spec.cluster_ip.unwrap_or_default().parse()?;
+            let np = spec
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .find(|p| p.name.as_deref() == Some("http"))
+                .and_then(|p| p.node_port)
+                .ok_or_else(|| anyhow!("{name}: no NodePort"))?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let ip = loop {
+                let p = self
+                    .rt
+                    .block_on(pods.get(&name))
+                    .map_err(|e| anyhow!("{e}"))?;
+                let status = p.status.unwrap_or_default();
+                let ready = status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if let (true, Some(ip)) = (ready, status.pod_ip) {
+                    break ip.parse::<Ipv4Addr>()?;
+                }
+                if Instant::now() > deadline {
+                    bail!("backend {name} not ready within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            self.backends[i] = (ip, cip, u16::try_from(np)?);
+            spin.inc(1);
+        }
+        spin.finish();
+        Ok(())
+    }
+
+    /// Creates filler Services with Endpoints until there are `n`, 16 requests in flight.
+    fn fillers_up_to(&mut self, n: usize) -> anyhow::Result<bool> {
+        if n <= self.fillers {
+            return Ok(false);
+        }
+        let spin = bar(
+            (n - self.fillers) as u64,
+            "creating Services with Endpoints",
+        );
+        let (from, client) = (self.fillers, self.client.clone());
+        let pb = spin.clone();
+        self.rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for w in 0..16 {
+                let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+                let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+                let pb = pb.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in (from + w..n).step_by(16) {
+                        let svc: Service = serde_json::from_value(serde_json::json!({
+                            "metadata": {"name": format!("filler-{i}")},
+                            "spec": {"ports": [{"port": 80, "targetPort": 8080}]}}))?;
+                        let ep: Endpoints = serde_json::from_value(serde_json::json!({
+                            "metadata": {"name": format!("filler-{i}")},
+                            "subsets": [{"addresses": [{"ip": format!("10.244.200.{}", i % 250 + 1)}],
+                                         "ports": [{"port": 8080}]}]}))?;
+                        svcs.create(&svc).await.map_err(|e| anyhow!("filler {i}: {e}"))?;
+                        eps.create(&ep).await.map_err(|e| anyhow!("filler {i}: {e}"))?;
+                        pb.inc(1);
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(())
+        })?;
+        spin.finish();
+        self.fillers = n;
+        Ok(true)
+    }
+
+    /// Restarts both agents into `mode` (none: the mode stays) and waits until both serve.
+    fn switch(&mut self, mode: &str) -> anyhow::Result<()> {
+        let Some(m) = proxy_mode(mode) else {
+            return Ok(());
+        };
+        if self.mode != Some(m) {
+            let spin = bar(2, &format!("switching the nodes to {mode}"));
+            for (i, n) in self.state.nodes.clone().iter().enumerate() {
+                self.agent_pids[i] = xkube_cluster::restart(&self.names, &n.name, false, Some(m))
+                    .map_err(|e| anyhow!("restart {}: {e}", n.name))?;
+                spin.inc(1);
+            }
+            spin.finish();
+            self.mode = Some(m);
+        }
+        // Both proxies healthy (a sync since start) and the bench services answering.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        for i in 0..2 {
+            let to = SocketAddrV4::new(self.state.nodes[i].addr, 10256);
+            while !load::get_ok(&self.node_ns(i), to, "/healthz", Duration::from_secs(1)) {
+                if Instant::now() > deadline {
+                    bail!("node{}'s proxy not healthy in {mode} within 300 s", i + 1);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        let nodeport = SocketAddrV4::new(self.state.nodes[0].addr, self.backends[1].2);
+        while load::run(&self.client_ns(), Workload::Rr1, nodeport, self.probe())
+            .map_or(true, |s| s.ok == 0)
+        {
+            if Instant::now() > deadline {
+                bail!("the NodePort does not answer in {mode}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// One request, for readiness checks.
+    fn probe(&self) -> Load {
+        Load {
+            clients: 1,
+            duration: Duration::from_secs(2),
+            max_ops: 1,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Runs `w` from node1's host (namespace and cgroup).
+    fn run_on_node1(&self, w: Workload, to: SocketAddrV4) -> anyhow::Result<Summary> {
+        let _inside = xkube_netns::cgroup::enter(&self.state.nodes[0].cgroup)
+            .map_err(|e| anyhow!("entering node1's cgroup: {e}"))?;
+        Ok(load::run(&self.node_ns(0), w, to, self.load())?)
+    }
+
+    fn cpu(&self) -> CpuSample {
+        let cgroup_usec = self
+            .state
+            .nodes
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(n.cgroup.join("cpu.stat")).ok())
+            .filter_map(|s| stats::cgroup_usage_usec(&s))
+            .sum();
+        let softirq_ticks = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| stats::softirq_ticks(&s))
+            .unwrap_or(0);
+        CpuSample {
+            cgroup_usec,
+            softirq_ticks,
+        }
+    }
+
+    fn workloads(&mut self, mode: &str, n: usize, r: &mut Results) -> anyhow::Result<()> {
+        let none = mode == "none";
+        let target = |i: usize, udp: bool| -> SocketAddrV4 {
+            let (pod, cip, _) = self.backends[i];
+            match (none, udp) {
+                (true, false) => SocketAddrV4::new(pod, 8080),
+                (true, true) => SocketAddrV4::new(pod, 8081),
+                (false, false) => SocketAddrV4::new(cip, 80),
+                (false, true) => SocketAddrV4::new(cip, 53),
+            }
+        };
+        let mut plan: Vec<(Route, Workload)> = vec![
+            (Route::HostToRemote, Workload::Rr1),
+            (Route::HostToRemote, Workload::RrN),
+            (Route::HostToRemote, Workload::Crr),
+            (Route::HostToRemote, Workload::Udp),
+            (Route::HostToLocal, Workload::Rr1),
+            (Route::HostToLocal, Workload::Crr),
+        ];
+        if !none {
+            plan.extend([
+                (Route::NodePortLocal, Workload::Rr1),
+                (Route::NodePortRemote, Workload::Rr1),
+                (Route::NodePortRemote, Workload::RrN),
+                (Route::NodePortRemote, Workload::Crr),
+            ]);
+        }
+        let spin = bar(
+            plan.len() as u64,
+            &format!("{mode}, {n} services: workloads"),
+        );
+        for (route, w) in plan {
+            step(
+                &spin,
+                format!("{mode}, {n} services: {} {}", w.name(), route.describe()),
+            );
+            let udp = w == Workload::Udp;
+            let summary = match route {
+                Route::HostToLocal => self.run_on_node1(w, target(0, udp))?,
+                Route::HostToRemote => self.run_on_node1(w, target(1, udp))?,
+                Route::NodePortLocal | Route::NodePortRemote => {
+                    let backend = usize::from(route == Route::NodePortRemote);
+                    let to = SocketAddrV4::new(self.state.nodes[0].addr, self.backends[backend].2);
+                    let cost = route == Route::NodePortRemote && w == Workload::RrN;
+                    let before = self.cpu();
+                    let s = load::run(&self.client_ns(), w, to, self.load())?;
+                    if cost {
+                        let cpu = stats::cpu_seconds(&before, &self.cpu(), 100);
+                        r.costs.push(Cost {
+                            mode: mode.to_string(),
+                            services: n,
+                            requests: s.ok,
+                            cpu_seconds: cpu,
+                            cpu_per_1000: stats::cpu_per_1000(cpu, s.ok),
+                            requests_per_cpu_second: if cpu > 0.0 {
+                                s.ok as f64 / cpu
+                            } else {
+                                0.0
+                            },
+                            agent_rss_kib: self.agent_pids.iter().map(|p| rss_kib(*p)).collect(),
+                        });
+                    }
+                    s
+                }
+            };
+            if summary.ok == 0 {
+                bail!(
+                    "{mode}, {n} services, {} {}: every operation failed ({} errors)",
+                    w.name(),
+                    route.describe(),
+                    summary.errors
+                );
+            }
+            r.cells.push(Cell {
+                mode: mode.to_string(),
+                services: n,
+                route,
+                workload: w,
+                summary,
+            });
+            spin.inc(1);
+        }
+        spin.finish();
+        Ok(())
+    }
+
+    /// Service created -> first successful connection from node1's host, `samples` times.
+    fn programming(&mut self, mode: &str, n: usize, r: &mut Results) -> anyhow::Result<()> {
+        let svcs: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let eps: Api<Endpoints> = Api::namespaced(self.client.clone(), "default");
+        let samples = self.opts.samples();
+        let spin = bar(
+            samples as u64,
+            &format!("{mode}, {n} services: programming"),
+        );
+        let mut h = stats::histogram();
+        let mut errors = 0;
+        let started = Instant::now();
+        let backend = self.backends[1].0;
+        for k in 0..samples {
+            let name = format!("prog-{mode}-{n}-{k}");
+            let svc: Service = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?;
+            let ep: Endpoints = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "subsets": [{"addresses": [{"ip": backend.to_string()}],
+                             "ports": [{"name": "http", "port": 8080}]}]}))?;
+            let t0 = Instant::now();
+            let created = self
+                .rt
+                .block_on(svcs.create(&svc))
+                .map_err(|e| anyhow!("{name}: {e}"))?;
+            self.rt
+                .block_on(eps.create(&ep))
+                .map_err(|e| anyhow!("{name}: {e}"))?;
+            let cip: Ipv4Addr = created
+                .spec
+                .and_then(|s| s.cluster_ip)
+                .unwrap_or_default()
+                .parse()?;
+            let to = SocketAddrV4::new(cip, 80);
+            let once = Load {
+                clients: 1,
+                duration: Duration::from_secs(1),
+                max_ops: 1,
+                timeout: Duration::from_millis(200),
+            };
+            let deadline = t0 + Duration::from_secs(60);
+            let ok = {
+                let _inside = xkube_netns::cgroup::enter(&self.state.nodes[0].cgroup)
+                    .map_err(|e| anyhow!("entering node1's cgroup: {e}"))?;
+                loop {
+                    if load::run(&self.node_ns(0), Workload::Crr, to, once).is_ok_and(|s| s.ok == 1)
+                    {
+                        break true;
+                    }
+                    if Instant::now() > deadline {
+                        break false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            if ok {
+                stats::record(&mut h, t0.elapsed());
+            } else {
+                errors += 1;
+            }
+            let _ = self
+                .rt
+                .block_on(svcs.delete(&name, &xkube_client::DeleteParams::default()));
+            spin.inc(1);
+        }
+        spin.finish();
+        r.programming.push(Programming {
+            mode: mode.to_string(),
+            services: n,
+            summary: Summary::new(&h, errors, started.elapsed()),
+        });
+        Ok(())
+    }
+}
+
+/// Resident memory of `pid`, KiB (0 when gone).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_modes_are_refused_with_the_known_ones() {
+        assert_eq!(
+            parse_modes(&["EBPF".into(), "none".into(), "ebpf".into()]).expect("modes"),
+            ["ebpf", "none"]
+        );
+        let e = parse_modes(&["nftables".into()]).expect_err("not yet");
+        assert!(e.to_string().contains("\"nftables\" does not exist"), "{e}");
+        assert!(
+            e.to_string().contains("none, ebpf, iptables, userspace"),
+            "{e}"
+        );
+    }
+}
