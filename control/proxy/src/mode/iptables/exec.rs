@@ -198,6 +198,35 @@ pub fn rules_of<'a>(save: &'a str, chain: &'a str) -> impl Iterator<Item = &'a s
     })
 }
 
+/// Removes one mode's iptables state in both backends: `cleanup_input` turns an
+/// `iptables-save` of all tables into the restore input removing that mode's chains and jumps
+/// (empty: nothing to remove). Tables are read with one `iptables-save` per backend (naming a
+/// table would create it in the legacy backend). A failing backend does not stop the other's
+/// cleanup; the first error is returned. Idempotent.
+pub fn remove_everywhere(mode: &str, cleanup_input: impl Fn(&str) -> String) -> Result<()> {
+    let mut first_err = None;
+    for backend in [Backend::Legacy, Backend::Nft] {
+        let ipt = Iptables::new(backend);
+        if !ipt.available() {
+            continue;
+        }
+        let res = ipt.save(None).and_then(|save| {
+            let input = cleanup_input(&save);
+            if input.is_empty() {
+                return Ok(());
+            }
+            ipt.restore(&input)?;
+            tracing::info!(backend = backend.name(), mode, "proxy mode state removed");
+            Ok(())
+        });
+        if let Err(e) = res {
+            tracing::warn!(backend = backend.name(), mode, error = %e, "removing a proxy mode's state");
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,33 +58,11 @@ impl Default for IptablesOptions {
     }
 }
 
-/// Removes this mode's chains and its jumps from the built-in chains, in both backends.
-/// Idempotent. Tables are read with one `iptables-save` per backend (naming a table would
-/// create it in the legacy backend); a chain of ours that another program's rule still
-/// jumps to (a CNI plugin using `KUBE-MARK-MASQ`) is kept. A failing backend does not stop the
-/// other's cleanup; the first error is returned.
+/// Removes this mode's chains and its jumps from the built-in chains, in both backends
+/// ([`exec::remove_everywhere`]). A chain of ours that another program's rule still jumps to
+/// (a CNI plugin using `KUBE-MARK-MASQ`) is kept.
 pub fn cleanup(_ctx: &CleanupContext) -> Result<()> {
-    let mut first_err = None;
-    for backend in [exec::Backend::Legacy, exec::Backend::Nft] {
-        let ipt = Iptables::new(backend);
-        if !ipt.available() {
-            continue;
-        }
-        let res = ipt.save(None).and_then(|save| {
-            let input = cleanup_input(&save);
-            if input.is_empty() {
-                return Ok(());
-            }
-            ipt.restore(&input)?;
-            info!(backend = backend.name(), "iptables mode state removed");
-            Ok(())
-        });
-        if let Err(e) = res {
-            warn!(backend = backend.name(), error = %e, "removing the iptables mode's state");
-            first_err.get_or_insert(e);
-        }
-    }
-    first_err.map_or(Ok(()), Err)
+    exec::remove_everywhere("iptables", cleanup_input)
 }
 
 /// The restore input removing this mode's state from `save` (every table); empty when there

@@ -108,27 +108,7 @@ impl Default for UserspaceOptions {
 /// Removes this mode's chains and jumps in both iptables backends. Idempotent; the listeners
 /// go with the agent.
 pub fn cleanup(_ctx: &CleanupContext) -> Result<()> {
-    let mut first_err = None;
-    for backend in [exec::Backend::Legacy, exec::Backend::Nft] {
-        let ipt = Iptables::new(backend);
-        if !ipt.available() {
-            continue;
-        }
-        let res = ipt.save(None).and_then(|save| {
-            let input = rules::cleanup_input(&save);
-            if input.is_empty() {
-                return Ok(());
-            }
-            ipt.restore(&input)?;
-            info!(backend = backend.name(), "userspace mode state removed");
-            Ok(())
-        });
-        if let Err(e) = res {
-            warn!(backend = backend.name(), error = %e, "removing the userspace mode's state");
-            first_err.get_or_insert(e);
-        }
-    }
-    first_err.map_or(Ok(()), Err)
+    exec::remove_everywhere("userspace", rules::cleanup_input)
 }
 
 /// Counters of one service port.
@@ -744,13 +724,11 @@ async fn open_flow(
         epoch: Instant::now(),
     });
     flow.touch();
-    if let Some(old) = flows
+    // A replaced flow's reply task sees it is no longer in the map and ends.
+    flows
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(client, Arc::clone(&flow))
-    {
-        drop(old);
-    }
+        .insert(client, Arc::clone(&flow));
     let c = &shared.counters;
     c.total.fetch_add(1, Ordering::Relaxed);
     c.active.fetch_add(1, Ordering::Relaxed);

@@ -196,10 +196,12 @@ mod tests {
 
     use super::*;
 
-    /// A relay between a client and an echo-less server on loopback: both directions,
-    /// half-close and a large transfer.
-    #[tokio::test]
-    async fn splice_relays_both_ways_with_half_close() {
+    /// A backend listener, the proxy's address, and the task relaying its first connection.
+    async fn proxied() -> (
+        TcpListener,
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<Ended>,
+    ) {
         let backend_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let proxy_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (baddr, paddr) = (
@@ -211,6 +213,14 @@ mod tests {
             let b = TcpStream::connect(baddr).await.expect("dial backend");
             relay(c, b).await
         });
+        (backend_l, paddr, proxy)
+    }
+
+    /// A relay between a client and an echo-less server on loopback: both directions,
+    /// half-close and a large transfer.
+    #[tokio::test]
+    async fn splice_relays_both_ways_with_half_close() {
+        let (backend_l, paddr, proxy) = proxied().await;
         let server = tokio::spawn(async move {
             let (mut s, _) = backend_l.accept().await.expect("accept");
             let mut got = Vec::new();
@@ -246,17 +256,7 @@ mod tests {
     /// A backend that resets its connection resets the client's too.
     #[tokio::test]
     async fn a_reset_is_propagated() {
-        let backend_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let proxy_l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let (baddr, paddr) = (
-            backend_l.local_addr().expect("addr"),
-            proxy_l.local_addr().expect("addr"),
-        );
-        let proxy = tokio::spawn(async move {
-            let (c, _) = proxy_l.accept().await.expect("accept");
-            let b = TcpStream::connect(baddr).await.expect("dial backend");
-            relay(c, b).await
-        });
+        let (backend_l, paddr, proxy) = proxied().await;
         let server = tokio::spawn(async move {
             let (mut s, _) = backend_l.accept().await.expect("accept");
             let mut buf = [0u8; 5];
