@@ -31,10 +31,11 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
         .iter()
         .filter_map(|v| v.as_u64())
         .collect();
-    assert_eq!(services, [2, 100]);
+    assert_eq!(services, [4, 100]);
     let cells = results["cells"].as_array().expect("cells");
-    // none: 6 host cells; every proxy mode: 6 host + 4 NodePort cells; per service count.
-    assert_eq!(cells.len(), 2 * (6 + 3 * 10), "{results:#}");
+    // none: 5 pod + 6 host cells; every proxy mode: those and 4 NodePort cells; per service
+    // count.
+    assert_eq!(cells.len(), 2 * (11 + 3 * 15), "{results:#}");
     for c in cells {
         assert!(
             c["summary"]["ok"].as_u64().unwrap_or(0) > 0,
@@ -56,15 +57,51 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
         prog.iter().all(|p| p["summary"]["ok"].as_u64() == Some(3)),
         "{prog:?}"
     );
+    let changes = results["endpoint_changes"]
+        .as_array()
+        .expect("endpoint_changes");
+    assert_eq!(changes.len(), 2 * 3);
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["outside"]["ok"].as_u64() == Some(3)
+                && c["proxy_observations"].as_u64().unwrap_or(0) > 0),
+        "{changes:?}"
+    );
+    // Every proxy mode at every service count starts from a restart with every service.
+    let resyncs = results["resyncs"].as_array().expect("resyncs");
+    assert_eq!(resyncs.len(), 2 * 3);
+    assert!(
+        resyncs
+            .iter()
+            .all(|x| x["restart_to_serving_s"].as_f64().unwrap_or(0.0) > 0.0
+                && x["proxy_full_syncs"].as_u64().unwrap_or(0) > 0),
+        "{resyncs:?}"
+    );
+    let per_packet = results["per_packet"].as_array().expect("per_packet");
+    assert_eq!(per_packet.len(), 2);
+    assert!(
+        per_packet.iter().all(
+            |p| p["bare_xdp_pass"]["median"].as_f64().unwrap_or(0.0) > 0.0
+                && p["xdp_service"]["median"].as_f64().unwrap_or(0.0) > 0.0
+        ),
+        "{per_packet:?}"
+    );
+    assert_eq!(results["targets"].as_array().map(Vec::len), Some(4));
     let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     for heading in [
         "## Request/response, keep-alive, 1 client",
         "## Cost",
         "## Programming",
+        "## Endpoint change",
+        "## Full resync",
+        "## Per packet (eBPF)",
+        "## Targets",
     ] {
         assert!(report.contains(heading), "{report}");
     }
     for svg in [
+        "latency_p50_rr.svg",
         "latency_p99_rr.svg",
         "new_connections.svg",
         "cpu_per_1000.svg",

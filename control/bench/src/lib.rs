@@ -13,6 +13,7 @@
 //! at the end, also on failure.
 
 pub mod load;
+pub mod metrics;
 pub mod plot;
 pub mod report;
 pub mod stats;
@@ -28,16 +29,20 @@ use clap::Parser as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use xkube_client::Api;
-use xkube_proxy::agent::ProxyMode;
+use xkube_cluster::AgentProxy;
+use xkube_proxy::{agent::ProxyMode, ebpf::perpacket};
 
 use crate::{
     load::{Load, Workload},
-    report::{Cell, Cost, Machine, Programming, Results, Route},
+    report::{Cell, Cost, EndpointChange, Machine, Programming, Results, Resync, Route},
     stats::{CpuSample, Summary},
 };
 
 /// Modes `xkube bench` knows; `none` is straight to the pod IP.
 pub const MODES: [&str; 4] = ["none", "ebpf", "iptables", "userspace"];
+
+/// The services every run has: `default/kubernetes`, the two backends' and `bench-ep`.
+pub const BENCH_SERVICES: usize = 4;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchOptions {
@@ -49,13 +54,14 @@ pub struct BenchOptions {
         default_value = "none,ebpf,iptables,userspace"
     )]
     pub modes: Vec<String>,
-    /// Service counts, comma-separated (the bench's own services included).
+    /// Service counts, comma-separated (the bench's own 4 services included: a count below
+    /// 4 means 4).
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     pub services: Vec<usize>,
     /// Where results.json, report.md and the plots go.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    /// A smoke run: services 2 and 100, 1 s per workload, 3 programming samples.
+    /// A smoke run: services 4 and 100, 1 s per workload, 3 programming samples.
     #[arg(long)]
     pub quick: bool,
     /// Seconds per workload run (default 5, --quick 1).
@@ -80,10 +86,13 @@ impl BenchOptions {
     }
 
     fn services(&self) -> Vec<usize> {
-        let mut s = if self.quick && self.services == [1, 1000, 10000] {
-            vec![2, 100]
+        let mut s: Vec<usize> = if self.quick && self.services == [1, 1000, 10000] {
+            vec![BENCH_SERVICES, 100]
         } else {
-            self.services.clone()
+            self.services
+                .iter()
+                .map(|n| (*n).max(BENCH_SERVICES))
+                .collect()
         };
         s.sort_unstable();
         s.dedup();
@@ -188,8 +197,13 @@ struct Bench {
     client: xkube_client::Client,
     /// node1's and node2's backend: pod IP, ClusterIP, NodePort.
     backends: [(Ipv4Addr, Ipv4Addr, u16); 2],
-    /// The mode the agents run now.
-    mode: Option<ProxyMode>,
+    /// The client pod on node1: its network namespace and cgroup.
+    pod: (PathBuf, PathBuf),
+    /// The ClusterIP of `bench-ep` (endpoint changes) and which backend it points at now.
+    ep_service: Ipv4Addr,
+    ep_at: usize,
+    /// What the agents' proxies run now (none: restart them at the next switch).
+    mode: Option<AgentProxy>,
     agent_pids: Vec<u32>,
     fillers: usize,
 }
@@ -209,6 +223,11 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<Results> {
         .iter()
         .find_map(|m| proxy_mode(m))
         .unwrap_or(ProxyMode::Ebpf);
+    let per_packet = if modes.iter().any(|m| m == "ebpf") {
+        per_packet(&opts)?
+    } else {
+        Vec::new()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -268,7 +287,10 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<Results> {
             rt,
             client,
             backends: [(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 0); 2],
-            mode: Some(first),
+            pod: (PathBuf::new(), PathBuf::new()),
+            ep_service: Ipv4Addr::UNSPECIFIED,
+            ep_at: 0,
+            mode: Some(AgentProxy::Mode(first)),
             agent_pids,
             fillers: 0,
         };
@@ -277,7 +299,9 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<Results> {
     if let Err(e) = xkube_cluster::down(&names) {
         tracing::warn!(error = %e, "removing the bench cluster");
     }
-    let results = res?;
+    let mut results = res?;
+    results.per_packet = per_packet;
+    results.targets = report::targets(&results);
     report::write(&opts.out, &results)?;
     Ok(results)
 }
@@ -310,16 +334,19 @@ impl Bench {
             services: services.clone(),
             ..Default::default()
         };
-        for n in &services {
-            if self.fillers_up_to(n.saturating_sub(2))? {
+        for (i, n) in services.iter().enumerate() {
+            if self.fillers_up_to(n.saturating_sub(BENCH_SERVICES))? || i == 0 {
                 // Every mode starts from a fresh agent whose first sync saw every service.
                 self.mode = None;
             }
             for mode in modes {
-                self.switch(mode)?;
+                if let Some(took) = self.switch(mode)? {
+                    self.resync(mode, *n, took, &mut r)?;
+                }
                 self.workloads(mode, *n, &mut r)?;
                 if mode != "none" {
                     self.programming(mode, *n, &mut r)?;
+                    self.endpoint_change(mode, *n, &mut r)?;
                 }
             }
         }
@@ -365,30 +392,92 @@ impl Bench {
                 .find(|p| p.name.as_deref() == Some("http"))
                 .and_then(|p| p.node_port)
                 .ok_or_else(|| anyhow!("{name}: no NodePort"))?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let ip = loop {
-                let p = self
-                    .rt
-                    .block_on(pods.get(&name))
-                    .map_err(|e| anyhow!("{e}"))?;
-                let status = p.status.unwrap_or_default();
-                let ready = status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                if let (true, Some(ip)) = (ready, status.pod_ip) {
-                    break ip.parse::<Ipv4Addr>()?;
-                }
-                if Instant::now() > deadline {
-                    bail!("backend {name} not ready within 60 s");
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            };
+            let ip: Ipv4Addr = self
+                .ready(&name)?
+                .status
+                .and_then(|s| s.pod_ip)
+                .unwrap_or_default()
+                .parse()?;
             self.backends[i] = (ip, cip, u16::try_from(np)?);
             spin.inc(1);
         }
         spin.finish();
+        self.client_pod()?;
+        self.ep_service()
+    }
+
+    /// Waits until pod `name` is Ready; returns it.
+    fn ready(&self, name: &str) -> anyhow::Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = self
+                .rt
+                .block_on(pods.get(name))
+                .map_err(|e| anyhow!("pod {name}: {e}"))?;
+            let status = p.status.clone().unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready && status.pod_ip.is_some() {
+                return Ok(p);
+            }
+            if Instant::now() > deadline {
+                bail!("pod {name} not ready within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The client pod on node1 (the pod paths run in its network namespace and cgroup).
+    fn client_pod(&mut self) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bench-client"},
+            "spec": {"nodeName": self.state.nodes[0].name, "containers": [{
+                "name": "agnhost", "image": "xkube/agnhost",
+                "args": ["--http-port=8080"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}
+        }))?;
+        self.rt
+            .block_on(pods.create(&pod))
+            .map_err(|e| anyhow!("pod bench-client: {e}"))?;
+        let pod = self.ready("bench-client")?;
+        let uid = pod.metadata.uid.unwrap_or_default();
+        let cgroup = self.state.nodes[0].cgroup.join(format!("pod{uid}"));
+        let procs = std::fs::read_to_string(cgroup.join("cgroup.procs"))
+            .with_context(|| format!("the client pod's cgroup {}", cgroup.display()))?;
+        let pid: u32 = procs
+            .lines()
+            .find_map(|l| l.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no process in {}", cgroup.display()))?;
+        self.pod = (PathBuf::from(format!("/proc/{pid}/ns/net")), cgroup);
+        Ok(())
+    }
+
+    /// `bench-ep`: a Service whose only endpoint the endpoint-change samples move between
+    /// the two backends.
+    fn ep_service(&mut self) -> anyhow::Result<()> {
+        let svcs: Api<Service> = Api::namespaced(self.client.clone(), "default");
+        let eps: Api<Endpoints> = Api::namespaced(self.client.clone(), "default");
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bench-ep"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))?;
+        let svc = self
+            .rt
+            .block_on(svcs.create(&svc))
+            .map_err(|e| anyhow!("service bench-ep: {e}"))?;
+        self.ep_service = svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .unwrap_or_default()
+            .parse()?;
+        self.rt
+            .block_on(eps.create(&ep_endpoints(self.backends[0].0)))
+            .map_err(|e| anyhow!("endpoints bench-ep: {e}"))?;
+        self.ep_at = 0;
         Ok(())
     }
 
@@ -435,23 +524,37 @@ impl Bench {
         Ok(true)
     }
 
-    /// Restarts both agents into `mode` (none: the mode stays) and waits until both serve.
-    fn switch(&mut self, mode: &str) -> anyhow::Result<()> {
-        let Some(m) = proxy_mode(mode) else {
-            return Ok(());
-        };
-        if self.mode != Some(m) {
+    /// Restarts both agents into `mode` (`none`: their proxies disabled, every mode's state
+    /// removed) and waits until both serve; returns the time from the restart to serving when
+    /// it restarted them into a proxy mode.
+    fn switch(&mut self, mode: &str) -> anyhow::Result<Option<Duration>> {
+        let want = proxy_mode(mode).map_or(AgentProxy::Disabled, AgentProxy::Mode);
+        let started = Instant::now();
+        let restarted = self.mode != Some(want);
+        if restarted {
             let spin = bar(2, &format!("switching the nodes to {mode}"));
             for (i, n) in self.state.nodes.clone().iter().enumerate() {
-                self.agent_pids[i] = xkube_cluster::restart(&self.names, &n.name, false, Some(m))
-                    .map_err(|e| anyhow!("restart {}: {e}", n.name))?;
+                self.agent_pids[i] =
+                    xkube_cluster::restart_agent(&self.names, &n.name, false, want)
+                        .map_err(|e| anyhow!("restart {}: {e}", n.name))?;
                 spin.inc(1);
             }
             spin.finish();
-            self.mode = Some(m);
+            self.mode = Some(want);
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        if want == AgentProxy::Disabled {
+            // The pods answer on their own addresses.
+            let pod = SocketAddrV4::new(self.backends[1].0, 8080);
+            while !load::get_ok(&self.node_ns(0), pod, "/hostname", Duration::from_secs(1)) {
+                if Instant::now() > deadline {
+                    bail!("the backend on node2 does not answer on its pod IP");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(None);
         }
         // Both proxies healthy (a sync since start) and the bench services answering.
-        let deadline = Instant::now() + Duration::from_secs(300);
         for i in 0..2 {
             let to = SocketAddrV4::new(self.state.nodes[i].addr, 10256);
             while !load::get_ok(&self.node_ns(i), to, "/healthz", Duration::from_secs(1)) {
@@ -468,8 +571,110 @@ impl Bench {
             if Instant::now() > deadline {
                 bail!("the NodePort does not answer in {mode}");
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(restarted.then(|| started.elapsed()))
+    }
+
+    /// node1's proxy metrics (Prometheus text).
+    fn proxy_metrics(&self) -> String {
+        let to = SocketAddrV4::new(self.state.nodes[0].addr, 10249);
+        load::get(&self.node_ns(0), to, "/metrics", Duration::from_secs(2)).unwrap_or_default()
+    }
+
+    /// Records a restart into `mode` with every service present and node1's full syncs since.
+    fn resync(
+        &mut self,
+        mode: &str,
+        n: usize,
+        took: Duration,
+        r: &mut Results,
+    ) -> anyhow::Result<()> {
+        let full = metrics::sum_count(
+            &self.proxy_metrics(),
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+        );
+        let (mean, syncs) = metrics::mean_ms_between(None, full);
+        r.resyncs.push(Resync {
+            mode: mode.to_string(),
+            services: n,
+            restart_to_serving_s: took.as_secs_f64(),
+            proxy_full_sync_mean_ms: mean,
+            proxy_full_syncs: syncs,
+        });
+        Ok(())
+    }
+
+    /// Moves `bench-ep`'s endpoint to the other backend `samples` times; each sample is the
+    /// time from the update request until a new connection from node1's host reaches it.
+    fn endpoint_change(&mut self, mode: &str, n: usize, r: &mut Results) -> anyhow::Result<()> {
+        const PROGRAMMING: &str = "kubeproxy_network_programming_duration_seconds";
+        let eps: Api<Endpoints> = Api::namespaced(self.client.clone(), "default");
+        let samples = self.opts.samples();
+        let spin = bar(
+            samples as u64,
+            &format!("{mode}, {n} services: endpoint changes"),
+        );
+        let before = metrics::sum_count(&self.proxy_metrics(), PROGRAMMING);
+        let mut h = stats::histogram();
+        let mut errors = 0;
+        let started = Instant::now();
+        let to = SocketAddrV4::new(self.ep_service, 80);
+        for _ in 0..samples {
+            let next = 1 - self.ep_at;
+            let want = format!("bench-n{}", next + 1);
+            let mut ep = ep_endpoints(self.backends[next].0);
+            let current = self
+                .rt
+                .block_on(eps.get("bench-ep"))
+                .map_err(|e| anyhow!("bench-ep: {e}"))?;
+            ep.metadata.resource_version = current.metadata.resource_version;
+            let t0 = Instant::now();
+            self.rt
+                .block_on(eps.replace("bench-ep", &ep))
+                .map_err(|e| anyhow!("bench-ep: {e}"))?;
+            self.ep_at = next;
+            let deadline = t0 + Duration::from_secs(30);
+            let ok = {
+                let _inside = xkube_netns::cgroup::enter(&self.state.nodes[0].cgroup)
+                    .map_err(|e| anyhow!("entering node1's cgroup: {e}"))?;
+                loop {
+                    let got = load::get(
+                        &self.node_ns(0),
+                        to,
+                        "/hostname",
+                        Duration::from_millis(200),
+                    );
+                    if got.is_ok_and(|b| b.trim() == want) {
+                        break true;
+                    }
+                    if Instant::now() > deadline {
+                        break false;
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            };
+            if ok {
+                stats::record(&mut h, t0.elapsed());
+            } else {
+                errors += 1;
+            }
+            spin.inc(1);
+        }
+        spin.finish();
+        // The proxy observes the change at its next sync; give the last one that long.
+        std::thread::sleep(Duration::from_millis(200));
+        let (proxy_mean_ms, proxy_observations) = metrics::mean_ms_between(
+            before,
+            metrics::sum_count(&self.proxy_metrics(), PROGRAMMING),
+        );
+        r.endpoint_changes.push(EndpointChange {
+            mode: mode.to_string(),
+            services: n,
+            outside: Summary::new(&h, errors, started.elapsed()),
+            proxy_mean_ms,
+            proxy_observations,
+        });
         Ok(())
     }
 
@@ -488,6 +693,13 @@ impl Bench {
         let _inside = xkube_netns::cgroup::enter(&self.state.nodes[0].cgroup)
             .map_err(|e| anyhow!("entering node1's cgroup: {e}"))?;
         Ok(load::run(&self.node_ns(0), w, to, self.load())?)
+    }
+
+    /// Runs `w` from the client pod on node1 (its namespace and cgroup).
+    fn run_in_pod(&self, w: Workload, to: SocketAddrV4) -> anyhow::Result<Summary> {
+        let _inside = xkube_netns::cgroup::enter(&self.pod.1)
+            .map_err(|e| anyhow!("entering the client pod's cgroup: {e}"))?;
+        Ok(load::run(&self.pod.0, w, to, self.load())?)
     }
 
     fn cpu(&self) -> CpuSample {
@@ -520,6 +732,11 @@ impl Bench {
             }
         };
         let mut plan: Vec<(Route, Workload)> = vec![
+            (Route::PodToRemote, Workload::Rr1),
+            (Route::PodToRemote, Workload::RrN),
+            (Route::PodToRemote, Workload::Crr),
+            (Route::PodToLocal, Workload::Rr1),
+            (Route::PodToLocal, Workload::Crr),
             (Route::HostToRemote, Workload::Rr1),
             (Route::HostToRemote, Workload::RrN),
             (Route::HostToRemote, Workload::Crr),
@@ -546,6 +763,8 @@ impl Bench {
             );
             let udp = w == Workload::Udp;
             let summary = match route {
+                Route::PodToLocal => self.run_in_pod(w, target(0, udp))?,
+                Route::PodToRemote => self.run_in_pod(w, target(1, udp))?,
                 Route::HostToLocal => self.run_on_node1(w, target(0, udp))?,
                 Route::HostToRemote => self.run_on_node1(w, target(1, udp))?,
                 Route::NodePortLocal | Route::NodePortRemote => {
@@ -634,7 +853,9 @@ impl Bench {
                 clients: 1,
                 duration: Duration::from_secs(1),
                 max_ops: 1,
-                timeout: Duration::from_millis(200),
+                // The resolution of the sample: a SYN to an address not programmed yet is
+                // lost, and the next attempt starts after this.
+                timeout: Duration::from_millis(50),
             };
             let deadline = t0 + Duration::from_secs(60);
             let ok = {
@@ -648,7 +869,7 @@ impl Bench {
                     if Instant::now() > deadline {
                         break false;
                     }
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(2));
                 }
             };
             if ok {
@@ -669,6 +890,59 @@ impl Bench {
         });
         Ok(())
     }
+}
+
+/// `bench-ep`'s Endpoints: one address, stamped with the time of the change (the proxy's
+/// network programming latency starts there).
+fn ep_endpoints(ip: Ipv4Addr) -> Endpoints {
+    let mut ep = Endpoints::default();
+    ep.metadata.name = Some("bench-ep".into());
+    ep.metadata.annotations = Some(
+        [(
+            "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
+            jiff::Timestamp::now().to_string(),
+        )]
+        .into(),
+    );
+    ep.subsets = Some(vec![k8s_openapi::api::core::v1::EndpointSubset {
+        addresses: Some(vec![k8s_openapi::api::core::v1::EndpointAddress {
+            ip: ip.to_string(),
+            ..Default::default()
+        }]),
+        ports: Some(vec![k8s_openapi::api::core::v1::EndpointPort {
+            name: Some("http".into()),
+            port: 8080,
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }]);
+    ep
+}
+
+/// Per-packet figures of the eBPF programs for each service count (and 100k frontends in a
+/// full run), before the cluster exists.
+fn per_packet(opts: &BenchOptions) -> anyhow::Result<Vec<perpacket::Row>> {
+    let mut sizes: Vec<u32> = opts
+        .services()
+        .iter()
+        .map(|n| u32::try_from(*n).unwrap_or(u32::MAX))
+        .collect();
+    if !opts.quick && !sizes.contains(&100_000) {
+        sizes.push(100_000);
+    }
+    let calls = if opts.quick { 2_000 } else { 20_000 };
+    let spin = bar(sizes.len() as u64, "per packet (eBPF, BPF_PROG_TEST_RUN)");
+    let mut rows = Vec::new();
+    for n in sizes {
+        step(&spin, format!("per packet: {n} frontends"));
+        rows.push(
+            perpacket::measure(perpacket::Size::frontends(n), calls)
+                .map_err(|e| anyhow!("per packet, {n} frontends: {e}"))?,
+        );
+        spin.inc(1);
+    }
+    spin.finish();
+    Ok(rows)
 }
 
 /// Resident memory of `pid`, KiB (0 when gone).

@@ -58,8 +58,8 @@ pub struct Load {
 
 const REQUEST: &[u8] = b"GET /hostname HTTP/1.1\r\nHost: bench\r\n\r\n";
 
-/// Reads one HTTP/1.1 response with a `Content-Length` body.
-fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<()> {
+/// Reads one HTTP/1.1 response with a `Content-Length` body and returns the body.
+fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
     let mut len = None;
     let mut status_ok = false;
     let mut first = true;
@@ -83,19 +83,21 @@ fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<()> {
             len = v.trim().parse::<usize>().ok();
         }
     }
-    match len {
+    let body = match len {
         Some(len) => {
             let mut body = vec![0u8; len];
             r.read_exact(&mut body)?;
+            body
         }
         // Without a length the body ends with the connection (`Connection: close`).
         None => {
             let mut body = Vec::new();
             r.read_to_end(&mut body)?;
+            body
         }
-    }
+    };
     if status_ok {
-        Ok(())
+        Ok(body)
     } else {
         Err(std::io::ErrorKind::InvalidData.into())
     }
@@ -144,7 +146,7 @@ fn client(
             },
             Workload::Crr => connect(to, load.timeout).and_then(|mut c| {
                 c.get_mut().write_all(REQUEST)?;
-                read_response(&mut c)
+                read_response(&mut c).map(drop)
             }),
             Workload::Rr1 | Workload::RrN => {
                 let c = match conn.take() {
@@ -173,12 +175,21 @@ fn client(
 
 /// Whether `GET path` on `to`, from the network namespace at `netns`, answers 200.
 pub fn get_ok(netns: &Path, to: SocketAddrV4, path: &str, timeout: Duration) -> bool {
-    let Ok(ns) = File::open(netns) else {
-        return false;
-    };
+    get(netns, to, path, timeout).is_ok()
+}
+
+/// The body of a 200 answer to `GET path` on `to` (a new connection), from the network
+/// namespace at `netns`.
+pub fn get(
+    netns: &Path,
+    to: SocketAddrV4,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<String> {
+    let ns = File::open(netns)?;
     std::thread::scope(|scope| {
         scope
-            .spawn(|| -> std::io::Result<()> {
+            .spawn(|| -> std::io::Result<String> {
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(std::io::Error::from)?;
                 let mut c = connect(to, timeout)?;
@@ -186,10 +197,11 @@ pub fn get_ok(netns: &Path, to: SocketAddrV4, path: &str, timeout: Duration) -> 
                     format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
                         .as_bytes(),
                 )?;
-                read_response(&mut c)
+                let body = read_response(&mut c)?;
+                Ok(String::from_utf8_lossy(&body).into_owned())
             })
             .join()
-            .is_ok_and(|r| r.is_ok())
+            .unwrap_or_else(|_| Err(std::io::Error::other("client panicked")))
     })
 }
 

@@ -109,20 +109,29 @@ pub fn all(dir: &Path, r: &Results) -> anyhow::Result<Vec<std::path::PathBuf>> {
         Ok(())
     };
     plot(
+        "latency_p50_rr.svg",
+        "Keep-alive request/response p50, node1 pod -> ClusterIP (backend on node2)",
+        "p50 latency (µs)",
+        per_mode(r, |m, n| {
+            r.cell(m, n, Route::PodToRemote, Workload::Rr1)
+                .map(|s| s.p50_us as f64)
+        }),
+    )?;
+    plot(
         "latency_p99_rr.svg",
-        "Keep-alive request/response p99, node1 host -> ClusterIP (backend on node2)",
+        "Keep-alive request/response p99, node1 pod -> ClusterIP (backend on node2)",
         "p99 latency (µs)",
         per_mode(r, |m, n| {
-            r.cell(m, n, Route::HostToRemote, Workload::Rr1)
+            r.cell(m, n, Route::PodToRemote, Workload::Rr1)
                 .map(|s| s.p99_us as f64)
         }),
     )?;
     plot(
         "new_connections.svg",
-        "New connections/s, node1 host -> ClusterIP (backend on node2)",
+        "New connections/s, node1 pod -> ClusterIP (backend on node2)",
         "connections/s",
         per_mode(r, |m, n| {
-            r.cell(m, n, Route::HostToRemote, Workload::Crr)
+            r.cell(m, n, Route::PodToRemote, Workload::Crr)
                 .map(|s| s.rate)
         }),
     )?;
@@ -160,7 +169,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xkube-bench-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let files = all(&dir, &crate::report::tests::sample()).expect("plots");
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 5);
         for f in &files {
             let svg = std::fs::read_to_string(f).expect("read");
             assert!(

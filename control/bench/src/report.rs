@@ -11,6 +11,10 @@ use crate::{load::Workload, stats::Summary};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Route {
+    /// A pod on node1 to the ClusterIP of a backend on node1 (`none`: its pod IP).
+    PodToLocal,
+    /// A pod on node1 to the ClusterIP of a backend on node2 (`none`: its pod IP).
+    PodToRemote,
     /// A host process of node1 to the ClusterIP of a backend on node1 (`none`: its pod IP).
     HostToLocal,
     /// A host process of node1 to the ClusterIP of a backend on node2 (`none`: its pod IP).
@@ -24,6 +28,8 @@ pub enum Route {
 impl Route {
     pub fn describe(&self) -> &'static str {
         match self {
+            Self::PodToLocal => "node1 pod -> ClusterIP, backend on node1",
+            Self::PodToRemote => "node1 pod -> ClusterIP, backend on node2",
             Self::HostToLocal => "node1 host -> ClusterIP, backend on node1",
             Self::HostToRemote => "node1 host -> ClusterIP, backend on node2",
             Self::NodePortLocal => "client -> node1 NodePort, backend on node1",
@@ -65,6 +71,105 @@ pub struct Programming {
     pub summary: Summary,
 }
 
+/// One Endpoints change (the service's only endpoint replaced by the other backend) ->
+/// applied: from the outside (until a new connection from node1's host reaches the new
+/// backend) and from node1's proxy (`kubeproxy_network_programming_duration_seconds`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointChange {
+    pub mode: String,
+    pub services: usize,
+    /// Microseconds, from the update request to the first answer of the new backend.
+    pub outside: Summary,
+    /// Mean of the proxy's observations during the samples, ms (none when it made none).
+    pub proxy_mean_ms: Option<f64>,
+    pub proxy_observations: u64,
+}
+
+/// A full resync with every service: an agent restarted into the mode, until the bench's
+/// NodePort answers from the external client (outside), and the proxy's full syncs
+/// (`kubeproxy_sync_full_proxy_rules_duration_seconds` of node1, since that start).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resync {
+    pub mode: String,
+    pub services: usize,
+    pub restart_to_serving_s: f64,
+    pub proxy_full_sync_mean_ms: Option<f64>,
+    pub proxy_full_syncs: u64,
+}
+
+/// One of issue 16's targets, a ratio measured in this run at the largest service count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub what: String,
+    pub services: usize,
+    /// The measured ratio (none when a side is missing).
+    pub ratio: Option<f64>,
+    /// `>= goal` or `<= goal`, as `at_least` says.
+    pub goal: f64,
+    pub at_least: bool,
+    pub met: bool,
+}
+
+/// The targets at the largest service count of the run.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let Some(&n) = r.services.iter().max() else {
+        return Vec::new();
+    };
+    let cell = |m: &str, route, w| r.cell(m, n, route, w);
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let rate = |m: &str| cell(m, Route::PodToRemote, Workload::Crr).map(|s| s.rate);
+    let p99 = |m: &str| cell(m, Route::PodToRemote, Workload::Rr1).map(|s| s.p99_us as f64);
+    let per_cpu = |m: &str| {
+        r.costs
+            .iter()
+            .find(|c| c.mode == m && c.services == n)
+            .map(|c| c.requests_per_cpu_second)
+    };
+    let prog = |m: &str| {
+        r.programming
+            .iter()
+            .find(|p| p.mode == m && p.services == n && p.summary.ok > 0)
+            .map(|p| p.summary.p99_us as f64)
+    };
+    let t = |what: &str, ratio: Option<f64>, goal: f64, at_least: bool| Target {
+        what: what.to_string(),
+        services: n,
+        ratio,
+        goal,
+        at_least,
+        met: ratio.is_some_and(|x| if at_least { x >= goal } else { x <= goal }),
+    };
+    vec![
+        t(
+            "eBPF new connections/s (node1 pod -> ClusterIP, backend on node2) / none",
+            div(rate("ebpf"), rate("none")),
+            0.95,
+            true,
+        ),
+        t(
+            "eBPF keep-alive p99 (node1 pod -> ClusterIP, backend on node2) / none",
+            div(p99("ebpf"), p99("none")),
+            1.05,
+            false,
+        ),
+        t(
+            "eBPF NodePort (backend on node2) requests per node CPU second / iptables",
+            div(per_cpu("ebpf"), per_cpu("iptables")),
+            2.0,
+            true,
+        ),
+        t(
+            "eBPF programming p99 (Service created -> first connection) / iptables",
+            div(prog("ebpf"), prog("iptables")),
+            0.1,
+            false,
+        ),
+    ]
+}
+
 /// Facts about the machine and the build measured.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
@@ -86,6 +191,16 @@ pub struct Results {
     pub cells: Vec<Cell>,
     pub costs: Vec<Cost>,
     pub programming: Vec<Programming>,
+    #[serde(default)]
+    pub endpoint_changes: Vec<EndpointChange>,
+    #[serde(default)]
+    pub resyncs: Vec<Resync>,
+    /// `BPF_PROG_TEST_RUN` per program (eBPF), for each service count (and 100k frontends).
+    #[serde(default)]
+    pub per_packet: Vec<xkube_proxy::ebpf::perpacket::Row>,
+    /// Issue 16's targets, from the cells above ([`targets`]).
+    #[serde(default)]
+    pub targets: Vec<Target>,
 }
 
 impl Results {
@@ -202,6 +317,25 @@ pub fn markdown(r: &Results) -> String {
         }
         out.push('\n');
     }
+    if !r.targets.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Targets\n\nRatios measured in this run at the largest service count.\n\n| target | services | measured | goal | met |\n|---|---:|---:|---:|---|"
+        );
+        for t in &r.targets {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} {} | {} |",
+                t.what,
+                t.services,
+                t.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+                if t.at_least { ">=" } else { "<=" },
+                t.goal,
+                if t.met { "yes" } else { "no" }
+            );
+        }
+        out.push('\n');
+    }
     if !r.programming.is_empty() {
         let _ = writeln!(
             out,
@@ -219,6 +353,76 @@ pub fn markdown(r: &Results) -> String {
                 s.p50_us as f64 / 1e3,
                 s.p99_us as f64 / 1e3,
                 s.max_us as f64 / 1e3
+            );
+        }
+        out.push('\n');
+    }
+    if !r.endpoint_changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Endpoint change\n\nA Service's only endpoint replaced by the other backend -> \
+             applied: from the outside (update request -> a new connection from node1's host \
+             reaches the new backend) and as node1's proxy measures it \
+             (`kubeproxy_network_programming_duration_seconds`, from the change's trigger time).\n\n\
+             | services | mode | samples | outside p50 ms | outside p99 ms | proxy mean ms (observations) |\n|---:|---|---:|---:|---:|---|"
+        );
+        for e in &r.endpoint_changes {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.1} | {:.1} | {} |",
+                e.services,
+                e.mode,
+                e.outside.ok,
+                e.outside.p50_us as f64 / 1e3,
+                e.outside.p99_us as f64 / 1e3,
+                e.proxy_mean_ms
+                    .map_or("-".into(), |m| format!("{m:.1} ({})", e.proxy_observations))
+            );
+        }
+        out.push('\n');
+    }
+    if !r.resyncs.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Full resync\n\nBoth agents restarted into the mode with every service present -> \
+             node1's NodePort answers the external client (outside); node1's proxy's own full \
+             syncs since that start (`kubeproxy_sync_full_proxy_rules_duration_seconds`).\n\n\
+             | services | mode | restart -> serving s | proxy full sync mean ms (syncs) |\n|---:|---|---:|---|"
+        );
+        for x in &r.resyncs {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {} |",
+                x.services,
+                x.mode,
+                x.restart_to_serving_s,
+                x.proxy_full_sync_mean_ms
+                    .map_or("-".into(), |m| format!("{m:.1} ({})", x.proxy_full_syncs))
+            );
+        }
+        out.push('\n');
+    }
+    if !r.per_packet.is_empty() {
+        let _ = writeln!(
+            out,
+            "## Per packet (eBPF)\n\n`BPF_PROG_TEST_RUN`, kernel ns per run, median (mean); a \
+             private copy of the programs with the frontends in its maps.\n\n\
+             | frontends | bare XDP_PASS | XDP uplink: ClusterIP from outside | vs XDP_PASS | XDP uplink: to the node, no service | XDP uplink: transit | vs XDP_PASS | tc pod ingress: ClusterIP | maps written s |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let ns = |n: &xkube_proxy::ebpf::perpacket::Ns| format!("{:.0} ({:.0})", n.median, n.mean);
+        for p in &r.per_packet {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+                p.frontends,
+                ns(&p.bare_xdp_pass),
+                ns(&p.xdp_service),
+                ratio(p.xdp_service.median, Some(p.bare_xdp_pass.median)),
+                ns(&p.xdp_to_node),
+                ns(&p.xdp_transit),
+                ratio(p.xdp_transit.median, Some(p.bare_xdp_pass.median)),
+                ns(&p.tc_pod_ingress),
+                p.maps_written_s
             );
         }
     }
@@ -258,13 +462,15 @@ pub(crate) mod tests {
         };
         for (mode, rate) in [("none", 1000.0), ("ebpf", 990.0), ("iptables", 500.0)] {
             for n in [1, 1000] {
-                r.cells.push(Cell {
-                    mode: mode.into(),
-                    services: n,
-                    route: Route::HostToRemote,
-                    workload: Workload::Crr,
-                    summary: s(rate, 800),
-                });
+                for (workload, p99) in [(Workload::Crr, 800), (Workload::Rr1, 400)] {
+                    r.cells.push(Cell {
+                        mode: mode.into(),
+                        services: n,
+                        route: Route::PodToRemote,
+                        workload,
+                        summary: s(rate, p99),
+                    });
+                }
             }
             if mode != "none" {
                 r.costs.push(Cost {
@@ -290,7 +496,7 @@ pub(crate) mod tests {
     fn the_report_shows_each_cell_with_ratios_to_none_and_iptables() {
         let md = markdown(&sample());
         assert!(
-            md.contains("| node1 host -> ClusterIP, backend on node2 | 1000 | ebpf | 990 | 400 | 800 | 801 | 0 | 0.99 | 1.98 |"),
+            md.contains("| node1 pod -> ClusterIP, backend on node2 | 1000 | ebpf | 990 | 400 | 800 | 801 | 0 | 0.99 | 1.98 |"),
             "{md}"
         );
         assert!(
@@ -307,5 +513,32 @@ pub(crate) mod tests {
             "{md}"
         );
         assert_eq!(ratio(1.0, None), "-");
+    }
+
+    #[test]
+    fn targets_are_ratios_at_the_largest_service_count() {
+        let mut r = sample();
+        // iptables' cost row is at 1 service only: that target has no ratio at 1000.
+        let t = targets(&r);
+        assert_eq!(t.len(), 4);
+        assert!(t.iter().all(|t| t.services == 1000));
+        // New connections: 990 / 1000.
+        assert_eq!(t[0].ratio, Some(0.99));
+        assert!(t[0].met && t[0].at_least);
+        // Keep-alive p99: 400 / 400.
+        assert_eq!(t[1].ratio, Some(1.0));
+        assert!(t[1].met && !t[1].at_least);
+        assert_eq!((t[2].ratio, t[2].met), (None, false));
+        // Programming p99: 20 ms against 20 ms is not a tenth.
+        assert_eq!((t[3].ratio, t[3].met), (Some(1.0), false));
+        r.programming[0].summary.p99_us = 1_000;
+        assert!(targets(&r)[3].met);
+        r.targets = targets(&r);
+        let md = markdown(&r);
+        assert!(
+            md.contains("| eBPF new connections/s (node1 pod -> ClusterIP, backend on node2) / none | 1000 | 0.99 | >= 0.95 | yes |"),
+            "{md}"
+        );
+        assert!(md.contains("| - | >= 2 | no |"), "{md}");
     }
 }

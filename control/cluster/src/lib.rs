@@ -658,12 +658,50 @@ pub fn restart(
     kill: bool,
     proxy_mode: Option<xkube_proxy::agent::ProxyMode>,
 ) -> Result<u32> {
+    restart_agent(
+        opts,
+        role,
+        kill,
+        proxy_mode.map_or(AgentProxy::Keep, AgentProxy::Mode),
+    )
+}
+
+/// The proxy of a node's agent after [`restart_agent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentProxy {
+    /// As before the restart.
+    Keep,
+    /// In this mode (enabled if it was disabled).
+    Mode(xkube_proxy::agent::ProxyMode),
+    /// No proxy (`xkube agent --disable-proxy`): every mode's state removed, no Service served.
+    Disabled,
+}
+
+/// [`restart`], and a node's agent may come back with its proxy disabled or enabled again.
+pub fn restart_agent(opts: &NameOptions, role: &str, kill: bool, proxy: AgentProxy) -> Result<u32> {
+    const DISABLE: &str = "--disable-proxy";
     let (mut state, data) = load_state(opts)?;
     let p = state
         .processes
         .iter_mut()
         .find(|p| p.role == role)
         .ok_or_else(|| Error::Invalid(format!("no process {role:?} in cluster {:?}", opts.name)))?;
+    let proxy_mode = match proxy {
+        AgentProxy::Keep => None,
+        AgentProxy::Mode(m) => {
+            p.argv.retain(|a| a != DISABLE);
+            Some(m)
+        }
+        AgentProxy::Disabled => {
+            if !p.argv.iter().any(|a| a == "--proxy-mode") {
+                return Err(Error::Invalid(format!("{role:?} runs no proxy")));
+            }
+            if !p.argv.iter().any(|a| a == DISABLE) {
+                p.argv.push(DISABLE.to_owned());
+            }
+            None
+        }
+    };
     if let Some(mode) = proxy_mode {
         if mode != xkube_proxy::agent::ProxyMode::Ebpf {
             netfilter_mode_node(&NetNs::borrowed(&p.netns)?)?;

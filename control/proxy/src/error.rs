@@ -51,6 +51,8 @@ pub enum Error {
         len: usize,
         cap: usize,
     },
+    #[error("network namespace: {0}")]
+    Netns(String),
     #[error("reading CLOCK_MONOTONIC: {0}")]
     Clock(#[source] nix::errno::Errno),
     #[error("dataplane writer blocking task: {0}")]

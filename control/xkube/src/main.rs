@@ -119,6 +119,11 @@ struct AgentArgs {
     /// Service proxy mode.
     #[arg(long, env = "XKUBE_PROXY_MODE", value_enum, default_value_t = xkube_proxy::agent::ProxyMode::Ebpf)]
     proxy_mode: xkube_proxy::agent::ProxyMode,
+    /// Run the kubelet only: remove every proxy mode's state from this node at start and
+    /// serve no Services (a node whose Services something else handles; `xkube bench`'s
+    /// no-proxy baseline).
+    #[arg(long, env = "XKUBE_DISABLE_PROXY")]
+    disable_proxy: bool,
     /// The node's uplink interface (XDP + tc egress).
     #[arg(long, env = "XKUBE_UPLINK", default_value = "eth0")]
     uplink: String,
@@ -285,7 +290,7 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
             .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?,
         metrics_bind_address: args.proxy_metrics_bind_address,
         healthz_bind_address: args.proxy_healthz_bind_address,
-        cleanup: false,
+        cleanup: args.disable_proxy,
         sync: args.proxy_sync,
         ebpf: xkube_proxy::mode::ebpf::EbpfOptions {
             uplink: args.uplink,
@@ -304,18 +309,25 @@ async fn agent(args: AgentArgs, token: tokio_util::sync::CancellationToken) -> a
     }
     .client()?;
     let mut tasks = tokio::task::JoinSet::new();
+    if args.disable_proxy {
+        // With `cleanup` set, the proxy removes every mode's state and returns.
+        xkube_proxy::agent::run(proxy, client, token.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("removing the proxy's state: {e:#}"))?;
+    } else {
+        let t = token.clone();
+        tasks.spawn(async move {
+            xkube_proxy::agent::run(proxy, client, t)
+                .await
+                .map_err(|e| anyhow::anyhow!("proxy: {e:#}"))
+        });
+    }
     let t = token.clone();
     let kubelet = args.kubelet;
     tasks.spawn(async move {
         xkube_kubelet::run(kubelet, t)
             .await
             .map_err(|e| anyhow::anyhow!("kubelet: {e:#}"))
-    });
-    let t = token.clone();
-    tasks.spawn(async move {
-        xkube_proxy::agent::run(proxy, client, t)
-            .await
-            .map_err(|e| anyhow::anyhow!("proxy: {e:#}"))
     });
     supervise(tasks, &token, "agent component stopped").await
 }

@@ -2,6 +2,7 @@
 
 pub mod datapath;
 pub mod packet;
+pub mod perpacket;
 pub mod probe;
 pub mod testrun;
 
