@@ -23,7 +23,7 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).expect("results.json"))
             .expect("results.json parses");
-    let modes = ["none", "ebpf", "iptables", "userspace"];
+    let modes = ["none", "ebpf", "iptables", "nftables", "userspace"];
     assert_eq!(results["modes"], serde_json::json!(modes));
     let services: Vec<u64> = results["services"]
         .as_array()
@@ -35,7 +35,7 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
     let cells = results["cells"].as_array().expect("cells");
     // none: 5 pod + 6 host cells; every proxy mode: those and 4 NodePort cells; per service
     // count.
-    assert_eq!(cells.len(), 2 * (11 + 3 * 15), "{results:#}");
+    assert_eq!(cells.len(), 2 * (11 + 4 * 15), "{results:#}");
     for c in cells {
         assert!(
             c["summary"]["ok"].as_u64().unwrap_or(0) > 0,
@@ -44,7 +44,7 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
         assert!(c["summary"]["p99_us"].as_u64().unwrap_or(0) > 0, "{c}");
     }
     let costs = results["costs"].as_array().expect("costs");
-    assert_eq!(costs.len(), 2 * 3);
+    assert_eq!(costs.len(), 2 * 4);
     assert!(
         costs
             .iter()
@@ -52,7 +52,7 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
         "{costs:?}"
     );
     let prog = results["programming"].as_array().expect("programming");
-    assert_eq!(prog.len(), 2 * 3);
+    assert_eq!(prog.len(), 2 * 4);
     assert!(
         prog.iter().all(|p| p["summary"]["ok"].as_u64() == Some(3)),
         "{prog:?}"
@@ -60,7 +60,7 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
     let changes = results["endpoint_changes"]
         .as_array()
         .expect("endpoint_changes");
-    assert_eq!(changes.len(), 2 * 3);
+    assert_eq!(changes.len(), 2 * 4);
     assert!(
         changes
             .iter()
@@ -70,7 +70,7 @@ fn privileged_bench_quick_measures_every_cell_and_writes_the_report() {
     );
     // Every proxy mode at every service count starts from a restart with every service.
     let resyncs = results["resyncs"].as_array().expect("resyncs");
-    assert_eq!(resyncs.len(), 2 * 3);
+    assert_eq!(resyncs.len(), 2 * 4);
     assert!(
         resyncs
             .iter()

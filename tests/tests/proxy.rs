@@ -146,6 +146,11 @@ fn privileged_cluster_services_through_the_iptables_proxy() {
 }
 
 #[test]
+fn privileged_cluster_services_through_the_nftables_proxy() {
+    services_suite("nftables");
+}
+
+#[test]
 fn privileged_cluster_services_through_the_userspace_proxy() {
     services_suite("userspace");
 }
@@ -158,6 +163,11 @@ fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests() {
 #[test]
 fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests_iptables() {
     agent_restart_suite("iptables");
+}
+
+#[test]
+fn privileged_cluster_agent_sigkill_and_restart_fails_no_requests_nftables() {
+    agent_restart_suite("nftables");
 }
 
 /// The userspace mode's listeners die with the agent: requests in the gap fail, and every
@@ -382,6 +392,10 @@ fn check_mode_state(c: &Cluster, mode: &str, svc: &str, endpoints: usize) {
         check_userspace_rules(c, svc);
         return;
     }
+    if mode == "nftables" {
+        check_nftables_table(c, svc, endpoints);
+        return;
+    }
     for i in 0..c.nodes {
         let text = iptables_save(c, i);
         let kube = kube_lines(&text);
@@ -454,6 +468,75 @@ fn check_mode_state(c: &Cluster, mode: &str, svc: &str, endpoints: usize) {
             i + 1
         );
     }
+}
+
+/// `nft list table ip kube-proxy` in a node's namespace.
+fn nft_table(c: &Cluster, node: usize) -> String {
+    c.node_ns(node)
+        .run(|| {
+            let out = std::process::Command::new("nft")
+                .args(["list", "table", "ip", "kube-proxy"])
+                .output()
+                .expect("nft");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .expect("enter node")
+}
+
+/// kube-proxy's nftables layout for `svc` with `endpoints` ready endpoints on every node: its
+/// ClusterIP dispatched by `@service-ips` to `service-<hash>-default/<svc>/tcp/http`, which
+/// picks one of its endpoint chains with `numgen`; each endpoint chain hairpin-masquerades and
+/// DNATs; no iptables rule of any mode.
+fn check_nftables_table(c: &Cluster, svc: &str, endpoints: usize) {
+    let cip = cluster_ip(c, svc);
+    let chain = format!("service-{}", nft_hash(&format!("default/{svc}/tcp/http")));
+    // Programming follows the Endpoints by up to --min-sync-period (1 s in this mode).
+    c.wait(
+        &format!("{endpoints} endpoints of {svc} in every node's nftables table"),
+        Duration::from_secs(10),
+        || {
+            (0..c.nodes)
+                .all(|i| nft_table(c, i).contains(&format!("numgen random mod {endpoints} vmap")))
+                .then_some(())
+        },
+    );
+    for i in 0..c.nodes {
+        let table = nft_table(c, i);
+        for want in [
+            format!("{cip} . tcp . 80 : goto {chain}"),
+            format!("chain {chain} {{"),
+            "ip daddr . meta l4proto . th dport vmap @service-ips".to_string(),
+            "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports".to_string(),
+            "masquerade fully-random".to_string(),
+        ] {
+            assert!(
+                table.contains(&want),
+                "node{}: no {want:?} in\n{table}",
+                i + 1
+            );
+        }
+        let body = table
+            .split(&format!("chain {chain} {{"))
+            .nth(1)
+            .and_then(|b| b.split('}').next())
+            .unwrap_or("");
+        assert_eq!(
+            body.matches(": goto endpoint-").count(),
+            endpoints,
+            "node{}: {body}",
+            i + 1
+        );
+        let dnats = table.matches("dnat to ").count();
+        assert!(dnats >= endpoints, "node{}: {dnats} DNATs", i + 1);
+        let save = iptables_save(c, i);
+        let kube = kube_lines(&save);
+        assert!(kube.is_empty(), "node{} has KUBE rules: {kube:?}", i + 1);
+    }
+}
+
+/// kube-proxy's nftables name hash: base32(sha256(base))[..8] + "-" + base.
+fn nft_hash(base: &str) -> String {
+    xkube_proxy::mode::nftables::rules::hash_and_truncate(base)
 }
 
 /// The userspace mode's redirections for `svc` (seed 003): its ClusterIP redirected to the
@@ -977,7 +1060,7 @@ fn kube_lines(text: &str) -> Vec<&str> {
 /// other mode, and requests fail only while the node has neither mode's state (the new agent
 /// removes the old mode, then programs its own in its first sync).
 #[test]
-fn privileged_cluster_switching_a_live_node_between_ebpf_and_iptables() {
+fn privileged_cluster_switching_a_live_node_between_ebpf_iptables_and_nftables() {
     let c = Cluster::up(3, &["--proxy-mode", "ebpf"]);
     c.apply(&web_rc("web", 2));
     c.apply(&service("web", "web", "  type: NodePort"));
@@ -992,23 +1075,37 @@ fn privileged_cluster_switching_a_live_node_between_ebpf_and_iptables() {
 
     let looper = RequestLoop::start(&c, to);
     let mut windows = Vec::new();
-    for mode in ["iptables", "ebpf"] {
+    for mode in ["iptables", "nftables", "ebpf"] {
         std::thread::sleep(Duration::from_secs(1));
         let from = looper.at();
         c.restart_with(&c.node_name(0), false, &["--proxy-mode", mode]);
         wait_proxy_healthy(&c, 0);
         let until = looper.at();
         windows.push((mode, from, until));
-        if mode == "iptables" {
-            let left = ebpf_state(&c, 0);
-            assert!(
-                left.is_empty(),
-                "eBPF state left after the switch: {left:?}"
-            );
-            assert!(kube_rules(&c, 0) > 0, "iptables rules written");
-        } else {
-            assert_eq!(kube_rules(&c, 0), 0, "iptables rules left after the switch");
-            assert!(!ebpf_state(&c, 0).is_empty(), "eBPF state back");
+        let nft = nft_table(&c, 0);
+        match mode {
+            "iptables" => {
+                let left = ebpf_state(&c, 0);
+                assert!(
+                    left.is_empty(),
+                    "eBPF state left after the switch: {left:?}"
+                );
+                assert!(kube_rules(&c, 0) > 0, "iptables rules written");
+                assert!(nft.is_empty(), "an nftables table: {nft}");
+            }
+            "nftables" => {
+                assert_eq!(kube_rules(&c, 0), 0, "iptables rules left after the switch");
+                assert!(nft.contains("chain services {"), "nftables table written");
+                assert!(ebpf_state(&c, 0).is_empty(), "eBPF state");
+            }
+            _ => {
+                assert_eq!(kube_rules(&c, 0), 0, "iptables rules left after the switch");
+                assert!(
+                    nft.is_empty(),
+                    "nftables table left after the switch: {nft}"
+                );
+                assert!(!ebpf_state(&c, 0).is_empty(), "eBPF state back");
+            }
         }
         // Served by the new mode.
         assert_eq!(

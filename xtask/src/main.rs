@@ -55,6 +55,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("etcd-server", "the etcd storage backend and its tests"),
     (
+        "nftables",
+        "the proxy's nftables mode applies its table with `nft -f`",
+    ),
+    (
         "iproute2",
         "`ip netns` to inspect the namespaces xkube creates",
     ),

@@ -39,19 +39,19 @@ use crate::{
 };
 
 /// Modes `xkube bench` knows; `none` is straight to the pod IP.
-pub const MODES: [&str; 4] = ["none", "ebpf", "iptables", "userspace"];
+pub const MODES: [&str; 5] = ["none", "ebpf", "iptables", "nftables", "userspace"];
 
 /// The services every run has: `default/kubernetes`, the two backends' and `bench-ep`.
 pub const BENCH_SERVICES: usize = 4;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchOptions {
-    /// Modes to measure, comma-separated: none (straight to the pod IP), ebpf, iptables,
-    /// userspace.
+    /// Modes to measure, comma-separated: none (straight to the pod IP, no proxy on the
+    /// nodes), ebpf, iptables, nftables, userspace.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "none,ebpf,iptables,userspace"
+        default_value = "none,ebpf,iptables,nftables,userspace"
     )]
     pub modes: Vec<String>,
     /// Service counts, comma-separated (the bench's own 4 services included: a count below
@@ -61,10 +61,10 @@ pub struct BenchOptions {
     /// Where results.json, report.md and the plots go.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    /// A smoke run: services 4 and 100, 1 s per workload, 3 programming samples.
+    /// A smoke run: services 4 and 100, 0.5 s per workload, 3 programming samples.
     #[arg(long)]
     pub quick: bool,
-    /// Seconds per workload run (default 5, --quick 1).
+    /// Seconds per workload run (default 5, --quick 0.5).
     #[arg(long)]
     pub duration: Option<u64>,
     /// Concurrent clients of the N-client workloads.
@@ -82,7 +82,11 @@ pub struct BenchOptions {
 
 impl BenchOptions {
     fn duration(&self) -> Duration {
-        Duration::from_secs(self.duration.unwrap_or(if self.quick { 1 } else { 5 }))
+        match (self.duration, self.quick) {
+            (Some(s), _) => Duration::from_secs(s),
+            (None, true) => Duration::from_millis(500),
+            (None, false) => Duration::from_secs(5),
+        }
     }
 
     fn services(&self) -> Vec<usize> {
@@ -130,6 +134,7 @@ fn proxy_mode(m: &str) -> Option<ProxyMode> {
     match m {
         "ebpf" => Some(ProxyMode::Ebpf),
         "iptables" => Some(ProxyMode::Iptables),
+        "nftables" => Some(ProxyMode::Nftables),
         "userspace" => Some(ProxyMode::Userspace),
         _ => None,
     }
@@ -147,8 +152,14 @@ fn machine(binary: &Path) -> Machine {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
+    let nft = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     Machine {
         kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        nft_version: nft,
         cpu_model,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         iptables_backend: backend,
@@ -967,10 +978,11 @@ mod tests {
             parse_modes(&["EBPF".into(), "none".into(), "ebpf".into()]).expect("modes"),
             ["ebpf", "none"]
         );
-        let e = parse_modes(&["nftables".into()]).expect_err("not yet");
-        assert!(e.to_string().contains("\"nftables\" does not exist"), "{e}");
+        let e = parse_modes(&["ipvs".into()]).expect_err("no such mode");
+        assert!(e.to_string().contains("\"ipvs\" does not exist"), "{e}");
         assert!(
-            e.to_string().contains("none, ebpf, iptables, userspace"),
+            e.to_string()
+                .contains("none, ebpf, iptables, nftables, userspace"),
             "{e}"
         );
     }

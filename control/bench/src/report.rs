@@ -177,6 +177,8 @@ pub struct Machine {
     pub cpu_model: String,
     pub cores: usize,
     pub iptables_backend: String,
+    #[serde(default)]
+    pub nft_version: String,
     /// The xkube binary the cluster ran and its build profile.
     pub binary: String,
     pub build: String,
@@ -227,7 +229,7 @@ pub fn markdown(r: &Results) -> String {
     let m = &r.machine;
     let _ = writeln!(
         out,
-        "# xkube bench\n\n{} build (`{}`), kernel {}, {} ({} cores), iptables backend {}{}.\n\
+        "# xkube bench\n\n{} build (`{}`), kernel {}, {} ({} cores), iptables backend {}, {}{}.\n\
          Absolute figures are machine-specific; compare within a table (one run).\n",
         m.build,
         m.binary,
@@ -235,6 +237,11 @@ pub fn markdown(r: &Results) -> String {
         m.cpu_model,
         m.cores,
         m.iptables_backend,
+        if m.nft_version.is_empty() {
+            "no nft"
+        } else {
+            &m.nft_version
+        },
         if r.quick { ", `--quick` run" } else { "" }
     );
     let workloads: BTreeSet<Workload> = r.cells.iter().map(|c| c.workload).collect();

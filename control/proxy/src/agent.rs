@@ -34,6 +34,7 @@ use crate::{
         CleanupContext, ModeMetrics, NodeInfo, Proxier, cleanup_all, cleanup_other_modes,
         ebpf::{EbpfOptions, EbpfProxier},
         iptables::{IptablesOptions, IptablesProxier},
+        nftables::NftablesProxier,
         userspace::{UserspaceOptions, UserspaceProxier},
     },
     model::{Ipv4Cidr, ServiceName},
@@ -185,6 +186,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     let proxier: Box<dyn Proxier> = match opts.proxy_mode {
         ProxyMode::Ebpf => Box::new(EbpfProxier::start(&opts.ebpf, &node, &shutdown)?),
         ProxyMode::Iptables => Box::new(IptablesProxier::new(&opts.iptables, &node)?),
+        ProxyMode::Nftables => Box::new(NftablesProxier::new(opts.iptables.masquerade_all, &node)?),
         ProxyMode::Userspace => Box::new(UserspaceProxier::new(
             &opts.userspace,
             opts.iptables.iptables_backend,

@@ -51,6 +51,12 @@ pub enum Error {
         len: usize,
         cap: usize,
     },
+    #[error("{what} failed (exit status {status:?}): {stderr}")]
+    Nftables {
+        what: String,
+        status: Option<i32>,
+        stderr: String,
+    },
     #[error("network namespace: {0}")]
     Netns(String),
     #[error("reading CLOCK_MONOTONIC: {0}")]

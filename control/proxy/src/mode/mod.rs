@@ -11,8 +11,10 @@
 //! ([`cleanup_other_modes`]) once its own first sync succeeded (kube-proxy removes it before
 //! starting; removing it after keeps a node that switches modes serving throughout).
 
+pub mod categorize;
 pub mod ebpf;
 pub mod iptables;
+pub mod nftables;
 pub mod userspace;
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
@@ -29,6 +31,9 @@ pub enum ProxyMode {
     Ebpf,
     /// kube-proxy's iptables mode (nat DNAT chains, one iptables-restore per sync).
     Iptables,
+    /// kube-proxy's nftables mode (table `ip kube-proxy`, verdict-map dispatch, one `nft -f`
+    /// transaction per sync).
+    Nftables,
     /// kube-proxy's userspace mode (a listening socket per service port, a second connection
     /// to the backend; iptables redirects to the socket).
     Userspace,
@@ -36,12 +41,18 @@ pub enum ProxyMode {
 
 impl ProxyMode {
     /// Every mode, for cleanup.
-    pub const ALL: [ProxyMode; 3] = [ProxyMode::Ebpf, ProxyMode::Iptables, ProxyMode::Userspace];
+    pub const ALL: [ProxyMode; 4] = [
+        ProxyMode::Ebpf,
+        ProxyMode::Iptables,
+        ProxyMode::Nftables,
+        ProxyMode::Userspace,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             ProxyMode::Ebpf => "ebpf",
             ProxyMode::Iptables => "iptables",
+            ProxyMode::Nftables => "nftables",
             ProxyMode::Userspace => "userspace",
         }
     }
@@ -132,6 +143,7 @@ pub fn cleanup(mode: ProxyMode, ctx: &CleanupContext) -> Result<()> {
     match mode {
         ProxyMode::Ebpf => ebpf::cleanup(ctx),
         ProxyMode::Iptables => iptables::cleanup(ctx),
+        ProxyMode::Nftables => nftables::cleanup(ctx),
         ProxyMode::Userspace => userspace::cleanup(ctx),
     }
 }

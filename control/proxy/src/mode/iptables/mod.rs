@@ -44,7 +44,8 @@ pub struct IptablesOptions {
     /// Which iptables backend to program.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub iptables_backend: BackendChoice,
-    /// SNAT all traffic sent via service cluster IPs (kube-proxy's --masquerade-all).
+    /// SNAT all traffic sent via service cluster IPs (kube-proxy's --masquerade-all; the
+    /// iptables and nftables modes).
     #[arg(long)]
     pub masquerade_all: bool,
 }

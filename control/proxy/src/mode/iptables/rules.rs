@@ -19,7 +19,10 @@ use std::{
 };
 
 use crate::conntrack::UdpService;
-use crate::model::{Endpoint, Ipv4Cidr, ServiceModel, ServiceName, ServicePort, TrafficPolicy};
+use crate::mode::categorize::{
+    categorize, ep_string, external_policy_local, externally_accessible, internal_policy_local,
+};
+use crate::model::{Endpoint, Ipv4Cidr, ServiceModel, ServiceName, ServicePort};
 
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
 pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
@@ -307,83 +310,6 @@ pub fn probability(n: usize) -> String {
     format!("{:.10}", 1.0 / n as f64)
 }
 
-/// The endpoints a service port uses, as kube-proxy's `CategorizeEndpoints` picks them.
-struct Categorized<'a> {
-    cluster: Vec<&'a Endpoint>,
-    local: Vec<&'a Endpoint>,
-    /// Cluster and local ones, each once (their KUBE-SEP chains).
-    reachable: Vec<&'a Endpoint>,
-    has_any: bool,
-}
-
-fn externally_accessible(p: &ServicePort) -> bool {
-    p.node_port.is_some() || !p.external_ips.is_empty() || !p.load_balancer_ips.is_empty()
-}
-
-fn external_policy_local(p: &ServicePort) -> bool {
-    externally_accessible(p) && p.external_policy == TrafficPolicy::Local
-}
-
-fn internal_policy_local(p: &ServicePort) -> bool {
-    p.internal_policy == TrafficPolicy::Local
-}
-
-fn categorize<'a>(p: &'a ServicePort, ctx: &RenderContext) -> Categorized<'a> {
-    // Ready endpoints; when there are none, serving terminating ones.
-    let usable = |eps: &[&'a Endpoint]| -> Vec<&'a Endpoint> {
-        if eps.iter().any(|e| e.ready) {
-            eps.iter().copied().filter(|e| e.ready).collect()
-        } else {
-            eps.iter()
-                .copied()
-                .filter(|e| e.serving && e.terminating)
-                .collect()
-        }
-    };
-    let all: Vec<&Endpoint> = p.endpoints.iter().collect();
-    let cluster_usable = usable(&all);
-    let has_any = !cluster_usable.is_empty();
-    let uses_cluster = !internal_policy_local(p) || externally_accessible(p);
-    let uses_local = internal_policy_local(p) || external_policy_local(p);
-    let cluster = if uses_cluster {
-        cluster_usable
-    } else {
-        Vec::new()
-    };
-    let local = if uses_local {
-        let locals: Vec<&Endpoint> = all
-            .iter()
-            .copied()
-            .filter(|e| e.is_local(&ctx.node_name, ctx.pod_cidr))
-            .collect();
-        usable(&locals)
-    } else {
-        Vec::new()
-    };
-    let mut reachable: Vec<&Endpoint> = cluster.clone();
-    for e in &local {
-        if !reachable.contains(e) {
-            reachable.push(e);
-        }
-    }
-    // kube-proxy orders endpoints by their "ip:port" string.
-    let by_string = |v: &mut Vec<&Endpoint>| v.sort_by_cached_key(|e| ep_string(e));
-    let (mut cluster, mut local) = (cluster, local);
-    by_string(&mut cluster);
-    by_string(&mut local);
-    by_string(&mut reachable);
-    Categorized {
-        cluster,
-        local,
-        reachable,
-        has_any,
-    }
-}
-
-fn ep_string(e: &Endpoint) -> String {
-    format!("{}:{}", e.addr, e.port)
-}
-
 /// The rules of one Service (module docs).
 pub fn render_service(svc: &ServiceModel, ctx: &RenderContext) -> ServiceRules {
     ServiceRules {
@@ -399,7 +325,7 @@ fn render_port(svc: &ServiceName, p: &ServicePort, ctx: &RenderContext) -> PortR
     let mut out = PortRules::default();
     let proto = p.protocol.lower();
     let name = p.display_name(svc);
-    let cat = categorize(p, ctx);
+    let cat = categorize(p, &ctx.node_name, ctx.pod_cidr);
     let has_endpoints = cat.has_any;
 
     let cluster_chain = port_chain("KUBE-SVC-", &name, proto);
