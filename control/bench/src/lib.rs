@@ -19,6 +19,7 @@ pub mod report;
 pub mod stats;
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -64,9 +65,13 @@ pub struct BenchOptions {
     /// A smoke run: services 4 and 100, 0.5 s per workload, 3 programming samples.
     #[arg(long)]
     pub quick: bool,
-    /// Seconds per workload run (default 5, --quick 0.5).
+    /// Seconds per workload run (default 2, --quick 0.5).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Rounds per service count: each round restarts the nodes into every mode in turn and
+    /// runs every workload once; a cell merges its rounds (default 3, --quick 1).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Concurrent clients of the N-client workloads.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
@@ -85,8 +90,12 @@ impl BenchOptions {
         match (self.duration, self.quick) {
             (Some(s), _) => Duration::from_secs(s),
             (None, true) => Duration::from_millis(500),
-            (None, false) => Duration::from_secs(5),
+            (None, false) => Duration::from_secs(2),
         }
+    }
+
+    fn rounds(&self) -> usize {
+        self.rounds.unwrap_or(if self.quick { 1 } else { 3 }).max(1)
     }
 
     fn services(&self) -> Vec<usize> {
@@ -217,6 +226,10 @@ struct Bench {
     mode: Option<AgentProxy>,
     agent_pids: Vec<u32>,
     fillers: usize,
+    /// Every round's runs, per cell.
+    runs: BTreeMap<(String, usize, Route, Workload), load::Raw>,
+    /// NodePort cost per (mode, services): requests, CPU seconds, agent RSS (last round).
+    cost_runs: BTreeMap<(String, usize), (u64, f64, Vec<u64>)>,
 }
 
 /// Runs the bench (root); the cluster is removed at the end, also on failure.
@@ -304,6 +317,8 @@ pub fn run(opts: BenchOptions) -> anyhow::Result<Results> {
             mode: Some(AgentProxy::Mode(first)),
             agent_pids,
             fillers: 0,
+            runs: BTreeMap::new(),
+            cost_runs: BTreeMap::new(),
         };
         b.measure(&modes, machine(&binary))
     })();
@@ -345,23 +360,92 @@ impl Bench {
             services: services.clone(),
             ..Default::default()
         };
+        let rounds = self.opts.rounds();
         for (i, n) in services.iter().enumerate() {
             if self.fillers_up_to(n.saturating_sub(BENCH_SERVICES))? || i == 0 {
                 // Every mode starts from a fresh agent whose first sync saw every service.
                 self.mode = None;
             }
-            for mode in modes {
-                if let Some(took) = self.switch(mode)? {
-                    self.resync(mode, *n, took, &mut r)?;
-                }
-                self.workloads(mode, *n, &mut r)?;
-                if mode != "none" {
-                    self.programming(mode, *n, &mut r)?;
-                    self.endpoint_change(mode, *n, &mut r)?;
+            // Rounds interleave the modes, so that a slow drift of the machine (its other
+            // load, the control plane still digesting the new services) spreads over all.
+            for round in 0..rounds {
+                for mode in modes {
+                    if let Some(took) = self.switch(mode)?
+                        && round == 0
+                    {
+                        self.resync(mode, *n, took, &mut r)?;
+                    }
+                    self.workloads(mode, *n, round, rounds)?;
+                    if mode != "none" && round + 1 == rounds {
+                        self.programming(mode, *n, &mut r)?;
+                        self.endpoint_change(mode, *n, &mut r)?;
+                    }
                 }
             }
         }
+        for ((mode, services, route, workload), raw) in &self.runs {
+            r.cells.push(Cell {
+                mode: mode.clone(),
+                services: *services,
+                route: *route,
+                workload: *workload,
+                summary: raw.summary(),
+            });
+        }
+        for ((mode, services), (requests, cpu, rss)) in &self.cost_runs {
+            r.costs.push(Cost {
+                mode: mode.clone(),
+                services: *services,
+                requests: *requests,
+                cpu_seconds: *cpu,
+                cpu_per_1000: stats::cpu_per_1000(*cpu, *requests),
+                requests_per_cpu_second: if *cpu > 0.0 {
+                    *requests as f64 / cpu
+                } else {
+                    0.0
+                },
+                agent_rss_kib: rss.clone(),
+            });
+        }
+        // In the order of the run: services, then modes.
+        let order = |m: &str| modes.iter().position(|x| x == m).unwrap_or(usize::MAX);
+        r.cells
+            .sort_by_key(|c| (c.services, order(&c.mode), c.route, c.workload));
+        r.costs.sort_by_key(|c| (c.services, order(&c.mode)));
         Ok(r)
+    }
+
+    /// Waits (at most 15 s) until the machine's CPUs are mostly idle over a quarter second,
+    /// so that a run does not start while the control plane or an agent is still busy (not
+    /// in a `--quick` run).
+    fn settle(&self) {
+        if self.opts.quick {
+            return;
+        }
+        let sample = || -> Option<(u64, u64)> {
+            let stat = std::fs::read_to_string("/proc/stat").ok()?;
+            let cpu: Vec<u64> = stat
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // idle + iowait
+            let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
+            Some((cpu.iter().sum(), idle))
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            let Some((t0, i0)) = sample() else { return };
+            std::thread::sleep(Duration::from_millis(250));
+            let Some((t1, i1)) = sample() else { return };
+            let total = t1.saturating_sub(t0).max(1);
+            let busy = 1.0 - i1.saturating_sub(i0) as f64 / total as f64;
+            if busy < 0.25 {
+                return;
+            }
+        }
     }
 
     /// The two backends and their NodePort services.
@@ -700,17 +784,17 @@ impl Bench {
     }
 
     /// Runs `w` from node1's host (namespace and cgroup).
-    fn run_on_node1(&self, w: Workload, to: SocketAddrV4) -> anyhow::Result<Summary> {
+    fn run_on_node1(&self, w: Workload, to: SocketAddrV4) -> anyhow::Result<load::Raw> {
         let _inside = xkube_netns::cgroup::enter(&self.state.nodes[0].cgroup)
             .map_err(|e| anyhow!("entering node1's cgroup: {e}"))?;
-        Ok(load::run(&self.node_ns(0), w, to, self.load())?)
+        Ok(load::run_raw(&self.node_ns(0), w, to, self.load())?)
     }
 
     /// Runs `w` from the client pod on node1 (its namespace and cgroup).
-    fn run_in_pod(&self, w: Workload, to: SocketAddrV4) -> anyhow::Result<Summary> {
+    fn run_in_pod(&self, w: Workload, to: SocketAddrV4) -> anyhow::Result<load::Raw> {
         let _inside = xkube_netns::cgroup::enter(&self.pod.1)
             .map_err(|e| anyhow!("entering the client pod's cgroup: {e}"))?;
-        Ok(load::run(&self.pod.0, w, to, self.load())?)
+        Ok(load::run_raw(&self.pod.0, w, to, self.load())?)
     }
 
     fn cpu(&self) -> CpuSample {
@@ -731,7 +815,13 @@ impl Bench {
         }
     }
 
-    fn workloads(&mut self, mode: &str, n: usize, r: &mut Results) -> anyhow::Result<()> {
+    fn workloads(
+        &mut self,
+        mode: &str,
+        n: usize,
+        round: usize,
+        rounds: usize,
+    ) -> anyhow::Result<()> {
         let none = mode == "none";
         let target = |i: usize, udp: bool| -> SocketAddrV4 {
             let (pod, cip, _) = self.backends[i];
@@ -765,7 +855,10 @@ impl Bench {
         }
         let spin = bar(
             plan.len() as u64,
-            &format!("{mode}, {n} services: workloads"),
+            &format!(
+                "{mode}, {n} services: workloads, round {}/{rounds}",
+                round + 1
+            ),
         );
         for (route, w) in plan {
             step(
@@ -773,7 +866,8 @@ impl Bench {
                 format!("{mode}, {n} services: {} {}", w.name(), route.describe()),
             );
             let udp = w == Workload::Udp;
-            let summary = match route {
+            self.settle();
+            let raw = match route {
                 Route::PodToLocal => self.run_in_pod(w, target(0, udp))?,
                 Route::PodToRemote => self.run_in_pod(w, target(1, udp))?,
                 Route::HostToLocal => self.run_on_node1(w, target(0, udp))?,
@@ -783,26 +877,23 @@ impl Bench {
                     let to = SocketAddrV4::new(self.state.nodes[0].addr, self.backends[backend].2);
                     let cost = route == Route::NodePortRemote && w == Workload::RrN;
                     let before = self.cpu();
-                    let s = load::run(&self.client_ns(), w, to, self.load())?;
+                    let raw = load::run_raw(&self.client_ns(), w, to, self.load())?;
                     if cost {
                         let cpu = stats::cpu_seconds(&before, &self.cpu(), 100);
-                        r.costs.push(Cost {
-                            mode: mode.to_string(),
-                            services: n,
-                            requests: s.ok,
-                            cpu_seconds: cpu,
-                            cpu_per_1000: stats::cpu_per_1000(cpu, s.ok),
-                            requests_per_cpu_second: if cpu > 0.0 {
-                                s.ok as f64 / cpu
-                            } else {
-                                0.0
-                            },
-                            agent_rss_kib: self.agent_pids.iter().map(|p| rss_kib(*p)).collect(),
-                        });
+                        let rss = self.agent_pids.iter().map(|p| rss_kib(*p)).collect();
+                        let c = self.cost_runs.entry((mode.to_string(), n)).or_insert((
+                            0,
+                            0.0,
+                            Vec::new(),
+                        ));
+                        c.0 += raw.hist.len();
+                        c.1 += cpu;
+                        c.2 = rss;
                     }
-                    s
+                    raw
                 }
             };
+            let summary = raw.summary();
             if summary.ok == 0 {
                 bail!(
                     "{mode}, {n} services, {} {}: every operation failed ({} errors)",
@@ -811,13 +902,12 @@ impl Bench {
                     summary.errors
                 );
             }
-            r.cells.push(Cell {
-                mode: mode.to_string(),
-                services: n,
-                route,
-                workload: w,
-                summary,
-            });
+            match self.runs.entry((mode.to_string(), n, route, w)) {
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&raw)?,
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(raw);
+                }
+            }
             spin.inc(1);
         }
         spin.finish();
