@@ -1,16 +1,20 @@
 //! `xkube bench`: every proxy mode side by side on one local cluster (DESIGN.md section 7).
 //!
-//! One 2-node `xkube cluster up` runs the binary that runs the bench (say which build in the
-//! report). Two backends (agnhost) are pinned to node1 and node2, each behind its own NodePort
-//! Service. For each service count (ascending; the other services are real Services with
-//! Endpoints, created through the API) and each mode, the nodes' agents are restarted into the
-//! mode (make before break) and the load generator ([`load`]) measures keep-alive and
-//! new-connection request/response and UDP over the routes of [`report::Route`], from a host
-//! process of node1 (inside its namespace and cgroup) and from the external client; `none`
-//! goes straight to the pod IPs. Node CPU is read around a NodePort run, agent memory from
-//! `/proc`, and programming latency (Service created -> first connection) by creating
-//! Services one by one. Everything is bounded in time and count, and the cluster is removed
-//! at the end, also on failure.
+//! Per-packet figures first: a private copy of the eBPF programs run with
+//! `BPF_PROG_TEST_RUN` ([`xkube_proxy::ebpf::perpacket`]). Then one 2-node `xkube cluster up`
+//! runs the binary that runs the bench (the report says which build). Two backends (agnhost)
+//! are pinned to node1 and node2, each behind its own NodePort Service; a client pod runs on
+//! node1. For each service count (ascending; the other services are real Services with
+//! Endpoints, created through the API) the bench runs rounds; in each round the nodes' agents
+//! are restarted into every mode in turn (`none`: proxies disabled, straight to the pod IPs)
+//! and the load generator ([`load`]) measures keep-alive and new-connection request/response
+//! and UDP over the routes of [`report::Route`]: from the client pod and from a host process
+//! of node1 (each inside its namespace and cgroup) and from the external client. A cell
+//! merges its rounds. Node CPU is read around a NodePort run, agent memory from `/proc`; in
+//! the last round, programming latency (Service created -> first connection) and endpoint
+//! changes -> applied are sampled, and the first restart per mode is the full-resync figure.
+//! Everything is bounded in time and count, and the cluster is removed at the end, also on
+//! failure.
 
 pub mod load;
 pub mod metrics;
