@@ -275,6 +275,26 @@ pub fn is_stale(
     translated && by_node_port.get(&orig.dport).is_some_and(gone)
 }
 
+/// [`delete_stale_udp`] for a sync of the kernel-NAT modes: nothing to do without UDP
+/// services, failures logged (the next sync retries); the number of flows deleted.
+pub fn reconcile(services: &[&UdpService]) -> u64 {
+    if services.is_empty() {
+        return 0;
+    }
+    match delete_stale_udp(services) {
+        Ok(n) => {
+            if n > 0 {
+                tracing::debug!(flows = n, "stale UDP conntrack flows deleted");
+            }
+            n as u64
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "deleting stale UDP conntrack flows");
+            0
+        }
+    }
+}
+
 /// Deletes the UDP flows of `services` whose endpoint is gone (module docs); the number
 /// deleted. Works in the calling thread's network namespace.
 pub fn delete_stale_udp(services: &[&UdpService]) -> Result<usize> {

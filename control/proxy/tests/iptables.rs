@@ -10,7 +10,7 @@ use std::{
 
 mod common;
 
-use common::{NODE, fixtures};
+use common::{NODE, fixtures, golden};
 use xkube_proxy::{
     mode::{
         NodeInfo, Proxier,
@@ -44,34 +44,6 @@ fn rendered(models: &[ServiceModel], ctx: &RenderContext) -> BTreeMap<ServiceNam
         .collect()
 }
 
-/// Compares with a golden file; `XKUBE_BLESS=1` rewrites it (review the diff!).
-fn golden(name: &str, got: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/iptables")
-        .join(name);
-    if std::env::var_os("XKUBE_BLESS").is_some() {
-        std::fs::write(&path, got).expect("write golden file");
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (XKUBE_BLESS=1 writes it)", path.display()));
-    if want != got {
-        let diff: Vec<String> = want
-            .lines()
-            .zip(got.lines())
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .take(5)
-            .map(|(i, (a, b))| format!("line {}:\n  want {a}\n  got  {b}", i + 1))
-            .collect();
-        panic!(
-            "{name} differs ({} vs {} lines):\n{}",
-            want.lines().count(),
-            got.lines().count(),
-            diff.join("\n")
-        );
-    }
-}
-
 #[test]
 fn chain_names_match_kube_proxys_test_vectors() {
     assert_eq!(
@@ -92,7 +64,7 @@ fn full_sync_input_matches_the_golden_file() {
         &BTreeSet::new(),
         &FullSyncExtras::default(),
     );
-    golden("full.txt", &input);
+    golden("iptables", "full.txt", &input);
 }
 
 #[test]
@@ -119,7 +91,7 @@ fn partial_sync_rewrites_the_changed_service_only_and_deletes_its_stale_chains()
         &stale,
         &FullSyncExtras::default(),
     );
-    golden("partial.txt", &input);
+    golden("iptables", "partial.txt", &input);
 }
 
 #[test]

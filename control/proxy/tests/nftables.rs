@@ -7,7 +7,7 @@ mod common;
 
 use std::{collections::BTreeMap, net::Ipv4Addr, process::Command, sync::Arc};
 
-use common::{NODE, fixtures};
+use common::{NODE, fixtures, golden};
 use xkube_proxy::{
     mode::{
         CleanupContext, NodeInfo, Proxier,
@@ -38,35 +38,6 @@ fn rendered(models: &[ServiceModel], ctx: &RenderContext) -> BTreeMap<ServiceNam
         .collect()
 }
 
-/// Compares with a golden file; `XKUBE_BLESS=1` rewrites it (review the diff!).
-fn golden(name: &str, got: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/nftables")
-        .join(name);
-    if std::env::var_os("XKUBE_BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-        std::fs::write(&path, got).expect("write golden file");
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (XKUBE_BLESS=1 writes it)", path.display()));
-    if want != got {
-        let diff: Vec<String> = want
-            .lines()
-            .zip(got.lines())
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .take(5)
-            .map(|(i, (a, b))| format!("line {}:\n  want {a}\n  got  {b}", i + 1))
-            .collect();
-        panic!(
-            "{name} differs ({} vs {} lines):\n{}",
-            want.lines().count(),
-            got.lines().count(),
-            diff.join("\n")
-        );
-    }
-}
-
 #[test]
 fn chain_names_match_kube_proxys_examples() {
     assert_eq!(
@@ -88,7 +59,26 @@ fn chain_names_match_kube_proxys_examples() {
 
 #[test]
 fn full_transaction_matches_the_golden_file() {
-    golden("full.nft", &full(&rendered(&fixtures(), &ctx()), &ctx()));
+    golden(
+        "nftables",
+        "full.nft",
+        &full(&rendered(&fixtures(), &ctx()), &ctx()),
+    );
+}
+
+/// The changes of `names` from `before` to `after`.
+fn changes_of<'a>(
+    before: &'a BTreeMap<ServiceName, ServiceNft>,
+    after: &'a BTreeMap<ServiceName, ServiceNft>,
+    names: &[ServiceName],
+) -> Vec<Change<'a>> {
+    names
+        .iter()
+        .map(|n| Change {
+            old: before.get(n),
+            new: after.get(n),
+        })
+        .collect()
 }
 
 /// svc3 loses an endpoint, svc1 goes away, svc6 gets its endpoint ready.
@@ -116,15 +106,9 @@ fn partial_transaction_touches_the_changed_services_only() {
     let before = rendered(&fixtures(), &ctx());
     let (models, names) = changed_models();
     let after = rendered(&models, &ctx());
-    let changes: Vec<Change<'_>> = names
-        .iter()
-        .map(|n| Change {
-            old: before.get(n),
-            new: after.get(n),
-        })
-        .collect();
+    let changes = changes_of(&before, &after, &names);
     let tx = partial(&changes);
-    golden("partial.nft", &tx);
+    golden("nftables", "partial.nft", &tx);
     // Nothing of an unchanged service.
     assert!(!tx.contains("svc2"), "{tx}");
     // Unchanged services and no change at all: an empty transaction.
@@ -224,13 +208,7 @@ fn privileged_the_golden_transactions_load_and_read_back() {
         let before = rendered(&fixtures(), &ctx());
         let (models, names) = changed_models();
         let after = rendered(&models, &ctx());
-        let changes: Vec<Change<'_>> = names
-            .iter()
-            .map(|n| Change {
-                old: before.get(n),
-                new: after.get(n),
-            })
-            .collect();
+        let changes = changes_of(&before, &after, &names);
         nftables::apply(&partial(&changes)).expect("partial");
         let table = list();
         assert!(!table.contains("ns1/svc1"), "svc1 removed:\n{table}");

@@ -83,3 +83,26 @@ pub fn categorize<'a>(
 pub fn ep_string(e: &Endpoint) -> String {
     format!("{}:{}", e.addr, e.port)
 }
+
+impl Categorized<'_> {
+    /// The policy chain internal (`local`: ClusterIP) or external traffic of `p` goes to —
+    /// `local` or `cluster` — and whether that chain has endpoints.
+    pub fn policy<'c>(
+        &self,
+        p: &ServicePort,
+        external: bool,
+        local: &'c str,
+        cluster: &'c str,
+    ) -> (&'c str, bool) {
+        let uses_local = if external {
+            external_policy_local(p)
+        } else {
+            internal_policy_local(p)
+        };
+        if uses_local {
+            (local, self.has_any && !self.local.is_empty())
+        } else {
+            (cluster, self.has_any)
+        }
+    }
+}

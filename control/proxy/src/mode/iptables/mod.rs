@@ -345,16 +345,9 @@ impl IptablesProxier {
             .flat_map(|r| r.ports.iter())
             .filter_map(|p| p.udp.as_ref())
             .collect();
-        if udp.is_empty() {
-            return;
-        }
-        match conntrack::delete_stale_udp(&udp) {
-            Ok(0) => {}
-            Ok(n) => {
-                debug!(flows = n, "stale UDP conntrack flows deleted");
-                self.metrics.update(|s| s.conntrack_deleted += n as u64);
-            }
-            Err(e) => warn!(error = %e, "deleting stale UDP conntrack flows"),
+        let n = conntrack::reconcile(&udp);
+        if n > 0 {
+            self.metrics.update(|s| s.conntrack_deleted += n);
         }
     }
 }

@@ -20,7 +20,7 @@ use std::{
 
 use crate::conntrack::UdpService;
 use crate::mode::categorize::{
-    categorize, ep_string, external_policy_local, externally_accessible, internal_policy_local,
+    categorize, ep_string, external_policy_local, externally_accessible,
 };
 use crate::model::{Endpoint, Ipv4Cidr, ServiceModel, ServiceName, ServicePort};
 
@@ -335,16 +335,8 @@ fn render_port(svc: &ServiceName, p: &ServicePort, ctx: &RenderContext) -> PortR
     let uses_cluster_chain = !cat.cluster.is_empty();
     let uses_local_chain = !cat.local.is_empty();
 
-    let (internal_chain, has_internal) = if internal_policy_local(p) {
-        (&local_chain, has_endpoints && !cat.local.is_empty())
-    } else {
-        (&cluster_chain, has_endpoints)
-    };
-    let (external_policy_chain, has_external) = if external_policy_local(p) {
-        (&local_chain, has_endpoints && !cat.local.is_empty())
-    } else {
-        (&cluster_chain, has_endpoints)
-    };
+    let (internal_chain, has_internal) = cat.policy(p, false, &local_chain, &cluster_chain);
+    let (external_policy_chain, has_external) = cat.policy(p, true, &local_chain, &cluster_chain);
     let uses_ext_chain = has_endpoints && externally_accessible(p);
     let uses_fw_chain =
         has_endpoints && !p.load_balancer_ips.is_empty() && !p.source_ranges.is_empty();

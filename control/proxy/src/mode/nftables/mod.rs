@@ -167,7 +167,6 @@ impl ModeMetrics for NftablesMetrics {
 /// The nftables mode (module docs).
 pub struct NftablesProxier {
     ctx: RenderContext,
-    models: Models,
     /// What the kernel holds, per service.
     rendered: BTreeMap<ServiceName, ServiceNft>,
     metrics: Arc<NftablesMetrics>,
@@ -204,17 +203,18 @@ impl NftablesProxier {
         info!("nftables mode");
         Ok(Self {
             ctx: render_context(node, masquerade_all),
-            models: Models::new(),
             rendered: BTreeMap::new(),
             metrics: Arc::new(NftablesMetrics::default()),
         })
     }
 
+    /// Applies `tx`, counting a failure.
     fn apply(&self, tx: &str) -> Result<()> {
-        if let Err(e) = apply(tx) {
-            self.metrics.update(|s| s.sync_failures += 1);
-            return Err(e);
-        }
+        apply(tx).inspect_err(|_| self.metrics.update(|s| s.sync_failures += 1))
+    }
+
+    /// Publishes the gauges after `tx` was applied and `rendered` updated.
+    fn publish(&self, tx: &str) {
         let (chains, elements) = self.rendered.values().fold((0, 0), |(c, e), s| {
             (c + s.chains.len(), e + s.elements.len())
         });
@@ -224,29 +224,22 @@ impl NftablesProxier {
             s.chains = chains;
             s.elements = elements;
         });
-        Ok(())
     }
 
     /// Recreates the table from the rendered services; the commands written.
     fn write_all(&self) -> Result<usize> {
         let tx = rules::full(&self.rendered, &self.ctx);
         self.apply(&tx)?;
+        self.publish(&tx);
         debug!(services = self.rendered.len(), "full nftables sync");
         Ok(rules::commands(&tx))
     }
 
     fn reconcile_conntrack<'a>(&self, services: impl Iterator<Item = &'a ServiceNft>) {
         let udp: Vec<&conntrack::UdpService> = services.flat_map(|s| s.udp.iter()).collect();
-        if udp.is_empty() {
-            return;
-        }
-        match conntrack::delete_stale_udp(&udp) {
-            Ok(0) => {}
-            Ok(n) => {
-                debug!(flows = n, "stale UDP conntrack flows deleted");
-                self.metrics.update(|s| s.conntrack_deleted += n as u64);
-            }
-            Err(e) => warn!(error = %e, "deleting stale UDP conntrack flows"),
+        let n = conntrack::reconcile(&udp);
+        if n > 0 {
+            self.metrics.update(|s| s.conntrack_deleted += n);
         }
     }
 }
@@ -278,31 +271,15 @@ impl Proxier for NftablesProxier {
             .collect();
         let tx = rules::partial(&changes);
         drop(changes);
-        if let Err(e) = apply(&tx) {
-            self.metrics.update(|s| s.sync_failures += 1);
-            return Err(e);
+        self.apply(&tx)?;
+        for (name, new) in next {
+            match new {
+                Some(r) => self.rendered.insert(name, r),
+                None => self.rendered.remove(&name),
+            };
         }
-        for ((name, model), (_, new)) in changed.iter().zip(next) {
-            match (model, new) {
-                (Some(m), Some(r)) => {
-                    self.models.insert(name.clone(), m.clone());
-                    self.rendered.insert(name.clone(), r);
-                }
-                _ => {
-                    self.models.remove(name);
-                    self.rendered.remove(name);
-                }
-            }
-        }
+        self.publish(&tx);
         let n = rules::commands(&tx);
-        let (chains, elements) = self.rendered.values().fold((0, 0), |(c, e), s| {
-            (c + s.chains.len(), e + s.elements.len())
-        });
-        self.metrics.update(|s| {
-            s.last_commands = n;
-            s.chains = chains;
-            s.elements = elements;
-        });
         self.reconcile_conntrack(
             changed
                 .iter()
@@ -315,7 +292,6 @@ impl Proxier for NftablesProxier {
     }
 
     fn sync_full(&mut self, all: &Models) -> Result<SyncStats> {
-        self.models = all.clone();
         self.rendered = all
             .iter()
             .map(|(n, m)| (n.clone(), render_service(m, &self.ctx)))

@@ -28,9 +28,7 @@ use std::{
 };
 
 use crate::conntrack::UdpService;
-use crate::mode::categorize::{
-    categorize, external_policy_local, externally_accessible, internal_policy_local,
-};
+use crate::mode::categorize::{categorize, external_policy_local, externally_accessible};
 use crate::model::{Endpoint, Ipv4Cidr, Protocol, ServiceModel, ServiceName, ServicePort};
 
 /// The table (family `ip`).
@@ -214,16 +212,8 @@ fn render_port(svc: &ServiceName, p: &ServicePort, ctx: &RenderContext, out: &mu
 
     let uses_cluster_chain = !cat.cluster.is_empty();
     let uses_local_chain = !cat.local.is_empty();
-    let (internal_chain, has_internal) = if internal_policy_local(p) {
-        (&local_chain, has_endpoints && !cat.local.is_empty())
-    } else {
-        (&cluster_chain, has_endpoints)
-    };
-    let (external_policy_chain, has_external) = if external_policy_local(p) {
-        (&local_chain, has_endpoints && !cat.local.is_empty())
-    } else {
-        (&cluster_chain, has_endpoints)
-    };
+    let (internal_chain, has_internal) = cat.policy(p, false, &local_chain, &cluster_chain);
+    let (external_policy_chain, has_external) = cat.policy(p, true, &local_chain, &cluster_chain);
     let uses_ext_chain = has_endpoints && externally_accessible(p);
     let (internal_verdict, external_verdict) = if !has_endpoints {
         let reject = format!("goto {REJECT_CHAIN}");
@@ -588,24 +578,17 @@ fn fill(out: &mut String, svc: &ServiceNft, flush: bool) {
     }
 }
 
-fn add_elements<'a>(out: &mut String, elements: impl IntoIterator<Item = &'a Element>) {
-    // One command per set, in set order.
+/// `add element` (with values) or `delete element` (keys only) commands for `elements`, one
+/// per set, in set order.
+fn elements<'a>(out: &mut String, add: bool, elements: impl IntoIterator<Item = &'a Element>) {
     let mut by_set: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for e in elements {
-        by_set.entry(e.set).or_default().push(e.render());
+        let item = if add { e.render() } else { e.key.clone() };
+        by_set.entry(e.set).or_default().push(item);
     }
+    let op = if add { "add" } else { "delete" };
     for (set, items) in by_set {
-        let _ = writeln!(out, "add element {T} {set} {{ {} }}", items.join(" , "));
-    }
-}
-
-fn delete_elements<'a>(out: &mut String, elements: impl IntoIterator<Item = &'a Element>) {
-    let mut by_set: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for e in elements {
-        by_set.entry(e.set).or_default().push(&e.key);
-    }
-    for (set, keys) in by_set {
-        let _ = writeln!(out, "delete element {T} {set} {{ {} }}", keys.join(" , "));
+        let _ = writeln!(out, "{op} element {T} {set} {{ {} }}", items.join(" , "));
     }
 }
 
@@ -622,7 +605,11 @@ pub fn full(services: &BTreeMap<ServiceName, ServiceNft>, ctx: &RenderContext) -
     for s in services.values() {
         fill(&mut out, s, false);
     }
-    add_elements(&mut out, services.values().flat_map(|s| s.elements.iter()));
+    elements(
+        &mut out,
+        true,
+        services.values().flat_map(|s| s.elements.iter()),
+    );
     out
 }
 
@@ -665,8 +652,8 @@ pub fn partial(changes: &[Change<'_>]) -> String {
                 .map(|(_, e)| *e),
         );
     }
-    delete_elements(&mut out, gone);
-    add_elements(&mut out, added);
+    elements(&mut out, false, gone);
+    elements(&mut out, true, added);
     // Chains and sets no service owns any more: flushed (so no stale chain refers to
     // another), then deleted.
     let mut stale_chains = Vec::new();
