@@ -1118,7 +1118,7 @@ async fn update_scale(
 ) -> Result<Response, StatusError> {
     let w = app
         .registry
-        .guaranteed_update(res, ns, name, None, opts, 8, |cur, rev| {
+        .guaranteed_update(res, ns, name, None, opts, |cur, rev| {
             let current = scale_of(cur);
             let (scale, pinned) = match &change {
                 ScaleChange::Replace(scale) => {

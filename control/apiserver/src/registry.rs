@@ -16,6 +16,21 @@ use xkube_store::{Revision, Store};
 use crate::alloc::{AllocError, Allocators};
 use crate::watchcache::{WatchCache, decode};
 
+/// How many times a write without a resourceVersion precondition is tried when other
+/// writers keep winning the race for the object. Kubernetes' storage retries without bound;
+/// a bound turns a pathological livelock into a 409 rather than a hung request.
+pub const WRITE_ATTEMPTS: usize = 32;
+
+/// The pause after the `attempt`-th lost write race: none after the first, then a random
+/// 0..=attempt ms (at most 20 ms). Two writers that read, write and retry in the same rhythm
+/// can otherwise lose to each other in lockstep until the attempts run out.
+async fn lost_race_pause(attempt: usize) {
+    if attempt > 1 {
+        let ms = rand::thread_rng().gen_range(0..=attempt.min(20) as u64);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
 /// `?fieldValidation=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FieldValidation {
@@ -650,7 +665,7 @@ impl Registry {
         check: impl Fn(&Value) -> Result<(), StatusError>,
     ) -> Result<Written, StatusError> {
         xkube_api::patch::check_shape(patch, ty)?;
-        self.guaranteed_update(res, ns, name, subresource, opts, 8, |cur, rev| {
+        self.guaranteed_update(res, ns, name, subresource, opts, |cur, rev| {
             let mut patched = xkube_api::patch::apply(cur, patch, ty)?;
             check_patched(res, ns, name, cur, &mut patched, opts.field_validation)?;
             check(&patched)?;
@@ -662,9 +677,9 @@ impl Registry {
 
     /// Kubernetes' GuaranteedUpdate: reads the object, lets `change` build the new one from
     /// it and its revision, and updates conditionally on that revision. A write conflict
-    /// reads again, up to `attempts` reads in all, while `change` says the write may be
-    /// retried (the second of its pair; false when the new object pins a resourceVersion).
-    #[allow(clippy::too_many_arguments)]
+    /// reads again (up to [`WRITE_ATTEMPTS`], after a short random pause; see
+    /// [`lost_race_pause`]) while `change` says the write may be retried (the second of its
+    /// pair; false when the new object pins a resourceVersion).
     pub async fn guaranteed_update(
         &self,
         res: &ResourceInfo,
@@ -672,17 +687,18 @@ impl Registry {
         name: &str,
         subresource: Option<&str>,
         opts: &WriteOptions,
-        attempts: usize,
         mut change: impl FnMut(&Value, Revision) -> Result<(Value, bool), StatusError>,
     ) -> Result<Written, StatusError> {
-        for attempt in 1..=attempts {
+        for attempt in 1..=WRITE_ATTEMPTS {
             let (cur, rev) = self.get(res, ns, name).await?;
             let (next, retry) = change(&cur, rev)?;
             match self
                 .update(res, ns, name, next, subresource, opts, Some((cur, rev)))
                 .await
             {
-                Err(e) if e.reason == "Conflict" && retry && attempt < attempts => continue,
+                Err(e) if e.reason == "Conflict" && retry && attempt < WRITE_ATTEMPTS => {
+                    lost_race_pause(attempt).await
+                }
                 other => return other,
             }
         }
@@ -736,7 +752,6 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<(Value, bool), StatusError> {
-        const ATTEMPTS: usize = 16;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -744,10 +759,10 @@ impl Registry {
                 Err(e)
                     if e.reason == "Conflict"
                         && opts.resource_version.is_none()
-                        && attempt < ATTEMPTS
+                        && attempt < WRITE_ATTEMPTS
                         && e.message.contains("the object has been modified") =>
                 {
-                    continue;
+                    lost_race_pause(attempt).await
                 }
                 r => return r,
             }
