@@ -25,7 +25,6 @@ use crate::discovery;
 use crate::metrics::Metrics;
 use crate::plugins::{Admitted, QuotaLocks};
 use crate::registry::{DeleteOptions, FieldValidation, Registry, WriteOptions};
-use crate::watchcache::{CachedEvent, EventType, Message, Start};
 
 /// Largest accepted request body (Kubernetes' 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -1234,79 +1233,6 @@ async fn bind_pod(
 // ---------------------------------------------------------------------------------------------
 // Watch.
 
-fn event_line(ty: &str, object: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
-}
-
-struct Watcher {
-    res: &'static ResourceInfo,
-    prefix: String,
-    labels: LabelSelector,
-    fields: FieldSelector,
-    accept: Accept,
-    sent_columns: bool,
-}
-
-impl Watcher {
-    fn matches(&self, o: &Value) -> bool {
-        self.labels.matches_object(o) && self.fields.matches(o)
-    }
-
-    fn filter(&self, ev: &CachedEvent) -> Option<EventType> {
-        if !ev.key.starts_with(&self.prefix) {
-            return None;
-        }
-        if self.labels.is_empty() && self.fields.is_empty() {
-            return Some(ev.kind);
-        }
-        let new = self.matches(&ev.object);
-        match ev.kind {
-            EventType::Added | EventType::Deleted => new.then_some(ev.kind),
-            EventType::Modified => {
-                let old = ev.prev.as_deref().is_some_and(|p| self.matches(p));
-                match (old, new) {
-                    (true, true) => Some(EventType::Modified),
-                    (false, true) => Some(EventType::Added),
-                    (true, false) => Some(EventType::Deleted),
-                    (false, false) => None,
-                }
-            }
-        }
-    }
-
-    fn render(&mut self, ty: &str, obj: &Value) -> Bytes {
-        if self.accept.table {
-            let mut t = table::table(
-                self.res.plural,
-                std::slice::from_ref(obj),
-                meta::resource_version(obj),
-                jiff::Timestamp::now(),
-                self.accept.include,
-            );
-            if self.sent_columns {
-                t["columnDefinitions"] = json!([]);
-            }
-            self.sent_columns = true;
-            event_line(ty, &t)
-        } else {
-            event_line(ty, obj)
-        }
-    }
-
-    fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
-        let mut m = json!({"resourceVersion": rev.to_string()});
-        if initial_end {
-            m["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-        }
-        event_line(
-            "BOOKMARK",
-            &json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": m}),
-        )
-    }
-}
-
 fn watch_response(
     app: &Arc<App>,
     res: &'static ResourceInfo,
@@ -1339,89 +1265,17 @@ fn watch_response(
         .and_then(|t| t.parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(30 * 60));
-    let prefix = res.key_prefix(ns);
-    let mut w = Watcher {
-        res,
-        prefix: prefix.clone(),
+    let req = crate::watch::Request {
+        namespace: ns.map(str::to_string),
         labels,
         fields,
-        accept,
-        sent_columns: false,
+        from,
+        send_initial,
+        bookmarks,
+        timeout,
+        table: accept.table.then_some(accept.include),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    let shutdown = app.shutdown.clone();
-    let start = cache.start(&prefix, from);
-    tokio::spawn(async move {
-        let (initial, mut revision, mut live) = match start {
-            Start::TooOld { oldest } => {
-                let e = StatusError::expired(from.unwrap_or(0), oldest);
-                let _ = tx.send(event_line("ERROR", &e.to_value())).await;
-                return;
-            }
-            Start::NotReady => {
-                let e = StatusError::unavailable("the watch cache is not ready yet; try again");
-                let _ = tx.send(event_line("ERROR", &e.to_value())).await;
-                return;
-            }
-            Start::Ok {
-                initial,
-                revision,
-                live,
-            } => (initial, revision, live),
-        };
-        for ev in &initial {
-            if let Some(ty) = w.filter(ev) {
-                let line = w.render(ty.as_str(), &ev.object);
-                if tx.send(line).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if send_initial && bookmarks && tx.send(w.bookmark(revision, true)).await.is_err() {
-            return;
-        }
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        loop {
-            let msg = tokio::select! {
-                _ = &mut deadline => return,
-                _ = shutdown.cancelled() => return,
-                _ = tx.closed() => return,
-                m = live.recv() => m,
-            };
-            match msg {
-                Ok(Message::Event(ev)) => {
-                    if ev.revision <= revision {
-                        continue;
-                    }
-                    revision = ev.revision;
-                    if let Some(ty) = w.filter(&ev) {
-                        let line = w.render(ty.as_str(), &ev.object);
-                        if tx.send(line).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(Message::Progress(rev)) => {
-                    if bookmarks && rev >= revision {
-                        revision = rev;
-                        if tx.send(w.bookmark(rev, false)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Ok(Message::Reset) | Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    return;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "watcher fell behind; closing it");
-                    let e = StatusError::expired(revision, revision + 1);
-                    let _ = tx.send(event_line("ERROR", &e.to_value())).await;
-                    return;
-                }
-            }
-        }
-    });
+    let rx = crate::watch::serve(&cache, req, app.shutdown.clone());
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
     });

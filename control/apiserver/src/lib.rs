@@ -28,6 +28,7 @@ pub mod reviews;
 pub mod satoken;
 pub mod server;
 pub mod testing;
+pub mod watch;
 pub mod watchcache;
 
 pub use error::{Error, Result};
