@@ -1,4 +1,4 @@
-//! Watch fan-out inside the apiserver: one write of a Pod (3.7 KB of JSON) to the store,
+//! Watch fan-out inside the apiserver: one write of a Pod (4.3 KB of JSON) to the store,
 //! until each of 1,000 watchers served from the watch cache has its line of the stream (the
 //! work between the store's event and the HTTP connections: decoding once, filtering and
 //! encoding per watcher, queueing).

@@ -15,7 +15,7 @@ use xkube_store::Revision;
 
 use crate::auth::{Authorizer, Decision};
 use crate::error::{Error, Result};
-use crate::watchcache::WatchCache;
+use crate::watchcache::{CachedObject, WatchCache};
 
 /// The watch caches the authorizers read, by resource plural.
 pub type Caches = HashMap<&'static str, Arc<WatchCache>>;
@@ -400,7 +400,7 @@ impl NodeAuthorizer {
     }
 
     /// The pods of `namespace` bound to `node`.
-    fn pods_on(&self, node: &str, namespace: &str) -> Vec<Arc<Value>> {
+    fn pods_on(&self, node: &str, namespace: &str) -> Vec<Arc<CachedObject>> {
         let prefix = format!("/registry/pods/{namespace}/");
         self.pods
             .list(&prefix)

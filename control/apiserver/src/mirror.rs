@@ -214,7 +214,7 @@ pub async fn run(reg: Arc<Registry>, cancel: CancellationToken) {
             match msg {
                 Ok(Message::Event(ev)) => {
                     let o = &ev.object;
-                    let current = (ev.kind != EventType::Deleted).then_some(&**o);
+                    let current = (ev.kind != EventType::Deleted).then_some(o.value());
                     reconcile(&reg, slices, meta::namespace(o), meta::name(o), current).await;
                 }
                 Ok(Message::Progress(_)) => {}

@@ -189,7 +189,7 @@ impl Registry {
             .get(res.plural)
             .and_then(|c| if from_cache { c.list(&prefix) } else { None })
         {
-            Some((items, rev)) => (items.iter().map(|v| (**v).clone()).collect(), rev),
+            Some((items, rev)) => (items.iter().map(|v| v.value().clone()).collect(), rev),
             None => {
                 let (kvs, rev) = self
                     .store

@@ -92,11 +92,11 @@ impl Watcher {
 
     fn render(&mut self, ty: EventType, ev: &CachedEvent) -> Bytes {
         let Some(include) = self.table else {
-            return event_line(ty.as_str(), &ev.object);
+            return ev.json_line(ty);
         };
         let mut t = table::table(
             self.res.plural,
-            std::slice::from_ref(&*ev.object),
+            std::slice::from_ref(ev.object.value()),
             meta::resource_version(&ev.object),
             jiff::Timestamp::now(),
             include,

@@ -3,9 +3,11 @@
 //! cost no store reads.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -35,8 +37,46 @@ impl EventType {
     }
 }
 
+/// An object as the cache holds it: decoded, and encoded as JSON at most once, on first use,
+/// for every watcher that writes it (Kubernetes' cacher shares one serialization per event
+/// the same way). It derefs to the [`Value`].
+#[derive(Debug)]
+pub struct CachedObject {
+    value: Value,
+    json: OnceLock<Bytes>,
+}
+
+impl CachedObject {
+    /// Wraps a decoded object.
+    pub fn new(value: Value) -> Self {
+        CachedObject {
+            value,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The object.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The object as JSON (encoded by the first caller).
+    pub fn json(&self) -> &Bytes {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.value).unwrap_or_default().into())
+    }
+}
+
+impl Deref for CachedObject {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
 /// A decoded change to one object.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CachedEvent {
     /// Type.
     pub kind: EventType,
@@ -45,9 +85,49 @@ pub struct CachedEvent {
     /// Revision of the change.
     pub revision: Revision,
     /// The object after the change (for deletes: the last state, at the deletion revision).
-    pub object: Arc<Value>,
+    pub object: Arc<CachedObject>,
     /// The object before the change, if any.
-    pub prev: Option<Arc<Value>>,
+    pub prev: Option<Arc<CachedObject>>,
+    /// The event's line of a JSON watch stream per type a watcher may see it as (a selector
+    /// turns a MODIFIED into an ADDED or DELETED), built on first use and shared.
+    lines: [OnceLock<Bytes>; 3],
+}
+
+impl CachedEvent {
+    /// An event; its lines are built when first asked for.
+    pub fn new(
+        kind: EventType,
+        key: String,
+        revision: Revision,
+        object: Arc<CachedObject>,
+        prev: Option<Arc<CachedObject>>,
+    ) -> Self {
+        CachedEvent {
+            kind,
+            key,
+            revision,
+            object,
+            prev,
+            lines: Default::default(),
+        }
+    }
+
+    /// `{"type":<ty>,"object":<the object>}` and a newline: one line of a JSON watch stream,
+    /// encoded once per event and type however many watchers write it.
+    pub fn json_line(&self, ty: EventType) -> Bytes {
+        self.lines[ty as usize]
+            .get_or_init(|| {
+                let object = self.object.json();
+                let mut b = BytesMut::with_capacity(object.len() + 32);
+                b.put_slice(b"{\"type\":\"");
+                b.put_slice(ty.as_str().as_bytes());
+                b.put_slice(b"\",\"object\":");
+                b.put_slice(object);
+                b.put_slice(b"}\n");
+                b.freeze()
+            })
+            .clone()
+    }
 }
 
 /// What the cache broadcasts to live watchers.
@@ -63,7 +143,7 @@ pub enum Message {
 
 #[derive(Default)]
 struct State {
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Arc<CachedObject>>,
     history: VecDeque<Arc<CachedEvent>>,
     /// Events with revision > `oldest` are in `history`.
     oldest: Revision,
@@ -162,7 +242,8 @@ impl WatchCache {
                 st.objects = items
                     .iter()
                     .filter_map(|kv| {
-                        decode(kv, kv.mod_revision).map(|v| (kv.key.clone(), Arc::new(v)))
+                        decode(kv, kv.mod_revision)
+                            .map(|v| (kv.key.clone(), Arc::new(CachedObject::new(v))))
                     })
                     .collect();
                 st.history.clear();
@@ -213,12 +294,12 @@ impl WatchCache {
             .prev
             .as_ref()
             .and_then(|p| decode(p, p.mod_revision))
-            .map(Arc::new);
+            .map(|p| Arc::new(CachedObject::new(p)));
         let Some(obj) = decode(&ev.kv, revision) else {
             tracing::warn!(key = ev.kv.key, "undecodable object in store");
             return;
         };
-        let obj = Arc::new(obj);
+        let obj = Arc::new(CachedObject::new(obj));
         let mut st = self.write();
         let kind = match ev.kind {
             EventKind::Delete => {
@@ -234,13 +315,7 @@ impl WatchCache {
                 }
             }
         };
-        let ce = Arc::new(CachedEvent {
-            kind,
-            key: ev.kv.key,
-            revision,
-            object: obj,
-            prev,
-        });
+        let ce = Arc::new(CachedEvent::new(kind, ev.kv.key, revision, obj, prev));
         st.history.push_back(ce.clone());
         while st.history.len() > self.capacity {
             if let Some(old) = st.history.pop_front() {
@@ -263,7 +338,7 @@ impl WatchCache {
     }
 
     /// The current object at `key`, if the cache is ready and holds it.
-    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+    pub fn get(&self, key: &str) -> Option<Arc<CachedObject>> {
         let st = self.read();
         if !st.ready {
             return None;
@@ -272,7 +347,7 @@ impl WatchCache {
     }
 
     /// The current objects under `prefix` and the cache revision.
-    pub fn list(&self, prefix: &str) -> Option<(Vec<Arc<Value>>, Revision)> {
+    pub fn list(&self, prefix: &str) -> Option<(Vec<Arc<CachedObject>>, Revision)> {
         let st = self.read();
         if !st.ready {
             return None;
@@ -300,13 +375,13 @@ impl WatchCache {
                     .range(prefix.to_string()..)
                     .take_while(|(k, _)| k.starts_with(prefix))
                     .map(|(k, v)| {
-                        Arc::new(CachedEvent {
-                            kind: EventType::Added,
-                            key: k.clone(),
-                            revision: xkube_api::meta::resource_version(v).parse().unwrap_or(0),
-                            object: v.clone(),
-                            prev: None,
-                        })
+                        Arc::new(CachedEvent::new(
+                            EventType::Added,
+                            k.clone(),
+                            xkube_api::meta::resource_version(v).parse().unwrap_or(0),
+                            v.clone(),
+                            None,
+                        ))
                     })
                     .collect();
                 Start::Ok {
@@ -337,5 +412,38 @@ impl WatchCache {
         while self.read().revision < revision && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_event_line_is_encoded_once_and_shared() {
+        let pod =
+            json!({"kind": "Pod", "metadata": {"name": "p", "labels": {"a": "\"quoted\"\n"}}});
+        let ev = CachedEvent::new(
+            EventType::Modified,
+            "/registry/pods/default/p".into(),
+            7,
+            Arc::new(CachedObject::new(pod.clone())),
+            None,
+        );
+        let (first, second) = (
+            ev.json_line(EventType::Modified),
+            ev.json_line(EventType::Modified),
+        );
+        // The same bytes, not an equal copy: every watcher writes one buffer.
+        assert_eq!(first.as_ptr(), second.as_ptr());
+        assert!(first.ends_with(b"}\n") && !first[..first.len() - 1].contains(&b'\n'));
+        let line: Value = serde_json::from_slice(&first).expect("one JSON object");
+        assert_eq!(line, json!({"type": "MODIFIED", "object": pod}));
+        // A watcher whose selector turns the change into a deletion gets its own line.
+        let deleted: Value =
+            serde_json::from_slice(&ev.json_line(EventType::Deleted)).expect("json");
+        assert_eq!(deleted["type"], "DELETED");
+        assert_eq!(deleted["object"], pod);
     }
 }
