@@ -178,7 +178,7 @@ fn seed_scenarios(runtime: &str) {
             runtime,
             // A4's node loss within seconds rather than minutes.
             "--node-status-update-frequency",
-            "1",
+            "1s",
             "--node-monitor-grace-period",
             "6s",
             "--pod-eviction-timeout",

@@ -8,12 +8,15 @@
 //! decoding of request bodies.
 
 pub mod defaults;
+pub mod duration;
 pub mod error;
 pub mod limitrange;
 pub mod meta;
+pub mod names;
 pub mod patch;
 pub mod placement;
 pub mod protobuf;
+pub mod qos;
 pub mod quantity;
 pub mod quota;
 pub mod rbac;

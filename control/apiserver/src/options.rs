@@ -166,7 +166,7 @@ pub struct Options {
     pub admission_control: Vec<String>,
 
     /// How long events are kept (`1h0m0s`, `30m`, `90s`).
-    #[arg(long, env = "XKUBE_EVENT_TTL", default_value = "1h0m0s", value_parser = parse_duration)]
+    #[arg(long, env = "XKUBE_EVENT_TTL", default_value = "1h0m0s", value_parser = xkube_api::duration::parse)]
     pub event_ttl: std::time::Duration,
 
     /// Events kept per resource in the watch cache (older resourceVersions get 410).
@@ -243,38 +243,6 @@ impl Default for Options {
             kubelet_certificate_authority: None,
         }
     }
-}
-
-/// Parses Go-style durations made of `h`, `m`, `s` and `ms` parts (`1h0m0s`, `90s`).
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    let mut chars = s.trim().chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        num.clear();
-        let ms = match c {
-            'h' => n * 3_600_000,
-            'm' if chars.peek() == Some(&'s') => {
-                chars.next();
-                n
-            }
-            'm' => n * 60_000,
-            's' => n * 1000,
-            _ => return Err(format!("invalid duration {s:?}: unknown unit {c:?}")),
-        };
-        total += ms;
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return Err(format!("invalid duration {s:?}: missing unit"));
-    }
-    Ok(std::time::Duration::from_millis(total))
 }
 
 impl Options {

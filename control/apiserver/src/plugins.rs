@@ -342,7 +342,7 @@ pub fn mount_token(pod: &mut Value, token: &str) {
         .map(str::to_string);
     let volume_name = existing.clone().unwrap_or_else(|| {
         if volumes.iter().any(|v| v["name"] == token) {
-            format!("{token}-{}", crate::registry::random_suffix())
+            xkube_api::names::generate(&format!("{token}-"))
         } else {
             token.to_string()
         }

@@ -85,15 +85,6 @@ pub fn store_error(res: &ResourceInfo, name: &str, e: xkube_store::Error) -> Sta
     }
 }
 
-/// Five random characters of Kubernetes' name-generation alphabet (no vowels, no confusables).
-pub(crate) fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::thread_rng();
-    (0..5)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
 fn now() -> String {
     meta::format_time(jiff::Timestamp::now())
 }
@@ -106,32 +97,6 @@ fn spec_part(v: &Value) -> Value {
         m.remove("status");
     }
     s
-}
-
-fn qos_class(pod: &Value) -> &'static str {
-    let containers = pod["spec"]["containers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let has = |c: &Value, k: &str| c["resources"][k].as_object().is_some_and(|m| !m.is_empty());
-    if containers
-        .iter()
-        .all(|c| !has(c, "requests") && !has(c, "limits"))
-    {
-        return "BestEffort";
-    }
-    let guaranteed = containers.iter().all(|c| {
-        let l = &c["resources"]["limits"];
-        let r = &c["resources"]["requests"];
-        ["cpu", "memory"]
-            .iter()
-            .all(|k| !l[k].is_null() && (r[k].is_null() || r[k] == l[k]))
-    });
-    if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
 }
 
 /// The registry: the only code that writes API objects to the store.
@@ -254,7 +219,7 @@ impl Registry {
                 .as_str()
                 .filter(|g| !g.is_empty())
         {
-            let name = format!("{g}{}", random_suffix());
+            let name = xkube_api::names::generate(g);
             meta::set(obj, "name", json!(name));
         }
     }
@@ -290,7 +255,10 @@ impl Registry {
         }
         match res.plural {
             "pods" => {
-                let qos = qos_class(&obj);
+                // Validation decoded the spec already; a spec that does not decode cannot get here.
+                let qos = serde::Deserialize::deserialize(&obj["spec"])
+                    .map(|spec| xkube_api::qos::class(&spec))
+                    .unwrap_or("BestEffort");
                 let status = obj
                     .as_object_mut()
                     .map(|m| m.entry("status").or_insert_with(|| json!({})));

@@ -31,55 +31,17 @@ pub struct RollingArgs {
     #[arg(long)]
     container: Option<String>,
     /// Time to wait between updating pods.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, default_value = "1m", value_parser = xkube_api::duration::parse)]
     update_period: Duration,
     /// Time delay between polling for replication controller status.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = xkube_api::duration::parse)]
     poll_interval: Duration,
     /// Max time to wait for a replication controller to update before giving up.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = xkube_api::duration::parse)]
     timeout: Duration,
     /// Only print what would happen.
     #[arg(long)]
     dry_run: bool,
-}
-
-/// Parses Go-style durations (`10s`, `1m30s`, `500ms`, `2h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            chars.next();
-            unit = "ms".into();
-        }
-        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        num.clear();
-        let secs = match unit.as_str() {
-            "h" => n * 3600.0,
-            "m" => n * 60.0,
-            "s" => n,
-            "ms" => n / 1000.0,
-            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
-        };
-        total += Duration::from_secs_f64(secs);
-    }
-    if !num.is_empty() {
-        if num == "0" {
-            return Ok(total);
-        }
-        return Err(format!("missing unit in duration {s:?}"));
-    }
-    Ok(total)
 }
 
 fn replicas(rc: &Value) -> i64 {
@@ -423,19 +385,4 @@ pub async fn run(g: &Global, a: RollingArgs) -> anyhow::Result<()> {
         .await;
     println!("replicationcontroller \"{old_name}\" rolling updated to \"{new_name}\"");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_go_durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("3x").is_err());
-    }
 }

@@ -119,9 +119,9 @@ pub struct UpOptions {
     /// How long pods stay on an Unknown node before they are evicted.
     #[arg(long, default_value = "5m")]
     pub pod_eviction_timeout: String,
-    /// The nodes' heartbeat period, seconds.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub node_status_update_frequency: u64,
+    /// The nodes' heartbeat period (a duration, as the kubelet's flag).
+    #[arg(long, default_value = "10s", value_parser = xkube_api::duration::parse)]
+    pub node_status_update_frequency: Duration,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -457,8 +457,10 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
         })
         .arg("--cgroup-root")
         .arg(&node.cgroup);
-        cmd.arg("--node-status-update-frequency")
-            .arg(opts.node_status_update_frequency.to_string());
+        cmd.arg("--node-status-update-frequency").arg(format!(
+            "{}ms",
+            opts.node_status_update_frequency.as_millis()
+        ));
         if !opts.kubelet_only {
             cmd.arg("--proxy-kubeconfig")
                 .arg(&certs[i].proxy_kubeconfig)

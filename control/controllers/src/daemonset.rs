@@ -54,20 +54,12 @@ use crate::recorder::{EventRecorder, WARNING, object_ref};
 /// Label with the hash of the template a pod was made from.
 pub const TEMPLATE_HASH_LABEL: &str = "controller-revision-hash";
 
-const HASH_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+use xkube_api::names::ALPHABET as HASH_CHARS;
 
-/// `<ds>-<5 random lowercase alphanumerics>`, the prefix cut to 58 characters like
-/// Kubernetes' `generateName`.
+/// `<ds>-<5 random characters>`, the prefix cut to 58 characters like Kubernetes'
+/// `generateName`.
 pub fn pod_name(ds: &str) -> String {
-    let mut base = format!("{ds}-");
-    if base.len() > 58 {
-        let mut cut = 58;
-        while !base.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        base.truncate(cut);
-    }
-    format!("{base}{}", podutil::random_suffix())
+    xkube_api::names::generate(&format!("{ds}-"))
 }
 
 /// The pod selector of a DaemonSet; `None` when it is empty or invalid (it selects nothing).

@@ -56,45 +56,6 @@ pub use error::{Error, Result};
 use crate::informer::reflect;
 use crate::recorder::EventRecorder;
 
-/// Parses a Go-style duration (`40s`, `5m`, `1m30s`, `500ms`, `1h`); a bare number is seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<f64>() {
-        if n < 0.0 || !n.is_finite() {
-            return Err(format!("invalid duration {s:?}"));
-        }
-        return Ok(Duration::from_secs_f64(n));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
-        let (num, tail) = rest.split_at(num_end);
-        let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let secs = match unit {
-            "ns" => n / 1e9,
-            "us" | "µs" => n / 1e6,
-            "ms" => n / 1e3,
-            "s" => n,
-            "m" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
-        };
-        total += Duration::from_secs_f64(secs);
-        rest = tail;
-    }
-    Ok(total)
-}
-
 /// Every controller this crate runs, by its `--controllers` name.
 pub const CONTROLLERS: &[&str] = &[
     "replication",
@@ -132,22 +93,22 @@ pub struct Options {
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
     /// How often node health is checked.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = xkube_api::duration::parse)]
     pub node_monitor_period: Duration,
     /// How long a node may go without posting status before it is Unknown.
-    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    #[arg(long, default_value = "40s", value_parser = xkube_api::duration::parse)]
     pub node_monitor_grace_period: Duration,
     /// How long a node stays unhealthy before its pods are evicted.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = xkube_api::duration::parse)]
     pub pod_eviction_timeout: Duration,
     /// Terminated pods kept before the oldest are deleted (0 disables).
     #[arg(long, default_value_t = 12500)]
     pub terminated_pod_gc_threshold: usize,
     /// How often pod garbage collection runs.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = xkube_api::duration::parse)]
     pub pod_gc_period: Duration,
     /// How often every quota's usage is recomputed in full.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = xkube_api::duration::parse)]
     pub resource_quota_sync_period: Duration,
     /// Concurrent ReplicationController syncs.
     #[arg(long, default_value_t = 5)]
@@ -402,14 +363,14 @@ mod tests {
     }
 
     #[test]
-    fn parses_go_durations() {
-        assert_eq!(parse_duration("40s"), Ok(Duration::from_secs(40)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("").is_err());
+    fn duration_flags_take_kubernetes_grammar() {
+        let cli = Cli::parse_from(["cm", "--node-monitor-grace-period", "1m30s"]);
+        assert_eq!(cli.opts.node_monitor_grace_period, Duration::from_secs(90));
+        // As kube-controller-manager: a number without a unit is refused, not seconds.
+        let Err(e) = Cli::try_parse_from(["cm", "--pod-eviction-timeout", "2"]) else {
+            panic!("a duration without a unit was taken");
+        };
+        assert!(e.to_string().contains("missing unit in duration"), "{e}");
     }
 
     #[test]

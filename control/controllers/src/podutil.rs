@@ -4,9 +4,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use rand::Rng;
-
-const NAME_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// Whether the pod is being deleted.
 pub fn is_terminating(pod: &Pod) -> bool {
@@ -67,14 +64,6 @@ pub fn is_available(pod: &Pod, min_ready: i64, now: jiff::Timestamp) -> bool {
     is_ready(pod)
         && (min_ready <= 0
             || ready_since(pod).is_some_and(|t| now.as_second() - t.as_second() >= min_ready))
-}
-
-/// Five random lowercase alphanumerics, the suffix of generated names (`<owner>-<suffix>`).
-pub fn random_suffix() -> String {
-    let mut rng = rand::thread_rng();
-    (0..5)
-        .map(|_| NAME_CHARS[rng.gen_range(0..NAME_CHARS.len())] as char)
-        .collect()
 }
 
 /// The labels of an object (empty when none).

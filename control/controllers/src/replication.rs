@@ -19,9 +19,9 @@ use crate::podutil::{self, controller_of, is_active, selector_matches};
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 use crate::recorder::EventRecorder;
 
-/// `<rc>-<5 random lowercase alphanumerics>`.
+/// `<rc>-<5 random characters>`, as Kubernetes' `generateName`.
 pub fn pod_name(rc: &str) -> String {
-    format!("{rc}-{}", podutil::random_suffix())
+    xkube_api::names::generate(&format!("{rc}-"))
 }
 
 /// The selector of an RC: `spec.selector`, defaulting to the template's labels.
@@ -313,14 +313,14 @@ mod tests {
     }
 
     #[test]
-    fn names_are_rc_dash_five_lowercase_alphanumerics() {
+    fn names_are_rc_dash_five_characters_of_kubernetes_alphabet() {
         let n = pod_name("frontend");
         let suffix = n.strip_prefix("frontend-").expect("prefix");
         assert_eq!(suffix.len(), 5);
         assert!(
             suffix
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+                .bytes()
+                .all(|c| xkube_api::names::ALPHABET.contains(&c)),
             "{n}"
         );
     }

@@ -253,7 +253,7 @@ impl Reconciler for TokenController {
         let secret_name = match tokens_named(name).into_iter().find(|s| is_token_of(s, &sa)) {
             Some(existing) => existing.name().to_string(),
             None => {
-                let secret_name = format!("{}-token-{}", name, crate::podutil::random_suffix());
+                let secret_name = xkube_api::names::generate(&format!("{name}-token-"));
                 let claims = ServiceAccountClaims::new(ns, name, sa.uid(), &secret_name);
                 let token = self.signer.sign(&claims)?;
                 let mut data = BTreeMap::new();

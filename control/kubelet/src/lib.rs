@@ -90,9 +90,9 @@ pub struct Options {
     /// Parent cgroup (relative to the cgroup v2 mount) of the pod cgroups; empty: none.
     #[arg(long, env = "XKUBE_CGROUP_ROOT", default_value = "xkube")]
     pub cgroup_root: String,
-    /// Node status heartbeat period, seconds.
-    #[arg(long, env = "XKUBE_NODE_STATUS_UPDATE_FREQUENCY", default_value_t = 10)]
-    pub node_status_update_frequency: u64,
+    /// Node status heartbeat period (a duration: `10s`, `1m`).
+    #[arg(long, env = "XKUBE_NODE_STATUS_UPDATE_FREQUENCY", default_value = "10s", value_parser = xkube_api::duration::parse)]
+    pub node_status_update_frequency: Duration,
     /// Network namespace holding the node's network (default: the kubelet's own). Lets a test
     /// or `xkube cluster` run a kubelet in-process for a node in a namespace.
     #[arg(long, env = "XKUBE_NODE_NETNS")]
@@ -182,7 +182,7 @@ impl Options {
             port: 10250,
             pause_command: Vec::new(),
             cgroup_root: "xkube".into(),
-            node_status_update_frequency: 10,
+            node_status_update_frequency: Duration::from_secs(10),
             node_netns: None,
             backoff_initial_seconds: 10,
             docker_endpoint: "unix:///var/run/docker.sock".into(),
@@ -481,7 +481,9 @@ impl Kubelet {
             let client = client.clone();
             let name = node_name.clone();
             let token = shutdown.clone();
-            let period = Duration::from_secs(opts.node_status_update_frequency.max(1));
+            let period = opts
+                .node_status_update_frequency
+                .max(Duration::from_millis(100));
             let statuses: Vec<serde_json::Value> = Vec::new();
             drop(statuses);
             let machine = machine.clone();
@@ -666,7 +668,7 @@ mod tests {
         assert_eq!(c.opts.cluster_cidr, "10.244.0.0/16");
         assert_eq!(c.opts.node_labels, ["a=b", "c=d"]);
         assert_eq!(c.opts.max_pods, 50);
-        assert_eq!(c.opts.node_status_update_frequency, 10);
+        assert_eq!(c.opts.node_status_update_frequency, Duration::from_secs(10));
         // Locked down by default: no anonymous access, webhook authn/authz, no read-only port.
         assert!(!c.opts.anonymous_auth);
         assert!(c.opts.authentication_token_webhook);

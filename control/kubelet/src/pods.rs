@@ -346,32 +346,6 @@ pub fn container_resources(c: &Container) -> crate::runtime::Resources {
     }
 }
 
-/// `status.qosClass`.
-pub fn qos_class(containers: &[Container]) -> &'static str {
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in containers {
-        let r = c.resources.as_ref();
-        let lim = r.and_then(|r| r.limits.as_ref());
-        let req = r.and_then(|r| r.requests.as_ref());
-        any |= lim.is_some_and(|l| !l.is_empty()) || req.is_some_and(|q| !q.is_empty());
-        for k in ["cpu", "memory"] {
-            let l = lim.and_then(|l| l.get(k));
-            let q = req.and_then(|q| q.get(k)).or(l);
-            if l.is_none() || l != q {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 struct Worker {
     ctx: Arc<Ctx>,
     uid: String,
@@ -1462,7 +1436,7 @@ impl Worker {
             "hostIP": self.ctx.node_ip.to_string(),
             "hostIPs": [{"ip": self.ctx.node_ip.to_string()}],
             "containerStatuses": statuses,
-            "qosClass": qos_class(&specs),
+            "qosClass": self.pod.spec.as_ref().map_or("BestEffort", xkube_api::qos::class),
         });
         if let Some(ip) = self.ip.filter(|_| self.sandbox.is_some() || finished) {
             st["podIP"] = json!(ip.to_string());
@@ -1579,23 +1553,6 @@ mod tests {
             {"name": "b"},
         ]));
         assert_eq!(pod_limits(&one), (None, None));
-    }
-
-    #[test]
-    fn qos_classes() {
-        assert_eq!(qos_class(&containers(json!([{"name": "a"}]))), "BestEffort");
-        assert_eq!(
-            qos_class(&containers(
-                json!([{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}])
-            )),
-            "Guaranteed"
-        );
-        assert_eq!(
-            qos_class(&containers(
-                json!([{"name": "a", "resources": {"requests": {"cpu": "1"}}}])
-            )),
-            "Burstable"
-        );
     }
 
     #[test]

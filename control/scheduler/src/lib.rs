@@ -79,7 +79,7 @@ pub struct Options {
     #[arg(long, default_value_t = 16)]
     pub bind_concurrency: usize,
     /// How often unschedulable pods are retried even when nothing changed.
-    #[arg(long, default_value = "30s", value_parser = xkube_controllers::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = xkube_api::duration::parse)]
     pub unschedulable_retry_period: Duration,
 }
 

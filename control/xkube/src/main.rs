@@ -244,10 +244,9 @@ async fn server(
     cm.data_dir = data_dir.clone();
     cm.root_ca_file = Some(data_dir.join("pki/ca.crt"));
     cm.node_monitor_grace_period =
-        xkube_controllers::parse_duration(&args.node_monitor_grace_period)
-            .map_err(anyhow::Error::msg)?;
-    cm.pod_eviction_timeout = xkube_controllers::parse_duration(&args.pod_eviction_timeout)
-        .map_err(anyhow::Error::msg)?;
+        xkube_api::duration::parse(&args.node_monitor_grace_period).map_err(anyhow::Error::msg)?;
+    cm.pod_eviction_timeout =
+        xkube_api::duration::parse(&args.pod_eviction_timeout).map_err(anyhow::Error::msg)?;
     let mut sched: xkube_scheduler::Options = defaults()?;
     sched.kubeconfig = Some(sched_kubeconfig.clone());
     let cm_client = xkube_controllers::build_client(Some(&cm_kubeconfig), None)?;

@@ -141,7 +141,7 @@ impl Cluster {
             opts.pause_command = vec!["sleep".into(), "infinity".into()];
             opts.cgroup_root = cgroup_rel;
             opts.backoff_initial_seconds = 1;
-            opts.node_status_update_frequency = 2;
+            opts.node_status_update_frequency = Duration::from_secs(2);
             let serving = c
                 .pki
                 .ca()
