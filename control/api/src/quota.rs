@@ -208,6 +208,32 @@ pub fn pod_constraints(hard: &BTreeMap<String, Quantity>, pod: &Value) -> Result
     Err(format!("must specify {}", parts.join("; ")))
 }
 
+/// What `objects` use of quota `quota` (with limits `hard`): for every resource of `hard`
+/// (zero included), the sum of what each object the quota applies to charges. The quota
+/// controller's `status.used` and the admission's live usage are both this.
+pub fn used<'a>(
+    quota: &Value,
+    hard: &BTreeMap<String, Quantity>,
+    objects: impl IntoIterator<Item = (&'a ResourceInfo, &'a Value)>,
+    now: i64,
+) -> Usage {
+    let mut used: Usage = hard
+        .keys()
+        .map(|k| (k.clone(), Quantity::default()))
+        .collect();
+    for (res, obj) in objects {
+        if !applies(quota, res, obj) {
+            continue;
+        }
+        for (k, q) in usage(res, obj, now) {
+            if let Some(u) = used.get_mut(&k) {
+                *u = *u + q;
+            }
+        }
+    }
+    used
+}
+
 fn pretty(u: &Usage) -> String {
     u.iter()
         .map(|(k, v)| format!("{k}={v}"))

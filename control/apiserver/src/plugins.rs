@@ -7,7 +7,7 @@
 //! counts the namespace's live objects while holding a per-namespace lock that the caller
 //! keeps until the object is written ([`Admitted`]), so concurrent creates cannot overshoot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -500,29 +500,14 @@ async fn check_quota(
         )
         .await?;
     let now = now_seconds();
-    let usages: Vec<(Value, Usage)> = live
+    let others: Vec<Value> = live
         .into_iter()
         .filter(|o| meta::name(o) != meta::name(obj) || meta::name(obj).is_empty())
-        .map(|o| {
-            let u = quota::usage(res, &o, now);
-            (o, u)
-        })
         .collect();
     let mut charges = Vec::new();
     for q in &quotas {
         let hard = quota::hard(q);
-        let mut used: Usage = BTreeMap::new();
-        for (o, u) in &usages {
-            if !quota::applies(q, res, o) {
-                continue;
-            }
-            for (k, v) in u {
-                if hard.contains_key(k) {
-                    let e = used.entry(k.clone()).or_default();
-                    *e = *e + *v;
-                }
-            }
-        }
+        let used = quota::used(q, &hard, others.iter().map(|o| (res, o)), now);
         match quota::check(meta::name(q), &hard, &used, &requested) {
             Ok(next) => charges.push((meta::name(q).to_string(), next)),
             Err(m) => return Err(forbidden(&m)),

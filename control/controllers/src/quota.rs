@@ -3,85 +3,36 @@
 //! cpu/memory requests and limits of the namespace's active pods.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Pod, ReplicationController, ResourceQuota, ResourceQuotaStatus, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use serde_json::json;
+use serde::Serialize;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use xkube_api::ResourceInfo;
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
 use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
-use crate::podutil;
-use crate::quantity::{format_bytes, format_cpu, pod_resources};
 use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 
-/// Counts in one namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Active (not finished) pods.
-    pub pods: i64,
-    /// Services.
-    pub services: i64,
-    /// NodePort and LoadBalancer services.
-    pub services_nodeports: i64,
-    /// LoadBalancer services.
-    pub services_loadbalancers: i64,
-    /// ReplicationControllers.
-    pub replicationcontrollers: i64,
-    /// Secrets.
-    pub secrets: i64,
-    /// ConfigMaps.
-    pub configmaps: i64,
-    /// Sum of cpu requests of active pods, millicores.
-    pub requests_cpu: i64,
-    /// Sum of memory requests of active pods, bytes.
-    pub requests_memory: i64,
-    /// Sum of cpu limits, millicores.
-    pub limits_cpu: i64,
-    /// Sum of memory limits, bytes.
-    pub limits_memory: i64,
-}
-
-/// Adds up the pods of a namespace (pure).
-pub fn pod_usage(pods: &[Arc<Pod>], u: &mut Usage) {
-    for p in pods.iter().filter(|p| !podutil::is_terminal(p)) {
-        u.pods += 1;
-        let r = pod_resources(p);
-        u.requests_cpu += r.cpu_request;
-        u.requests_memory += r.memory_request;
-        u.limits_cpu += r.cpu_limit;
-        u.limits_memory += r.memory_limit;
-    }
-}
-
-/// `status.used` for the resources named in `hard` (pure).
-pub fn used_for(hard: &BTreeMap<String, Quantity>, u: &Usage) -> BTreeMap<String, Quantity> {
-    let mut out = BTreeMap::new();
-    for k in hard.keys() {
-        let v = match k.as_str() {
-            "pods" | "count/pods" => u.pods.to_string(),
-            "services" | "count/services" => u.services.to_string(),
-            "services.nodeports" => u.services_nodeports.to_string(),
-            "services.loadbalancers" => u.services_loadbalancers.to_string(),
-            "replicationcontrollers" | "count/replicationcontrollers" => {
-                u.replicationcontrollers.to_string()
-            }
-            "secrets" | "count/secrets" => u.secrets.to_string(),
-            "configmaps" | "count/configmaps" => u.configmaps.to_string(),
-            "cpu" | "requests.cpu" => format_cpu(u.requests_cpu),
-            "memory" | "requests.memory" => format_bytes(u.requests_memory),
-            "limits.cpu" => format_cpu(u.limits_cpu),
-            "limits.memory" => format_bytes(u.limits_memory),
-            _ => continue,
-        };
-        out.insert(k.clone(), Quantity(v));
-    }
-    out
+/// `status.used` of `quota` over a namespace's objects (pure): for every resource of
+/// `spec.hard`, what the objects the quota applies to (its scopes) charge, counted as the
+/// admission counts them (`xkube_api::quota`), in Kubernetes' formats.
+pub fn used<'a>(
+    quota: &ResourceQuota,
+    objects: impl IntoIterator<Item = (&'a ResourceInfo, &'a Value)>,
+    now: i64,
+) -> BTreeMap<String, Quantity> {
+    let quota = serde_json::to_value(quota).unwrap_or_default();
+    let hard = xkube_api::quota::hard(&quota);
+    xkube_api::quota::used(&quota, &hard, objects, now)
+        .into_iter()
+        .map(|(k, q)| (k, Quantity(q.to_string())))
+        .collect()
 }
 
 /// Caches the quota controller reads.
@@ -160,25 +111,34 @@ impl QuotaController {
         run_reconciler("resourcequota", self.queue.clone(), workers, shutdown, self).await;
     }
 
-    /// The usage of a namespace from the caches.
-    pub fn usage(&self, ns: &str) -> Usage {
-        let mut u = Usage::default();
-        pod_usage(&self.c.pods.filter(|p| p.namespace() == ns), &mut u);
-        for s in self.c.services.filter(|s| s.namespace() == ns) {
-            u.services += 1;
-            match s.spec.as_ref().and_then(|s| s.type_.as_deref()) {
-                Some("NodePort") => u.services_nodeports += 1,
-                Some("LoadBalancer") => {
-                    u.services_nodeports += 1;
-                    u.services_loadbalancers += 1;
-                }
-                _ => {}
-            }
+    /// `status.used` of `rq` from the caches.
+    pub fn used(&self, rq: &ResourceQuota) -> BTreeMap<String, Quantity> {
+        let ns = rq.namespace();
+        let mut objects: Vec<(&'static ResourceInfo, Value)> = Vec::new();
+        collect(&self.c.pods, "pods", ns, &mut objects);
+        collect(&self.c.services, "services", ns, &mut objects);
+        collect(&self.c.rcs, "replicationcontrollers", ns, &mut objects);
+        collect(&self.c.secrets, "secrets", ns, &mut objects);
+        collect(&self.c.configmaps, "configmaps", ns, &mut objects);
+        let now = jiff::Timestamp::now().as_second();
+        used(rq, objects.iter().map(|(r, o)| (*r, o)), now)
+    }
+}
+
+/// The objects of `store` in namespace `ns`, as the JSON the quota functions read.
+fn collect<K: Object + Serialize>(
+    store: &Store<K>,
+    plural: &str,
+    ns: &str,
+    out: &mut Vec<(&'static ResourceInfo, Value)>,
+) {
+    let Some(res) = xkube_api::resources::find("", "v1", plural) else {
+        return;
+    };
+    for o in store.filter(|o| o.namespace() == ns) {
+        if let Ok(v) = serde_json::to_value(&*o) {
+            out.push((res, v));
         }
-        u.replicationcontrollers = self.c.rcs.filter(|r| r.namespace() == ns).len() as i64;
-        u.secrets = self.c.secrets.filter(|r| r.namespace() == ns).len() as i64;
-        u.configmaps = self.c.configmaps.filter(|r| r.namespace() == ns).len() as i64;
-        u
     }
 }
 
@@ -195,7 +155,7 @@ impl Reconciler for QuotaController {
             .as_ref()
             .and_then(|s| s.hard.clone())
             .unwrap_or_default();
-        let used = used_for(&hard, &self.usage(ns));
+        let used = self.used(&rq);
         let want = ResourceQuotaStatus {
             hard: Some(hard.clone()),
             used: Some(used.clone()),
@@ -217,36 +177,86 @@ impl Reconciler for QuotaController {
 mod tests {
     use super::*;
 
+    fn res(plural: &str) -> &'static ResourceInfo {
+        xkube_api::resources::find("", "v1", plural).expect("resource")
+    }
+
     #[test]
     fn used_lists_only_the_hard_resources_in_kubernetes_formats() {
-        let pods: Vec<Arc<Pod>> = vec![
-            Arc::new(serde_json::from_value(json!({
-                "metadata": {"name": "a"},
+        let pods = [
+            json!({"metadata": {"name": "a"},
                 "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}}]},
-                "status": {"phase": "Running"}}))
-            .expect("pod")),
-            Arc::new(serde_json::from_value(json!({
-                "metadata": {"name": "b"},
+                "status": {"phase": "Running"}}),
+            json!({"metadata": {"name": "b"},
                 "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "750m", "memory": "64Mi"}}}]},
-                "status": {"phase": "Succeeded"}}))
-            .expect("pod")),
+                "status": {"phase": "Succeeded"}}),
         ];
-        let mut u = Usage {
-            services: 2,
-            ..Usage::default()
-        };
-        pod_usage(&pods, &mut u);
+        let services = [
+            json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 443}]}}),
+            json!({"metadata": {"name": "t"}, "spec": {"ports": [{"port": 80}]}}),
+        ];
+        let objects: Vec<(&ResourceInfo, &Value)> = pods
+            .iter()
+            .map(|p| (res("pods"), p))
+            .chain(services.iter().map(|s| (res("services"), s)))
+            .collect();
         let mut hard = BTreeMap::new();
-        for k in ["pods", "services", "requests.cpu", "memory", "secrets"] {
+        for k in [
+            "pods",
+            "services",
+            "services.nodeports",
+            "requests.cpu",
+            "memory",
+            "secrets",
+        ] {
             hard.insert(k.to_string(), Quantity("10".into()));
         }
-        let used = used_for(&hard, &u);
+        let rq = ResourceQuota {
+            spec: Some(k8s_openapi::api::core::v1::ResourceQuotaSpec {
+                hard: Some(hard),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let used = used(&rq, objects.iter().copied(), 0);
         let get = |k: &str| used.get(k).map(|q| q.0.clone()).unwrap_or_default();
         assert_eq!(get("pods"), "1", "finished pods do not count");
         assert_eq!(get("services"), "2");
+        // As the admission counts them: one per node port, not one per service.
+        assert_eq!(get("services.nodeports"), "2");
         assert_eq!(get("requests.cpu"), "250m");
         assert_eq!(get("memory"), "64Mi");
         assert_eq!(get("secrets"), "0");
-        assert_eq!(used.len(), 5);
+        assert_eq!(used.len(), 6);
+    }
+
+    /// The bug sharing fixed: the controller ignored `spec.scopes` and charged every pod to
+    /// a `BestEffort` quota.
+    #[test]
+    fn scoped_quotas_count_only_the_pods_in_their_scopes() {
+        let best_effort =
+            json!({"metadata": {"name": "be"}, "spec": {"containers": [{"name": "c"}]}});
+        let burstable = json!({"metadata": {"name": "bu"},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}});
+        let deadline = json!({"metadata": {"name": "dl"},
+            "spec": {"activeDeadlineSeconds": 60, "containers": [{"name": "c"}]}});
+        let objects = [&best_effort, &burstable, &deadline].map(|p| (res("pods"), p));
+        let quota = |scopes: &[&str]| ResourceQuota {
+            spec: Some(k8s_openapi::api::core::v1::ResourceQuotaSpec {
+                hard: Some(BTreeMap::from([(
+                    "pods".to_string(),
+                    Quantity("10".into()),
+                )])),
+                scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods = |scopes: &[&str]| used(&quota(scopes), objects, 0)["pods"].0.clone();
+        assert_eq!(pods(&[]), "3");
+        assert_eq!(pods(&["BestEffort"]), "2");
+        assert_eq!(pods(&["NotBestEffort"]), "1");
+        assert_eq!(pods(&["Terminating"]), "1");
+        assert_eq!(pods(&["BestEffort", "NotTerminating"]), "1");
     }
 }
