@@ -2,7 +2,11 @@
 //! canonical text the way Kubernetes' `resource.Quantity.String()` prints it.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 
 /// How a quantity is printed (Kubernetes' `Format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -212,6 +216,84 @@ pub fn canonical(q: &str) -> String {
     Quantity::parse(q).map_or_else(|| q.to_string(), |x| x.to_string())
 }
 
+/// CPU in millicores (`"500m"` -> 500, `"2"` -> 2000, `"0.25"` -> 250; sub-milli values round
+/// up); `None` when malformed or out of range.
+pub fn cpu_millis(q: &str) -> Option<i64> {
+    Quantity::parse(q).and_then(|q| i64::try_from(q.milli).ok())
+}
+
+/// A byte count (memory, storage: `"128Mi"`, `"1G"`, `"1e9"`), fractions rounded up; `None`
+/// when malformed or out of range.
+pub fn bytes(q: &str) -> Option<i64> {
+    Quantity::parse(q).and_then(|q| i64::try_from(q.value()).ok())
+}
+
+/// Requests and limits of a pod, summed over containers (init containers count as their
+/// maximum, as in Kubernetes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodResources {
+    /// `requests.cpu` in millicores.
+    pub cpu_request: i64,
+    /// `requests.memory` in bytes.
+    pub memory_request: i64,
+    /// `limits.cpu` in millicores.
+    pub cpu_limit: i64,
+    /// `limits.memory` in bytes.
+    pub memory_limit: i64,
+}
+
+fn get(map: Option<&BTreeMap<String, K8sQuantity>>, key: &str, f: fn(&str) -> Option<i64>) -> i64 {
+    map.and_then(|m| m.get(key))
+        .and_then(|q| f(&q.0))
+        .unwrap_or(0)
+}
+
+fn container_resources(c: &Container) -> PodResources {
+    let r = c.resources.as_ref();
+    let requests = r.and_then(|r| r.requests.as_ref());
+    let limits = r.and_then(|r| r.limits.as_ref());
+    let cpu_limit = get(limits, "cpu", cpu_millis);
+    let memory_limit = get(limits, "memory", bytes);
+    // A limit without a request defaults the request to the limit.
+    let cpu_request = match requests.and_then(|m| m.get("cpu")) {
+        Some(q) => cpu_millis(&q.0).unwrap_or(0),
+        None => cpu_limit,
+    };
+    let memory_request = match requests.and_then(|m| m.get("memory")) {
+        Some(q) => bytes(&q.0).unwrap_or(0),
+        None => memory_limit,
+    };
+    PodResources {
+        cpu_request,
+        memory_request,
+        cpu_limit,
+        memory_limit,
+    }
+}
+
+/// The resources a pod asks for.
+pub fn pod_resources(pod: &Pod) -> PodResources {
+    let Some(spec) = pod.spec.as_ref() else {
+        return PodResources::default();
+    };
+    let mut sum = PodResources::default();
+    for c in &spec.containers {
+        let r = container_resources(c);
+        sum.cpu_request += r.cpu_request;
+        sum.memory_request += r.memory_request;
+        sum.cpu_limit += r.cpu_limit;
+        sum.memory_limit += r.memory_limit;
+    }
+    for c in spec.init_containers.iter().flatten() {
+        let r = container_resources(c);
+        sum.cpu_request = sum.cpu_request.max(r.cpu_request);
+        sum.memory_request = sum.memory_request.max(r.memory_request);
+        sum.cpu_limit = sum.cpu_limit.max(r.cpu_limit);
+        sum.memory_limit = sum.memory_limit.max(r.memory_limit);
+    }
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +321,36 @@ mod tests {
         let sum = Quantity::parse("128Mi").expect("q") + Quantity::parse("128Mi").expect("q");
         assert_eq!(sum.to_string(), "256Mi");
         assert_eq!(Quantity::parse("1500m").expect("q").value(), 2);
+    }
+
+    #[test]
+    fn pod_requests_default_to_limits_and_init_containers_count_as_max() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2"}}}],
+                "containers": [
+                    {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+                    {"name": "b", "resources": {"limits": {"cpu": "500m", "memory": "1Gi"}}},
+                ]
+            }
+        }))
+        .expect("pod literal");
+        let r = pod_resources(&pod);
+        assert_eq!(r.cpu_request, 2000, "init container max wins");
+        assert_eq!(r.memory_request, (64 << 20) + (1 << 30));
+        assert_eq!(r.cpu_limit, 500);
+    }
+
+    #[test]
+    fn cpu_and_bytes() {
+        assert_eq!(cpu_millis("500m"), Some(500));
+        assert_eq!(cpu_millis("0.25"), Some(250));
+        assert_eq!(cpu_millis("1e3"), Some(1_000_000));
+        assert_eq!(bytes("128Mi"), Some(128 << 20));
+        assert_eq!(bytes("1.5Gi"), Some(1_610_612_736));
+        assert_eq!(bytes("1G"), Some(1_000_000_000));
+        assert_eq!(cpu_millis("abc"), None);
+        assert_eq!(bytes("1Zi"), None);
     }
 }

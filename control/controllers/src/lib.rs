@@ -29,7 +29,6 @@ pub mod nodelifecycle;
 pub mod podcontrol;
 pub mod podgc;
 pub mod podutil;
-pub mod quantity;
 pub mod queue;
 pub mod quota;
 pub mod recorder;

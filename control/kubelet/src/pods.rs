@@ -19,6 +19,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+use xkube_api::quantity;
 use xkube_client::{Api, DeleteParams, Event, ListParams, Patch, watcher};
 
 use crate::{
@@ -290,17 +291,10 @@ async fn remove_v2_cgroup(cg: &Path) {
     tracing::warn!(path = %cg.display(), "pod cgroup left behind");
 }
 
-/// CPU quantity ("500m", "2", "0.5", "1e-1") in millicores (sub-milli values round up).
-pub fn cpu_millis(q: &str) -> Option<u64> {
-    let q = xkube_api::quantity::Quantity::parse(q)?;
-    u64::try_from(q.milli).ok()
-}
-
-/// Memory quantity ("128Mi", "1.5Gi", "1G", "1e9", "1000") in bytes (fractions of a
-/// byte round up).
-pub fn memory_bytes(q: &str) -> Option<u64> {
-    let q = xkube_api::quantity::Quantity::parse(q)?;
-    u64::try_from(q.value()).ok()
+/// A quantity read with `f` ([`quantity::cpu_millis`], [`quantity::bytes`]) when it is not
+/// negative.
+fn unsigned(q: &str, f: fn(&str) -> Option<i64>) -> Option<u64> {
+    f(q).and_then(|v| u64::try_from(v).ok())
 }
 
 /// Pod-level `cpu.max` and `memory.max` from the containers' limits (only when every
@@ -316,11 +310,11 @@ pub fn pod_limits(containers: &[Container]) -> (Option<String>, Option<u64>) {
     };
     let cpu: Option<u64> = containers
         .iter()
-        .map(|c| limit(c, "cpu").and_then(|q| cpu_millis(&q)))
+        .map(|c| limit(c, "cpu").and_then(|q| unsigned(&q, quantity::cpu_millis)))
         .sum();
     let mem: Option<u64> = containers
         .iter()
-        .map(|c| limit(c, "memory").and_then(|q| memory_bytes(&q)))
+        .map(|c| limit(c, "memory").and_then(|q| unsigned(&q, quantity::bytes)))
         .sum();
     (
         cpu.filter(|_| !containers.is_empty())
@@ -336,13 +330,13 @@ pub fn container_resources(c: &Container) -> crate::runtime::Resources {
         let m = if limits { &r.limits } else { &r.requests };
         m.as_ref()?.get(k).map(|q| q.0.clone())
     };
-    let cpu_limit_millis = get(true, "cpu").and_then(|q| cpu_millis(&q));
+    let cpu_limit_millis = get(true, "cpu").and_then(|q| unsigned(&q, quantity::cpu_millis));
     crate::runtime::Resources {
         cpu_limit_millis,
         cpu_request_millis: get(false, "cpu")
-            .and_then(|q| cpu_millis(&q))
+            .and_then(|q| unsigned(&q, quantity::cpu_millis))
             .or(cpu_limit_millis),
-        memory_limit: get(true, "memory").and_then(|q| memory_bytes(&q)),
+        memory_limit: get(true, "memory").and_then(|q| unsigned(&q, quantity::bytes)),
     }
 }
 
@@ -1498,22 +1492,6 @@ mod tests {
     }
 
     #[test]
-    fn quantities_parse() {
-        assert_eq!(cpu_millis("500m"), Some(500));
-        assert_eq!(cpu_millis("2"), Some(2000));
-        assert_eq!(cpu_millis("0.25"), Some(250));
-        assert_eq!(memory_bytes("128Mi"), Some(128 << 20));
-        assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(memory_bytes("1000"), Some(1000));
-        assert_eq!(memory_bytes("x"), None);
-        assert_eq!(cpu_millis("0.5"), Some(500));
-        assert_eq!(cpu_millis("-1"), None);
-        assert_eq!(memory_bytes("1.5Gi"), Some(3 << 29));
-        assert_eq!(memory_bytes("0.5Mi"), Some(1 << 19));
-        assert_eq!(memory_bytes("1e9"), Some(1_000_000_000));
-    }
-
-    #[test]
     fn container_resources_map_limits_and_requests() {
         let cs = containers(json!([
             {"name": "a", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"},
@@ -1553,6 +1531,13 @@ mod tests {
             {"name": "b"},
         ]));
         assert_eq!(pod_limits(&one), (None, None));
+    }
+
+    #[test]
+    fn negative_quantities_are_no_limit() {
+        assert_eq!(unsigned("-1", quantity::cpu_millis), None);
+        assert_eq!(unsigned("0.5", quantity::cpu_millis), Some(500));
+        assert_eq!(unsigned("0.5Mi", quantity::bytes), Some(1 << 19));
     }
 
     #[test]

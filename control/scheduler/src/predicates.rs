@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Volume};
 use xkube_api::placement;
+use xkube_api::quantity::{self, pod_resources};
 use xkube_client::Object;
 use xkube_controllers::podutil;
-use xkube_controllers::quantity::{self, pod_resources};
 
 /// Default cpu request (millicores) counted for priorities when a pod asks for none.
 pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;
@@ -42,14 +42,15 @@ pub struct NodeInfo {
 pub fn allocatable(node: &Node) -> (i64, i64, i64) {
     let st = node.status.as_ref();
     let alloc = st.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()));
-    let get =
-        |k: &str,
-         f: fn(&k8s_openapi::apimachinery::pkg::api::resource::Quantity) -> Option<i64>| {
-            alloc.and_then(|m| m.get(k)).and_then(f).unwrap_or(0)
-        };
+    let get = |k: &str, f: fn(&str) -> Option<i64>| {
+        alloc
+            .and_then(|m| m.get(k))
+            .and_then(|q| f(&q.0))
+            .unwrap_or(0)
+    };
     let pods = alloc
         .and_then(|m| m.get("pods"))
-        .and_then(|q| xkube_api::quantity::Quantity::parse(&q.0))
+        .and_then(|q| quantity::Quantity::parse(&q.0))
         .and_then(|q| i64::try_from(q.value()).ok())
         .unwrap_or(110);
     (
@@ -72,10 +73,10 @@ pub fn nonzero_requests(pod: &Pod) -> (i64, i64) {
                     .or_else(|| lim.and_then(|m| m.get(k)))
             };
             cpu += pick("cpu")
-                .and_then(quantity::cpu_millis)
+                .and_then(|q| quantity::cpu_millis(&q.0))
                 .unwrap_or(DEFAULT_MILLI_CPU_REQUEST);
             mem += pick("memory")
-                .and_then(quantity::bytes)
+                .and_then(|q| quantity::bytes(&q.0))
                 .unwrap_or(DEFAULT_MEMORY_REQUEST);
         }
     }
