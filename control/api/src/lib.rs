@@ -15,6 +15,7 @@ pub mod meta;
 pub mod names;
 pub mod patch;
 pub mod placement;
+pub mod pod;
 pub mod protobuf;
 pub mod qos;
 pub mod quantity;

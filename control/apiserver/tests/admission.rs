@@ -446,7 +446,7 @@ async fn tokens_of_the_controller_manager_authenticate_and_are_mounted() {
         root_ca_file: Some(api.dir.path().join("pki/ca.crt")),
         ..xkube_controllers::Options::default()
     };
-    let client = xkube_controllers::build_client(None, Some(&api.base)).expect("client");
+    let client = xkube_client::Client::from_flags(None, Some(&api.base)).expect("client");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let cm = tokio::spawn({
         let s = shutdown.clone();

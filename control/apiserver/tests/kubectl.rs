@@ -505,7 +505,7 @@ async fn upstream_kubectl_applies_and_lists_daemonsets() {
         data_dir: dir.path().join("cm"),
         ..xkube_controllers::Options::default()
     };
-    let client = xkube_controllers::build_client(None, Some(&url)).expect("client");
+    let client = xkube_client::Client::from_flags(None, Some(&url)).expect("client");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let cm = tokio::spawn({
         let s = shutdown.clone();

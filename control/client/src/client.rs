@@ -100,6 +100,23 @@ pub(crate) fn status_from(code: u16, body: &[u8]) -> ApiStatus {
 }
 
 impl Client {
+    /// A client as a component's flags select it (`--kubeconfig`, `--master`): the server
+    /// URL alone when only `master` is given, else the kubeconfig (the default one when
+    /// `kubeconfig` is `None`) with `master` overriding its server.
+    pub fn from_flags(kubeconfig: Option<&std::path::Path>, master: Option<&str>) -> Result<Self> {
+        let cfg = match (kubeconfig, master) {
+            (None, Some(url)) => Config::new(url),
+            (path, master) => Config::load(
+                path,
+                &crate::config::Overrides {
+                    server: master.map(str::to_string),
+                    ..Default::default()
+                },
+            )?,
+        };
+        Client::new(&cfg)
+    }
+
     /// Builds a client for `config`.
     pub fn new(config: &Config) -> Result<Self> {
         let mut b = reqwest::Client::builder()

@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod reflector;
+pub mod runtime;
 pub mod watcher;
 
 pub use api::{

@@ -45,11 +45,12 @@ use xkube_api::placement::{
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
 use crate::podcontrol::{self, BURST_REPLICAS, Claim, PodControl, ReleaseConflict};
-use crate::podutil::{self, controller_of, is_available, is_terminal};
-use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
-use crate::recorder::{EventRecorder, WARNING, object_ref};
+use xkube_api::pod::{self as podutil, controller_of, is_available, is_terminal};
+use xkube_client::runtime::{
+    Controller, EventRecorder, Reconciler, Requeue, Seen, WARNING, WorkQueue, key_of, object_ref,
+    split_key,
+};
 
 /// Label with the hash of the template a pod was made from.
 pub const TEMPLATE_HASH_LABEL: &str = "controller-revision-hash";
@@ -483,65 +484,56 @@ impl DaemonSetController {
             let dss = self.daemonsets.clone();
             move || dss.list().iter().for_each(|ds| q.add(key_of(&**ds)))
         };
-        enqueue_on_change(
-            &self.daemonsets,
-            &self.queue,
-            &shutdown,
-            Some(Duration::from_secs(30)),
-            |_| true,
-        );
-        let q = self.queue.clone();
         let dss = self.daemonsets.clone();
         let every = all.clone();
-        on_change(&self.pods, &shutdown, None, move |s| match s {
-            Seen::Object(pod) => match controller_of(pod.metadata.owner_references.as_ref()) {
-                Some(r) if r.kind == "DaemonSet" => {
-                    q.add(format!("{}/{}", pod.namespace(), r.name))
-                }
-                Some(_) => {}
-                // An orphan: any DaemonSet that might adopt it.
-                None => {
-                    let labels = pod.metadata.labels.clone().unwrap_or_default();
-                    for ds in dss.filter(|ds| {
-                        ds.namespace() == pod.namespace()
-                            && ds_selector(ds).is_some_and(|s| s.matches(&labels))
-                    }) {
-                        q.add(key_of(&*ds));
-                    }
-                }
-            },
-            Seen::All => every(),
-        });
-        // Heartbeats change nodes all the time; only labels, taints, arrivals and departures
-        // matter here.
         let nodes = self.nodes.clone();
         let mut seen: HashMap<String, u64> = HashMap::new();
-        let every = all;
-        on_change(&self.nodes, &shutdown, None, move |s| match s {
-            Seen::Object(node) => {
-                let name = node.name().to_string();
-                let now = nodes.get("", &name).map(|n| node_fingerprint(&n));
-                let changed = match now {
-                    Some(f) => seen.insert(name, f) != Some(f),
-                    None => seen.remove(&name).is_some(),
-                };
-                if changed {
-                    every();
+        Controller::new("daemonset", self.clone(), self.queue.clone(), &shutdown)
+            .owns(&self.daemonsets, Duration::from_secs(30), |_| true)
+            .watches(&self.pods, move |s, q| match s {
+                Seen::Object(pod) => match controller_of(pod.metadata.owner_references.as_ref()) {
+                    Some(r) if r.kind == "DaemonSet" => {
+                        q.add(format!("{}/{}", pod.namespace(), r.name))
+                    }
+                    Some(_) => {}
+                    // An orphan: any DaemonSet that might adopt it.
+                    None => {
+                        let labels = pod.metadata.labels.clone().unwrap_or_default();
+                        for ds in dss.filter(|ds| {
+                            ds.namespace() == pod.namespace()
+                                && ds_selector(ds).is_some_and(|s| s.matches(&labels))
+                        }) {
+                            q.add(key_of(&*ds));
+                        }
+                    }
+                },
+                Seen::All => every(),
+            })
+            // Heartbeats change nodes all the time; only labels, taints, arrivals and departures
+            // matter here.
+            .watches(&self.nodes, move |s, _| match s {
+                Seen::Object(node) => {
+                    let name = node.name().to_string();
+                    let now = nodes.get("", &name).map(|n| node_fingerprint(&n));
+                    let changed = match now {
+                        Some(f) => seen.insert(name, f) != Some(f),
+                        None => seen.remove(&name).is_some(),
+                    };
+                    if changed {
+                        all();
+                    }
                 }
-            }
-            Seen::All => {
-                seen = nodes
-                    .list()
-                    .iter()
-                    .map(|n| (n.name().to_string(), node_fingerprint(n)))
-                    .collect();
-                every();
-            }
-        });
-        self.daemonsets.wait_ready().await;
-        self.pods.wait_ready().await;
-        self.nodes.wait_ready().await;
-        run_reconciler("daemonset", self.queue.clone(), workers, shutdown, self).await;
+                Seen::All => {
+                    seen = nodes
+                        .list()
+                        .iter()
+                        .map(|n| (n.name().to_string(), node_fingerprint(n)))
+                        .collect();
+                    all();
+                }
+            })
+            .run(workers)
+            .await;
     }
 
     async fn update_status(&self, ds: &DaemonSet, status: DaemonSetStatus) -> Result<()> {
@@ -568,6 +560,8 @@ impl DaemonSetController {
 }
 
 impl Reconciler for DaemonSetController {
+    type Error = Error;
+
     /// Brings one DaemonSet to its desired state.
     #[tracing::instrument(skip(self), fields(controller = "daemonset"))]
     async fn reconcile(&self, key: &str) -> Result<Requeue> {

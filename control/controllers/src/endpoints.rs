@@ -15,9 +15,8 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, DeleteParams, Object, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
-use crate::podutil::{self, selector_matches};
-use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
+use xkube_api::pod::{self as podutil, selector_matches};
+use xkube_client::runtime::{Controller, Reconciler, Requeue, Seen, WorkQueue, key_of, split_key};
 
 /// Resolves a service port's target port on one pod: a number as is, a name through the
 /// pod's container ports of the same protocol; `None` when the pod has no such port.
@@ -244,43 +243,36 @@ impl EndpointsController {
 
     /// Watches the caches and runs `workers` reconcilers until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        enqueue_on_change(
-            &self.services,
-            &self.queue,
-            &shutdown,
-            Some(Duration::from_secs(30)),
-            |_| true,
-        );
-        let q = self.queue.clone();
         let svcs = self.services.clone();
-        on_change(&self.pods, &shutdown, None, move |s| match s {
-            // Labels may have changed: every selector Service of the namespace is checked.
-            Seen::Object(pod) => svcs
-                .filter(|s| {
-                    s.namespace() == pod.namespace()
-                        && s.spec
-                            .as_ref()
-                            .and_then(|s| s.selector.as_ref())
-                            .is_some_and(|m| !m.is_empty())
-                })
-                .iter()
-                .for_each(|s| q.add(key_of(&**s))),
-            Seen::All => svcs.list().iter().for_each(|s| q.add(key_of(&**s))),
-        });
-        let q = self.queue.clone();
-        on_change(&self.endpoints, &shutdown, None, move |s| {
-            if let Seen::Object(ep) = s {
-                q.add(key_of(&*ep));
-            }
-        });
-        self.services.wait_ready().await;
-        self.pods.wait_ready().await;
-        self.endpoints.wait_ready().await;
-        run_reconciler("endpoints", self.queue.clone(), workers, shutdown, self).await;
+        Controller::new("endpoints", self.clone(), self.queue.clone(), &shutdown)
+            .owns(&self.services, Duration::from_secs(30), |_| true)
+            .watches(&self.pods, move |s, q| match s {
+                // Labels may have changed: every selector Service of the namespace is checked.
+                Seen::Object(pod) => svcs
+                    .filter(|s| {
+                        s.namespace() == pod.namespace()
+                            && s.spec
+                                .as_ref()
+                                .and_then(|s| s.selector.as_ref())
+                                .is_some_and(|m| !m.is_empty())
+                    })
+                    .iter()
+                    .for_each(|s| q.add(key_of(&**s))),
+                Seen::All => svcs.list().iter().for_each(|s| q.add(key_of(&**s))),
+            })
+            .watches(&self.endpoints, |s, q| {
+                if let Seen::Object(ep) = s {
+                    q.add(key_of(&*ep));
+                }
+            })
+            .run(workers)
+            .await;
     }
 }
 
 impl Reconciler for EndpointsController {
+    type Error = Error;
+
     /// Brings the Endpoints of one Service up to date.
     #[tracing::instrument(skip(self), fields(controller = "endpoints"))]
     async fn reconcile(&self, key: &str) -> Result<Requeue> {

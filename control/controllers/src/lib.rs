@@ -18,27 +18,24 @@
 //! pod-owning controllers also share [`podcontrol`] (claims, pod creates and deletes,
 //! expectations).
 //!
-//! Binaries call [`build_client`] and [`run`] with parsed [`Options`].
+//! Binaries build a client with `xkube_client::Client::from_flags` and call [`run`] with parsed
+//! [`Options`].
 
 pub mod daemonset;
 pub mod endpoints;
 pub mod error;
-pub mod informer;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podcontrol;
 pub mod podgc;
-pub mod podutil;
-pub mod queue;
 pub mod quota;
-pub mod recorder;
 pub mod replication;
 pub mod serviceaccount;
 #[cfg(test)]
 mod testutil;
 pub mod token;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,12 +45,10 @@ use k8s_openapi::api::core::v1::{
     Service, ServiceAccount,
 };
 use tokio_util::sync::CancellationToken;
-use xkube_client::{Client, Config, Overrides};
+use xkube_client::Client;
+use xkube_client::runtime::{EventRecorder, reflect};
 
 pub use error::{Error, Result};
-
-use crate::informer::reflect;
-use crate::recorder::EventRecorder;
 
 /// Every controller this crate runs, by its `--controllers` name.
 pub const CONTROLLERS: &[&str] = &[
@@ -190,23 +185,6 @@ impl Options {
             .clone()
             .unwrap_or_else(|| token::key_path(&self.data_dir))
     }
-}
-
-/// A client from a kubeconfig file and/or an apiserver URL (`--kubeconfig`, `--master`):
-/// the URL alone means no credentials; neither means what kubectl would load.
-pub fn build_client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<Client> {
-    let cfg = match (kubeconfig, master) {
-        (None, Some(url)) => Config::new(url),
-        (path, master) => Config::load(
-            path,
-            &Overrides {
-                server: master.map(str::to_string),
-                ..Overrides::default()
-            },
-        )
-        .map_err(|e| Error::Config(format!("loading kubeconfig: {e}")))?,
-    };
-    Client::new(&cfg).map_err(|e| Error::Config(format!("building client: {e}")))
 }
 
 /// Runs the enabled controllers until `shutdown`.

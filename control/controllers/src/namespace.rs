@@ -11,8 +11,7 @@ use xkube_client::client::Body;
 use xkube_client::{Api, Client, DeleteParams, ListParams, Object, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::enqueue_on_change;
-use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
+use xkube_client::runtime::{Controller, Reconciler, Requeue, WorkQueue};
 
 /// The finalizer this controller owns.
 pub const FINALIZER: &str = "kubernetes";
@@ -48,19 +47,18 @@ impl NamespaceController {
 
     /// Watches namespaces and runs `workers` reconcilers until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        enqueue_on_change(
-            &self.namespaces,
-            &self.queue,
-            &shutdown,
-            Some(Duration::from_secs(60)),
-            |n| n.metadata.deletion_timestamp.is_some(),
-        );
-        self.namespaces.wait_ready().await;
-        run_reconciler("namespace", self.queue.clone(), workers, shutdown, self).await;
+        Controller::new("namespace", self.clone(), self.queue.clone(), &shutdown)
+            .owns(&self.namespaces, Duration::from_secs(60), |n| {
+                n.metadata.deletion_timestamp.is_some()
+            })
+            .run(workers)
+            .await;
     }
 }
 
 impl Reconciler for NamespaceController {
+    type Error = Error;
+
     /// Empties and finalizes one terminating namespace.
     #[tracing::instrument(skip(self), fields(controller = "namespace"))]
     async fn reconcile(&self, name: &str) -> Result<Requeue> {

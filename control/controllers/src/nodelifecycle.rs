@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::podutil;
-use crate::recorder::{EventRecorder, NORMAL, object_ref};
+use xkube_api::pod as podutil;
+use xkube_client::runtime::{EventRecorder, NORMAL, object_ref};
 
 /// Taint of nodes whose kubelet stopped posting status.
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -355,7 +355,7 @@ impl NodeLifecycleController {
                     self.recorder
                         .record(
                             &object_ref(node),
-                            crate::recorder::WARNING,
+                            xkube_client::runtime::WARNING,
                             "CIDRNotAvailable",
                             &format!("Node {name} status is now: CIDRNotAvailable"),
                         )
@@ -542,7 +542,7 @@ impl NodeLifecycleController {
             };
             match api.delete(pod.name(), &dp).await {
                 Ok(_) => {
-                    tracing::info!(pod = %crate::informer::key_of(&*pod), node = %n, "deleted pod of a deleted node")
+                    tracing::info!(pod = %xkube_client::runtime::key_of(&*pod), node = %n, "deleted pod of a deleted node")
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(Error::api(format!("delete orphaned pod {}", pod.name()))(e)),

@@ -14,9 +14,8 @@ use serde_json::json;
 use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::split_key;
-use crate::podutil::{controller_of, is_active};
-use crate::recorder::{EventRecorder, NORMAL, WARNING, object_ref};
+use xkube_api::pod::{controller_of, is_active};
+use xkube_client::runtime::{EventRecorder, NORMAL, WARNING, object_ref, split_key};
 
 /// Most pods created or deleted by one reconcile (Kubernetes' burstReplicas).
 pub const BURST_REPLICAS: usize = 500;

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, DeleteParams, Object, Store};
 
 use crate::error::{Error, Result};
-use crate::podutil;
+use xkube_api::pod as podutil;
 
 /// The terminated pods to delete so that at most `threshold` remain (pure; a threshold of 0
 /// disables collection, as in Kubernetes).
@@ -82,7 +82,7 @@ impl PodGcController {
             };
             match api.delete(p.name(), &dp).await {
                 Ok(_) => {
-                    tracing::info!(pod = %crate::informer::key_of(&*p), "garbage collected terminated pod")
+                    tracing::info!(pod = %xkube_client::runtime::key_of(&*p), "garbage collected terminated pod")
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(Error::api(format!("delete terminated pod {}", p.name()))(e)),

@@ -16,8 +16,7 @@ use xkube_api::ResourceInfo;
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
-use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
+use xkube_client::runtime::{Controller, Reconciler, Requeue, Seen, WorkQueue, key_of, split_key};
 
 /// `status.used` of `quota` over a namespace's objects (pure): for every resource of
 /// `spec.hard`, what the objects the quota applies to (its scopes) charge, counted as the
@@ -67,18 +66,17 @@ fn enqueue_ns(q: &WorkQueue<String>, quotas: &Store<ResourceQuota>, ns: &str) {
     }
 }
 
+/// The quotas of the namespace of every changed object of `store`.
 fn watch_ns<K: Object>(
+    c: Controller<QuotaController>,
     store: &Store<K>,
-    q: &WorkQueue<String>,
     quotas: &Store<ResourceQuota>,
-    shutdown: &CancellationToken,
-) {
-    let q = q.clone();
+) -> Controller<QuotaController> {
     let quotas = quotas.clone();
-    on_change(store, shutdown, None, move |s| match s {
-        Seen::Object(o) => enqueue_ns(&q, &quotas, o.namespace()),
+    c.watches(store, move |s, q| match s {
+        Seen::Object(o) => enqueue_ns(q, &quotas, o.namespace()),
         Seen::All => quotas.list().iter().for_each(|r| q.add(key_of(&**r))),
-    });
+    })
 }
 
 impl QuotaController {
@@ -94,21 +92,15 @@ impl QuotaController {
 
     /// Watches and reconciles until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        enqueue_on_change(
-            &self.c.quotas,
-            &self.queue,
-            &shutdown,
-            Some(self.resync),
-            |_| true,
-        );
-        watch_ns(&self.c.pods, &self.queue, &self.c.quotas, &shutdown);
-        watch_ns(&self.c.services, &self.queue, &self.c.quotas, &shutdown);
-        watch_ns(&self.c.rcs, &self.queue, &self.c.quotas, &shutdown);
-        watch_ns(&self.c.secrets, &self.queue, &self.c.quotas, &shutdown);
-        watch_ns(&self.c.configmaps, &self.queue, &self.c.quotas, &shutdown);
-        self.c.quotas.wait_ready().await;
-        self.c.pods.wait_ready().await;
-        run_reconciler("resourcequota", self.queue.clone(), workers, shutdown, self).await;
+        let quotas = &self.c.quotas;
+        let mut c = Controller::new("resourcequota", self.clone(), self.queue.clone(), &shutdown)
+            .owns(quotas, self.resync, |_| true);
+        c = watch_ns(c, &self.c.pods, quotas);
+        c = watch_ns(c, &self.c.services, quotas);
+        c = watch_ns(c, &self.c.rcs, quotas);
+        c = watch_ns(c, &self.c.secrets, quotas);
+        c = watch_ns(c, &self.c.configmaps, quotas);
+        c.run(workers).await;
     }
 
     /// `status.used` of `rq` from the caches.
@@ -143,6 +135,8 @@ fn collect<K: Object + Serialize>(
 }
 
 impl Reconciler for QuotaController {
+    type Error = Error;
+
     /// Brings one quota's status up to date.
     #[tracing::instrument(skip(self), fields(controller = "resourcequota"))]
     async fn reconcile(&self, key: &str) -> Result<Requeue> {

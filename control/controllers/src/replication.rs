@@ -3,7 +3,6 @@
 //! match, and keeping `status` current.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,28 +12,15 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, enqueue_on_change, key_of, on_change, split_key};
 use crate::podcontrol::{self, BURST_REPLICAS, Claim, PodControl, ReleaseConflict};
-use crate::podutil::{self, controller_of, is_active, selector_matches};
-use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
-use crate::recorder::EventRecorder;
+use xkube_api::pod::{self as podutil, controller_of, is_active, rc_selector, selector_matches};
+use xkube_client::runtime::{
+    Controller, EventRecorder, Reconciler, Requeue, Seen, WorkQueue, key_of, split_key,
+};
 
 /// `<rc>-<5 random characters>`, as Kubernetes' `generateName`.
 pub fn pod_name(rc: &str) -> String {
     xkube_api::names::generate(&format!("{rc}-"))
-}
-
-/// The selector of an RC: `spec.selector`, defaulting to the template's labels.
-pub fn rc_selector(rc: &ReplicationController) -> BTreeMap<String, String> {
-    let spec = rc.spec.as_ref();
-    spec.and_then(|s| s.selector.clone())
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            spec.and_then(|s| s.template.as_ref())
-                .and_then(|t| t.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-        })
-        .unwrap_or_default()
 }
 
 /// `spec.replicas` (default 1).
@@ -190,35 +176,28 @@ impl ReplicationManager {
 
     /// Watches the caches and runs `workers` reconcilers until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        enqueue_on_change(
-            &self.rcs,
-            &self.queue,
-            &shutdown,
-            Some(Duration::from_secs(30)),
-            |_| true,
-        );
-        let q = self.queue.clone();
         let rcs = self.rcs.clone();
-        on_change(&self.pods, &shutdown, None, move |s| match s {
-            Seen::Object(pod) => {
-                // The owner, and any RC that might adopt it.
-                if let Some(r) = controller_of(pod.metadata.owner_references.as_ref())
-                    && r.kind == "ReplicationController"
-                {
-                    q.add(format!("{}/{}", pod.namespace(), r.name));
+        Controller::new("replication", self.clone(), self.queue.clone(), &shutdown)
+            .owns(&self.rcs, Duration::from_secs(30), |_| true)
+            .watches(&self.pods, move |s, q| match s {
+                Seen::Object(pod) => {
+                    // The owner, and any RC that might adopt it.
+                    if let Some(r) = controller_of(pod.metadata.owner_references.as_ref())
+                        && r.kind == "ReplicationController"
+                    {
+                        q.add(format!("{}/{}", pod.namespace(), r.name));
+                    }
+                    for rc in rcs.filter(|rc| {
+                        rc.namespace() == pod.namespace()
+                            && selector_matches(&rc_selector(rc), pod.metadata.labels.as_ref())
+                    }) {
+                        q.add(key_of(&*rc));
+                    }
                 }
-                for rc in rcs.filter(|rc| {
-                    rc.namespace() == pod.namespace()
-                        && selector_matches(&rc_selector(rc), pod.metadata.labels.as_ref())
-                }) {
-                    q.add(key_of(&*rc));
-                }
-            }
-            Seen::All => rcs.list().iter().for_each(|rc| q.add(key_of(&**rc))),
-        });
-        self.rcs.wait_ready().await;
-        self.pods.wait_ready().await;
-        run_reconciler("replication", self.queue.clone(), workers, shutdown, self).await;
+                Seen::All => rcs.list().iter().for_each(|rc| q.add(key_of(&**rc))),
+            })
+            .run(workers)
+            .await;
     }
 
     async fn update_status(&self, rc: &ReplicationController, owned: &[Arc<Pod>]) -> Result<()> {
@@ -243,6 +222,8 @@ impl ReplicationManager {
 }
 
 impl Reconciler for ReplicationManager {
+    type Error = Error;
+
     /// Brings one RC to its desired state.
     #[tracing::instrument(skip(self), fields(controller = "replication"))]
     async fn reconcile(&self, key: &str) -> Result<Requeue> {

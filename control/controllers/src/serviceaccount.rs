@@ -13,11 +13,10 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::informer::{Seen, enqueue_on_change, on_change, split_key};
-use crate::queue::{Reconciler, Requeue, WorkQueue, run_reconciler};
 use crate::token::{
     ANNOTATION_NAME, ANNOTATION_UID, SECRET_TYPE, ServiceAccountClaims, TokenSigner,
 };
+use xkube_client::runtime::{Controller, Reconciler, Requeue, Seen, WorkQueue, split_key};
 
 /// Name of the account every namespace gets.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -48,35 +47,28 @@ impl ServiceAccountController {
 
     /// Watches and reconciles until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        enqueue_on_change(
-            &self.namespaces,
-            &self.queue,
+        Controller::new(
+            "serviceaccount",
+            self.clone(),
+            self.queue.clone(),
             &shutdown,
-            Some(Duration::from_secs(60)),
-            |_| true,
-        );
-        let q = self.queue.clone();
-        on_change(&self.accounts, &shutdown, None, move |s| {
+        )
+        .owns(&self.namespaces, Duration::from_secs(60), |_| true)
+        .watches(&self.accounts, |s, q| {
             if let Seen::Object(sa) = s
                 && sa.name() == DEFAULT_ACCOUNT
             {
                 q.add(sa.namespace().to_string());
             }
-        });
-        self.namespaces.wait_ready().await;
-        self.accounts.wait_ready().await;
-        run_reconciler(
-            "serviceaccount",
-            self.queue.clone(),
-            workers,
-            shutdown,
-            self,
-        )
+        })
+        .run(workers)
         .await;
     }
 }
 
 impl Reconciler for ServiceAccountController {
+    type Error = Error;
+
     /// Makes sure namespace `ns` has its default account.
     #[tracing::instrument(skip(self), fields(controller = "serviceaccount"))]
     async fn reconcile(&self, ns: &str) -> Result<Requeue> {
@@ -162,33 +154,28 @@ impl TokenController {
 
     /// Watches and reconciles until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        enqueue_on_change(
-            &self.accounts,
-            &self.queue,
-            &shutdown,
-            Some(Duration::from_secs(60)),
-            |_| true,
-        );
-        let q = self.queue.clone();
-        on_change(&self.secrets, &shutdown, None, move |s| {
-            if let Seen::Object(sec) = s
-                && sec.type_.as_deref() == Some(SECRET_TYPE)
-                && let Some(sa) = sec
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(ANNOTATION_NAME))
-            {
-                q.add(format!("{}/{sa}", sec.namespace()));
-            }
-        });
-        self.accounts.wait_ready().await;
-        self.secrets.wait_ready().await;
-        run_reconciler("token", self.queue.clone(), workers, shutdown, self).await;
+        Controller::new("token", self.clone(), self.queue.clone(), &shutdown)
+            .owns(&self.accounts, Duration::from_secs(60), |_| true)
+            .watches(&self.secrets, |s, q| {
+                if let Seen::Object(sec) = s
+                    && sec.type_.as_deref() == Some(SECRET_TYPE)
+                    && let Some(sa) = sec
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ANNOTATION_NAME))
+                {
+                    q.add(format!("{}/{sa}", sec.namespace()));
+                }
+            })
+            .run(workers)
+            .await;
     }
 }
 
 impl Reconciler for TokenController {
+    type Error = Error;
+
     /// Makes sure account `key` has a token secret (or, when the account is gone, that its
     /// tokens are gone).
     #[tracing::instrument(skip(self), fields(controller = "token"))]

@@ -38,7 +38,7 @@ fn owned_by(p: &Pod, rc: &str) -> bool {
 fn running_ready(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none()
         && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-        && xkube_controllers::podutil::is_ready(p)
+        && xkube_api::pod::is_ready(p)
 }
 
 /// Waits until exactly `n` active pods owned by `rc` run (and are ready); returns them.
@@ -701,13 +701,13 @@ async fn repeated_events_are_counted_on_one_object() {
         .await
         .expect("apiserver");
     let client =
-        xkube_controllers::build_client(None, server.http_url().as_deref()).expect("client");
-    let rec = xkube_controllers::recorder::EventRecorder::new(client.clone(), "test");
+        xkube_client::Client::from_flags(None, server.http_url().as_deref()).expect("client");
+    let rec = xkube_client::runtime::EventRecorder::new(client.clone(), "test");
     let pod: Pod = serde_json::from_value(
         json!({"metadata": {"name": "p", "namespace": "default", "uid": "u1"}}),
     )
     .expect("pod");
-    let r = xkube_controllers::recorder::object_ref(&pod);
+    let r = xkube_client::runtime::object_ref(&pod);
     let first = rec
         .try_record(&r, "Warning", "FailedScheduling", "0/1 nodes are available")
         .await

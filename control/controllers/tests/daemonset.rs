@@ -10,9 +10,9 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, ReplicationController};
 use serde_json::{Value, json};
 use support::{Cluster, FakeKubelet, eventually};
+use xkube_api::pod as podutil;
 use xkube_client::{Api, DeleteParams, ListParams, Object, Patch};
 use xkube_controllers::daemonset::TEMPLATE_HASH_LABEL;
-use xkube_controllers::podutil;
 
 fn ds_json(name: &str, template_spec: Value) -> DaemonSet {
     let mut spec = json!({"containers": [{"name": "c", "image": "agent:1",

@@ -163,7 +163,8 @@ fn bench(c: &mut Criterion) {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     let stop = CancellationToken::new();
-                    let client = xkube_scheduler::build_client(None, Some(&e.url)).expect("client");
+                    let client =
+                        xkube_client::Client::from_flags(None, Some(&e.url)).expect("client");
                     let start = Instant::now();
                     let s = stop.clone();
                     let task = tokio::spawn(async move {
@@ -188,10 +189,10 @@ fn bench(c: &mut Criterion) {
             controllers: vec!["replication".into()],
             ..xkube_controllers::Options::default()
         };
-        let client = xkube_controllers::build_client(None, Some(&e.url)).expect("client");
+        let client = xkube_client::Client::from_flags(None, Some(&e.url)).expect("client");
         let s = stop.clone();
         rt.spawn(async move { xkube_controllers::run(cm, client, s).await });
-        let client = xkube_scheduler::build_client(None, Some(&e.url)).expect("client");
+        let client = xkube_client::Client::from_flags(None, Some(&e.url)).expect("client");
         let s = stop.clone();
         rt.spawn(async move {
             xkube_scheduler::run(xkube_scheduler::Options::default(), client, s).await

@@ -20,15 +20,14 @@ use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, Service};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use xkube_api::pod as podutil;
 use xkube_client::{Api, Client, Object, Patch, Store};
-use xkube_controllers::informer::{Seen, key_of, on_change, reflect, split_key};
-use xkube_controllers::podutil;
-use xkube_controllers::queue::WorkQueue;
-use xkube_controllers::recorder::{EventRecorder, NORMAL, WARNING, object_ref};
-
-pub use xkube_controllers::build_client;
 
 use crate::predicates::{Failure, NodeInfo, PredicateContext};
+use xkube_client::runtime::{
+    EventRecorder, NORMAL, Seen, WARNING, WorkQueue, key_of, object_ref, on_change, reflect,
+    split_key,
+};
 
 /// Errors of the scheduler.
 #[derive(Debug, thiserror::Error)]
@@ -288,7 +287,7 @@ impl Scheduler {
             self.rcs
                 .filter(|r| r.namespace() == pod.namespace())
                 .iter()
-                .map(|rc| xkube_controllers::replication::rc_selector(rc))
+                .map(|rc| xkube_api::pod::rc_selector(rc))
                 .filter(|sel| podutil::selector_matches(sel, labels)),
         );
         out

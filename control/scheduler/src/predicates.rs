@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Volume};
 use xkube_api::placement;
+use xkube_api::pod as podutil;
 use xkube_api::quantity::{self, pod_resources};
 use xkube_client::Object;
-use xkube_controllers::podutil;
 
 /// Default cpu request (millicores) counted for priorities when a pod asks for none.
 pub const DEFAULT_MILLI_CPU_REQUEST: i64 = 100;

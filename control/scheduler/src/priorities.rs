@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
+use xkube_api::pod as podutil;
 use xkube_client::Object;
-use xkube_controllers::podutil;
 
 use crate::predicates::{NodeInfo, allocatable, nonzero_requests};
 

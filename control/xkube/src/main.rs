@@ -249,8 +249,8 @@ async fn server(
         xkube_api::duration::parse(&args.pod_eviction_timeout).map_err(anyhow::Error::msg)?;
     let mut sched: xkube_scheduler::Options = defaults()?;
     sched.kubeconfig = Some(sched_kubeconfig.clone());
-    let cm_client = xkube_controllers::build_client(Some(&cm_kubeconfig), None)?;
-    let sched_client = xkube_controllers::build_client(Some(&sched_kubeconfig), None)?;
+    let cm_client = xkube_client::Client::from_flags(Some(&cm_kubeconfig), None)?;
+    let sched_client = xkube_client::Client::from_flags(Some(&sched_kubeconfig), None)?;
     let mut tasks = tokio::task::JoinSet::new();
     let t = token.clone();
     tasks.spawn(async move {
@@ -406,7 +406,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Server(args) => run_async(|token| server(*args, token)),
         Cmd::ControllerManager(opts) => run_async(|token| async move {
-            let client = xkube_controllers::build_client(
+            let client = xkube_client::Client::from_flags(
                 opts.kubeconfig.as_deref(),
                 opts.master.as_deref(),
             )?;
@@ -414,7 +414,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Cmd::Scheduler(opts) => run_async(|token| async move {
-            let client = xkube_controllers::build_client(
+            let client = xkube_client::Client::from_flags(
                 opts.kubeconfig.as_deref(),
                 opts.master.as_deref(),
             )?;

@@ -82,7 +82,7 @@ impl Cluster {
         tweak(&mut opts);
         let shutdown = CancellationToken::new();
         let cm_client =
-            xkube_controllers::build_client(None, Some(&url)).expect("controller client");
+            xkube_client::Client::from_flags(None, Some(&url)).expect("controller client");
         let (o, s) = (opts.clone(), shutdown.clone());
         tokio::spawn(async move {
             if let Err(e) = xkube_controllers::run(o, cm_client, s).await {
@@ -90,7 +90,7 @@ impl Cluster {
             }
         });
         let sched_client =
-            xkube_scheduler::build_client(None, Some(&url)).expect("scheduler client");
+            xkube_client::Client::from_flags(None, Some(&url)).expect("scheduler client");
         let sched_opts = xkube_scheduler::Options {
             unschedulable_retry_period: Duration::from_secs(5),
             ..xkube_scheduler::Options::default()

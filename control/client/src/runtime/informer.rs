@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::queue::WorkQueue;
+use crate::{Api, Change, Client, ListParams, Object, Reflector, Store};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
-use xkube_client::{Api, Change, Client, ListParams, Object, Reflector, Store};
-
-use crate::queue::WorkQueue;
 
 /// Starts a reflector of every `K` (all namespaces) and returns its cache.
 pub fn reflect<K>(client: &Client, shutdown: &CancellationToken) -> Store<K>

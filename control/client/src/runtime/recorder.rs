@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::{Api, Client, Object, Patch};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use serde_json::json;
-use xkube_client::{Api, Client, Object, Patch};
 
 /// Normal event type.
 pub const NORMAL: &str = "Normal";
@@ -103,7 +103,7 @@ impl EventRecorder {
         type_: &str,
         reason: &str,
         message: &str,
-    ) -> xkube_client::Result<Event> {
+    ) -> crate::Result<Event> {
         let namespace = obj
             .namespace
             .clone()

@@ -217,28 +217,6 @@ pub async fn run_workers<K, E, F, Fut>(
     while set.join_next().await.is_some() {}
 }
 
-/// A controller: brings the object behind a work-queue key to its desired state.
-pub trait Reconciler: Clone + Send + Sync + 'static {
-    /// Reconciles `key` once; idempotent, never called twice at a time for one key.
-    fn reconcile(&self, key: &str) -> impl Future<Output = crate::Result<Requeue>> + Send;
-}
-
-/// Runs `workers` workers on `queue` until `shutdown`, each handing keys to its own clone of
-/// `controller` (see [`run_workers`]).
-pub async fn run_reconciler<R: Reconciler>(
-    name: &'static str,
-    queue: WorkQueue<String>,
-    workers: usize,
-    shutdown: CancellationToken,
-    controller: R,
-) {
-    run_workers(name, queue, workers, shutdown, move |key: String| {
-        let controller = controller.clone();
-        async move { controller.reconcile(&key).await }
-    })
-    .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

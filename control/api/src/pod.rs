@@ -1,8 +1,9 @@
-//! Small facts about pods shared by the controllers and the scheduler.
+//! Small facts about pods (phase, readiness, owner, selectors) that the controllers, the
+//! scheduler and the kubelet read from typed objects.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 /// Whether the pod is being deleted.
@@ -93,4 +94,17 @@ pub fn controller_of(refs: Option<&Vec<OwnerReference>>) -> Option<&OwnerReferen
     refs.into_iter()
         .flatten()
         .find(|r| r.controller == Some(true))
+}
+
+/// The selector of an RC: `spec.selector`, defaulting to the template's labels.
+pub fn rc_selector(rc: &ReplicationController) -> BTreeMap<String, String> {
+    let spec = rc.spec.as_ref();
+    spec.and_then(|s| s.selector.clone())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            spec.and_then(|s| s.template.as_ref())
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+        })
+        .unwrap_or_default()
 }
