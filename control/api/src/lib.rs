@@ -7,12 +7,14 @@
 //! [placement] (node selectors, node affinity, taints and tolerations), and bounded [yaml]
 //! decoding of request bodies.
 
+pub mod cluster;
 pub mod defaults;
 pub mod duration;
 pub mod error;
 pub mod limitrange;
 pub mod meta;
 pub mod names;
+pub mod net;
 pub mod patch;
 pub mod placement;
 pub mod pod;

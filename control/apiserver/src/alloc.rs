@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use rand::Rng;
+use xkube_api::net::Ipv4Cidr;
 use xkube_store::Store;
 
 use crate::error::{Error, Result};
@@ -30,57 +31,48 @@ pub enum AllocError {
 /// A range of IPv4 service addresses (network and broadcast addresses excluded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpRange {
-    /// Network address.
-    pub base: u32,
-    /// Prefix length.
-    pub prefix: u8,
+    cidr: Ipv4Cidr,
 }
 
 impl IpRange {
-    /// Parses `10.96.0.0/12`.
+    /// Parses `10.96.0.0/12` (prefix 8..=30).
     pub fn parse(s: &str) -> Result<Self> {
-        let (ip, len) = s.split_once('/').ok_or_else(|| {
-            Error::Config(format!("service cluster IP range {s:?} is not a CIDR"))
-        })?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| {
+        let cidr: Ipv4Cidr = s.parse().map_err(|_| {
             Error::Config(format!(
-                "service cluster IP range {s:?}: only IPv4 is supported"
+                "service cluster IP range {s:?} is not an IPv4 CIDR (only IPv4 is supported)"
             ))
         })?;
-        let prefix: u8 = len
-            .parse()
-            .ok()
-            .filter(|p| (8..=30).contains(p))
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "service cluster IP range {s:?}: prefix must be 8..30"
-                ))
-            })?;
-        let mask = u32::MAX << (32 - prefix);
-        Ok(IpRange {
-            base: u32::from(ip) & mask,
-            prefix,
-        })
+        if !(8..=30).contains(&cidr.prefix_len()) {
+            return Err(Error::Config(format!(
+                "service cluster IP range {s:?}: prefix must be 8..30"
+            )));
+        }
+        Ok(IpRange { cidr })
     }
 
     fn size(&self) -> u32 {
-        1u32 << (32 - self.prefix)
+        self.cidr.size() as u32
     }
 
     /// The range as a CIDR string.
     pub fn cidr(&self) -> String {
-        format!("{}/{}", Ipv4Addr::from(self.base), self.prefix)
+        self.cidr.to_string()
     }
 
     /// Whether `ip` is an allocatable address of the range.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let v = u32::from(ip);
-        v > self.base && v < self.base + self.size() - 1
+        let off = ip.to_bits().wrapping_sub(self.cidr.network().to_bits());
+        self.cidr.contains(ip) && off > 0 && off < self.size() - 1
     }
 
     /// The first allocatable address (the `kubernetes` Service's).
     pub fn first(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + 1)
+        self.cidr.gateway()
+    }
+
+    /// The address `off` addresses into the range.
+    fn nth(&self, off: u32) -> Option<Ipv4Addr> {
+        self.cidr.nth(u64::from(off))
     }
 }
 
@@ -161,7 +153,9 @@ impl Allocators {
             if off == 1 {
                 continue;
             }
-            let addr = Ipv4Addr::from(self.ips.base + off);
+            let Some(addr) = self.ips.nth(off) else {
+                continue;
+            };
             if self.claim(format!("{IP_PREFIX}{addr}"), owner).await? {
                 return Ok(addr);
             }

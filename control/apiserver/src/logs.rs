@@ -18,9 +18,6 @@ use xkube_api::{ResourceInfo, StatusError, meta};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 
-/// Default kubelet port when a node does not publish `status.daemonEndpoints`.
-pub const DEFAULT_KUBELET_PORT: u16 = 10250;
-
 /// Query parameters passed on to the kubelet.
 const PASSED: &[&str] = &[
     "follow",
@@ -180,7 +177,7 @@ pub fn kubelet_address(node: &Value) -> Option<String> {
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
         .as_u64()
         .filter(|p| *p > 0 && *p <= u64::from(u16::MAX))
-        .map_or(DEFAULT_KUBELET_PORT, |p| p as u16);
+        .map_or(xkube_api::cluster::KUBELET_PORT, |p| p as u16);
     Some(if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

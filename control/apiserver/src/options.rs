@@ -63,7 +63,7 @@ pub struct Options {
     pub storage_backend: Option<StorageBackend>,
 
     /// HTTPS port (0 picks a free port).
-    #[arg(long, env = "XKUBE_SECURE_PORT", default_value_t = 6443)]
+    #[arg(long, env = "XKUBE_SECURE_PORT", default_value_t = xkube_api::cluster::APISERVER_PORT)]
     pub secure_port: u16,
 
     /// Address of the secure port.
@@ -83,7 +83,7 @@ pub struct Options {
     #[arg(
         long,
         env = "XKUBE_SERVICE_CLUSTER_IP_RANGE",
-        default_value = "10.96.0.0/12"
+        default_value = xkube_api::cluster::SERVICE_CIDR
     )]
     pub service_cluster_ip_range: String,
 
@@ -91,7 +91,7 @@ pub struct Options {
     #[arg(
         long,
         env = "XKUBE_SERVICE_NODE_PORT_RANGE",
-        default_value = "30000-32767"
+        default_value = xkube_api::cluster::NODE_PORT_RANGE
     )]
     pub service_node_port_range: String,
 
@@ -215,12 +215,12 @@ impl Default for Options {
             etcd_servers: Vec::new(),
             etcd_prefix: String::new(),
             storage_backend: None,
-            secure_port: 6443,
+            secure_port: xkube_api::cluster::APISERVER_PORT,
             bind_address: IpAddr::from([0, 0, 0, 0]),
             insecure_port: 0,
             advertise_address: None,
-            service_cluster_ip_range: "10.96.0.0/12".into(),
-            service_node_port_range: "30000-32767".into(),
+            service_cluster_ip_range: xkube_api::cluster::SERVICE_CIDR.into(),
+            service_node_port_range: xkube_api::cluster::NODE_PORT_RANGE.into(),
             token_auth_file: None,
             basic_auth_file: None,
             client_ca_file: None,

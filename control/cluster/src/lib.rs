@@ -33,7 +33,7 @@ pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const CONTROL_PLANE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/xkube/clusters";
-pub const APISERVER_PORT: u16 = 6443;
+pub const APISERVER_PORT: u16 = xkube_api::cluster::APISERVER_PORT;
 
 /// The address of node `i` (0-based).
 pub fn node_addr(i: usize) -> Ipv4Addr {

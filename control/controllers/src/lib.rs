@@ -78,7 +78,7 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub controllers: Vec<String>,
     /// CIDR range of pods; nodes get consecutive subnets of it.
-    #[arg(long, default_value = "10.244.0.0/16", env = "XKUBE_CLUSTER_CIDR")]
+    #[arg(long, default_value = xkube_api::cluster::CLUSTER_CIDR, env = "XKUBE_CLUSTER_CIDR")]
     pub cluster_cidr: String,
     /// Allocate a podCIDR to every node from --cluster-cidr.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -140,7 +140,7 @@ impl Default for Options {
             kubeconfig: None,
             master: None,
             controllers: vec!["*".into()],
-            cluster_cidr: "10.244.0.0/16".into(),
+            cluster_cidr: xkube_api::cluster::CLUSTER_CIDR.into(),
             allocate_node_cidrs: true,
             node_cidr_mask_size: 24,
             node_monitor_period: Duration::from_secs(5),

@@ -3,9 +3,9 @@
 //! of pods bound to deleted nodes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use xkube_api::net::Ipv4Cidr;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,53 +26,39 @@ pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 /// A /24-per-node allocator over a cluster CIDR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CidrAllocator {
-    base: u32,
-    prefix: u8,
+    cluster: Ipv4Cidr,
     node_prefix: u8,
 }
 
 impl CidrAllocator {
     /// Parses `10.244.0.0/16`; nodes get `/node_prefix` subnets.
     pub fn new(cluster_cidr: &str, node_prefix: u8) -> Result<Self> {
-        let err = || {
+        let cluster: Ipv4Cidr = cluster_cidr.parse().map_err(|_| {
             Error::Config(format!(
                 "invalid --cluster-cidr {cluster_cidr:?}: want an IPv4 CIDR such as 10.244.0.0/16"
             ))
-        };
-        let (ip, len) = cluster_cidr.split_once('/').ok_or_else(err)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| err())?;
-        let prefix: u8 = len.parse().map_err(|_| err())?;
-        if prefix > node_prefix || node_prefix > 30 {
+        })?;
+        if cluster.prefix_len() > node_prefix || node_prefix > 30 {
             return Err(Error::Config(format!(
                 "--cluster-cidr {cluster_cidr} is smaller than a /{node_prefix} node subnet"
             )));
         }
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
         Ok(CidrAllocator {
-            base: u32::from(ip) & mask,
-            prefix,
+            cluster,
             node_prefix,
         })
     }
 
     /// Number of node subnets.
-    pub fn capacity(&self) -> u32 {
-        1u32 << (self.node_prefix - self.prefix)
-    }
-
-    fn subnet(&self, i: u32) -> String {
-        let ip = Ipv4Addr::from(self.base + (i << (32 - self.node_prefix)));
-        format!("{ip}/{}", self.node_prefix)
+    pub fn capacity(&self) -> u64 {
+        1u64 << (self.node_prefix - self.cluster.prefix_len())
     }
 
     /// The first subnet not in `used`.
     pub fn next_free(&self, used: &BTreeSet<String>) -> Option<String> {
         (0..self.capacity())
-            .map(|i| self.subnet(i))
+            .filter_map(|i| self.cluster.subnet(self.node_prefix, i))
+            .map(|s| s.to_string())
             .find(|s| !used.contains(s))
     }
 }

@@ -12,64 +12,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, invalid, io};
 
-/// An IPv4 prefix like `10.244.1.0/24`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
+pub use xkube_api::net::Ipv4Cidr;
 
-impl Cidr {
-    pub fn parse(s: &str) -> Result<Self> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| invalid("CIDR", format!("{s:?} has no prefix length")))?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| invalid("CIDR", format!("{s:?}: bad address")))?;
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| invalid("CIDR", format!("{s:?}: bad prefix length")))?;
-        Ok(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(prefix)),
-            prefix,
-        })
-    }
-
-    fn mask(prefix: u8) -> u32 {
-        if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(prefix))
-        }
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.prefix) == u32::from(self.addr)
-    }
-
-    /// The first usable address (the bridge / gateway).
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) + 1)
-    }
-
-    fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix))
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
+/// Parses an IPv4 prefix like `10.244.1.0/24` (a flag or a node's `spec.podCIDR`).
+pub fn parse_cidr(s: &str) -> Result<Ipv4Cidr> {
+    s.parse()
+        .map_err(|e: xkube_api::net::CidrParseError| invalid("CIDR", e.to_string()))
 }
 
 /// The allocation table: address -> owner (pod uid).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
-    pub cidr: Cidr,
+    pub cidr: Ipv4Cidr,
     pub allocated: BTreeMap<Ipv4Addr, String>,
     /// Where the next search starts (round-robin, so a released address is not reused at once).
     #[serde(default)]
@@ -77,7 +31,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(cidr: Cidr) -> Self {
+    pub fn new(cidr: Ipv4Cidr) -> Self {
         Self {
             cidr,
             allocated: BTreeMap::new(),
@@ -94,7 +48,7 @@ impl Pool {
         if size < 4 {
             return Err(Error::PoolExhausted(self.cidr.to_string()));
         }
-        let base = u64::from(u32::from(self.cidr.addr));
+        let base = u64::from(u32::from(self.cidr.network()));
         // Usable offsets: 2 ..= size-2 (0 network, 1 gateway, size-1 broadcast).
         let usable = size - 3;
         let start = self
@@ -141,9 +95,13 @@ pub struct Ipam {
 
 impl Ipam {
     /// Loads the pool for `cidr` from `dir`, or starts an empty one.
-    pub fn open(dir: &Path, cidr: Cidr) -> Result<Self> {
+    pub fn open(dir: &Path, cidr: Ipv4Cidr) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-        let path = dir.join(format!("pool-{}-{}.json", cidr.addr, cidr.prefix));
+        let path = dir.join(format!(
+            "pool-{}-{}.json",
+            cidr.network(),
+            cidr.prefix_len()
+        ));
         let pool = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<Pool>(&b)
                 .ok()
@@ -209,8 +167,8 @@ impl Ipam {
 mod tests {
     use super::*;
 
-    fn cidr(s: &str) -> Cidr {
-        Cidr::parse(s).expect("valid cidr")
+    fn cidr(s: &str) -> Ipv4Cidr {
+        parse_cidr(s).expect("valid cidr")
     }
 
     #[test]
@@ -220,8 +178,8 @@ mod tests {
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 244, 1, 1));
         assert!(c.contains(Ipv4Addr::new(10, 244, 1, 200)));
         assert!(!c.contains(Ipv4Addr::new(10, 244, 2, 1)));
-        assert!(Cidr::parse("10.0.0.0").is_err());
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(parse_cidr("10.0.0.0").is_err());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
     }
 
     #[test]

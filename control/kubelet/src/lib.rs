@@ -68,7 +68,7 @@ pub struct Options {
     #[arg(long, env = "XKUBE_NODE_IP")]
     pub node_ip: Option<Ipv4Addr>,
     /// The cluster's pod network; traffic leaving it is masqueraded.
-    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = xkube_api::cluster::CLUSTER_CIDR)]
     pub cluster_cidr: String,
     #[arg(long, env = "XKUBE_MAX_PODS", default_value_t = 110)]
     pub max_pods: u32,
@@ -82,7 +82,7 @@ pub struct Options {
     #[arg(long, env = "XKUBE_NODE_LABELS", value_delimiter = ',')]
     pub node_labels: Vec<String>,
     /// Kubelet API port (0: any).
-    #[arg(long, env = "XKUBE_KUBELET_PORT", default_value_t = 10250)]
+    #[arg(long, env = "XKUBE_KUBELET_PORT", default_value_t = xkube_api::cluster::KUBELET_PORT)]
     pub port: u16,
     /// The pod infra command (default: `<this xkube binary> pause`).
     #[arg(long, env = "XKUBE_PAUSE_COMMAND", num_args = 1.., value_delimiter = ' ')]
@@ -174,12 +174,12 @@ impl Options {
             runtime: RuntimeKind::Process,
             pod_cidr: None,
             node_ip: None,
-            cluster_cidr: "10.244.0.0/16".into(),
+            cluster_cidr: xkube_api::cluster::CLUSTER_CIDR.into(),
             max_pods: 110,
             cpu: None,
             memory: None,
             node_labels: Vec::new(),
-            port: 10250,
+            port: xkube_api::cluster::KUBELET_PORT,
             pause_command: Vec::new(),
             cgroup_root: "xkube".into(),
             node_status_update_frequency: Duration::from_secs(10),
@@ -234,7 +234,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     Kubelet::new(opts).run(shutdown).await
 }
 
-fn first_global_ipv4(ns: &NsRef, skip: Option<ipam::Cidr>) -> Option<Ipv4Addr> {
+fn first_global_ipv4(ns: &NsRef, skip: Option<ipam::Ipv4Cidr>) -> Option<Ipv4Addr> {
     use futures::TryStreamExt;
     use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
     ns.block_on(async {
@@ -312,7 +312,7 @@ impl Kubelet {
             None => {
                 let ns = node_ns.clone();
                 // Not the bridge's address (a restarted kubelet finds cbr0 up).
-                let skip = ipam::Cidr::parse(&opts.cluster_cidr).ok();
+                let skip = ipam::parse_cidr(&opts.cluster_cidr).ok();
                 tokio::task::spawn_blocking(move || first_global_ipv4(&ns, skip))
                     .await
                     .ok()
@@ -406,7 +406,7 @@ impl Kubelet {
                 .or_else(|| node.spec.as_ref().and_then(|s| s.pod_cidr.clone()))
                 .filter(|c| !c.is_empty())
             {
-                break ipam::Cidr::parse(&c)?;
+                break ipam::parse_cidr(&c)?;
             }
             tracing::info!(node = %node_name, "waiting for a podCIDR");
             tokio::select! {
@@ -417,7 +417,7 @@ impl Kubelet {
                 node = n;
             }
         };
-        let cluster_cidr = ipam::Cidr::parse(&opts.cluster_cidr)?;
+        let cluster_cidr = ipam::parse_cidr(&opts.cluster_cidr)?;
         let net = Arc::new(network::PodNetwork::new(
             node_ns.clone(),
             pod_cidr,
@@ -517,7 +517,7 @@ impl Kubelet {
             let net = net.clone();
             let api = node_api.clone();
             tasks.spawn(async move {
-                let mut routes: HashMap<String, (ipam::Cidr, Ipv4Addr)> = HashMap::new();
+                let mut routes: HashMap<String, (ipam::Ipv4Cidr, Ipv4Addr)> = HashMap::new();
                 let stream = watcher(api, ListParams::default());
                 futures::pin_mut!(stream);
                 loop {
@@ -530,7 +530,7 @@ impl Kubelet {
                         Ok(Event::Applied(n)) => {
                             let name = n.metadata.name.clone().unwrap_or_default();
                             let r = node::route_of(&n)
-                                .and_then(|(c, ip)| Some((ipam::Cidr::parse(&c).ok()?, ip)));
+                                .and_then(|(c, ip)| Some((ipam::parse_cidr(&c).ok()?, ip)));
                             match r {
                                 Some(r) => routes.insert(name, r) != Some(r),
                                 None => routes.remove(&name).is_some(),
@@ -546,7 +546,7 @@ impl Kubelet {
                                     let (c, ip) = node::route_of(n)?;
                                     Some((
                                         n.metadata.name.clone()?,
-                                        (ipam::Cidr::parse(&c).ok()?, ip),
+                                        (ipam::parse_cidr(&c).ok()?, ip),
                                     ))
                                 })
                                 .collect();
@@ -558,7 +558,7 @@ impl Kubelet {
                         }
                     };
                     if changed {
-                        let want: BTreeMap<ipam::Cidr, Ipv4Addr> =
+                        let want: BTreeMap<ipam::Ipv4Cidr, Ipv4Addr> =
                             routes.values().copied().collect();
                         let net = net.clone();
                         match tokio::task::spawn_blocking(move || net.sync_routes(&want)).await {

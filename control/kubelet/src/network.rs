@@ -24,7 +24,7 @@ use xkube_netns::{add_address, connect, link_index, link_up};
 
 use crate::{
     error::{Error, Result, io},
-    ipam::{Cidr, Ipam},
+    ipam::{Ipam, Ipv4Cidr},
     nsutil::{NsRef, set_tx_checksum},
 };
 
@@ -65,7 +65,7 @@ pub fn host_veth_name(uid: &str) -> String {
 
 /// The masquerade rules (`iptables-restore --noflush` input): pod traffic to anything outside
 /// the cluster CIDR leaves with the node's address.
-pub fn masquerade_rules(pod_cidr: Cidr, cluster_cidr: Cidr) -> String {
+pub fn masquerade_rules(pod_cidr: Ipv4Cidr, cluster_cidr: Ipv4Cidr) -> String {
     format!(
         "*nat\n:{MASQ_CHAIN} - [0:0]\n\
          -A {MASQ_CHAIN} -s {pod_cidr} -d {cluster_cidr} -m comment --comment \"xkube: pod to pod\" -j RETURN\n\
@@ -78,8 +78,8 @@ pub fn masquerade_rules(pod_cidr: Cidr, cluster_cidr: Cidr) -> String {
 #[derive(Debug)]
 pub struct PodNetwork {
     node_ns: NsRef,
-    pod_cidr: Cidr,
-    cluster_cidr: Cidr,
+    pod_cidr: Ipv4Cidr,
+    cluster_cidr: Ipv4Cidr,
     ipam: Mutex<Ipam>,
     events: broadcast::Sender<PodNetworkEvent>,
 }
@@ -109,8 +109,8 @@ fn command_in(ns: &NsRef, program: &str) -> Result<(std::process::Command, Optio
 impl PodNetwork {
     pub fn new(
         node_ns: NsRef,
-        pod_cidr: Cidr,
-        cluster_cidr: Cidr,
+        pod_cidr: Ipv4Cidr,
+        cluster_cidr: Ipv4Cidr,
         state_dir: &Path,
         events: broadcast::Sender<PodNetworkEvent>,
     ) -> Result<Self> {
@@ -123,7 +123,7 @@ impl PodNetwork {
         })
     }
 
-    pub fn pod_cidr(&self) -> Cidr {
+    pub fn pod_cidr(&self) -> Ipv4Cidr {
         self.pod_cidr
     }
 
@@ -139,7 +139,7 @@ impl PodNetwork {
     /// Bridge with the gateway address, forwarding on, masquerade rules. Idempotent.
     pub fn setup_node(&self) -> Result<()> {
         let gw = self.pod_cidr.gateway();
-        let prefix = self.pod_cidr.prefix;
+        let prefix = self.pod_cidr.prefix_len();
         self.node_ns.block_on(async move {
             let h = connect()?;
             if link_index(&h, BRIDGE).await.is_err() {
@@ -241,7 +241,7 @@ impl PodNetwork {
         let ip = self.ipam().allocate(uid)?;
         let host = host_veth_name(uid);
         let gw = self.pod_cidr.gateway();
-        let prefix = self.pod_cidr.prefix;
+        let prefix = self.pod_cidr.prefix_len();
         let pod_file = std::fs::File::open(pod_netns).map_err(io("open", pod_netns))?;
         let pod_fd = pod_file.as_raw_fd();
         let tmp = format!("xkp{:08x}", rand::random::<u32>());
@@ -363,8 +363,8 @@ impl PodNetwork {
     }
 
     /// Makes the routes to other nodes' podCIDRs exactly `routes` (podCIDR -> node IP).
-    pub fn sync_routes(&self, routes: &BTreeMap<Cidr, Ipv4Addr>) -> Result<()> {
-        let want: Vec<(Cidr, Ipv4Addr)> = routes
+    pub fn sync_routes(&self, routes: &BTreeMap<Ipv4Cidr, Ipv4Addr>) -> Result<()> {
+        let want: Vec<(Ipv4Cidr, Ipv4Addr)> = routes
             .iter()
             .filter(|(c, _)| **c != self.pod_cidr)
             .map(|(c, g)| (*c, *g))
@@ -373,7 +373,7 @@ impl PodNetwork {
             let h = connect()?;
             // Ours, as they are now.
             let mut have: Vec<(
-                Cidr,
+                Ipv4Cidr,
                 Option<Ipv4Addr>,
                 rtnetlink::packet_route::route::RouteMessage,
             )> = Vec::new();
@@ -397,15 +397,10 @@ impl PodNetwork {
                         _ => {}
                     }
                 }
-                if let Some(d) = dst {
-                    have.push((
-                        Cidr {
-                            addr: d,
-                            prefix: r.header.destination_prefix_length,
-                        },
-                        gw,
-                        r,
-                    ));
+                if let Some(cidr) =
+                    dst.and_then(|d| Ipv4Cidr::new(d, r.header.destination_prefix_length))
+                {
+                    have.push((cidr, gw, r));
                 }
             }
             for (cidr, gw, msg) in have {
@@ -422,7 +417,7 @@ impl PodNetwork {
             }
             for (cidr, gw) in want {
                 let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(cidr.addr, cidr.prefix)
+                    .destination_prefix(cidr.network(), cidr.prefix_len())
                     .gateway(gw)
                     .protocol(RouteProtocol::Other(ROUTE_PROTO))
                     .build();
@@ -457,8 +452,8 @@ mod tests {
     #[test]
     fn masquerade_rules_exempt_cluster_traffic() {
         let r = masquerade_rules(
-            Cidr::parse("10.244.1.0/24").expect("cidr"),
-            Cidr::parse("10.244.0.0/16").expect("cidr"),
+            crate::ipam::parse_cidr("10.244.1.0/24").expect("cidr"),
+            crate::ipam::parse_cidr("10.244.0.0/16").expect("cidr"),
         );
         assert!(r.starts_with("*nat\n:XKUBE-POSTROUTING - [0:0]\n"), "{r}");
         assert!(r.contains("-s 10.244.1.0/24 -d 10.244.0.0/16"), "{r}");

@@ -56,13 +56,13 @@ pub struct Options {
     #[arg(long, env = "XKUBE_PROXY_MODE", value_enum, default_value_t = ProxyMode::Ebpf)]
     pub proxy_mode: ProxyMode,
     /// The cluster's pod network; sources inside it are never SNATed.
-    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = xkube_api::cluster::CLUSTER_CIDR)]
     pub cluster_cidr: Ipv4Cidr,
     /// Prometheus metrics address.
-    #[arg(long, default_value = "0.0.0.0:10249")]
+    #[arg(long, default_value = xkube_api::cluster::PROXY_METRICS_ADDRESS)]
     pub metrics_bind_address: SocketAddr,
     /// Health check address.
-    #[arg(long, default_value = "0.0.0.0:10256")]
+    #[arg(long, default_value = xkube_api::cluster::PROXY_HEALTHZ_ADDRESS)]
     pub healthz_bind_address: SocketAddr,
     /// Remove every mode's state of this node (programs, links, pins, maps, chains) and exit.
     #[arg(long)]

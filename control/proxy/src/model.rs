@@ -15,7 +15,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::Ipv4Addr,
-    str::FromStr,
     sync::Arc,
 };
 
@@ -36,71 +35,13 @@ pub const LAST_CHANGE_TRIGGER_TIME_ANNOTATION: &str =
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// `--cluster-cidr` default.
-pub const DEFAULT_CLUSTER_CIDR: Ipv4Cidr = Ipv4Cidr {
-    addr: Ipv4Addr::new(10, 244, 0, 0),
-    len: 16,
+pub use xkube_api::net::{CidrParseError, Ipv4Cidr};
+
+/// `--cluster-cidr` default ([`xkube_api::cluster::CLUSTER_CIDR`]).
+pub const DEFAULT_CLUSTER_CIDR: Ipv4Cidr = match Ipv4Cidr::new(Ipv4Addr::new(10, 244, 0, 0), 16) {
+    Some(c) => c,
+    None => panic!("a valid prefix"),
 };
-
-/// An IPv4 prefix, e.g. `10.244.1.0/24`. The address is stored masked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Cidr {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-impl Ipv4Cidr {
-    /// `addr/len` with the host bits cleared; `None` if `len > 32`.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
-        (len <= 32).then(|| Self {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(len)),
-            len,
-        })
-    }
-
-    fn mask(len: u8) -> u32 {
-        if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        }
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        self.addr
-    }
-
-    pub fn prefix_len(&self) -> u8 {
-        self.len
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.len) == u32::from(self.addr)
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// A string that is not `a.b.c.d/len`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid IPv4 CIDR {0:?}: expected a.b.c.d/len")]
-pub struct CidrParseError(pub String);
-
-impl FromStr for Ipv4Cidr {
-    type Err = CidrParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || CidrParseError(s.to_owned());
-        let (addr, len) = s.split_once('/').ok_or_else(err)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| err())?;
-        let len: u8 = len.parse().map_err(|_| err())?;
-        Self::new(addr, len).ok_or_else(err)
-    }
-}
 
 /// `namespace/name` of a Service (and of its Endpoints).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -102,7 +102,7 @@ struct ServerArgs {
     #[command(flatten)]
     apiserver: xkube_apiserver::Options,
     /// The cluster's pod network; the node controller gives each node a /24 of it.
-    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = "10.244.0.0/16")]
+    #[arg(long, env = "XKUBE_CLUSTER_CIDR", default_value = xkube_api::cluster::CLUSTER_CIDR)]
     cluster_cidr: String,
     /// How long a node may miss heartbeats before it is marked Unknown.
     #[arg(long, default_value = "40s")]
@@ -131,10 +131,10 @@ struct AgentArgs {
     #[arg(long, value_enum, default_value_t = xkube_proxy::agent::XdpAttach::Driver)]
     xdp_mode: xkube_proxy::agent::XdpAttach,
     /// Proxy metrics address.
-    #[arg(long, default_value = "0.0.0.0:10249")]
+    #[arg(long, default_value = xkube_api::cluster::PROXY_METRICS_ADDRESS)]
     proxy_metrics_bind_address: std::net::SocketAddr,
     /// Proxy health address.
-    #[arg(long, default_value = "0.0.0.0:10256")]
+    #[arg(long, default_value = xkube_api::cluster::PROXY_HEALTHZ_ADDRESS)]
     proxy_healthz_bind_address: std::net::SocketAddr,
     /// Kubeconfig of the proxy (default: the kubelet's `--kubeconfig`); Kubernetes gives the
     /// proxy its own identity, `system:kube-proxy`.
