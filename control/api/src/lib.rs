@@ -24,6 +24,7 @@ pub mod quantity;
 pub mod quota;
 pub mod rbac;
 pub mod resources;
+pub mod satoken;
 pub mod selector;
 pub mod status;
 pub mod table;

@@ -422,21 +422,13 @@ pub async fn start(
         let path = opts.service_account_key_path();
         let create = opts.service_account_key_file.is_none();
         tokio::task::spawn_blocking(move || -> Result<_> {
+            let key = |e: crate::satoken::KeyError| Error::Config(e.to_string());
             if create {
-                crate::satoken::create_key_if_missing(&path)?;
+                // Created, or created by the controller-manager first: both write it whole
+                // (a temporary file linked into place).
+                crate::satoken::create_key_if_missing(&path).map_err(key)?;
             }
-            // A key another process is still writing (the controller-manager creates it
-            // with create-then-write) parses once complete.
-            let mut attempt = 0;
-            loop {
-                match crate::satoken::Verifier::from_file(&path) {
-                    Err(Error::Config(_)) if create && attempt < 20 => {
-                        attempt += 1;
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    other => break other,
-                }
-            }
+            crate::satoken::Verifier::from_file(&path).map_err(key)
         })
         .await
         .map_err(|e| Error::Config(format!("loading the service account key failed: {e}")))??

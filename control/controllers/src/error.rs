@@ -28,6 +28,9 @@ pub enum Error {
     /// Invalid configuration (flags, kubeconfig, keys).
     #[error("{0}")]
     Config(String),
+    /// The service-account key could not be loaded or used.
+    #[error(transparent)]
+    Key(#[from] xkube_api::satoken::KeyError),
     /// An object could not be encoded or decoded.
     #[error("encoding {what}: {source}")]
     Encode {

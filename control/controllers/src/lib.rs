@@ -8,7 +8,7 @@
 //! - [`nodelifecycle`]: podCIDRs, Ready=Unknown and taints for silent nodes, eviction.
 //! - [`namespace`]: empties and finalizes terminating namespaces.
 //! - [`serviceaccount`]: a `default` ServiceAccount per namespace and token Secrets signed by
-//!   [`token::TokenSigner`] (the apiserver verifies them with the same key file).
+//!   `xkube_api::satoken::Signer` (the apiserver verifies them with the same key file).
 //! - [`podgc`]: deletes terminated pods beyond a threshold.
 //! - [`quota`]: keeps `ResourceQuota.status.used` current.
 //!
@@ -208,7 +208,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     let signer = if opts.enabled("serviceaccount-token") {
         let path = opts.service_account_key_path();
         Some(Arc::new(
-            tokio::task::spawn_blocking(move || token::TokenSigner::load_or_create(&path))
+            tokio::task::spawn_blocking(move || xkube_api::satoken::Signer::load_or_create(&path))
                 .await
                 .map_err(|e| Error::Config(format!("loading the signing key: {e}")))??,
         ))

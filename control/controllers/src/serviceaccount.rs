@@ -13,9 +13,7 @@ use tokio_util::sync::CancellationToken;
 use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::token::{
-    ANNOTATION_NAME, ANNOTATION_UID, SECRET_TYPE, ServiceAccountClaims, TokenSigner,
-};
+use xkube_api::satoken::{ANNOTATION_NAME, ANNOTATION_UID, Claims, SECRET_TYPE, Signer};
 use xkube_client::runtime::{Controller, Reconciler, Requeue, Seen, WorkQueue, split_key};
 
 /// Name of the account every namespace gets.
@@ -127,7 +125,7 @@ pub struct TokenController {
     client: Client,
     accounts: Store<ServiceAccount>,
     secrets: Store<Secret>,
-    signer: Arc<TokenSigner>,
+    signer: Arc<Signer>,
     root_ca: Option<Vec<u8>>,
     queue: WorkQueue<String>,
 }
@@ -139,7 +137,7 @@ impl TokenController {
         client: Client,
         accounts: Store<ServiceAccount>,
         secrets: Store<Secret>,
-        signer: Arc<TokenSigner>,
+        signer: Arc<Signer>,
         root_ca: Option<Vec<u8>>,
     ) -> Self {
         TokenController {
@@ -241,7 +239,7 @@ impl Reconciler for TokenController {
             Some(existing) => existing.name().to_string(),
             None => {
                 let secret_name = xkube_api::names::generate(&format!("{name}-token-"));
-                let claims = ServiceAccountClaims::new(ns, name, sa.uid(), &secret_name);
+                let claims = Claims::new(ns, name, sa.uid(), &secret_name);
                 let token = self.signer.sign(&claims)?;
                 let mut data = BTreeMap::new();
                 data.insert("token".to_string(), ByteString(token.into_bytes()));

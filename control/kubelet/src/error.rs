@@ -11,12 +11,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{op}: {source}")]
-    Sys {
-        op: &'static str,
-        #[source]
-        source: nix::Error,
-    },
     #[error("network: {0}")]
     Netns(#[from] xkube_netns::Error),
     #[error("netlink {op}: {source}")]
@@ -51,10 +45,6 @@ pub(crate) fn io(
 ) -> impl FnOnce(std::io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { op, path, source }
-}
-
-pub(crate) fn sys(op: &'static str) -> impl FnOnce(nix::Error) -> Error {
-    move |source| Error::Sys { op, source }
 }
 
 pub(crate) fn invalid(what: &'static str, message: impl Into<String>) -> Error {

@@ -24,7 +24,6 @@ pub mod error;
 pub mod ipam;
 pub mod network;
 pub mod node;
-pub mod nsutil;
 pub mod pods;
 pub mod probes;
 pub mod runtime;
@@ -36,8 +35,8 @@ pub mod volumes;
 pub use auth::AuthorizationMode;
 pub use error::{Error, Result};
 pub use network::{PodNetworkEvent, PodNetworkEventKind};
-pub use nsutil::NsRef;
 pub use runtime::ContainerRuntime;
+pub use xkube_netns::NsRef;
 
 /// Which runtime runs containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -22,10 +22,11 @@ use rtnetlink::{
 use tokio::sync::broadcast;
 use xkube_netns::{add_address, connect, link_index, link_up};
 
+use xkube_netns::NsRef;
+
 use crate::{
     error::{Error, Result, io},
     ipam::{Ipam, Ipv4Cidr},
-    nsutil::{NsRef, set_tx_checksum},
 };
 
 /// The node bridge.
@@ -318,7 +319,7 @@ impl PodNetwork {
                         source,
                     })?;
                 // The XDP dataplane needs complete checksums on veth topologies.
-                set_tx_checksum("eth0", false)
+                Ok::<_, Error>(xkube_netns::set_tx_checksum_here("eth0", false)?)
             })??;
         }
         tracing::debug!(uid, %ip, veth = %host, existed, "pod network attached");

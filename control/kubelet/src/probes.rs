@@ -15,7 +15,9 @@ use k8s_openapi::{
 };
 use tokio::time::Instant;
 
-use crate::{nsutil::NsRef, runtime::ContainerRuntime};
+use xkube_netns::NsRef;
+
+use crate::runtime::ContainerRuntime;
 
 /// What a probe checks.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,11 +35,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use xkube_netns::NsRef;
+
 use crate::{
     Ctx,
     auth::{Auth, Denied, UserInfo, request_attributes},
     error::Result,
-    nsutil::NsRef,
     pods::PodView,
 };
 

@@ -73,6 +73,87 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     move |source| Error::Netlink { op, source }
 }
 
+/// A network namespace by path (`/run/netns/x`, `/proc/<pid>/ns/net`), not owned: `None`
+/// is the calling process's own. Work runs on a dedicated thread that entered the namespace;
+/// no other thread changes namespace. Clone freely.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NsRef(pub Option<PathBuf>);
+
+impl NsRef {
+    /// The calling process's namespace.
+    pub fn current() -> Self {
+        Self(None)
+    }
+
+    /// The namespace at `p`.
+    pub fn path(p: impl Into<PathBuf>) -> Self {
+        Self(Some(p.into()))
+    }
+
+    fn describe(&self) -> String {
+        self.0
+            .as_ref()
+            .map_or_else(|| "of this process".to_owned(), |p| p.display().to_string())
+    }
+
+    /// Runs `f` on a thread inside the namespace and returns its result.
+    pub fn run<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        let file = match &self.0 {
+            Some(p) => Some(File::open(p).map_err(io("open network namespace", p))?),
+            None => None,
+        };
+        std::thread::scope(|s| {
+            s.spawn(move || -> Result<R> {
+                if let Some(f) = &file {
+                    setns(f, CloneFlags::CLONE_NEWNET).map_err(sys("setns(net)"))?;
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| Error::ThreadPanicked(self.describe()))?
+        })
+    }
+
+    /// Runs a future to completion on a current-thread tokio runtime inside the namespace.
+    pub fn block_on<F: Future + Send>(&self, fut: F) -> Result<F::Output>
+    where
+        F::Output: Send,
+    {
+        self.run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(fut))
+                .map_err(io("start runtime", Path::new(NETNS_DIR)))
+        })?
+    }
+
+    /// [`NsRef::run`] from async code, on the blocking pool.
+    pub async fn run_async<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.run(f))
+            .await
+            .map_err(|_| Error::ThreadPanicked(self.describe()))?
+    }
+
+    /// Opens the namespace file (`/proc/self/ns/net` for the current one).
+    pub fn open(&self) -> Result<File> {
+        let p = self
+            .0
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
+        File::open(&p).map_err(io("open network namespace", &p))
+    }
+}
+
 /// A named network namespace, removed when dropped.
 #[derive(Debug)]
 pub struct NetNs {
@@ -193,21 +274,18 @@ impl NetNs {
         File::open(&self.path).map_err(io("open", &self.path))
     }
 
+    /// A clonable, non-owning reference to this namespace.
+    pub fn as_ref(&self) -> NsRef {
+        NsRef::path(&self.path)
+    }
+
     /// Runs `f` on a thread inside this namespace and returns its result.
     pub fn run<F, R>(&self, f: F) -> Result<R>
     where
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let file = self.open()?;
-        std::thread::scope(|s| {
-            s.spawn(move || -> Result<R> {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(sys("setns"))?;
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| Error::ThreadPanicked(self.name.clone()))?
-        })
+        self.as_ref().run(f)
     }
 
     /// Runs a future to completion on a current-thread tokio runtime inside this namespace.
@@ -216,13 +294,7 @@ impl NetNs {
     where
         F::Output: Send,
     {
-        self.run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|rt| rt.block_on(fut))
-                .map_err(io("start runtime", Path::new(NETNS_DIR)))
-        })?
+        self.as_ref().block_on(fut)
     }
 
     /// Brings `iface` up and gives it `addr/prefix`.

@@ -70,6 +70,14 @@ pub const fn frontend_filter_bit(addr: u32) -> u32 {
     addr.wrapping_mul(0x9E37_79B1) >> (32 - FRONTEND_FILTER_BITS_LOG2)
 }
 
+/// bpffs directory under which each node's datapath pins its objects
+/// (`<PIN_ROOT>/<node>/maps/<map>`, `<PIN_ROOT>/<node>/links/<program>`).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/xkube";
+/// Subdirectory of a node's pin directory holding its maps.
+pub const PIN_MAPS_DIR: &str = "maps";
+/// Subdirectory of a node's pin directory holding its program links.
+pub const PIN_LINKS_DIR: &str = "links";
+
 /// Every map of the load-balancer datapath, by name.
 pub const MAP_NAMES: [&str; 11] = [
     SERVICES,

@@ -20,7 +20,8 @@ use xkube_common::lb::programs;
 use crate::{Error, Result};
 
 /// Where per-node pin directories live.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/xkube";
+pub use xkube_common::lb::PIN_ROOT;
+use xkube_common::lb::{PIN_LINKS_DIR, PIN_MAPS_DIR};
 
 /// Every load-balancer map, by name.
 pub use xkube_common::lb::MAP_NAMES;
@@ -60,7 +61,7 @@ impl Datapath {
     /// every load-balancer program through the verifier.
     pub fn load(pin_dir: Option<&Path>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        let map_dir = pin_dir.map(|d| d.join("maps"));
+        let map_dir = pin_dir.map(|d| d.join(PIN_MAPS_DIR));
         if let Some(dir) = &map_dir {
             std::fs::create_dir_all(dir).map_err(io("create pin directory", dir))?;
             for name in MAP_NAMES {
@@ -107,7 +108,9 @@ impl Datapath {
     }
 
     fn link_path(&self, what: &str) -> Option<PathBuf> {
-        self.pin_dir.as_ref().map(|d| d.join("links").join(what))
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join(PIN_LINKS_DIR).join(what))
     }
 
     /// True when a pinned link for `what` exists (attached by an earlier agent run).
@@ -235,7 +238,7 @@ impl Datapath {
 /// that program, with every map of the object shrunk to one entry.
 pub fn attach_pass(pin_dir: &Path, iface: &str, mode: XdpMode) -> Result<()> {
     let link = pin_dir
-        .join("links")
+        .join(PIN_LINKS_DIR)
         .join(format!("{iface}-{}", programs::XDP_PASS));
     if PinnedLink::from_pin(&link).is_ok() {
         return Ok(());
@@ -293,7 +296,7 @@ pub fn prepare_uplink(iface: &str) -> Result<()> {
 /// Removes everything pinned under `pin_dir`: links first (which detaches the programs), then
 /// maps, then the directory. Safe to call when nothing is there.
 pub fn teardown(pin_dir: &Path) -> Result<()> {
-    let links = pin_dir.join("links");
+    let links = pin_dir.join(PIN_LINKS_DIR);
     if let Ok(entries) = std::fs::read_dir(&links) {
         for entry in entries.flatten() {
             let path = entry.path();
@@ -307,7 +310,7 @@ pub fn teardown(pin_dir: &Path) -> Result<()> {
             }
         }
     }
-    for dir in [links, pin_dir.join("maps")] {
+    for dir in [links, pin_dir.join(PIN_MAPS_DIR)] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 let path = entry.path();

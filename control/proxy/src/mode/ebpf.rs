@@ -294,8 +294,8 @@ impl EbpfProxier {
         };
         dp.attach_cgroup(&cgroup)?;
         info!(uplink = %opts.uplink, cgroup = %cgroup.display(), "datapath attached");
-        let maps = Maps::from_pins(&pin_dir.join("maps"))?;
-        let counters = Maps::from_pins(&pin_dir.join("maps"))?.counters;
+        let maps = Maps::from_pins(&pin_dir.join(xkube_common::lb::PIN_MAPS_DIR))?;
+        let counters = Maps::from_pins(&pin_dir.join(xkube_common::lb::PIN_MAPS_DIR))?.counters;
         let ifindex = ifindex(&opts.uplink)?;
         let mut p = Self::new(maps, node_context(node, ifindex), Some(counters))?;
         let dp = Arc::new(Mutex::new(dp));
