@@ -900,7 +900,10 @@ async fn serve_resource(
             )
             .await?;
             let (obj, removed) = reg.delete(res, ns, name, &opts).await?;
-            let pending = !removed && res.plural != "namespaces";
+            // 202 while a deletion waits (grace period, finalizers); a Terminating namespace
+            // answers 200 as Kubernetes' does.
+            let pending = !removed
+                && crate::strategy::of(res).deletion != crate::strategy::Deletion::Terminating;
             Ok(object_response(
                 if pending { 202 } else { 200 },
                 &obj,

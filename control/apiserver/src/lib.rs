@@ -27,6 +27,7 @@ pub mod registry;
 pub mod reviews;
 pub mod satoken;
 pub mod server;
+pub mod strategy;
 pub mod testing;
 pub mod watch;
 pub mod watchcache;

@@ -14,6 +14,7 @@ use xkube_api::{FieldSelector, LabelSelector, ResourceInfo, StatusError, meta, t
 use xkube_store::{Revision, Store};
 
 use crate::alloc::{AllocError, Allocators};
+use crate::strategy::{self, Deletion, Dependents};
 use crate::watchcache::{WatchCache, decode};
 
 /// How many times a write without a resourceVersion precondition is tried when other
@@ -243,7 +244,8 @@ impl Registry {
         }
         meta::set(&mut obj, "uid", json!(uuid::Uuid::new_v4().to_string()));
         meta::set(&mut obj, "creationTimestamp", json!(now()));
-        if res.kind != "Event" && obj.get("spec").is_some() {
+        let strategy = strategy::of(res);
+        if strategy.generation && obj.get("spec").is_some() {
             meta::set(&mut obj, "generation", json!(1));
         } else {
             meta::remove(&mut obj, "generation");
@@ -253,38 +255,10 @@ impl Registry {
         if !errors.is_empty() {
             return Err(StatusError::invalid(res.group, res.kind, &name, &errors));
         }
-        match res.plural {
-            "pods" => {
-                // Validation decoded the spec already; a spec that does not decode cannot get here.
-                let qos = serde::Deserialize::deserialize(&obj["spec"])
-                    .map(|spec| xkube_api::qos::class(&spec))
-                    .unwrap_or("BestEffort");
-                let status = obj
-                    .as_object_mut()
-                    .map(|m| m.entry("status").or_insert_with(|| json!({})));
-                if let Some(status) = status {
-                    if status["phase"].is_null() {
-                        status["phase"] = json!("Pending");
-                    }
-                    status["qosClass"] = json!(qos);
-                }
-            }
-            "namespaces" => {
-                obj["status"] = json!({"phase": "Active"});
-            }
-            "replicationcontrollers" if obj["status"].is_null() => {
-                obj["status"] = json!({"replicas": 0});
-            }
-            // Kubernetes' DaemonSet strategy starts every DaemonSet with an empty status.
-            "daemonsets" => {
-                obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
-                                       "desiredNumberScheduled": 0, "numberReady": 0});
-            }
-            _ => {}
-        }
+        (strategy.prepare_for_create)(&mut obj);
         let owner = format!("{}/{}", ns.unwrap_or(""), name);
         let mut allocated = Allocated::default();
-        if res.plural == "services" && !opts.dry_run {
+        if strategy.allocates && !opts.dry_run {
             self.allocate_service(&mut obj, None, &owner, &mut allocated)
                 .await?;
         }
@@ -543,7 +517,8 @@ impl Registry {
         }
         let owner = format!("{}/{}", ns.unwrap_or(""), name);
         let mut allocated = Allocated::default();
-        if res.plural == "services" && subresource.is_none() && !opts.dry_run {
+        let strategy = strategy::of(res);
+        if strategy.allocates && subresource.is_none() && !opts.dry_run {
             self.allocate_service(&mut new, Some(&cur), &owner, &mut allocated)
                 .await?;
         }
@@ -559,13 +534,12 @@ impl Registry {
         // through the finalize subresource) is gone.
         let finalize = !new["metadata"]["deletionTimestamp"].is_null()
             && empty(&new["metadata"]["finalizers"])
-            && (res.plural != "namespaces" || empty(&new["spec"]["finalizers"]))
-            && res.plural != "pods";
+            && (strategy.finalized)(&new);
         let key = res.key(ns, name);
         let bytes = serde_json::to_vec(&new).map_err(StatusError::internal)?;
         match self.store.update(&key, bytes, cur_rev).await {
             Ok(kv) => {
-                if res.plural == "services" {
+                if strategy.allocates {
                     self.release_unused_service_allocations(&cur, &new).await;
                 }
                 meta::set(
@@ -688,18 +662,16 @@ impl Registry {
         // Dependents: Background/Foreground delete them, Orphan (the default for
         // ReplicationControllers, as in Kubernetes' v1 API) strips their owner reference.
         // Other owners (DaemonSets: apps/v1 defaults to Background) take their pods along.
-        let policy = opts.propagation.clone().unwrap_or_else(|| {
-            if res.plural == "replicationcontrollers" {
-                "Orphan".into()
-            } else {
-                "Background".into()
-            }
-        });
+        let strategy = strategy::of(res);
+        let policy = opts
+            .propagation
+            .clone()
+            .unwrap_or_else(|| strategy.propagation.into());
         let uid = meta::uid(&gone).to_string();
-        if res.namespaced && !uid.is_empty() && res.plural != "pods" {
+        if res.namespaced && !uid.is_empty() && strategy.dependents != Dependents::None {
             let me = self.clone();
             let ns = ns.unwrap_or("").to_string();
-            if opts.propagation.is_some() || res.plural == "replicationcontrollers" {
+            if opts.propagation.is_some() || strategy.dependents == Dependents::BeforeAnswer {
                 me.handle_dependents(&ns, &uid, &policy).await;
             } else {
                 tokio::spawn(async move { me.handle_dependents(&ns, &uid, &policy).await });
@@ -786,8 +758,9 @@ impl Registry {
             meta::remove(&mut o, "resourceVersion");
             o
         };
+        let strategy = strategy::of(res);
         // Namespaces: Terminating, contents removed in the background, then the namespace.
-        if res.plural == "namespaces" {
+        if strategy.deletion == Deletion::Terminating {
             if !cur["metadata"]["deletionTimestamp"].is_null() {
                 return Ok((cur, false));
             }
@@ -832,7 +805,7 @@ impl Registry {
             return Ok((o, false));
         }
         // Pods bound to a node terminate gracefully: the kubelet finishes the deletion.
-        if res.plural == "pods" {
+        if strategy.deletion == Deletion::GracefulOnNode {
             let grace = opts
                 .grace_period
                 .or_else(|| cur["spec"]["terminationGracePeriodSeconds"].as_i64())
@@ -874,7 +847,7 @@ impl Registry {
             "resourceVersion",
             json!(kv.mod_revision.to_string()),
         );
-        if res.plural == "services" {
+        if strategy.allocates {
             let ip = cur["spec"]["clusterIP"].as_str().unwrap_or("");
             if !ip.is_empty() && ip != "None" {
                 self.alloc.release_ip(ip).await;
@@ -937,7 +910,7 @@ impl Registry {
                 }
                 for kv in kvs {
                     let _ = self.store.delete(&kv.key, None).await;
-                    if res.plural == "services"
+                    if strategy::of(res).allocates
                         && let Some(svc) = decode(&kv, kv.mod_revision)
                     {
                         if let Some(ip) = svc["spec"]["clusterIP"]

@@ -1,0 +1,191 @@
+//! What each kind does differently when it is created, updated and deleted, as Kubernetes'
+//! per-resource REST strategies say it: registered once per kind in [`of`], read by the
+//! registry, which otherwise treats every kind alike. (Defaulting and validation are
+//! `xkube_api::typed`'s, Table columns `xkube_api::table`'s.)
+
+use serde_json::{Value, json};
+use xkube_api::ResourceInfo;
+
+/// How a DELETE of an object that has no finalizers begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// It is removed from the store at once.
+    Immediate,
+    /// Pods: one bound to a node that has not finished is marked with its grace period
+    /// (`gracePeriodSeconds`, else `spec.terminationGracePeriodSeconds`, else 30 s) and the
+    /// kubelet removes it once its containers are stopped; others go at once.
+    GracefulOnNode,
+    /// Namespaces: marked `Terminating`; its contents are removed in the background, then
+    /// the namespace.
+    Terminating,
+}
+
+/// When the dependents (owned pods) of a deleted object are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependents {
+    /// The kind owns nothing (pods).
+    None,
+    /// In the background, unless the request named a propagation policy (then before the
+    /// answer).
+    Background,
+    /// Before the answer (ReplicationControllers orphan their pods by default, and a client
+    /// that deletes then re-creates one must not see its pods adopted by the old owner).
+    BeforeAnswer,
+}
+
+/// A kind's strategy.
+#[derive(Debug)]
+pub struct Strategy {
+    /// Fills what the server sets on a new object, after validation (`status.phase`,
+    /// `status.qosClass`, empty statuses).
+    pub prepare_for_create: fn(&mut Value),
+    /// Whether objects with a `spec` carry `metadata.generation` (Events do not).
+    pub generation: bool,
+    /// Whether objects hold cluster IPs and node ports from the allocators (Services).
+    pub allocates: bool,
+    /// How a DELETE begins.
+    pub deletion: Deletion,
+    /// Whether a deleted object whose last `metadata.finalizers` entry was just removed also
+    /// waits for something else (`spec.finalizers` of namespaces; pods wait for the kubelet).
+    pub finalized: fn(&Value) -> bool,
+    /// The `propagationPolicy` of a DELETE that names none.
+    pub propagation: &'static str,
+    /// When dependents are handled.
+    pub dependents: Dependents,
+}
+
+fn nothing(_: &mut Value) {}
+
+fn done(_: &Value) -> bool {
+    true
+}
+
+const DEFAULT: Strategy = Strategy {
+    prepare_for_create: nothing,
+    generation: true,
+    allocates: false,
+    deletion: Deletion::Immediate,
+    finalized: done,
+    propagation: "Background",
+    dependents: Dependents::Background,
+};
+
+fn status(obj: &mut Value) -> Option<&mut Value> {
+    obj.as_object_mut()
+        .map(|m| m.entry("status").or_insert_with(|| json!({})))
+}
+
+fn prepare_pod(obj: &mut Value) {
+    // Validation decoded the spec already; a spec that does not decode cannot get here.
+    let qos = serde::Deserialize::deserialize(&obj["spec"])
+        .map(|spec| xkube_api::qos::class(&spec))
+        .unwrap_or("BestEffort");
+    if let Some(status) = status(obj) {
+        if status["phase"].is_null() {
+            status["phase"] = json!("Pending");
+        }
+        status["qosClass"] = json!(qos);
+    }
+}
+
+const POD: Strategy = Strategy {
+    prepare_for_create: prepare_pod,
+    deletion: Deletion::GracefulOnNode,
+    // The kubelet removes a deleted pod, not its last finalizer.
+    finalized: |_| false,
+    dependents: Dependents::None,
+    ..DEFAULT
+};
+
+const NAMESPACE: Strategy = Strategy {
+    prepare_for_create: |obj| obj["status"] = json!({"phase": "Active"}),
+    deletion: Deletion::Terminating,
+    finalized: |ns| {
+        ns["spec"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+    },
+    ..DEFAULT
+};
+
+const SERVICE: Strategy = Strategy {
+    allocates: true,
+    ..DEFAULT
+};
+
+const REPLICATION_CONTROLLER: Strategy = Strategy {
+    prepare_for_create: |obj| {
+        if obj["status"].is_null() {
+            obj["status"] = json!({"replicas": 0});
+        }
+    },
+    // Kubernetes' v1 API orphans a ReplicationController's pods by default.
+    propagation: "Orphan",
+    dependents: Dependents::BeforeAnswer,
+    ..DEFAULT
+};
+
+const DAEMON_SET: Strategy = Strategy {
+    // Kubernetes' DaemonSet strategy starts every DaemonSet with an empty status.
+    prepare_for_create: |obj| {
+        obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                               "desiredNumberScheduled": 0, "numberReady": 0});
+    },
+    ..DEFAULT
+};
+
+const EVENT: Strategy = Strategy {
+    generation: false,
+    ..DEFAULT
+};
+
+/// The strategy of `res`: the registration of every kind that differs from the default.
+pub fn of(res: &ResourceInfo) -> &'static Strategy {
+    match (res.group, res.plural) {
+        ("", "pods") => &POD,
+        ("", "namespaces") => &NAMESPACE,
+        ("", "services") => &SERVICE,
+        ("", "replicationcontrollers") => &REPLICATION_CONTROLLER,
+        ("apps", "daemonsets") => &DAEMON_SET,
+        ("", "events") | ("events.k8s.io", "events") => &EVENT,
+        _ => &DEFAULT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(group: &str, plural: &str) -> &'static ResourceInfo {
+        xkube_api::RESOURCES
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)
+            .expect("served resource")
+    }
+
+    #[test]
+    fn every_registered_kind_is_served() {
+        for (g, p) in [
+            ("", "pods"),
+            ("", "namespaces"),
+            ("", "services"),
+            ("", "replicationcontrollers"),
+            ("apps", "daemonsets"),
+            ("", "events"),
+        ] {
+            assert!(!std::ptr::eq(of(res(g, p)), &DEFAULT), "{g}/{p}");
+        }
+        assert!(std::ptr::eq(of(res("", "configmaps")), &DEFAULT));
+    }
+
+    #[test]
+    fn new_pods_are_pending_with_their_qos_class() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
+        (of(res("", "pods")).prepare_for_create)(&mut pod);
+        assert_eq!(
+            pod["status"],
+            json!({"phase": "Pending", "qosClass": "Guaranteed"})
+        );
+    }
+}
