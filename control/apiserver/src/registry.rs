@@ -746,40 +746,18 @@ impl Registry {
             return Ok((cur, false));
         }
         let key = res.key(ns, name);
-        let set_deleting = |mut o: Value, grace: Option<i64>| {
-            if o["metadata"]["deletionTimestamp"].is_null() {
-                let at =
-                    jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace.unwrap_or(0));
-                meta::set(&mut o, "deletionTimestamp", json!(meta::format_time(at)));
-                if let Some(g) = grace {
-                    meta::set(&mut o, "deletionGracePeriodSeconds", json!(g));
-                }
-            }
-            meta::remove(&mut o, "resourceVersion");
-            o
-        };
         let strategy = strategy::of(res);
         // Namespaces: Terminating, contents removed in the background, then the namespace.
         if strategy.deletion == Deletion::Terminating {
-            if !cur["metadata"]["deletionTimestamp"].is_null() {
-                return Ok((cur, false));
+            let first = cur["metadata"]["deletionTimestamp"].is_null();
+            let o = self
+                .mark_deleting(res, name, &key, rev, cur, None, Some("Terminating"))
+                .await?;
+            if first {
+                let me = self.clone();
+                let ns_name = name.to_string();
+                tokio::spawn(async move { me.finalize_namespace(&ns_name).await });
             }
-            let mut o = set_deleting(cur, None);
-            o["status"]["phase"] = json!("Terminating");
-            let bytes = serde_json::to_vec(&o).map_err(StatusError::internal)?;
-            let kv = self
-                .store
-                .update(&key, bytes, rev)
-                .await
-                .map_err(|e| store_error(res, name, e))?;
-            meta::set(
-                &mut o,
-                "resourceVersion",
-                json!(kv.mod_revision.to_string()),
-            );
-            let me = self.clone();
-            let ns_name = name.to_string();
-            tokio::spawn(async move { me.finalize_namespace(&ns_name).await });
             return Ok((o, false));
         }
         // Objects with finalizers wait for them.
@@ -787,22 +765,11 @@ impl Registry {
             .as_array()
             .is_some_and(|f| !f.is_empty())
         {
-            if !cur["metadata"]["deletionTimestamp"].is_null() {
-                return Ok((cur, false));
-            }
-            let mut o = set_deleting(cur, opts.grace_period);
-            let bytes = serde_json::to_vec(&o).map_err(StatusError::internal)?;
-            let kv = self
-                .store
-                .update(&key, bytes, rev)
-                .await
-                .map_err(|e| store_error(res, name, e))?;
-            meta::set(
-                &mut o,
-                "resourceVersion",
-                json!(kv.mod_revision.to_string()),
-            );
-            return Ok((o, false));
+            return Ok((
+                self.mark_deleting(res, name, &key, rev, cur, opts.grace_period, None)
+                    .await?,
+                false,
+            ));
         }
         // Pods bound to a node terminate gracefully: the kubelet finishes the deletion.
         if strategy.deletion == Deletion::GracefulOnNode {
@@ -818,22 +785,11 @@ impl Registry {
                 Some("Succeeded" | "Failed")
             );
             if bound && grace > 0 && !finished {
-                if !cur["metadata"]["deletionTimestamp"].is_null() {
-                    return Ok((cur, false));
-                }
-                let mut o = set_deleting(cur, Some(grace));
-                let bytes = serde_json::to_vec(&o).map_err(StatusError::internal)?;
-                let kv = self
-                    .store
-                    .update(&key, bytes, rev)
-                    .await
-                    .map_err(|e| store_error(res, name, e))?;
-                meta::set(
-                    &mut o,
-                    "resourceVersion",
-                    json!(kv.mod_revision.to_string()),
-                );
-                return Ok((o, false));
+                return Ok((
+                    self.mark_deleting(res, name, &key, rev, cur, Some(grace), None)
+                        .await?,
+                    false,
+                ));
             }
         }
         let kv = self
@@ -893,6 +849,47 @@ impl Registry {
                     .await;
             }
         }
+    }
+
+    /// Marks `cur` (at revision `rev`) as being deleted, for a deletion that waits (for
+    /// finalizers, the kubelet, or a namespace's contents): its deletionTimestamp (now plus
+    /// `grace`), the grace period, and `phase` in its status. An object already marked is
+    /// answered as it is.
+    #[allow(clippy::too_many_arguments)]
+    async fn mark_deleting(
+        &self,
+        res: &ResourceInfo,
+        name: &str,
+        key: &str,
+        rev: Revision,
+        mut o: Value,
+        grace: Option<i64>,
+        phase: Option<&str>,
+    ) -> Result<Value, StatusError> {
+        if !o["metadata"]["deletionTimestamp"].is_null() {
+            return Ok(o);
+        }
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace.unwrap_or(0));
+        meta::set(&mut o, "deletionTimestamp", json!(meta::format_time(at)));
+        if let Some(g) = grace {
+            meta::set(&mut o, "deletionGracePeriodSeconds", json!(g));
+        }
+        if let Some(phase) = phase {
+            o["status"]["phase"] = json!(phase);
+        }
+        meta::remove(&mut o, "resourceVersion");
+        let bytes = serde_json::to_vec(&o).map_err(StatusError::internal)?;
+        let kv = self
+            .store
+            .update(key, bytes, rev)
+            .await
+            .map_err(|e| store_error(res, name, e))?;
+        meta::set(
+            &mut o,
+            "resourceVersion",
+            json!(kv.mod_revision.to_string()),
+        );
+        Ok(o)
     }
 
     /// Removes every object of a terminating namespace, then the namespace.
