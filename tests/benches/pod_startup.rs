@@ -14,7 +14,7 @@ use std::{
 
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
-use xkube_client::{Api, DeleteParams, Event, ListParams, watcher};
+use xkube_client::{Api, Batch, DeleteParams, ListParams, batched, watcher};
 use xkube_e2e::Cluster;
 
 fn pod(name: &str) -> Pod {
@@ -46,13 +46,16 @@ async fn run(api: &Api<Pod>, prefix: &str, n: usize, burst: bool) -> Vec<Duratio
     let verbose = std::env::var_os("XKUBE_BENCH_VERBOSE").is_some();
     let bound_at: std::sync::Arc<std::sync::Mutex<HashMap<String, Instant>>> = Default::default();
     let bound = bound_at.clone();
-    let stream = watcher(api.clone(), ListParams::default().labels("bench=startup"));
+    let stream = batched(watcher(
+        api.clone(),
+        ListParams::default().labels("bench=startup"),
+    ));
     let watch = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             let pods = match ev {
-                Ok(Event::Applied(p)) => vec![p],
-                Ok(Event::Restarted(all)) => all,
+                Ok(Batch::Applied(p)) => vec![p],
+                Ok(Batch::Relisted(all)) => all,
                 _ => continue,
             };
             for p in pods.iter().filter(|p| ready(p)) {

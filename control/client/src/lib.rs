@@ -26,4 +26,4 @@ pub use client::Client;
 pub use config::{Config, Kubeconfig, Overrides};
 pub use error::{ApiStatus, Error, Result};
 pub use reflector::{Change, Reflector, Store, Writer};
-pub use watcher::{Event, watcher};
+pub use watcher::{Batch, Event, batched, watcher};

@@ -125,6 +125,8 @@ impl<K: Object> Store<K> {
 /// The single writer of a cache (not `Clone`).
 pub struct Writer<K> {
     shared: Arc<Shared<K>>,
+    /// The (re)list being received (between `Init` and `InitDone`).
+    relist: Option<HashMap<ObjectKey, Arc<K>>>,
 }
 
 impl<K: Object> Default for Writer<K> {
@@ -148,6 +150,7 @@ impl<K: Object> Writer<K> {
                 changes,
                 ready,
             }),
+            relist: None,
         }
     }
 
@@ -163,6 +166,15 @@ impl<K: Object> Writer<K> {
         let _ = self.shared.changes.send(c);
     }
 
+    /// Applies a whole (re)list at once: `Init`, each object, `InitDone`.
+    pub fn relist(&mut self, items: impl IntoIterator<Item = K>) {
+        self.apply(Event::Init);
+        for o in items {
+            self.apply(Event::InitApply(o));
+        }
+        self.apply(Event::InitDone);
+    }
+
     /// Applies one watcher event.
     pub fn apply(&mut self, ev: Event<K>) {
         match ev {
@@ -175,18 +187,24 @@ impl<K: Object> Writer<K> {
                 let removed = self.shared.write().remove(&key_of(&o));
                 self.notify(Change::Deleted(removed.unwrap_or_else(|| Arc::new(o))));
             }
-            Event::Restarted(items) => {
-                let fresh: HashMap<ObjectKey, Arc<K>> = items
-                    .into_iter()
-                    .map(|o| (key_of(&o), Arc::new(o)))
-                    .collect();
-                let old = std::mem::replace(&mut *self.shared.write(), fresh.clone());
+            Event::Init => self.relist = Some(HashMap::new()),
+            Event::InitApply(o) => {
+                self.relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key_of(&o), Arc::new(o));
+            }
+            Event::InitDone => {
+                // The new set replaces the old one in one swap; the changes are told from the
+                // two maps as they are (nothing is copied).
+                let fresh = self.relist.take().unwrap_or_default();
+                let old = std::mem::replace(&mut *self.shared.write(), fresh);
+                let cur = self.shared.read();
                 for (k, o) in &old {
-                    if !fresh.contains_key(k) {
+                    if !cur.contains_key(k) {
                         self.notify(Change::Deleted(o.clone()));
                     }
                 }
-                for (k, o) in &fresh {
+                for (k, o) in cur.iter() {
                     let same = old.get(k).is_some_and(|p| {
                         p.resource_version() == o.resource_version() && p.uid() == o.uid()
                     });
@@ -194,6 +212,7 @@ impl<K: Object> Writer<K> {
                         self.notify(Change::Applied(o.clone()));
                     }
                 }
+                drop(cur);
                 self.notify(Change::Resynced);
                 self.shared.ready.send_replace(true);
             }
@@ -245,5 +264,59 @@ impl<K: Object> Reflector<K> {
     pub fn spawn(self, cancel: CancellationToken) -> (Store<K>, tokio::task::JoinHandle<()>) {
         let store = self.store();
         (store, tokio::spawn(self.run(cancel)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    fn cm(name: &str, rv: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "d", "resourceVersion": rv, "uid": name}
+        }))
+        .expect("configmap")
+    }
+
+    fn drain(rx: &mut broadcast::Receiver<Change<ConfigMap>>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            out.push(match c {
+                Change::Applied(o) => format!("applied {}", o.name()),
+                Change::Deleted(o) => format!("deleted {}", o.name()),
+                Change::Resynced => "resynced".into(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn a_streamed_relist_replaces_the_set_when_it_is_complete() {
+        let mut w = Writer::<ConfigMap>::new();
+        let store = w.store();
+        let mut rx = store.subscribe();
+        w.relist([cm("a", "1"), cm("b", "1")]);
+        assert_eq!(store.len(), 2);
+        assert!(store.is_ready());
+        assert_eq!(drain(&mut rx).last().map(String::as_str), Some("resynced"));
+        // A relist in progress changes nothing readers see until it is done.
+        w.apply(Event::Init);
+        w.apply(Event::InitApply(cm("b", "1")));
+        w.apply(Event::InitApply(cm("c", "2")));
+        assert_eq!(store.len(), 2);
+        assert!(store.get("d", "c").is_none());
+        assert!(drain(&mut rx).is_empty());
+        w.apply(Event::InitDone);
+        assert!(store.get("d", "a").is_none());
+        assert!(store.get("d", "c").is_some());
+        // Only what changed is told: a gone, c new; b unchanged.
+        assert_eq!(drain(&mut rx), ["deleted a", "applied c", "resynced"]);
+        // A relist that starts over (an error mid-list) drops what it had received.
+        w.apply(Event::Init);
+        w.apply(Event::InitApply(cm("x", "3")));
+        w.apply(Event::Init);
+        w.apply(Event::InitDone);
+        assert!(store.is_empty());
     }
 }

@@ -378,24 +378,27 @@ async fn watch_resumes_from_a_resource_version_and_reports_410_for_compacted_one
         "{ev:?}"
     );
 
-    // The watcher lists first and then follows.
-    let w = watcher(pods.clone(), ListParams::default()).boxed();
-    let mut w = w;
-    let first = tokio::time::timeout(Duration::from_secs(10), w.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("lists");
-    let Event::Restarted(items) = first else {
-        panic!("first event must be a list, got {first:?}")
+    // The watcher streams its list (Init, one InitApply per object, InitDone), then follows.
+    let mut w = watcher(pods.clone(), ListParams::default()).boxed();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("event")
     };
+    assert_eq!(next().await, Event::Init);
+    let mut items = Vec::new();
+    loop {
+        match next().await {
+            Event::InitApply(p) => items.push(p),
+            Event::InitDone => break,
+            other => panic!("the list, then InitDone; got {other:?}"),
+        }
+    }
     assert_eq!(items.len(), 10, "p0, p2 and q0..q7");
     pods.create(&pod("late", json!({}))).await.expect("late");
-    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("event");
+    let ev = next().await;
     assert!(
         matches!(ev, Event::Applied(ref p) if p.name() == "late"),
         "{ev:?}"

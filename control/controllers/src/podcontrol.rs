@@ -379,7 +379,7 @@ mod tests {
             &["web-aaaaa".into(), "web-bbbbb".into()],
             &["old".into()],
         );
-        w.apply(xkube_client::Event::Restarted(vec![pod("old")]));
+        w.relist([pod("old")]);
         assert!(!e.satisfied("default/web", &store), "creates not seen yet");
         w.apply(xkube_client::Event::Applied(pod("web-aaaaa")));
         e.lower("default/web", Some("web-bbbbb"), None);

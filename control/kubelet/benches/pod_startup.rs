@@ -16,7 +16,7 @@ use common::{Cluster, condition, phase};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-use xkube_client::{DeleteParams, Event, ListParams, watcher};
+use xkube_client::{Batch, DeleteParams, ListParams, batched, watcher};
 
 fn pod(name: &str) -> serde_json::Value {
     json!({
@@ -35,13 +35,16 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 async fn run(c: &Cluster, prefix: &str, n: usize, burst: bool) -> Vec<Duration> {
     let api = c.pods("default");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let stream = watcher(api.clone(), ListParams::default().labels("bench=startup"));
+    let stream = batched(watcher(
+        api.clone(),
+        ListParams::default().labels("bench=startup"),
+    ));
     let watch = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             let pods: Vec<Pod> = match ev {
-                Ok(Event::Applied(p)) => vec![p],
-                Ok(Event::Restarted(all)) => all,
+                Ok(Batch::Applied(p)) => vec![p],
+                Ok(Batch::Relisted(all)) => all,
                 _ => continue,
             };
             for p in pods {

@@ -16,7 +16,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use xkube_client::{Api, Client, Config, Event, ListParams, Overrides, Reflector, Store, watcher};
+use xkube_client::{
+    Api, Batch, Client, Config, ListParams, Overrides, Reflector, Store, batched, watcher,
+};
 
 pub mod auth;
 pub mod env;
@@ -517,7 +519,7 @@ impl Kubelet {
             let api = node_api.clone();
             tasks.spawn(async move {
                 let mut routes: HashMap<String, (ipam::Ipv4Cidr, Ipv4Addr)> = HashMap::new();
-                let stream = watcher(api, ListParams::default());
+                let stream = batched(watcher(api, ListParams::default()));
                 futures::pin_mut!(stream);
                 loop {
                     let ev = tokio::select! {
@@ -526,7 +528,7 @@ impl Kubelet {
                     };
                     let Some(ev) = ev else { return };
                     let changed = match ev {
-                        Ok(Event::Applied(n)) => {
+                        Ok(Batch::Applied(n)) => {
                             let name = n.metadata.name.clone().unwrap_or_default();
                             let r = node::route_of(&n)
                                 .and_then(|(c, ip)| Some((ipam::parse_cidr(&c).ok()?, ip)));
@@ -535,10 +537,10 @@ impl Kubelet {
                                 None => routes.remove(&name).is_some(),
                             }
                         }
-                        Ok(Event::Deleted(n)) => routes
+                        Ok(Batch::Deleted(n)) => routes
                             .remove(n.metadata.name.as_deref().unwrap_or(""))
                             .is_some(),
-                        Ok(Event::Restarted(all)) => {
+                        Ok(Batch::Relisted(all)) => {
                             routes = all
                                 .iter()
                                 .filter_map(|n| {

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 use xkube_api::quantity;
-use xkube_client::{Api, DeleteParams, Event, ListParams, Patch, watcher};
+use xkube_client::{Api, Batch, DeleteParams, ListParams, Patch, batched, watcher};
 
 use crate::{
     Ctx, env,
@@ -96,7 +96,7 @@ fn ts(t: jiff::Timestamp) -> String {
 pub(crate) async fn sync_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) -> Result<()> {
     let api = Api::<Pod>::all(ctx.client.clone());
     let lp = ListParams::default().fields(&format!("spec.nodeName={}", ctx.node_name));
-    let stream = watcher(api, lp);
+    let stream = batched(watcher(api, lp));
     futures::pin_mut!(stream);
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
@@ -137,13 +137,13 @@ pub(crate) async fn sync_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) -> Res
                 }
             };
         match ev {
-            Ok(Event::Applied(p)) => apply(p, &mut workers),
-            Ok(Event::Deleted(p)) => {
+            Ok(Batch::Applied(p)) => apply(p, &mut workers),
+            Ok(Batch::Deleted(p)) => {
                 if let Some(tx) = p.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
                     let _ = tx.send(None);
                 }
             }
-            Ok(Event::Restarted(all)) => {
+            Ok(Batch::Relisted(all)) => {
                 let uids: std::collections::HashSet<String> =
                     all.iter().filter_map(|p| p.metadata.uid.clone()).collect();
                 for (uid, tx) in &workers {

@@ -24,7 +24,7 @@ use k8s_openapi::api::{
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use xkube_client::{Api, Change, Client, Event, ListParams, Reflector, Store, watcher};
+use xkube_client::{Api, Batch, Change, Client, ListParams, Reflector, Store, batched, watcher};
 
 pub use crate::mode::{ProxyMode, ebpf::XdpAttach};
 use crate::{
@@ -127,11 +127,15 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     // Services and EndpointSlices are watched without a cache: the change tracker parses each
     // object on arrival and keeps only what the model needs (a reflector would hold every
     // object).
-    let mut svc_watch = watcher(Api::<Service>::all(client.clone()), ListParams::default()).boxed();
-    let mut ep_watch = watcher(
+    let mut svc_watch = batched(watcher(
+        Api::<Service>::all(client.clone()),
+        ListParams::default(),
+    ))
+    .boxed();
+    let mut ep_watch = batched(watcher(
         Api::<EndpointSlice>::all(client.clone()),
         ListParams::default(),
-    )
+    ))
     .boxed();
     let nodes: Store<Node> = spawn(
         Api::all(client.clone()),
@@ -145,13 +149,13 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     while first_svcs.is_none() || first_eps.is_none() {
         tokio::select! {
             e = svc_watch.next() => match e {
-                Some(Ok(Event::Restarted(v))) => first_svcs = Some(v),
+                Some(Ok(Batch::Relisted(v))) => first_svcs = Some(v),
                 Some(Ok(_)) => {}
                 Some(Err(err)) => debug!(error = %err, "watching services"),
                 None => return Ok(()),
             },
             e = ep_watch.next() => match e {
-                Some(Ok(Event::Restarted(v))) => first_eps = Some(v),
+                Some(Ok(Batch::Relisted(v))) => first_eps = Some(v),
                 Some(Ok(_)) => {}
                 Some(Err(err)) => debug!(error = %err, "watching endpointslices"),
                 None => return Ok(()),
@@ -254,8 +258,8 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
 }
 
 type Watches = (
-    BoxStream<'static, xkube_client::Result<Event<Service>>>,
-    BoxStream<'static, xkube_client::Result<Event<EndpointSlice>>>,
+    BoxStream<'static, xkube_client::Result<Batch<Service>>>,
+    BoxStream<'static, xkube_client::Result<Batch<EndpointSlice>>>,
 );
 
 /// Turns watch events and Node changes into sync loop inputs.
@@ -273,16 +277,16 @@ async fn forward_changes(
         let input = tokio::select! {
             _ = shutdown.cancelled() => return,
             e = svc.next() => match e {
-                Some(Ok(Event::Applied(s))) => Some(Input::ServiceApplied(Arc::new(s))),
-                Some(Ok(Event::Deleted(s))) => Some(Input::ServiceDeleted(ServiceName::of_service(&s))),
-                Some(Ok(Event::Restarted(v))) => Some(Input::ServicesRelisted(v.into_iter().map(Arc::new).collect())),
+                Some(Ok(Batch::Applied(s))) => Some(Input::ServiceApplied(Arc::new(s))),
+                Some(Ok(Batch::Deleted(s))) => Some(Input::ServiceDeleted(ServiceName::of_service(&s))),
+                Some(Ok(Batch::Relisted(v))) => Some(Input::ServicesRelisted(v.into_iter().map(Arc::new).collect())),
                 Some(Err(err)) => { debug!(error = %err, "watching services"); None }
                 None => return,
             },
             e = ep.next() => match e {
-                Some(Ok(Event::Applied(e))) => Some(Input::SliceApplied(Arc::new(e))),
-                Some(Ok(Event::Deleted(e))) => Some(Input::SliceDeleted(Arc::new(e))),
-                Some(Ok(Event::Restarted(v))) => Some(Input::SlicesRelisted(v.into_iter().map(Arc::new).collect())),
+                Some(Ok(Batch::Applied(e))) => Some(Input::SliceApplied(Arc::new(e))),
+                Some(Ok(Batch::Deleted(e))) => Some(Input::SliceDeleted(Arc::new(e))),
+                Some(Ok(Batch::Relisted(v))) => Some(Input::SlicesRelisted(v.into_iter().map(Arc::new).collect())),
                 Some(Err(err)) => { debug!(error = %err, "watching endpointslices"); None }
                 None => return,
             },

@@ -537,12 +537,12 @@ mod tests {
         opts: Options,
     }
 
-    use xkube_client::{Config, Event, Writer};
+    use xkube_client::{Config, Writer};
 
     fn scheduler(nodes: Vec<Node>, pods: Vec<Pod>, services: Vec<Service>) -> Scheduler {
         fn store<K: Object>(items: Vec<K>) -> Store<K> {
             let mut w = Writer::new();
-            w.apply(Event::Restarted(items));
+            w.relist(items);
             w.store()
         }
         let client = Client::new(&Config::new("http://127.0.0.1:9")).expect("client");
