@@ -60,7 +60,8 @@ fn done(_: &Value) -> bool {
     true
 }
 
-const DEFAULT: Strategy = Strategy {
+/// What every kind starts from; the registrations below override what differs.
+const BASE: Strategy = Strategy {
     prepare_for_create: nothing,
     generation: true,
     allocates: false,
@@ -69,6 +70,9 @@ const DEFAULT: Strategy = Strategy {
     propagation: "Background",
     dependents: Dependents::Background,
 };
+
+// Statics, not consts: each registration has one address, which the tests compare.
+static DEFAULT: Strategy = BASE;
 
 fn status(obj: &mut Value) -> Option<&mut Value> {
     obj.as_object_mut()
@@ -88,16 +92,16 @@ fn prepare_pod(obj: &mut Value) {
     }
 }
 
-const POD: Strategy = Strategy {
+static POD: Strategy = Strategy {
     prepare_for_create: prepare_pod,
     deletion: Deletion::GracefulOnNode,
     // The kubelet removes a deleted pod, not its last finalizer.
     finalized: |_| false,
     dependents: Dependents::None,
-    ..DEFAULT
+    ..BASE
 };
 
-const NAMESPACE: Strategy = Strategy {
+static NAMESPACE: Strategy = Strategy {
     prepare_for_create: |obj| obj["status"] = json!({"phase": "Active"}),
     deletion: Deletion::Terminating,
     finalized: |ns| {
@@ -105,15 +109,15 @@ const NAMESPACE: Strategy = Strategy {
             .as_array()
             .is_none_or(|f| f.is_empty())
     },
-    ..DEFAULT
+    ..BASE
 };
 
-const SERVICE: Strategy = Strategy {
+static SERVICE: Strategy = Strategy {
     allocates: true,
-    ..DEFAULT
+    ..BASE
 };
 
-const REPLICATION_CONTROLLER: Strategy = Strategy {
+static REPLICATION_CONTROLLER: Strategy = Strategy {
     prepare_for_create: |obj| {
         if obj["status"].is_null() {
             obj["status"] = json!({"replicas": 0});
@@ -122,21 +126,21 @@ const REPLICATION_CONTROLLER: Strategy = Strategy {
     // Kubernetes' v1 API orphans a ReplicationController's pods by default.
     propagation: "Orphan",
     dependents: Dependents::BeforeAnswer,
-    ..DEFAULT
+    ..BASE
 };
 
-const DAEMON_SET: Strategy = Strategy {
+static DAEMON_SET: Strategy = Strategy {
     // Kubernetes' DaemonSet strategy starts every DaemonSet with an empty status.
     prepare_for_create: |obj| {
         obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
                                "desiredNumberScheduled": 0, "numberReady": 0});
     },
-    ..DEFAULT
+    ..BASE
 };
 
-const EVENT: Strategy = Strategy {
+static EVENT: Strategy = Strategy {
     generation: false,
-    ..DEFAULT
+    ..BASE
 };
 
 /// The strategy of `res`: the registration of every kind that differs from the default.
