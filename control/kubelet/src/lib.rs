@@ -212,6 +212,8 @@ pub(crate) struct Ctx {
     pub cgroup_root: Option<PathBuf>,
     pub services: Store<Service>,
     pub backoff_initial: Duration,
+    /// Writes the pods' events (repeats bump `count`).
+    pub recorder: xkube_client::runtime::EventRecorder,
     /// Pods known to the kubelet API (uid -> view).
     pub views: Mutex<HashMap<String, Arc<Mutex<pods::PodView>>>>,
 }
@@ -474,6 +476,8 @@ impl Kubelet {
             cgroup_root,
             services,
             backoff_initial: Duration::from_secs(opts.backoff_initial_seconds),
+            recorder: xkube_client::runtime::EventRecorder::new(client.clone(), "kubelet")
+                .with_host(&node_name),
             views: Mutex::new(HashMap::new()),
         });
 

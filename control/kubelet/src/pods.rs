@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Event as KEvent, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectReference, Pod, Secret};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{
@@ -601,31 +601,21 @@ impl Worker {
     }
 
     fn event(&self, type_: &str, reason: &str, message: String, container: Option<&str>) {
-        let now = node_now();
-        let ev: std::result::Result<KEvent, _> = serde_json::from_value(json!({
-            "metadata": {
-                // Named after the time like upstream's recorder, so a list (ordered by
-                // name) shows the pod's events in the order they happened.
-                "name": format!("{}.{:x}", self.name(), jiff::Timestamp::now().as_nanosecond()),
-                "namespace": self.ns(),
-            },
-            "involvedObject": {
-                "kind": "Pod", "apiVersion": "v1", "namespace": self.ns(), "name": self.name(),
-                "uid": self.uid,
-                "fieldPath": container.map(|c| format!("spec.containers{{{c}}}")),
-            },
-            "reason": reason, "message": message, "type": type_,
-            "source": {"component": "kubelet", "host": self.ctx.node_name},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "reportingComponent": "kubelet", "reportingInstance": self.ctx.node_name,
-        }));
-        let Ok(ev) = ev else { return };
-        let api = Api::<KEvent>::namespaced(self.ctx.client.clone(), self.ns());
-        tokio::spawn(async move {
-            if let Err(e) = api.create(&ev).await {
-                tracing::debug!(error = %e, "recording event");
-            }
-        });
+        let pod = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(self.ns().to_string()),
+            name: Some(self.name().to_string()),
+            uid: Some(self.uid.clone()),
+            field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+            ..ObjectReference::default()
+        };
+        let (recorder, type_, reason) = (
+            self.ctx.recorder.clone(),
+            type_.to_string(),
+            reason.to_string(),
+        );
+        tokio::spawn(async move { recorder.record(&pod, &type_, &reason, &message).await });
     }
 
     async fn run(mut self, token: CancellationToken) {

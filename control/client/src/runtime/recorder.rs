@@ -23,6 +23,7 @@ struct DedupKey {
     kind: String,
     name: String,
     uid: String,
+    field_path: String,
     type_: String,
     reason: String,
     message: String,
@@ -81,6 +82,15 @@ impl EventRecorder {
         }
     }
 
+    /// Same cache and client, reporting from `host` (a kubelet's node name): the events'
+    /// `source.host` and `reportingInstance`.
+    pub fn with_host(&self, host: &str) -> Self {
+        EventRecorder {
+            host: Some(host.to_string()),
+            ..self.clone()
+        }
+    }
+
     /// Same cache and client, another component name.
     pub fn with_component(&self, component: &str) -> Self {
         EventRecorder {
@@ -114,6 +124,7 @@ impl EventRecorder {
             kind: obj.kind.clone().unwrap_or_default(),
             name: obj.name.clone().unwrap_or_default(),
             uid: obj.uid.clone().unwrap_or_default(),
+            field_path: obj.field_path.clone().unwrap_or_default(),
             type_: type_.to_string(),
             reason: reason.to_string(),
             message: message.to_string(),
