@@ -768,6 +768,19 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
             ],
         ),
         (
+            "endpointslicemirroring-controller",
+            vec![
+                rule(&[""], &["endpoints"], READ),
+                rule(
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                    &["create", "delete", "get", "list", "update", "watch"],
+                ),
+                rule(&[""], &["endpoints/finalizers"], &["update"]),
+                rule(&["", "events.k8s.io"], &["events"], EVENTS),
+            ],
+        ),
+        (
             "node-controller",
             vec![
                 rule(

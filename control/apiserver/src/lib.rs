@@ -19,7 +19,6 @@ pub mod http;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
-pub mod mirror;
 pub mod options;
 pub mod pki;
 pub mod plugins;

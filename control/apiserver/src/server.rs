@@ -548,7 +548,6 @@ pub async fn start(
         tasks.spawn(accept_loop(l, None, router.clone(), cancel.clone()));
     }
     tasks.spawn(event_gc(registry.clone(), opts.event_ttl, cancel.clone()));
-    tasks.spawn(crate::mirror::run(registry.clone(), cancel.clone()));
     if opts.compaction_interval_seconds > 0 {
         tasks.spawn(compactor(
             store.clone(),

@@ -1033,92 +1033,17 @@ async fn events_expire_after_the_event_ttl() {
 }
 
 #[tokio::test]
-async fn endpoints_are_mirrored_into_endpoint_slices() {
+async fn endpoint_slices_are_served_in_the_discovery_group() {
     let api = start().await;
-    let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web"},
-        "subsets": [{"addresses": [{"ip": "10.1.0.1"}, {"ip": "10.1.0.2"}], "ports": [{"port": 80}]}]});
-    assert_eq!(
-        api.post("/api/v1/namespaces/default/endpoints", &ep)
-            .await
-            .0,
-        201
-    );
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.1.0.1"]}]});
     let slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
-    let mut found = None;
-    for _ in 0..50 {
-        let (code, s) = api.get(&format!("{slices}/web")).await;
-        if code == 200 {
-            found = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let s = found.expect("mirrored slice");
-    assert_eq!(s["metadata"]["labels"]["kubernetes.io/service-name"], "web");
-    assert_eq!(s["endpoints"].as_array().expect("endpoints").len(), 2);
-
-    // A second subset is a second slice; back to one subset, it goes, and the trigger time
-    // annotation follows the Endpoints.
-    let (_, cur) = api.get("/api/v1/namespaces/default/endpoints/web").await;
-    let mut two = cur.clone();
-    two["subsets"] = json!([{"addresses": [{"ip": "10.1.0.1"}], "ports": [{"port": 80}]},
-                            {"addresses": [{"ip": "10.1.0.3"}], "ports": [{"port": 81}]}]);
-    let (code, two) = api
-        .put("/api/v1/namespaces/default/endpoints/web", &two)
-        .await;
-    assert_eq!(code, 200, "{two}");
-    let mut second = None;
-    for _ in 0..50 {
-        let (code, s) = api.get(&format!("{slices}/web-1")).await;
-        if code == 200 {
-            second = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(second.expect("second slice")["ports"][0]["port"], 81);
-    let mut one = two.clone();
-    one["subsets"] = json!([{"addresses": [{"ip": "10.1.0.4"}], "ports": [{"port": 80}]}]);
-    one["metadata"]["annotations"] =
-        json!({"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-05T08:00:00Z"});
-    let (code, one) = api
-        .put("/api/v1/namespaces/default/endpoints/web", &one)
-        .await;
-    assert_eq!(code, 200, "{one}");
-    let mut settled = false;
-    for _ in 0..50 {
-        let (first, s) = api.get(&format!("{slices}/web")).await;
-        let (gone, _) = api.get(&format!("{slices}/web-1")).await;
-        if first == 200
-            && gone == 404
-            && s["metadata"]["annotations"]["endpoints.kubernetes.io/last-change-trigger-time"]
-                == "2026-12-05T08:00:00Z"
-            && s["endpoints"][0]["addresses"][0] == "10.1.0.4"
-        {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        settled,
-        "slices follow the Endpoints' subsets and annotations"
-    );
-    assert_eq!(
-        api.delete("/api/v1/namespaces/default/endpoints/web")
-            .await
-            .0,
-        200
-    );
-    let mut gone = false;
-    for _ in 0..50 {
-        if api.get(&format!("{slices}/web")).await.0 == 404 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gone, "slice not removed with its Endpoints");
+    let (code, created) = api.post(slices, &slice).await;
+    assert_eq!(code, 201, "{created}");
+    let (code, s) = api.get(&format!("{slices}/web")).await;
+    assert_eq!(code, 200);
+    assert_eq!(s["endpoints"][0]["addresses"][0], "10.1.0.1");
     let (_, groups) = api.get("/apis").await;
     assert!(
         groups["groups"]

@@ -5,6 +5,7 @@
 //! - [`daemonset`]: one pod per eligible node for every DaemonSet, rolled on template
 //!   changes.
 //! - [`endpoints`]: one Endpoints object per selector Service.
+//! - [`endpointslicemirroring`]: EndpointSlices mirrored from every Endpoints object.
 //! - [`nodelifecycle`]: podCIDRs, Ready=Unknown and taints for silent nodes, eviction.
 //! - [`namespace`]: empties and finalizes terminating namespaces.
 //! - [`serviceaccount`]: a `default` ServiceAccount per namespace and token Secrets signed by
@@ -12,17 +13,16 @@
 //! - [`podgc`]: deletes terminated pods beyond a threshold.
 //! - [`quota`]: keeps `ResourceQuota.status.used` current.
 //!
-//! Shared building blocks, also used by the scheduler: [`queue::WorkQueue`] (dedup, one
-//! worker per key, backoff), [`informer`] (reflectors and change subscriptions),
-//! [`recorder::EventRecorder`] (deduplicated events), [`quantity`] and [`podutil`]; the
-//! pod-owning controllers also share [`podcontrol`] (claims, pod creates and deletes,
-//! expectations).
+//! Every controller runs on the runtime in `xkube_client::runtime` (work queue, informers,
+//! event recorder, the `Controller` loop); the pod-owning controllers also share
+//! [`podcontrol`] (claims, pod creates and deletes, expectations).
 //!
 //! Binaries build a client with `xkube_client::Client::from_flags` and call [`run`] with parsed
 //! [`Options`].
 
 pub mod daemonset;
 pub mod endpoints;
+pub mod endpointslicemirroring;
 pub mod error;
 pub mod namespace;
 pub mod nodelifecycle;
@@ -44,6 +44,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
     Service, ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio_util::sync::CancellationToken;
 use xkube_client::Client;
 use xkube_client::runtime::{EventRecorder, reflect};
@@ -55,6 +56,7 @@ pub const CONTROLLERS: &[&str] = &[
     "replication",
     "daemonset",
     "endpoints",
+    "endpointslicemirroring",
     "nodelifecycle",
     "namespace",
     "serviceaccount",
@@ -73,7 +75,7 @@ pub struct Options {
     #[arg(long, env = "XKUBE_MASTER")]
     pub master: Option<String>,
     /// Controllers to run: `*` for all, `name` to enable, `-name` to disable
-    /// (replication, daemonset, endpoints, nodelifecycle, namespace, serviceaccount,
+    /// (replication, daemonset, endpoints, endpointslicemirroring, nodelifecycle, namespace, serviceaccount,
     /// serviceaccount-token, podgc, resourcequota).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub controllers: Vec<String>,
@@ -113,6 +115,9 @@ pub struct Options {
     /// Concurrent Endpoints syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_endpoint_syncs: usize,
+    /// Concurrent EndpointSlice mirroring syncs.
+    #[arg(long, default_value_t = 5)]
+    pub mirroring_concurrent_service_endpoint_syncs: usize,
     /// Concurrent namespace syncs.
     #[arg(long, default_value_t = 2)]
     pub concurrent_namespace_syncs: usize,
@@ -151,6 +156,7 @@ impl Default for Options {
             resource_quota_sync_period: Duration::from_secs(300),
             concurrent_rc_syncs: 5,
             concurrent_daemonset_syncs: 2,
+            mirroring_concurrent_service_endpoint_syncs: 5,
             concurrent_endpoint_syncs: 5,
             concurrent_namespace_syncs: 2,
             concurrent_resource_quota_syncs: 5,
@@ -261,10 +267,24 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         );
         tasks.spawn(c.run(opts.concurrent_daemonset_syncs, shutdown.clone()));
     }
-    if let (true, Some(services)) = (opts.enabled("endpoints"), services.clone()) {
-        let eps = reflect::<Endpoints>(&client, sd);
+    let eps =
+        need(&["endpoints", "endpointslicemirroring"]).then(|| reflect::<Endpoints>(&client, sd));
+    if let (true, Some(services), Some(eps)) =
+        (opts.enabled("endpoints"), services.clone(), eps.clone())
+    {
         let c = endpoints::EndpointsController::new(client.clone(), services, pods.clone(), eps);
         tasks.spawn(c.run(opts.concurrent_endpoint_syncs, shutdown.clone()));
+    }
+    if let (true, Some(eps)) = (opts.enabled("endpointslicemirroring"), eps) {
+        let c = endpointslicemirroring::EndpointSliceMirroringController::new(
+            client.clone(),
+            eps,
+            reflect::<EndpointSlice>(&client, sd),
+        );
+        tasks.spawn(c.run(
+            opts.mirroring_concurrent_service_endpoint_syncs,
+            shutdown.clone(),
+        ));
     }
     if let (true, Some(nodes)) = (opts.enabled("nodelifecycle"), nodes) {
         let cfg = nodelifecycle::NodeLifecycleConfig {

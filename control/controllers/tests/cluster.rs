@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
     Endpoints, Event, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret, Service,
     ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use support::{Cluster, FakeKubelet, eventually, pod_json};
 use xkube_client::{Api, DeleteParams, ListParams, Object, Patch};
@@ -358,6 +359,118 @@ async fn endpoints_follow_readiness_and_named_ports() {
         Some("192.0.2.10"),
         "manual endpoints untouched"
     );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_mirrored_into_endpoint_slices() {
+    let c = Cluster::start(|_| {}).await;
+    let eps: Api<Endpoints> = Api::namespaced(c.client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(c.client.clone(), "default");
+    // Selector-less Services: their Endpoints are the user's (the endpoints controller deletes
+    // Endpoints without a Service).
+    let svcs: Api<Service> = Api::namespaced(c.client.clone(), "default");
+    for name in ["web", "db"] {
+        let svc: Service = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .expect("service literal");
+        svcs.create(&svc).await.expect("service created");
+    }
+    let ep: Endpoints = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web"},
+        "subsets": [{"addresses": [{"ip": "10.1.0.1"}, {"ip": "10.1.0.2"}], "ports": [{"port": 80}]}]
+    }))
+    .expect("endpoints literal");
+    let ep = eps.create(&ep).await.expect("endpoints created");
+    let s = eventually("the mirrored slice", || async {
+        slices.get_opt("web").await.expect("get slice")
+    })
+    .await;
+    let labels = s.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.get("kubernetes.io/service-name").map(String::as_str),
+        Some("web")
+    );
+    assert_eq!(s.endpoints.len(), 2);
+    assert_eq!(
+        s.metadata
+            .owner_references
+            .as_ref()
+            .map(|o| o[0].uid.as_str()),
+        Some(ep.uid())
+    );
+
+    // A second subset is a second slice.
+    let mut two = ep.clone();
+    two.subsets = serde_json::from_value(json!([
+        {"addresses": [{"ip": "10.1.0.1"}], "ports": [{"port": 80}]},
+        {"addresses": [{"ip": "10.1.0.3"}], "ports": [{"port": 81}]}]))
+    .expect("subsets");
+    let two = eps.replace("web", &two).await.expect("two subsets");
+    let second = eventually("the second slice", || async {
+        slices.get_opt("web-1").await.expect("get slice")
+    })
+    .await;
+    assert_eq!(second.ports.as_ref().map(|p| p[0].port), Some(Some(81)));
+
+    // Back to one subset: the second slice goes, and the trigger time annotation follows the
+    // Endpoints.
+    let mut one = two.clone();
+    one.subsets = serde_json::from_value(json!([
+        {"addresses": [{"ip": "10.1.0.4"}], "ports": [{"port": 80}]}]))
+    .expect("subsets");
+    let trigger = xkube_controllers::endpoints::LAST_CHANGE_TRIGGER_TIME;
+    one.metadata.annotations = Some(BTreeMap::from([(
+        trigger.to_string(),
+        "2026-12-05T08:00:00Z".to_string(),
+    )]));
+    eps.replace("web", &one).await.expect("one subset");
+    eventually("slices follow the subsets and annotations", || async {
+        let first = slices.get_opt("web").await.expect("get slice")?;
+        let gone = slices.get_opt("web-1").await.expect("get slice").is_none();
+        let annotated = first
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(trigger))
+            == Some(&"2026-12-05T08:00:00Z".to_string());
+        (gone && annotated && first.endpoints[0].addresses == ["10.1.0.4"]).then_some(())
+    })
+    .await;
+
+    // A slice of another manager under a name the mirror would use is left alone.
+    let foreign: EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "db", "labels": {"kubernetes.io/service-name": "db",
+            "endpointslice.kubernetes.io/managed-by": "someone-else"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.1.0.9"]}]
+    }))
+    .expect("slice literal");
+    slices.create(&foreign).await.expect("foreign slice");
+    let db: Endpoints = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "db"},
+        "subsets": [{"addresses": [{"ip": "10.1.0.5"}], "ports": [{"port": 5432}]}]
+    }))
+    .expect("endpoints literal");
+    eps.create(&db).await.expect("db endpoints");
+
+    // Deleting the Endpoints deletes their slices.
+    eps.delete("web", &DeleteParams::default())
+        .await
+        .expect("delete endpoints");
+    eventually("slice removed with its Endpoints", || async {
+        slices
+            .get_opt("web")
+            .await
+            .expect("get slice")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let kept = slices.get("db").await.expect("foreign slice kept");
+    assert_eq!(kept.endpoints[0].addresses, ["10.1.0.9"]);
     c.stop().await;
 }
 

@@ -1,6 +1,6 @@
 //! The proxy agent (`xkube proxy`, also inside `xkube agent`): Services and EndpointSlices
 //! from the apiserver (list + watch, parsed on arrival, no object cache; kube-proxy reads
-//! slices only, and the apiserver mirrors every Endpoints object into slices) and this node's
+//! slices only, and the controller-manager mirrors every Endpoints object into slices) and this node's
 //! Node object
 //! (a reflector), fed to the
 //! mode-independent [sync loop](crate::sync) which drives the mode chosen by `--proxy-mode`
