@@ -39,6 +39,15 @@ pub enum Error {
     Encode(#[from] serde_json::Error),
 }
 
+impl From<xkube_serve::Error> for Error {
+    fn from(e: xkube_serve::Error) -> Self {
+        match e {
+            xkube_serve::Error::Io { op, path, source } => Error::Io { op, path, source },
+            xkube_serve::Error::Tls(m) => Error::Tls(m),
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn io(
         op: &'static str,

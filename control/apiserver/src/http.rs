@@ -29,14 +29,9 @@ use crate::registry::{DeleteOptions, FieldValidation, Registry, WriteOptions};
 /// Largest accepted request body (Kubernetes' 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
-/// Per-connection facts, inserted as a request extension by the listener.
-#[derive(Debug, Clone, Default)]
-pub struct ConnInfo {
-    /// Whether the connection is the TLS port (authentication applies).
-    pub secure: bool,
-    /// Subject of the verified client certificate.
-    pub client_cert: Option<(String, Vec<String>)>,
-}
+/// Per-connection facts (TLS, the client certificate's subject), inserted as a request
+/// extension by the listener.
+pub use xkube_serve::Conn as ConnInfo;
 
 /// Shared state of the HTTP handlers.
 pub struct App {

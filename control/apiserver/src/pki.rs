@@ -13,7 +13,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
 
@@ -353,67 +352,21 @@ impl Pki {
     }
 }
 
-/// The certificates of a PEM file. Blocking.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let data = std::fs::read(path).map_err(Error::io("read", path))?;
-    rustls_pemfile::certs(&mut data.as_slice())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(Error::io("parse certificates", path))
-}
-
-/// The private key of a PEM file. Blocking.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let data = std::fs::read(path).map_err(Error::io("read", path))?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(Error::io("parse key", path))?
-        .ok_or_else(|| Error::Tls(format!("{}: no private key", path.display())))
-}
+pub use xkube_serve::{client_identity, load_certs, load_key};
 
 /// The rustls server config: the serving certificate, optional client certificates verified
 /// against the cluster CA and `client_ca` (requests without one go on to other authenticators).
 pub fn server_config(pki: &Pki, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(&pki.ca_cert)? {
-        roots.add(c).map_err(tls)?;
-    }
+    let mut cas = load_certs(&pki.ca_cert)?;
     if let Some(p) = client_ca {
-        for c in load_certs(p)? {
-            roots.add(c).map_err(tls)?;
-        }
+        cas.extend(load_certs(p)?);
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(tls)?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(tls)?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&pki.server_cert)?, load_key(&pki.server_key)?)
-        .map_err(tls)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// The user (`CN`) and groups (`O`) of a verified client certificate.
-pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let subject = parsed.subject();
-    let cn = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    Some((cn, orgs))
+    let chain = load_certs(&pki.server_cert)?;
+    Ok(xkube_serve::server_config(
+        chain,
+        load_key(&pki.server_key)?,
+        cas,
+    )?)
 }
 
 /// Subject alternative names of the serving certificate.

@@ -33,6 +33,8 @@ pub enum Error {
     Iptables(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Serve(#[from] xkube_serve::Error),
     #[error("invalid pod state transition from {from} on {event}")]
     Transition { from: &'static str, event: String },
 }

@@ -29,9 +29,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -56,10 +54,6 @@ pub async fn bind(ns: &NsRef, port: u16) -> Result<tokio::net::TcpListener> {
         .map_err(crate::error::io("bind kubelet port", format!(":{port}")))?;
     tokio::net::TcpListener::from_std(l).map_err(crate::error::io("listen", format!(":{port}")))
 }
-
-/// The verified client certificate's user of a connection, as a request extension.
-#[derive(Debug, Clone, Default)]
-struct Peer(Option<UserInfo>);
 
 /// Every route of the authenticated API.
 fn routes() -> Router<Arc<Ctx>> {
@@ -87,7 +81,11 @@ pub(crate) fn secure_app(ctx: Arc<Ctx>, auth: Arc<Auth>) -> Router {
 
 /// Authentication, then authorization, then the handler (Kubernetes' kubelet filter).
 async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    let cert_user = req.extensions().get::<Peer>().and_then(|p| p.0.clone());
+    let cert_user = req
+        .extensions()
+        .get::<xkube_serve::Conn>()
+        .and_then(|c| c.client_cert.clone())
+        .map(|(user, groups)| UserInfo::from_cert(user, groups));
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -110,78 +108,24 @@ async fn guard(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Respo
     }
 }
 
-/// Serves the authenticated API over TLS on `listener` until `token`.
+/// Serves the authenticated API over TLS on `listener` until `token`; plain HTTP and other
+/// garbage end at the handshake (there is no plain-HTTP API).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     app: Router,
     token: CancellationToken,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        let sock = tokio::select! {
-            _ = token.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kubelet API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = sock.set_nodelay(true);
-        let (tls, app, token) = (tls.clone(), app.clone(), token.clone());
-        conns.spawn(async move {
-            // Plain HTTP and other garbage end here: there is no plain-HTTP API.
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(sock)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "kubelet API TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let peer = Peer(
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(crate::tls::client_identity)
-                    .map(|(user, groups)| UserInfo::from_cert(user, groups)),
-            );
-            serve_conn(stream, app, peer, token).await;
-        });
-    }
-    while conns.join_next().await.is_some() {}
-}
-
-async fn serve_conn<I>(io: I, app: Router, peer: Peer, token: CancellationToken)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer.clone());
+    let handler = move |req: http::Request<hyper::body::Incoming>| {
         let app = app.clone();
-        async move { app.oneshot(req.map(Body::new)).await }
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "kubelet API connection ended with an error");
+        async move {
+            match app.oneshot(req.map(Body::new)).await {
+                Ok(r) => r,
+                Err(never) => match never {},
             }
         }
-        _ = token.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
-    }
+    };
+    xkube_serve::accept_loop(listener, Some(tls), handler, token).await;
 }
 
 /// Serves the read-only port (plain HTTP, no authentication) until `token`.

@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use xkube_serve::{load_certs, load_key};
 
 use crate::error::{Error, Result, io};
 
@@ -77,24 +77,6 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
     std::io::Write::write_all(&mut f, data.as_bytes()).map_err(io("write", path))
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let data = std::fs::read(path).map_err(io("read", path))?;
-    let certs = rustls_pemfile::certs(&mut data.as_slice())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(io("parse certificates", path))?;
-    if certs.is_empty() {
-        return Err(tls(path.display())("no certificate".into()));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let data = std::fs::read(path).map_err(io("read", path))?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(io("parse key", path))?
-        .ok_or_else(|| tls(path.display())("no private key".into()))
-}
-
 /// The rustls config of the kubelet API: `cert`/`key`, HTTP/1.1 and h2, and client
 /// certificates verified against `client_ca` when given (optional: bearer tokens and
 /// anonymous requests come without one).
@@ -103,44 +85,15 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls("protocols")(e.to_string()))?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in load_certs(ca)? {
-                roots.add(c).map_err(|e| tls(ca.display())(e.to_string()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| tls(ca.display())(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
+    let cas = match client_ca {
+        Some(ca) => load_certs(ca)?,
+        None => Vec::new(),
     };
-    let mut cfg = builder
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| tls(cert.display())(e.to_string()))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// The user (`CN`) and groups (`O`) of a verified client certificate.
-pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let subject = parsed.subject();
-    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    let orgs = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_owned))
-        .collect();
-    Some((cn, orgs))
+    Ok(xkube_serve::server_config(
+        load_certs(cert)?,
+        load_key(key)?,
+        cas,
+    )?)
 }
 
 #[cfg(test)]
