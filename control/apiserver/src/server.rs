@@ -9,19 +9,20 @@ use std::time::Duration;
 
 use axum::Router;
 use futures::FutureExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use xkube_api::ResourceInfo;
 use xkube_store::{Store, StoreSpec};
 
 use crate::admission;
 use crate::alloc::{Allocators, IpRange, PortRange};
 use crate::auth::{Authenticator, Authorizer};
 use crate::error::{Error, Result};
-use crate::http::{App, ConnInfo};
+use crate::http::App;
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::options::{AuthorizationMode, Options, StorageBackend};
@@ -115,109 +116,43 @@ async fn open_store(o: &Options) -> Result<Arc<dyn Store>> {
     Ok(xkube_store::open(&spec).await?)
 }
 
-async fn serve_conn<I>(io: I, router: Router, info: ConnInfo, cancel: CancellationToken)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(info.clone());
+/// How the apiserver answers one request of a connection: bodies declared too large are
+/// refused before a byte is read (413 for every verb and route), and a handler that panics
+/// still answers (500) rather than dropping the connection.
+fn handler(
+    router: Router,
+) -> impl Fn(http::Request<hyper::body::Incoming>) -> BoxFuture<'static, axum::response::Response>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |req| {
         let router = router.clone();
         async move {
-            // Refused before a byte of the body is read (413 for every verb and route). A
-            // client waiting for `100 Continue` sends nothing; any other is writing the body,
-            // which is drained so that it reads this answer.
+            // A client waiting for `100 Continue` sends nothing; any other is writing the
+            // body, which is drained so that it reads this answer.
             if limits::declared_too_large(req.headers()) {
                 let (parts, body) = req.into_parts();
                 if !limits::expects_continue(&parts.headers) {
                     limits::drain(body);
                 }
-                return Ok(limits::too_large_response());
+                return limits::too_large_response();
             }
-            // A handler that panics still answers (500), rather than dropping the connection.
             let served =
                 router.oneshot(req.map(|b| axum::body::Body::new(limits::Draining::new(b))));
             match std::panic::AssertUnwindSafe(served).catch_unwind().await {
-                Ok(r) => r,
+                Ok(Ok(r)) => r,
+                Ok(Err(never)) => match never {},
                 Err(_) => {
                     tracing::error!("request handler panicked");
-                    Ok(limits::status_response(&xkube_api::StatusError::internal(
+                    limits::status_response(&xkube_api::StatusError::internal(
                         "the request handler failed",
-                    )))
+                    ))
                 }
             }
         }
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
+        .boxed()
     }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    router: Router,
-    cancel: CancellationToken,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        let (sock, _peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = sock.set_nodelay(true);
-        let router = router.clone();
-        let cancel = cancel.clone();
-        let tls = tls.clone();
-        conns.spawn(async move {
-            match tls {
-                Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                    let client_cert = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(pki::client_identity);
-                    let info = ConnInfo {
-                        secure: true,
-                        client_cert,
-                    };
-                    serve_conn(stream, router, info, cancel).await;
-                }
-                None => serve_conn(sock, router, ConnInfo::default(), cancel).await,
-            }
-        });
-    }
-    while conns.join_next().await.is_some() {}
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -290,34 +225,62 @@ async fn ensure_builtins(
         }
     }
     ensure_rbac_bootstrap(reg).await?;
-    let endpoints = find("endpoints")?;
+    // The kubernetes Service's Endpoints and EndpointSlice, both written here as Kubernetes'
+    // endpoint reconciler does (the Endpoints say `skip-mirror`: the mirroring controller
+    // leaves them alone, and the proxies find the apiserver without a controller-manager).
+    let subsets = json!([{"addresses": [{"ip": endpoint.ip().to_string()}],
+                          "ports": [{"name": "https", "port": endpoint.port(), "protocol": "TCP"}]}]);
     let ep = json!({
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default",
                      "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": endpoint.ip().to_string()}],
-                     "ports": [{"name": "https", "port": endpoint.port(), "protocol": "TCP"}]}],
+        "subsets": subsets,
     });
-    match reg.get(endpoints, Some("default"), "kubernetes").await {
-        Ok((cur, _)) if cur["subsets"] == ep["subsets"] => {}
-        Ok(_) => {
-            reg.update(
-                endpoints,
+    ensure_default_object(reg, find("endpoints")?, ep, &["subsets"]).await?;
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": endpoint.port(), "protocol": "TCP"}],
+    });
+    let slices = xkube_api::resources::find("discovery.k8s.io", "v1", "endpointslices")
+        .ok_or_else(|| Error::Config("resource endpointslices is not registered".into()))?;
+    ensure_default_object(reg, slices, slice, &["endpoints", "ports"]).await
+}
+
+/// Creates `want` in the default namespace, or replaces it when one of its `fields` differs.
+async fn ensure_default_object(
+    reg: &Arc<Registry>,
+    res: &'static ResourceInfo,
+    want: Value,
+    fields: &[&str],
+) -> Result<()> {
+    let name = want["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    match reg.get(res, Some("default"), &name).await {
+        Ok((cur, _)) if fields.iter().all(|f| cur[*f] == want[*f]) => Ok(()),
+        Ok(_) => reg
+            .update(
+                res,
                 Some("default"),
-                "kubernetes",
-                ep,
+                &name,
+                want,
                 None,
-                &opts,
+                &WriteOptions::default(),
                 None,
             )
             .await
-            .map_err(|e| {
-                Error::Config(format!("updating the kubernetes endpoints: {}", e.message))
-            })?;
-        }
-        Err(_) => ignore_exists(reg.create(endpoints, Some("default"), ep, &opts).await)?,
+            .map(drop)
+            .map_err(|e| Error::Config(format!("updating {} {name}: {}", res.plural, e.message))),
+        Err(_) => ignore_exists(
+            reg.create(res, Some("default"), want, &WriteOptions::default())
+                .await,
+        ),
     }
-    Ok(())
 }
 
 /// Creates Kubernetes' bootstrap ClusterRoles and ClusterRoleBindings, and adds the missing
@@ -541,11 +504,21 @@ pub async fn start(
     let router = Router::new().fallback(crate::http::handle).with_state(app);
     if let Some(l) = secure_listener {
         tracing::info!(addr = ?secure_addr, "serving securely");
-        tasks.spawn(accept_loop(l, tls, router.clone(), cancel.clone()));
+        tasks.spawn(xkube_serve::accept_loop(
+            l,
+            tls,
+            handler(router.clone()),
+            cancel.clone(),
+        ));
     }
     if let Some(l) = insecure_listener {
         tracing::info!(addr = ?insecure_addr, "serving insecurely on loopback");
-        tasks.spawn(accept_loop(l, None, router.clone(), cancel.clone()));
+        tasks.spawn(xkube_serve::accept_loop(
+            l,
+            None,
+            handler(router.clone()),
+            cancel.clone(),
+        ));
     }
     tasks.spawn(event_gc(registry.clone(), opts.event_ttl, cancel.clone()));
     if opts.compaction_interval_seconds > 0 {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use xkube_apiserver::RunningServer;
 use xkube_apiserver::testing::TestServer;
 
 const KUBECTL: &str = "/usr/bin/kubectl";
@@ -202,6 +203,37 @@ fn header(out: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Controllers of the controller-manager running against a test server.
+struct Controllers {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<xkube_controllers::Result<()>>,
+}
+
+impl Controllers {
+    /// Runs the controller `name` against `server`'s insecure port.
+    fn start(server: &RunningServer, dir: &Path, name: &str) -> Self {
+        let url = server.http_url().expect("http listener");
+        let opts = xkube_controllers::Options {
+            controllers: vec![name.into()],
+            data_dir: dir.join("cm"),
+            ..xkube_controllers::Options::default()
+        };
+        let client = xkube_client::Client::from_flags(None, Some(&url)).expect("client");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { xkube_controllers::run(opts, client, s).await });
+        Controllers { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("controller-manager task")
+            .expect("controller-manager");
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write manifest");
@@ -226,6 +258,8 @@ async fn upstream_kubectl_core_flows() {
         kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
         home,
     };
+    // kubectl describe reads a Service's endpoints from its EndpointSlices.
+    let cm = Controllers::start(&server, dir.path(), "endpointslicemirroring");
     let manifest = write(dir.path(), "all.yaml", MANIFEST);
     let out = k.ok(&["create", "-f", &manifest]).await;
     for line in [
@@ -477,6 +511,7 @@ async fn upstream_kubectl_core_flows() {
     }
     let out = k.ok(&["delete", "namespace", "demo"]).await;
     assert!(out.contains("namespace \"demo\" deleted"), "{out}");
+    cm.stop().await;
     server.stop().await;
 }
 
@@ -499,18 +534,7 @@ async fn upstream_kubectl_applies_and_lists_daemonsets() {
         home,
     };
     // The DaemonSet controller, so that status and pods are real.
-    let url = server.http_url().expect("http listener");
-    let opts = xkube_controllers::Options {
-        controllers: vec!["daemonset".into()],
-        data_dir: dir.path().join("cm"),
-        ..xkube_controllers::Options::default()
-    };
-    let client = xkube_client::Client::from_flags(None, Some(&url)).expect("client");
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let cm = tokio::spawn({
-        let s = shutdown.clone();
-        async move { xkube_controllers::run(opts, client, s).await }
-    });
+    let cm = Controllers::start(&server, dir.path(), "daemonset");
 
     let nodes = write(dir.path(), "nodes.yaml", NODES);
     k.ok(&["create", "-f", &nodes]).await;
@@ -649,10 +673,7 @@ async fn upstream_kubectl_applies_and_lists_daemonsets() {
 
     let out = k.ok(&["delete", "ds", "agent"]).await;
     assert!(out.contains("daemonset.apps \"agent\" deleted"), "{out}");
-    shutdown.cancel();
-    cm.await
-        .expect("controller-manager task")
-        .expect("controller-manager");
+    cm.stop().await;
     server.stop().await;
 }
 

@@ -155,31 +155,33 @@ impl Engine {
     }
 }
 
-/// The root filesystem of `xkube/tools` as a tar: `xkube` (debug info stripped) in
-/// /usr/local/bin, the host tools in /bin, and their shared libraries at their host paths.
-pub fn rootfs_tar(xkube: &Path, work: &Path) -> Result<Vec<u8>> {
+/// The root filesystem of `xkube/tools` as a tar: `xkube` (debug info stripped, when given)
+/// in /usr/local/bin, the host tools in /bin, and their shared libraries at their host paths.
+pub fn rootfs_tar(xkube: Option<&Path>, work: &Path) -> Result<Vec<u8>> {
     let root = work.join("rootfs");
     if root.exists() {
         std::fs::remove_dir_all(&root).map_err(io("remove", &root))?;
     }
     let bin = root.join("usr/local/bin");
     std::fs::create_dir_all(&bin).map_err(io("create directory", &bin))?;
-    let out = Command::new("strip")
-        .arg("--strip-debug")
-        .arg("-o")
-        .arg(bin.join("xkube"))
-        .arg(xkube)
-        .output()
-        .map_err(io("run strip on", xkube))?;
-    if !out.status.success() {
-        return Err(Error::Invalid(format!(
-            "strip {}: {}",
-            xkube.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
+    if let Some(xkube) = xkube {
+        let out = Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(bin.join("xkube"))
+            .arg(xkube)
+            .output()
+            .map_err(io("run strip on", xkube))?;
+        if !out.status.success() {
+            return Err(Error::Invalid(format!(
+                "strip {}: {}",
+                xkube.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
     }
     let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let mut libs_of = vec![xkube.to_owned()];
+    let mut libs_of: Vec<PathBuf> = xkube.map(Path::to_owned).into_iter().collect();
     for t in TOOLS {
         let src = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
             .iter()
@@ -254,11 +256,11 @@ fn dockerfile_context(dockerfile: &str, work: &Path) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// Imports `rootfs` as `xkube/tools` and builds the images derived from it.
-pub async fn load_images(docker: &Docker, rootfs: &[u8], work: &Path) -> Result<()> {
+/// Imports the [`rootfs_tar`] `rootfs` as `repo:latest` (command `sleep infinity`).
+pub async fn import_rootfs(docker: &Docker, rootfs: &[u8], repo: &str) -> Result<()> {
     let opts = CreateImageOptions {
         from_src: Some("-".into()),
-        repo: Some("xkube/tools".into()),
+        repo: Some(repo.into()),
         tag: Some("latest".into()),
         changes: vec![
             "ENV PATH=/usr/local/bin:/bin".into(),
@@ -272,8 +274,18 @@ pub async fn load_images(docker: &Docker, rootfs: &[u8], work: &Path) -> Result<
         None,
     );
     while let Some(r) = s.next().await {
-        r.map_err(|e| Error::Invalid(format!("docker import xkube/tools: {e}")))?;
+        r.map_err(|e| Error::Invalid(format!("docker import {repo}: {e}")))?;
     }
+    docker
+        .inspect_image(&format!("{repo}:latest"))
+        .await
+        .map_err(|e| Error::Invalid(format!("image {repo} after its import: {e}")))?;
+    Ok(())
+}
+
+/// Imports `rootfs` as `xkube/tools` and builds the images derived from it.
+pub async fn load_images(docker: &Docker, rootfs: &[u8], work: &Path) -> Result<()> {
+    import_rootfs(docker, rootfs, "xkube/tools").await?;
     for (name, entrypoint, cmd) in [
         ("xkube/pause", r#"["/usr/local/bin/xkube", "pause"]"#, "[]"),
         (

@@ -605,7 +605,7 @@ async fn start_engines(
     std::fs::create_dir_all(&work).map_err(io("create directory", &work))?;
     let rootfs = {
         let (xkube, work) = (xkube.to_owned(), work.clone());
-        tokio::task::spawn_blocking(move || docker::rootfs_tar(&xkube, &work))
+        tokio::task::spawn_blocking(move || docker::rootfs_tar(Some(&xkube), &work))
             .await
             .map_err(|e| Error::Invalid(format!("image root task: {e}")))??
     };
@@ -1000,7 +1000,7 @@ fn teardown(state: &State, data: &Path) -> Result<()> {
 }
 
 /// Unmounts (lazily) every mount point below `dir`, deepest first.
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };

@@ -27,6 +27,9 @@ pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MIRROR: &str = "endpointslicemirroring-controller.k8s.io";
 /// Label naming a slice's Service.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Label of Endpoints that are not mirrored (the apiserver writes the `kubernetes` Service's
+/// slice itself).
+pub const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 /// kubectl's `apply` annotation, never mirrored.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -52,8 +55,13 @@ fn endpoint(a: &EndpointAddress, ready: bool) -> Endpoint {
     }
 }
 
-/// The slices Endpoints `ep` asks for: one per subset, ready addresses first.
+/// The slices Endpoints `ep` asks for: one per subset, ready addresses first; none when
+/// labelled [`SKIP_MIRROR`].
 pub fn slices_for(ep: &Endpoints) -> Vec<EndpointSlice> {
+    let labels = ep.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(SKIP_MIRROR)).map(String::as_str) == Some("true") {
+        return Vec::new();
+    }
     let name = ep.name();
     let mut annotations = ep.metadata.annotations.clone().unwrap_or_default();
     // Annotations are copied, as Kubernetes' mirroring controller does (the proxies read
@@ -300,5 +308,15 @@ mod tests {
             l.insert(MANAGED_BY.into(), "endpointslice-controller.k8s.io".into());
         }
         assert!(!mirrored_for(&theirs, "web"));
+    }
+
+    #[test]
+    fn endpoints_labelled_skip_mirror_get_no_slices() {
+        let ep = endpoints(
+            json!({"metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {SKIP_MIRROR: "true"}},
+            "subsets": [{"addresses": [{"ip": "198.18.0.1"}]}]}),
+        );
+        assert!(slices_for(&ep).is_empty());
     }
 }

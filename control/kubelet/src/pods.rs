@@ -610,12 +610,7 @@ impl Worker {
             field_path: container.map(|c| format!("spec.containers{{{c}}}")),
             ..ObjectReference::default()
         };
-        let (recorder, type_, reason) = (
-            self.ctx.recorder.clone(),
-            type_.to_string(),
-            reason.to_string(),
-        );
-        tokio::spawn(async move { recorder.record(&pod, &type_, &reason, &message).await });
+        self.ctx.recorder.post(pod, type_, reason, &message);
     }
 
     async fn run(mut self, token: CancellationToken) {

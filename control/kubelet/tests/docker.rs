@@ -8,93 +8,52 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::Arc,
     time::Duration,
 };
 
-use bollard::{Docker, query_parameters::CreateImageOptions};
+use bollard::Docker;
 use common::{Cluster, phase, pod_ip, waiting_reason};
-use futures::StreamExt;
 use serde_json::json;
 use xkube_client::DeleteParams;
+use xkube_cluster::docker::{self, Engine};
 use xkube_kubelet::{ContainerRuntime, runtime::docker::DockerRuntime};
 
-/// A dockerd of our own, stopped (and its mounts removed) on drop.
+/// A dockerd of our own (the local cluster's per-node engine set-up, `xkube_cluster::docker`),
+/// stopped and its mounts removed on drop.
 struct Dockerd {
     child: Child,
+    engine: Engine,
     dir: tempfile::TempDir,
 }
 
 impl Dockerd {
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("docker.sock")
-    }
-
-    async fn start() -> Self {
+    async fn start() -> (Self, Docker) {
         common::assert_root();
         let dir = tempfile::Builder::new()
             .prefix("xkd")
             .tempdir_in("/tmp")
             .expect("tempdir");
+        // The engine's exec root is /run/xkube-<cluster>/<node>: unique per test process.
+        let engine = Engine::new(dir.path(), &format!("kt{}", std::process::id()), "n1");
+        std::fs::create_dir_all(&engine.exec_root).expect("exec root");
         let log = std::fs::File::create(dir.path().join("dockerd.log")).expect("log file");
-        let p = |s: &str| dir.path().join(s).to_string_lossy().into_owned();
-        let child = Command::new("dockerd")
-            .args([
-                "--host",
-                &format!("unix://{}", p("docker.sock")),
-                "--data-root",
-                &p("data"),
-                "--exec-root",
-                &p("exec"),
-                "--pidfile",
-                &p("docker.pid"),
-                "--bridge",
-                "none",
-                "--iptables=false",
-                "--ip-masq=false",
-                "--ip-forward=false",
-                "--userland-proxy=false",
-                "--log-level",
-                "warn",
-            ])
+        let child = engine
+            .command("dockerd")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             .spawn()
             .expect("dockerd is installed (xtask setup installs docker.io)");
-        let d = Self { child, dir };
-        for _ in 0..600 {
-            if d.socket().exists()
-                && let Ok(docker) = Docker::connect_with_unix(
-                    &d.socket().to_string_lossy(),
-                    10,
-                    bollard::API_DEFAULT_VERSION,
-                )
-                && let Ok(docker) = docker.negotiate_version().await
-                && docker.ping().await.is_ok()
-            {
-                return d;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let d = Self { child, engine, dir };
+        match d.engine.wait(Duration::from_secs(60)).await {
+            Ok(docker) => (d, docker),
+            Err(e) => panic!(
+                "{e}: {}",
+                std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default()
+            ),
         }
-        panic!(
-            "dockerd did not come up: {}",
-            std::fs::read_to_string(d.dir.path().join("dockerd.log")).unwrap_or_default()
-        );
-    }
-
-    async fn client(&self) -> Docker {
-        Docker::connect_with_unix(
-            &self.socket().to_string_lossy(),
-            120,
-            bollard::API_DEFAULT_VERSION,
-        )
-        .expect("connect")
-        .negotiate_version()
-        .await
-        .expect("negotiate API version")
     }
 }
 
@@ -111,102 +70,34 @@ impl Drop for Dockerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Ok(m) = std::fs::read_to_string("/proc/self/mounts") {
-            let mut mine: Vec<&str> = m
-                .lines()
-                .filter_map(|l| l.split_whitespace().nth(1))
-                .filter(|p| Path::new(p).starts_with(self.dir.path()))
-                .collect();
-            mine.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in mine {
-                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
+        xkube_cluster::unmount_under(self.dir.path());
+        let run = self
+            .engine
+            .exec_root
+            .parent()
+            .unwrap_or(&self.engine.exec_root);
+        xkube_cluster::unmount_under(run);
+        let _ = std::fs::remove_dir_all(run);
     }
-}
-
-/// A root filesystem tar of a few host tools and their libraries.
-fn tools_rootfs(dir: &Path) -> Vec<u8> {
-    let root = dir.join("rootfs");
-    let tools = [
-        "sh", "sleep", "socat", "cat", "hostname", "seq", "env", "echo",
-    ];
-    let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
-    for t in tools {
-        let src = ["/usr/bin", "/bin", "/usr/sbin"]
-            .iter()
-            .map(|d| Path::new(d).join(t))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("{t} on the host"));
-        files.push((src.clone(), PathBuf::from("/bin").join(t)));
-        let out = Command::new("ldd").arg(&src).output().expect("ldd");
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let lib = line
-                .split("=>")
-                .nth(1)
-                .unwrap_or(line)
-                .split_whitespace()
-                .next()
-                .unwrap_or("");
-            if lib.starts_with('/') {
-                files.push((PathBuf::from(lib), PathBuf::from(lib)));
-            }
-        }
-    }
-    for (src, dst) in files {
-        let to = root.join(dst.strip_prefix("/").expect("absolute"));
-        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
-        std::fs::copy(&src, &to).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-    }
-    std::fs::create_dir_all(root.join("tmp")).expect("tmp");
-    let out = Command::new("tar")
-        .args(["-C", &root.to_string_lossy(), "-cf", "-", "."])
-        .output()
-        .expect("tar");
-    assert!(
-        out.status.success(),
-        "tar: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-async fn import(docker: &Docker, tar: &[u8], repo: &str) {
-    let opts = CreateImageOptions {
-        from_src: Some("-".into()),
-        repo: Some(repo.into()),
-        tag: Some("latest".into()),
-        changes: vec![
-            "ENV PATH=/bin".into(),
-            "CMD [\"/bin/sleep\", \"infinity\"]".into(),
-        ],
-        ..Default::default()
-    };
-    let mut s = docker.create_image(
-        Some(opts),
-        Some(bollard::body_full(bytes::Bytes::copy_from_slice(tar))),
-        None,
-    );
-    while let Some(r) = s.next().await {
-        r.unwrap_or_else(|e| panic!("docker import {repo}: {e}"));
-    }
-    docker
-        .inspect_image(&format!("{repo}:latest"))
-        .await
-        .unwrap_or_else(|e| panic!("{repo} imported: {e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
-    let dockerd = Dockerd::start().await;
-    let docker = dockerd.client().await;
-    let tar = tools_rootfs(dockerd.dir.path());
-    import(&docker, &tar, "xkube/pause").await;
-    import(&docker, &tar, "xkube/tools").await;
-    let rt: Arc<dyn ContainerRuntime> = Arc::new(
-        DockerRuntime::connect(&dockerd.socket().to_string_lossy(), "xkube/pause:latest")
+    let (dockerd, docker) = Dockerd::start().await;
+    // The tools image doubles as the pause container (its command sleeps).
+    let tar = docker::rootfs_tar(None, dockerd.dir.path()).expect("image root");
+    for repo in ["xkube/pause", "xkube/tools"] {
+        docker::import_rootfs(&docker, &tar, repo)
             .await
-            .expect("docker runtime connects"),
+            .expect("image imported");
+    }
+    let rt: Arc<dyn ContainerRuntime> = Arc::new(
+        DockerRuntime::connect(
+            &dockerd.engine.socket.to_string_lossy(),
+            "xkube/pause:latest",
+        )
+        .await
+        .expect("docker runtime connects"),
     );
     assert!(rt.version().starts_with("docker://20."), "{}", rt.version());
     let rt2 = rt.clone();

@@ -1,9 +1,11 @@
-//! An event recorder shared by the controllers and the scheduler: repeated events (same
-//! involved object, type, reason and message) bump `count` and `lastTimestamp` of the event
-//! already written instead of creating another one.
+//! An event recorder shared by the controllers, the scheduler and the kubelet: repeated
+//! events (same involved object, field path, type, reason and message) bump `count` and
+//! `lastTimestamp` of the event already written instead of creating another one.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::mpsc;
 
 use crate::{Api, Client, Object, Patch};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
@@ -16,6 +18,17 @@ pub const NORMAL: &str = "Normal";
 pub const WARNING: &str = "Warning";
 
 const CACHE_LIMIT: usize = 4096;
+/// Events [`EventRecorder::post`] holds while earlier ones are written; more are dropped
+/// (Kubernetes' event broadcaster keeps 1,000 too).
+const QUEUE_LIMIT: usize = 1000;
+
+struct Posted {
+    by: EventRecorder,
+    obj: ObjectReference,
+    type_: String,
+    reason: String,
+    message: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct DedupKey {
@@ -43,6 +56,8 @@ pub struct EventRecorder {
     component: String,
     host: Option<String>,
     seen: Arc<Mutex<HashMap<DedupKey, Seen>>>,
+    /// The writer of [`EventRecorder::post`], started on first use.
+    queue: Arc<OnceLock<mpsc::Sender<Posted>>>,
 }
 
 impl std::fmt::Debug for EventRecorder {
@@ -79,6 +94,7 @@ impl EventRecorder {
             component: component.to_string(),
             host: None,
             seen: Arc::new(Mutex::new(HashMap::new())),
+            queue: Arc::new(OnceLock::new()),
         }
     }
 
@@ -96,6 +112,33 @@ impl EventRecorder {
         EventRecorder {
             component: component.to_string(),
             ..self.clone()
+        }
+    }
+
+    /// Records an event in the background, without waiting: the events posted through one
+    /// recorder and its clones are written one at a time in the order they were posted (as
+    /// Kubernetes' event broadcaster writes them), so their names and timestamps keep that
+    /// order. Needs a tokio runtime; a full queue drops the event.
+    pub fn post(&self, obj: ObjectReference, type_: &str, reason: &str, message: &str) {
+        let tx = self.queue.get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<Posted>(QUEUE_LIMIT);
+            // Ends when the last recorder (and with it the sender) is gone.
+            tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    p.by.record(&p.obj, &p.type_, &p.reason, &p.message).await;
+                }
+            });
+            tx
+        });
+        let posted = Posted {
+            by: self.clone(),
+            obj,
+            type_: type_.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        if tx.try_send(posted).is_err() {
+            tracing::debug!(reason, message, "event queue full; event dropped");
         }
     }
 
