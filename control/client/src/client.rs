@@ -99,6 +99,25 @@ pub(crate) fn status_from(code: u16, body: &[u8]) -> ApiStatus {
     }
 }
 
+/// How a control-plane component finds the apiserver: `--kubeconfig` and `--master`, as
+/// kube-controller-manager and kube-scheduler take them (flatten into the component's flags).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConnectionFlags {
+    /// Kubeconfig file with the apiserver's address and credentials.
+    #[arg(long, env = "XKUBE_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Address of the apiserver (overrides the kubeconfig's server).
+    #[arg(long, env = "XKUBE_MASTER")]
+    pub master: Option<String>,
+}
+
+impl ConnectionFlags {
+    /// The client these flags select ([`Client::from_flags`]).
+    pub fn client(&self) -> Result<Client> {
+        Client::from_flags(self.kubeconfig.as_deref(), self.master.as_deref())
+    }
+}
+
 impl Client {
     /// A client as a component's flags select it (`--kubeconfig`, `--master`): the server
     /// URL alone when only `master` is given, else the kubeconfig (the default one when

@@ -22,7 +22,7 @@ pub use api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, LogParams, Object, ObjectList,
     Patch, PropagationPolicy, WatchEvent,
 };
-pub use client::Client;
+pub use client::{Client, ConnectionFlags};
 pub use config::{Config, Kubeconfig, Overrides};
 pub use error::{ApiStatus, Error, Result};
 pub use reflector::{Change, Reflector, Store, Writer};

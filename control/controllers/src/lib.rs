@@ -68,12 +68,9 @@ pub const CONTROLLERS: &[&str] = &[
 /// Flags of `xkube controller-manager` (Kubernetes' names and defaults where they exist).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Kubeconfig file with the apiserver's address and credentials.
-    #[arg(long, env = "XKUBE_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Address of the apiserver (overrides the kubeconfig's server).
-    #[arg(long, env = "XKUBE_MASTER")]
-    pub master: Option<String>,
+    /// Where the apiserver is.
+    #[command(flatten)]
+    pub connection: xkube_client::ConnectionFlags,
     /// Controllers to run: `*` for all, `name` to enable, `-name` to disable
     /// (replication, daemonset, endpoints, endpointslicemirroring, nodelifecycle, namespace, serviceaccount,
     /// serviceaccount-token, podgc, resourcequota).
@@ -142,8 +139,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            kubeconfig: None,
-            master: None,
+            connection: xkube_client::ConnectionFlags::default(),
             controllers: vec!["*".into()],
             cluster_cidr: xkube_api::cluster::CLUSTER_CIDR.into(),
             allocate_node_cidrs: true,

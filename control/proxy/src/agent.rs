@@ -229,7 +229,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         min_sync_period: opts
             .sync
             .min_sync_period
-            .unwrap_or_else(|| proxier.default_min_sync_period())
+            .unwrap_or_else(|| proxier.timing().min_sync_period)
             .min(opts.sync.sync_period),
         sync_period: opts.sync.sync_period,
     };

@@ -142,10 +142,9 @@ impl SyncLoop {
         let cfg = self.config;
         // Every --sync-period a periodic sync; it is a full one when the mode's full-sync
         // period is over too (kube-proxy: partial syncs every sync period, a full one hourly).
-        let full_every = self
-            .proxier
-            .as_ref()
-            .and_then(|p| p.full_sync_period())
+        let timing = self.proxier.as_ref().map(|p| p.timing());
+        let full_every = timing
+            .and_then(|t| t.full_sync_period)
             .unwrap_or(cfg.sync_period)
             .max(cfg.sync_period);
         let mut needs_full = true;
@@ -155,10 +154,7 @@ impl SyncLoop {
         let mut retry = cfg.min_sync_period;
         let mut retry_at: Option<Instant> = None;
         let mut pending_triggers: Vec<String> = Vec::new();
-        let housekeeping = self
-            .proxier
-            .as_ref()
-            .and_then(|p| p.housekeeping_interval());
+        let housekeeping = timing.and_then(|t| t.housekeeping_interval);
         let mut next_housekeeping = housekeeping.map(|i| Instant::now() + i);
         // Take what is queued before the first sync, so it starts from the full lists.
         while let Ok(i) = inputs.try_recv() {
@@ -304,7 +300,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::mode::{ChangedServices, ModeMetrics, ProxyMode, SyncStats};
+    use crate::mode::{ChangedServices, ModeMetrics, ProxyMode, SyncStats, Timing};
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Call {
@@ -368,8 +364,11 @@ mod tests {
         fn metrics(&self) -> Arc<dyn ModeMetrics> {
             Arc::new(NoMetrics)
         }
-        fn full_sync_period(&self) -> Option<Duration> {
-            self.full_period
+        fn timing(&self) -> Timing {
+            Timing {
+                full_sync_period: self.full_period,
+                ..Timing::DEFAULT
+            }
         }
     }
 

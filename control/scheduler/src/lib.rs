@@ -11,7 +11,6 @@ pub mod predicates;
 pub mod priorities;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,12 +51,9 @@ fn parse_label_priority(s: &str) -> std::result::Result<(String, bool), String> 
 /// Flags of `xkube scheduler`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Kubeconfig file with the apiserver's address and credentials.
-    #[arg(long, env = "XKUBE_KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Address of the apiserver (overrides the kubeconfig's server).
-    #[arg(long, env = "XKUBE_MASTER")]
-    pub master: Option<String>,
+    /// Where the apiserver is.
+    #[command(flatten)]
+    pub connection: xkube_client::ConnectionFlags,
     /// Pods whose `spec.schedulerName` is this are ours.
     #[arg(long, default_value = "default-scheduler")]
     pub scheduler_name: String,
@@ -85,8 +81,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            kubeconfig: None,
-            master: None,
+            connection: xkube_client::ConnectionFlags::default(),
             scheduler_name: "default-scheduler".into(),
             node_labels_present: Vec::new(),
             node_labels_absent: Vec::new(),

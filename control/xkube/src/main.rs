@@ -238,7 +238,7 @@ async fn server(
     let cm_kubeconfig = data_dir.join("controller-manager.kubeconfig");
     let sched_kubeconfig = data_dir.join("scheduler.kubeconfig");
     let mut cm: xkube_controllers::Options = defaults()?;
-    cm.kubeconfig = Some(cm_kubeconfig.clone());
+    cm.connection.kubeconfig = Some(cm_kubeconfig);
     cm.cluster_cidr = args.cluster_cidr;
     // One service-account key for the token controller (signs) and the apiserver (verifies).
     cm.data_dir = data_dir.clone();
@@ -248,9 +248,9 @@ async fn server(
     cm.pod_eviction_timeout =
         xkube_api::duration::parse(&args.pod_eviction_timeout).map_err(anyhow::Error::msg)?;
     let mut sched: xkube_scheduler::Options = defaults()?;
-    sched.kubeconfig = Some(sched_kubeconfig.clone());
-    let cm_client = xkube_client::Client::from_flags(Some(&cm_kubeconfig), None)?;
-    let sched_client = xkube_client::Client::from_flags(Some(&sched_kubeconfig), None)?;
+    sched.connection.kubeconfig = Some(sched_kubeconfig);
+    let cm_client = cm.connection.client()?;
+    let sched_client = sched.connection.client()?;
     let mut tasks = tokio::task::JoinSet::new();
     let t = token.clone();
     tasks.spawn(async move {
@@ -406,18 +406,12 @@ fn main() -> ExitCode {
         }),
         Cmd::Server(args) => run_async(|token| server(*args, token)),
         Cmd::ControllerManager(opts) => run_async(|token| async move {
-            let client = xkube_client::Client::from_flags(
-                opts.kubeconfig.as_deref(),
-                opts.master.as_deref(),
-            )?;
+            let client = opts.connection.client()?;
             xkube_controllers::run(*opts, client, token).await?;
             Ok(())
         }),
         Cmd::Scheduler(opts) => run_async(|token| async move {
-            let client = xkube_client::Client::from_flags(
-                opts.kubeconfig.as_deref(),
-                opts.master.as_deref(),
-            )?;
+            let client = opts.connection.client()?;
             xkube_scheduler::run(*opts, client, token).await?;
             Ok(())
         }),

@@ -26,6 +26,7 @@ use xkube_common::lb::ServiceCounters;
 
 use super::{
     ChangedServices, CleanupContext, ModeMetrics, Models, NodeInfo, Proxier, ProxyMode, SyncStats,
+    Timing,
 };
 use crate::{
     Error, Result,
@@ -388,8 +389,12 @@ impl Proxier for EbpfProxier {
         Ok(())
     }
 
-    fn housekeeping_interval(&self) -> Option<Duration> {
-        Some(self.gc_interval)
+    /// Conntrack GC every `--conntrack-gc-interval`.
+    fn timing(&self) -> Timing {
+        Timing {
+            housekeeping_interval: Some(self.gc_interval),
+            ..Timing::DEFAULT
+        }
     }
 
     fn metrics(&self) -> Arc<dyn ModeMetrics> {

@@ -93,6 +93,37 @@ pub trait ModeMetrics: Send + Sync {
 ///
 /// The sync loop calls these from a blocking thread, one at a time. A failed
 /// [`Proxier::sync_changed`] is followed by a [`Proxier::sync_full`].
+/// When a mode syncs and does its housekeeping (the sync loop reads it once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// `--min-sync-period` when the flag is not given.
+    pub min_sync_period: Duration,
+    /// How often the periodic sync is a full one (`None`: every `--sync-period`); the other
+    /// periodic syncs are partial syncs without changes.
+    pub full_sync_period: Option<Duration>,
+    /// How often [`Proxier::housekeeping`] runs (`None`: never).
+    pub housekeeping_interval: Option<Duration>,
+}
+
+impl Timing {
+    /// Programming costs microseconds (map writes): changes apply within 10 ms, every
+    /// periodic sync is a full one, no housekeeping.
+    pub const DEFAULT: Timing = Timing {
+        min_sync_period: Duration::from_millis(10),
+        full_sync_period: None,
+        housekeeping_interval: None,
+    };
+
+    /// kube-proxy's for the modes that write rules: `--min-sync-period` 1 s (a ruleset
+    /// restore costs milliseconds to seconds), full syncs hourly with partial ones between,
+    /// the canary (or table) check every 30 s.
+    pub const KUBE_PROXY: Timing = Timing {
+        min_sync_period: Duration::from_secs(1),
+        full_sync_period: Some(Duration::from_secs(3600)),
+        housekeeping_interval: Some(Duration::from_secs(30)),
+    };
+}
+
 pub trait Proxier: Send + 'static {
     fn mode(&self) -> ProxyMode;
 
@@ -106,23 +137,13 @@ pub trait Proxier: Send + 'static {
     /// difference (a full sync; also the first sync after start).
     fn sync_full(&mut self, all: &Models) -> Result<SyncStats>;
 
-    /// Periodic work besides syncing (conntrack GC, ...), every `interval` given by
-    /// [`Proxier::housekeeping_interval`].
+    /// Periodic work besides syncing (conntrack GC, canary checks, ...), every
+    /// [`Timing::housekeeping_interval`].
     fn housekeeping(&mut self) -> Result<()>;
 
-    fn housekeeping_interval(&self) -> Option<Duration> {
-        None
-    }
-
-    /// How often the periodic sync is a full one (`None`: every `--sync-period`); the other
-    /// periodic syncs are partial syncs without changes.
-    fn full_sync_period(&self) -> Option<Duration> {
-        None
-    }
-
-    /// `--min-sync-period` when the flag is not given.
-    fn default_min_sync_period(&self) -> Duration {
-        Duration::from_millis(10)
+    /// When the mode syncs and does its housekeeping.
+    fn timing(&self) -> Timing {
+        Timing::DEFAULT
     }
 
     /// The mode's metrics (per-service counters, its own sync figures).

@@ -18,7 +18,6 @@ pub mod rules;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use tracing::{debug, info, warn};
@@ -32,6 +31,7 @@ use self::{
 };
 use super::{
     ChangedServices, CleanupContext, ModeMetrics, Models, NodeInfo, Proxier, ProxyMode, SyncStats,
+    Timing,
 };
 use crate::{
     Result, conntrack,
@@ -441,19 +441,8 @@ impl Proxier for IptablesProxier {
         Ok(())
     }
 
-    /// The canary poll (kube-proxy polls at its default sync period).
-    fn housekeeping_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(30))
-    }
-
-    /// kube-proxy's full syncs are hourly; the periodic syncs between are partial.
-    fn full_sync_period(&self) -> Option<Duration> {
-        Some(Duration::from_secs(3600))
-    }
-
-    /// kube-proxy's default for the iptables mode: a restore costs milliseconds to seconds.
-    fn default_min_sync_period(&self) -> Duration {
-        Duration::from_secs(1)
+    fn timing(&self) -> Timing {
+        Timing::KUBE_PROXY
     }
 
     fn metrics(&self) -> Arc<dyn ModeMetrics> {

@@ -15,7 +15,6 @@ use std::{
     io::Write as _,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use tracing::{debug, info, warn};
@@ -23,6 +22,7 @@ use tracing::{debug, info, warn};
 use self::rules::{Change, RenderContext, ServiceNft, TABLE, render_service};
 use super::{
     ChangedServices, CleanupContext, ModeMetrics, Models, NodeInfo, Proxier, ProxyMode, SyncStats,
+    Timing,
 };
 use crate::{Error, Result, conntrack, model::ServiceName};
 
@@ -313,19 +313,8 @@ impl Proxier for NftablesProxier {
         Ok(())
     }
 
-    /// The table check (kube-proxy's canary poll period).
-    fn housekeeping_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(30))
-    }
-
-    /// kube-proxy's full syncs are hourly; the syncs between are partial.
-    fn full_sync_period(&self) -> Option<Duration> {
-        Some(Duration::from_secs(3600))
-    }
-
-    /// kube-proxy's default `--min-sync-period` (1 s for every mode).
-    fn default_min_sync_period(&self) -> Duration {
-        Duration::from_secs(1)
+    fn timing(&self) -> Timing {
+        Timing::KUBE_PROXY
     }
 
     fn metrics(&self) -> Arc<dyn ModeMetrics> {

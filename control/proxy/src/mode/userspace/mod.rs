@@ -43,6 +43,7 @@ use self::{
 };
 use super::{
     ChangedServices, CleanupContext, ModeMetrics, Models, NodeInfo, Proxier, ProxyMode, SyncStats,
+    Timing,
     iptables::exec::{self, BackendChoice, Iptables},
 };
 use crate::{
@@ -551,12 +552,13 @@ impl Proxier for UserspaceProxier {
         Ok(())
     }
 
-    fn housekeeping_interval(&self) -> Option<Duration> {
-        Some(Duration::from_secs(10))
-    }
-
-    fn default_min_sync_period(&self) -> Duration {
-        Duration::from_secs(1)
+    /// kube-proxy's `--min-sync-period`; session affinity expires every 10 s.
+    fn timing(&self) -> Timing {
+        Timing {
+            min_sync_period: Duration::from_secs(1),
+            housekeeping_interval: Some(Duration::from_secs(10)),
+            ..Timing::DEFAULT
+        }
     }
 
     fn metrics(&self) -> Arc<dyn ModeMetrics> {
