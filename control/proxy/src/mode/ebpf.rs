@@ -25,8 +25,8 @@ use tracing::{debug, info, warn};
 use xkube_common::lb::ServiceCounters;
 
 use super::{
-    ChangedServices, CleanupContext, ModeMetrics, Models, NodeInfo, Proxier, ProxyMode, SyncStats,
-    Timing,
+    ChangedServices, CleanupContext, MetricsCell, ModeMetrics, Models, NodeInfo, Proxier,
+    ProxyMode, SyncStats, Timing,
 };
 use crate::{
     Error, Result,
@@ -128,22 +128,20 @@ struct MetricsState {
 
 /// The eBPF mode's metrics: per-service counters read from the kernel at scrape time.
 pub struct EbpfMetrics {
-    state: Mutex<MetricsState>,
+    state: MetricsCell<MetricsState>,
     counters: Mutex<Option<PerCpuArray<MapData, ServiceCounters>>>,
 }
 
 impl EbpfMetrics {
     fn new(counters: Option<PerCpuArray<MapData, ServiceCounters>>) -> Self {
         Self {
-            state: Mutex::new(MetricsState::default()),
+            state: MetricsCell::default(),
             counters: Mutex::new(counters),
         }
     }
 
     fn update(&self, f: impl FnOnce(&mut MetricsState)) {
-        if let Ok(mut s) = self.state.lock() {
-            f(&mut s);
-        }
+        self.state.update(f);
     }
 
     fn sums(&self, ids: impl Iterator<Item = u16>) -> BTreeMap<u16, ServiceCounters> {
@@ -174,7 +172,7 @@ impl EbpfMetrics {
 impl ModeMetrics for EbpfMetrics {
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let Ok(s) = self.state.lock() else {
+        let Some(s) = self.state.get() else {
             return;
         };
         let sums = self.sums(s.names.keys().copied());

@@ -89,10 +89,24 @@ pub trait ModeMetrics: Send + Sync {
     fn render(&self, out: &mut String);
 }
 
-/// One proxy mode.
-///
-/// The sync loop calls these from a blocking thread, one at a time. A failed
-/// [`Proxier::sync_changed`] is followed by a [`Proxier::sync_full`].
+/// A mode's metric state: updated by its syncs, read when the metrics are scraped.
+#[derive(Debug, Default)]
+pub struct MetricsCell<S>(std::sync::Mutex<S>);
+
+impl<S> MetricsCell<S> {
+    /// Changes the state (a poisoned lock skips the update: metrics are best effort).
+    pub fn update(&self, f: impl FnOnce(&mut S)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// The state, for rendering (`None` once poisoned).
+    pub fn get(&self) -> Option<std::sync::MutexGuard<'_, S>> {
+        self.0.lock().ok()
+    }
+}
+
 /// When a mode syncs and does its housekeeping (the sync loop reads it once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
@@ -124,6 +138,10 @@ impl Timing {
     };
 }
 
+/// One proxy mode.
+///
+/// The sync loop calls these from a blocking thread, one at a time. A failed
+/// [`Proxier::sync_changed`] is followed by a [`Proxier::sync_full`].
 pub trait Proxier: Send + 'static {
     fn mode(&self) -> ProxyMode;
 

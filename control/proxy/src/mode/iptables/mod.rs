@@ -17,7 +17,7 @@ pub mod rules;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use tracing::{debug, info, warn};
@@ -30,8 +30,8 @@ use self::{
     },
 };
 use super::{
-    ChangedServices, CleanupContext, ModeMetrics, Models, NodeInfo, Proxier, ProxyMode, SyncStats,
-    Timing,
+    ChangedServices, CleanupContext, MetricsCell, ModeMetrics, Models, NodeInfo, Proxier,
+    ProxyMode, SyncStats, Timing,
 };
 use crate::{
     Result, conntrack,
@@ -123,23 +123,12 @@ struct MetricsState {
 }
 
 /// kube-proxy's iptables metrics (and the conntrack reconciler's).
-#[derive(Default)]
-pub struct IptablesMetrics {
-    state: Mutex<MetricsState>,
-}
-
-impl IptablesMetrics {
-    fn update(&self, f: impl FnOnce(&mut MetricsState)) {
-        if let Ok(mut s) = self.state.lock() {
-            f(&mut s);
-        }
-    }
-}
+type IptablesMetrics = MetricsCell<MetricsState>;
 
 impl ModeMetrics for IptablesMetrics {
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let Ok(s) = self.state.lock() else {
+        let Some(s) = self.get() else {
             return;
         };
         let (nat, filter) = s.total.unwrap_or((0, 0));

@@ -14,15 +14,15 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use tracing::{debug, info, warn};
 
 use self::rules::{Change, RenderContext, ServiceNft, TABLE, render_service};
 use super::{
-    ChangedServices, CleanupContext, ModeMetrics, Models, NodeInfo, Proxier, ProxyMode, SyncStats,
-    Timing,
+    ChangedServices, CleanupContext, MetricsCell, ModeMetrics, Models, NodeInfo, Proxier,
+    ProxyMode, SyncStats, Timing,
 };
 use crate::{Error, Result, conntrack, model::ServiceName};
 
@@ -114,23 +114,12 @@ struct MetricsState {
 }
 
 /// kube-proxy's nftables metrics (and the conntrack reconciler's).
-#[derive(Default)]
-pub struct NftablesMetrics {
-    state: Mutex<MetricsState>,
-}
-
-impl NftablesMetrics {
-    fn update(&self, f: impl FnOnce(&mut MetricsState)) {
-        if let Ok(mut s) = self.state.lock() {
-            f(&mut s);
-        }
-    }
-}
+type NftablesMetrics = MetricsCell<MetricsState>;
 
 impl ModeMetrics for NftablesMetrics {
     fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let Ok(s) = self.state.lock() else {
+        let Some(s) = self.get() else {
             return;
         };
         let fam = "ip_family=\"IPv4\"";
