@@ -69,6 +69,17 @@ struct Accept {
     include: IncludeObject,
 }
 
+impl Accept {
+    /// The same encoding without Table: what answers that are never tables (Scale, Status,
+    /// a deletion's result) are written in.
+    fn no_table(self) -> Accept {
+        Accept {
+            table: false,
+            ..self
+        }
+    }
+}
+
 fn parse_accept(headers: &HeaderMap, q: &Query) -> Result<Accept, StatusError> {
     let raw = headers
         .get(header::ACCEPT)
@@ -758,10 +769,7 @@ async fn serve_resource(
             Ok(object_response(
                 200,
                 &scale_of(&obj),
-                &Accept {
-                    table: false,
-                    ..accept
-                },
+                &accept.no_table(),
                 res,
                 &[],
             ))
@@ -902,10 +910,7 @@ async fn serve_resource(
             Ok(object_response(
                 if pending { 202 } else { 200 },
                 &obj,
-                &Accept {
-                    table: false,
-                    ..accept
-                },
+                &accept.no_table(),
                 res,
                 &[],
             ))
@@ -948,16 +953,7 @@ async fn serve_resource(
                 "metadata": {"resourceVersion": rev.to_string()},
                 "items": deleted,
             });
-            Ok(object_response(
-                200,
-                &list,
-                &Accept {
-                    table: false,
-                    ..accept
-                },
-                res,
-                &[],
-            ))
+            Ok(object_response(200, &list, &accept.no_table(), res, &[]))
         }
         _ => Err(StatusError::method_not_allowed()),
     }
@@ -1149,10 +1145,7 @@ async fn update_scale(
     Ok(object_response(
         200,
         &scale_of(&w.object),
-        &Accept {
-            table: false,
-            ..*accept
-        },
+        &accept.no_table(),
         res,
         &[],
     ))

@@ -142,6 +142,20 @@ pub fn sum_words<const N: usize, P: Packet>(
     Ok(acc)
 }
 
+/// The 5-tuple (and TCP flags) of a TCP or UDP IPv4 packet without options behind an
+/// Ethernet header.
+#[inline(always)]
+pub fn tuple<P: Packet>(ctx: &P, proto: u8) -> Result<crate::nat::Tuple, ()> {
+    Ok(crate::nat::Tuple {
+        saddr: load(ctx, ETH_HDR_LEN + ip::SADDR)?,
+        daddr: load(ctx, ETH_HDR_LEN + ip::DADDR)?,
+        sport: load(ctx, L4_OFF)?,
+        dport: load(ctx, L4_OFF + 2)?,
+        proto,
+        tcp_flags: tcp_flags(ctx, proto)?,
+    })
+}
+
 /// The TCP flags of an IPv4 packet without options (0 for other protocols).
 #[inline(always)]
 pub fn tcp_flags<P: Packet>(ctx: &P, proto: u8) -> Result<u8, ()> {

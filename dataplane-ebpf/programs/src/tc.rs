@@ -62,14 +62,7 @@ fn handle(ctx: &TcContext, at: ReplyAt, forward: bool) -> Result<i32, ()> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Ok(TC_ACT_OK as i32);
     }
-    let t = Tuple {
-        saddr: load(ctx, ETH_HDR_LEN + ip::SADDR)?,
-        daddr: load(ctx, ETH_HDR_LEN + ip::DADDR)?,
-        sport: load(ctx, L4_OFF)?,
-        dport: load(ctx, L4_OFF + 2)?,
-        proto,
-        tcp_flags: net::tcp_flags(ctx, proto)?,
-    };
+    let t = net::tuple(ctx, proto)?;
     match nat::reply(&t, at) {
         Reply::Translate(rw) => {
             rewrite(ctx, &t, &rw)?;

@@ -63,14 +63,7 @@ fn try_uplink(ctx: &XdpContext) -> Result<u32, ()> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Ok(XDP_PASS);
     }
-    let t = Tuple {
-        saddr: load(ctx, ETH_HDR_LEN + ip::SADDR)?,
-        daddr: load(ctx, ETH_HDR_LEN + ip::DADDR)?,
-        sport: load(ctx, L4_OFF)?,
-        dport: load(ctx, L4_OFF + 2)?,
-        proto,
-        tcp_flags: net::tcp_flags(ctx, proto)?,
-    };
+    let t = net::tuple(ctx, proto)?;
     // The node config and the frontend filter are array entries (the verifier inlines those
     // lookups). With them, a packet for neither a frontend nor a translated flow costs no
     // hash lookup, except on a filter collision or as a possible reply:
