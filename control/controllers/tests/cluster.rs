@@ -449,12 +449,19 @@ async fn endpoints_are_mirrored_into_endpoint_slices() {
     }))
     .expect("slice literal");
     slices.create(&foreign).await.expect("foreign slice");
+    // Two subsets: the mirror writes `db-1` once it has reconciled `db`, which tells the test
+    // that it has also passed over the foreign `db`.
     let db: Endpoints = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "db"},
-        "subsets": [{"addresses": [{"ip": "10.1.0.5"}], "ports": [{"port": 5432}]}]
+        "subsets": [{"addresses": [{"ip": "10.1.0.5"}], "ports": [{"port": 5432}]},
+                    {"addresses": [{"ip": "10.1.0.6"}], "ports": [{"port": 5433}]}]
     }))
     .expect("endpoints literal");
     eps.create(&db).await.expect("db endpoints");
+    eventually("db reconciled (its second slice)", || async {
+        slices.get_opt("db-1").await.expect("get slice")
+    })
+    .await;
 
     // Deleting the Endpoints deletes their slices.
     eps.delete("web", &DeleteParams::default())
