@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use axum::Router;
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -119,39 +118,29 @@ async fn open_store(o: &Options) -> Result<Arc<dyn Store>> {
 /// How the apiserver answers one request of a connection: bodies declared too large are
 /// refused before a byte is read (413 for every verb and route), and a handler that panics
 /// still answers (500) rather than dropping the connection.
-fn handler(
+async fn serve_request(
     router: Router,
-) -> impl Fn(http::Request<hyper::body::Incoming>) -> BoxFuture<'static, axum::response::Response>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    move |req| {
-        let router = router.clone();
-        async move {
-            // A client waiting for `100 Continue` sends nothing; any other is writing the
-            // body, which is drained so that it reads this answer.
-            if limits::declared_too_large(req.headers()) {
-                let (parts, body) = req.into_parts();
-                if !limits::expects_continue(&parts.headers) {
-                    limits::drain(body);
-                }
-                return limits::too_large_response();
-            }
-            let served =
-                router.oneshot(req.map(|b| axum::body::Body::new(limits::Draining::new(b))));
-            match std::panic::AssertUnwindSafe(served).catch_unwind().await {
-                Ok(Ok(r)) => r,
-                Ok(Err(never)) => match never {},
-                Err(_) => {
-                    tracing::error!("request handler panicked");
-                    limits::status_response(&xkube_api::StatusError::internal(
-                        "the request handler failed",
-                    ))
-                }
-            }
+    req: http::Request<hyper::body::Incoming>,
+) -> axum::response::Response {
+    // A client waiting for `100 Continue` sends nothing; any other is writing the body, which
+    // is drained so that it reads this answer.
+    if limits::declared_too_large(req.headers()) {
+        let (parts, body) = req.into_parts();
+        if !limits::expects_continue(&parts.headers) {
+            limits::drain(body);
         }
-        .boxed()
+        return limits::too_large_response();
+    }
+    let served = router.oneshot(req.map(|b| axum::body::Body::new(limits::Draining::new(b))));
+    match std::panic::AssertUnwindSafe(served).catch_unwind().await {
+        Ok(Ok(r)) => r,
+        Ok(Err(never)) => match never {},
+        Err(_) => {
+            tracing::error!("request handler panicked");
+            limits::status_response(&xkube_api::StatusError::internal(
+                "the request handler failed",
+            ))
+        }
     }
 }
 
@@ -502,12 +491,13 @@ pub async fn start(
         shutdown: cancel.clone(),
     });
     let router = Router::new().fallback(crate::http::handle).with_state(app);
+    let handler = move |req| serve_request(router.clone(), req);
     if let Some(l) = secure_listener {
         tracing::info!(addr = ?secure_addr, "serving securely");
         tasks.spawn(xkube_serve::accept_loop(
             l,
             tls,
-            handler(router.clone()),
+            handler.clone(),
             cancel.clone(),
         ));
     }
@@ -516,7 +506,7 @@ pub async fn start(
         tasks.spawn(xkube_serve::accept_loop(
             l,
             None,
-            handler(router.clone()),
+            handler.clone(),
             cancel.clone(),
         ));
     }

@@ -17,8 +17,8 @@
 //! event recorder, the `Controller` loop); the pod-owning controllers also share
 //! [`podcontrol`] (claims, pod creates and deletes, expectations).
 //!
-//! Binaries build a client with `xkube_client::Client::from_flags` and call [`run`] with parsed
-//! [`Options`].
+//! Binaries build a client with [`Options::connection`] (`ConnectionFlags::client`) and call
+//! [`run`] with the parsed [`Options`].
 
 pub mod daemonset;
 pub mod endpoints;
@@ -72,8 +72,8 @@ pub struct Options {
     #[command(flatten)]
     pub connection: xkube_client::ConnectionFlags,
     /// Controllers to run: `*` for all, `name` to enable, `-name` to disable
-    /// (replication, daemonset, endpoints, endpointslicemirroring, nodelifecycle, namespace, serviceaccount,
-    /// serviceaccount-token, podgc, resourcequota).
+    /// (replication, daemonset, endpoints, endpointslicemirroring, nodelifecycle, namespace,
+    /// serviceaccount, serviceaccount-token, podgc, resourcequota).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub controllers: Vec<String>,
     /// CIDR range of pods; nodes get consecutive subnets of it.
