@@ -829,6 +829,84 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
             ],
         ),
         (
+            "replicaset-controller",
+            vec![
+                rule(
+                    &["apps", "extensions"],
+                    &["replicasets"],
+                    &["get", "list", "watch", "update"],
+                ),
+                rule(
+                    &["apps", "extensions"],
+                    &["replicasets/status", "replicasets/finalizers"],
+                    STATUS,
+                ),
+                rule(
+                    &[""],
+                    &["pods"],
+                    &["create", "delete", "list", "patch", "watch"],
+                ),
+                rule(&["", "events.k8s.io"], &["events"], EVENTS),
+            ],
+        ),
+        (
+            "deployment-controller",
+            vec![
+                rule(
+                    &["apps", "extensions"],
+                    &["deployments"],
+                    &["get", "list", "watch", "update"],
+                ),
+                rule(
+                    &["apps", "extensions"],
+                    &["deployments/status", "deployments/finalizers"],
+                    STATUS,
+                ),
+                rule(
+                    &["apps", "extensions"],
+                    &["replicasets"],
+                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                ),
+                // Pods are only listed (to tell when a Recreate may start).
+                rule(&[""], &["pods"], &["get", "list", "update", "watch"]),
+                rule(&["", "events.k8s.io"], &["events"], EVENTS),
+            ],
+        ),
+        (
+            "job-controller",
+            vec![
+                rule(&["batch"], &["jobs"], &["get", "list", "watch", "update", "patch"]),
+                rule(&["batch"], &["jobs/status"], STATUS),
+                rule(&["batch"], &["jobs/finalizers"], STATUS),
+                rule(
+                    &[""],
+                    &["pods"],
+                    &["create", "delete", "list", "patch", "watch"],
+                ),
+                rule(&["", "events.k8s.io"], &["events"], EVENTS),
+            ],
+        ),
+        (
+            "cronjob-controller",
+            vec![
+                rule(&["batch"], &["cronjobs"], &["get", "list", "watch", "update"]),
+                rule(
+                    &["batch"],
+                    &["jobs"],
+                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                ),
+                rule(&["batch"], &["cronjobs/status"], STATUS),
+                rule(&["batch"], &["cronjobs/finalizers"], STATUS),
+                rule(&[""], &["pods"], &["delete", "list"]),
+                rule(&["", "events.k8s.io"], &["events"], EVENTS),
+            ],
+        ),
+        (
+            // Reads every kind and deletes or patches dependents of any kind.
+            "generic-garbage-collector",
+            vec![rule(&["*"], &["*"], &["delete", "get", "list", "patch", "update", "watch"])],
+        ),
+        (
             "resourcequota-controller",
             vec![
                 rule(&["*"], &["*"], &["list", "watch"]),
@@ -919,6 +997,19 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
                 rule(&[""], &["endpoints", "services"], &["list", "watch"]),
                 rule(&[""], &["nodes"], READ),
                 rule(&["", "events.k8s.io"], &["events"], EVENTS),
+                rule(
+                    &["discovery.k8s.io"],
+                    &["endpointslices"],
+                    &["list", "watch"],
+                ),
+            ],
+        ),
+        // What cluster DNS reads (Kubernetes' `system:kube-dns` binds it to the
+        // `kube-system/kube-dns` service account).
+        cluster_role(
+            "system:kube-dns",
+            vec![
+                rule(&[""], &["endpoints", "services", "pods", "namespaces"], &["list", "watch"]),
                 rule(
                     &["discovery.k8s.io"],
                     &["endpointslices"],
@@ -1061,6 +1152,11 @@ pub fn bootstrap_cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             "system:node-proxier",
             "system:node-proxier",
             vec![subject("User", "system:kube-proxy")],
+        ),
+        cluster_binding(
+            "system:kube-dns",
+            "system:kube-dns",
+            vec![subject("ServiceAccount", "kube-system/kube-dns")],
         ),
         cluster_binding(
             "system:kube-scheduler",
