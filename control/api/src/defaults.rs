@@ -1,6 +1,9 @@
 //! Defaulting with Kubernetes' values.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+    RollingUpdateDaemonSet, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, NamespaceSpec, Pod, PodSecurityContext, PodSpec, ReplicationController,
     Secret, Service,
@@ -188,6 +191,50 @@ pub fn default_daemon_set(ds: &mut DaemonSet) {
     if spec.revision_history_limit.is_none() {
         spec.revision_history_limit = Some(10);
     }
+    if let Some(pod_spec) = spec.template.spec.as_mut() {
+        default_pod_spec(pod_spec);
+    }
+}
+
+/// ReplicaSet defaults (apps/v1 `SetDefaults_ReplicaSet`): replicas 1, minReadySeconds 0 and
+/// the template's pod spec defaults; the selector is not defaulted from the labels.
+pub fn default_replica_set(rs: &mut ReplicaSet) {
+    let Some(spec) = rs.spec.as_mut() else {
+        return;
+    };
+    spec.replicas.get_or_insert(1);
+    spec.min_ready_seconds.get_or_insert(0);
+    if let Some(pod_spec) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
+        default_pod_spec(pod_spec);
+    }
+}
+
+/// Deployment defaults (apps/v1 `SetDefaults_Deployment`): replicas 1, strategy RollingUpdate
+/// with maxUnavailable and maxSurge 25%, revisionHistoryLimit 10, progressDeadlineSeconds
+/// 600, and the template's pod spec defaults.
+pub fn default_deployment(d: &mut Deployment) {
+    let Some(spec) = d.spec.as_mut() else {
+        return;
+    };
+    spec.replicas.get_or_insert(1);
+    spec.min_ready_seconds.get_or_insert(0);
+    let strategy = spec
+        .strategy
+        .get_or_insert_with(DeploymentStrategy::default);
+    if strategy.type_.as_deref().is_none_or(str::is_empty) {
+        strategy.type_ = Some("RollingUpdate".into());
+    }
+    if strategy.type_.as_deref() == Some("RollingUpdate") {
+        let ru = strategy
+            .rolling_update
+            .get_or_insert_with(RollingUpdateDeployment::default);
+        ru.max_unavailable
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
+        ru.max_surge
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
+    }
+    spec.revision_history_limit.get_or_insert(10);
+    spec.progress_deadline_seconds.get_or_insert(600);
     if let Some(pod_spec) = spec.template.spec.as_mut() {
         default_pod_spec(pod_spec);
     }

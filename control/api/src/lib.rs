@@ -7,6 +7,7 @@
 //! [placement] (node selectors, node affinity, taints and tolerations), and bounded [yaml]
 //! decoding of request bodies.
 
+pub mod batch;
 pub mod cluster;
 pub mod defaults;
 pub mod duration;

@@ -81,17 +81,12 @@ pub fn parse_time(s: &str) -> Option<jiff::Timestamp> {
     s.parse().ok()
 }
 
-/// Owner references of the object.
-pub fn owner_uids(obj: &Value) -> Vec<String> {
-    obj["metadata"]["ownerReferences"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["uid"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+/// The garbage collector's finalizer of an owner deleted with `propagationPolicy=Orphan`:
+/// its dependents lose their ownerReference before it goes.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+/// The garbage collector's finalizer of an owner deleted with `propagationPolicy=Foreground`:
+/// its dependents are deleted before it goes.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 
 #[cfg(test)]
 mod tests {

@@ -865,7 +865,9 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
                 rule(
                     &["apps", "extensions"],
                     &["replicasets"],
-                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
                 ),
                 // Pods are only listed (to tell when a Recreate may start).
                 rule(&[""], &["pods"], &["get", "list", "update", "watch"]),
@@ -875,7 +877,11 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
         (
             "job-controller",
             vec![
-                rule(&["batch"], &["jobs"], &["get", "list", "watch", "update", "patch"]),
+                rule(
+                    &["batch"],
+                    &["jobs"],
+                    &["get", "list", "watch", "update", "patch"],
+                ),
                 rule(&["batch"], &["jobs/status"], STATUS),
                 rule(&["batch"], &["jobs/finalizers"], STATUS),
                 rule(
@@ -889,11 +895,17 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
         (
             "cronjob-controller",
             vec![
-                rule(&["batch"], &["cronjobs"], &["get", "list", "watch", "update"]),
+                rule(
+                    &["batch"],
+                    &["cronjobs"],
+                    &["get", "list", "watch", "update"],
+                ),
                 rule(
                     &["batch"],
                     &["jobs"],
-                    &["create", "delete", "get", "list", "patch", "update", "watch"],
+                    &[
+                        "create", "delete", "get", "list", "patch", "update", "watch",
+                    ],
                 ),
                 rule(&["batch"], &["cronjobs/status"], STATUS),
                 rule(&["batch"], &["cronjobs/finalizers"], STATUS),
@@ -904,7 +916,11 @@ fn controller_roles() -> Vec<(&'static str, Vec<PolicyRule>)> {
         (
             // Reads every kind and deletes or patches dependents of any kind.
             "generic-garbage-collector",
-            vec![rule(&["*"], &["*"], &["delete", "get", "list", "patch", "update", "watch"])],
+            vec![rule(
+                &["*"],
+                &["*"],
+                &["delete", "get", "list", "patch", "update", "watch"],
+            )],
         ),
         (
             "resourcequota-controller",
@@ -1009,7 +1025,11 @@ pub fn bootstrap_cluster_roles() -> Vec<ClusterRole> {
         cluster_role(
             "system:kube-dns",
             vec![
-                rule(&[""], &["endpoints", "services", "pods", "namespaces"], &["list", "watch"]),
+                rule(
+                    &[""],
+                    &["endpoints", "services", "pods", "namespaces"],
+                    &["list", "watch"],
+                ),
                 rule(
                     &["discovery.k8s.io"],
                     &["endpointslices"],

@@ -141,6 +141,59 @@ const fn core(
     }
 }
 
+/// The `scale` subresource (autoscaling/v1 Scale).
+const SCALE: SubresourceInfo = SubresourceInfo {
+    name: "scale",
+    kind: "Scale",
+    group: "autoscaling",
+    version: "v1",
+    verbs: STATUS_VERBS,
+};
+
+/// A namespaced `apps/v1` workload in the `all` category.
+const fn apps(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    subresources: &'static [SubresourceInfo],
+) -> ResourceInfo {
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        short_names,
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources,
+        categories: &["all"],
+    }
+}
+
+/// A namespaced `batch/v1` kind in the `all` category.
+const fn batch(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    short_names: &'static [&'static str],
+    subresources: &'static [SubresourceInfo],
+) -> ResourceInfo {
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        short_names,
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources,
+        categories: &["all"],
+    }
+}
+
 /// Every resource the apiserver serves.
 pub static RESOURCES: &[ResourceInfo] = &[
     core(
@@ -199,30 +252,38 @@ pub static RESOURCES: &[ResourceInfo] = &[
         "replicationcontroller",
         &["rc"],
         true,
-        &[
-            status_sub("ReplicationController"),
-            SubresourceInfo {
-                name: "scale",
-                kind: "Scale",
-                group: "autoscaling",
-                version: "v1",
-                verbs: STATUS_VERBS,
-            },
-        ],
+        &[status_sub("ReplicationController"), SCALE],
         &["all"],
     ),
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "DaemonSet",
-        plural: "daemonsets",
-        singular: "daemonset",
-        short_names: &["ds"],
-        namespaced: true,
-        verbs: ALL_VERBS,
-        subresources: &[status_sub("DaemonSet")],
-        categories: &["all"],
-    },
+    apps(
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        &["ds"],
+        &[status_sub("DaemonSet")],
+    ),
+    apps(
+        "Deployment",
+        "deployments",
+        "deployment",
+        &["deploy"],
+        &[status_sub("Deployment"), SCALE],
+    ),
+    apps(
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        &["rs"],
+        &[status_sub("ReplicaSet"), SCALE],
+    ),
+    batch("Job", "jobs", "job", &[], &[status_sub("Job")]),
+    batch(
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        &["cj"],
+        &[status_sub("CronJob")],
+    ),
     core(
         "Service",
         "services",
@@ -397,6 +458,23 @@ const fn review(
         subresources: &[],
         categories: &[],
     }
+}
+
+/// The kinds whose objects own dependents that the garbage collector looks after (by group
+/// and plural): a DELETE of one with `propagationPolicy` `Orphan` or `Foreground` is
+/// finished by the collector; its dependents are these kinds and pods.
+pub const GC_OWNERS: &[(&str, &str)] = &[
+    ("", "replicationcontrollers"),
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "daemonsets"),
+    ("batch", "cronjobs"),
+    ("batch", "jobs"),
+];
+
+/// Whether `res` is one of [`GC_OWNERS`].
+pub fn owns_dependents(res: &ResourceInfo) -> bool {
+    GC_OWNERS.contains(&(res.group, res.plural))
 }
 
 /// Finds a resource by group, version and plural name.

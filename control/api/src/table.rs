@@ -94,15 +94,15 @@ pub fn age(ts: &Value, now: jiff::Timestamp) -> String {
     }
 }
 
-struct Col {
-    name: &'static str,
-    ty: &'static str,
-    format: &'static str,
-    priority: i32,
-    description: &'static str,
+pub(crate) struct Col {
+    pub(crate) name: &'static str,
+    pub(crate) ty: &'static str,
+    pub(crate) format: &'static str,
+    pub(crate) priority: i32,
+    pub(crate) description: &'static str,
 }
 
-const fn col(name: &'static str, priority: i32, description: &'static str) -> Col {
+pub(crate) const fn col(name: &'static str, priority: i32, description: &'static str) -> Col {
     Col {
         name,
         ty: "string",
@@ -112,14 +112,14 @@ const fn col(name: &'static str, priority: i32, description: &'static str) -> Co
     }
 }
 
-const NAME: Col = Col {
+pub(crate) const NAME: Col = Col {
     name: "Name",
     ty: "string",
     format: "name",
     priority: 0,
     description: "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names",
 };
-const AGE: Col = col(
+pub(crate) const AGE: Col = col(
     "Age",
     0,
     "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.",
@@ -227,6 +227,73 @@ fn columns(plural: &str) -> Vec<Col> {
                 "Selector",
                 1,
                 "Selector is a label query over pods that should match the Replicas count.",
+            ),
+        ],
+        "replicasets" => vec![
+            NAME,
+            Col {
+                ty: "integer",
+                ..col("Desired", 0, "Replicas is the number of desired pods.")
+            },
+            Col {
+                ty: "integer",
+                ..col(
+                    "Current",
+                    0,
+                    "Replicas is the most recently observed number of replicas.",
+                )
+            },
+            Col {
+                ty: "integer",
+                ..col(
+                    "Ready",
+                    0,
+                    "The number of non-terminating pods targeted by this ReplicaSet with a Ready Condition.",
+                )
+            },
+            AGE,
+            col("Containers", 1, "Names of each container in the template."),
+            col(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col(
+                "Selector",
+                1,
+                "Selector is a label query over pods that should match the replica count.",
+            ),
+        ],
+        "deployments" => vec![
+            NAME,
+            col("Ready", 0, "Number of the pod with ready state"),
+            Col {
+                ty: "integer",
+                ..col(
+                    "Up-to-date",
+                    0,
+                    "Total number of non-terminating pods targeted by this deployment that have the desired template spec.",
+                )
+            },
+            Col {
+                ty: "integer",
+                ..col(
+                    "Available",
+                    0,
+                    "Total number of available non-terminating pods (ready for at least minReadySeconds) targeted by this deployment.",
+                )
+            },
+            AGE,
+            col("Containers", 1, "Names of each container in the template."),
+            col(
+                "Images",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col(
+                "Selector",
+                1,
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
             ),
         ],
         "daemonsets" => vec![
@@ -444,7 +511,7 @@ fn columns(plural: &str) -> Vec<Col> {
             col("Groups", 1, "Groups in the binding."),
             col("ServiceAccounts", 1, "ServiceAccounts in the binding."),
         ],
-        _ => vec![NAME, AGE],
+        p => crate::batch::columns(p).unwrap_or_else(|| vec![NAME, AGE]),
     }
 }
 
@@ -780,6 +847,34 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 json!(selector_string(&o["spec"]["selector"])),
             ]
         }
+        "replicasets" | "deployments" => {
+            let (names, images) = template_containers(&o["spec"]["template"]);
+            let st = &o["status"];
+            let n = |k: &str| st[k].as_i64().unwrap_or(0);
+            let desired = o["spec"]["replicas"].as_i64().unwrap_or(1);
+            let counts = if plural == "replicasets" {
+                vec![
+                    json!(desired),
+                    json!(n("replicas")),
+                    json!(n("readyReplicas")),
+                ]
+            } else {
+                vec![
+                    json!(format!("{}/{desired}", n("readyReplicas"))),
+                    json!(n("updatedReplicas")),
+                    json!(n("availableReplicas")),
+                ]
+            };
+            let mut cells = vec![name];
+            cells.extend(counts);
+            cells.extend([
+                json!(created),
+                json!(names),
+                json!(images),
+                json!(format_label_selector(&o["spec"]["selector"])),
+            ]);
+            cells
+        }
         "daemonsets" => {
             let (names, images) = template_containers(&o["spec"]["template"]);
             let st = &o["status"];
@@ -953,7 +1048,7 @@ fn row_cells(plural: &str, o: &Value, now: jiff::Timestamp) -> Vec<Value> {
                 subjects("ServiceAccount"),
             ]
         }
-        _ => vec![name, json!(created)],
+        p => crate::batch::row_cells(p, o, now).unwrap_or_else(|| vec![name, json!(created)]),
     }
 }
 

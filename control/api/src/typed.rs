@@ -1,7 +1,8 @@
 //! Typed handling of untyped objects: decode into the k8s-openapi type of a kind, find unknown
 //! fields, apply defaults, validate, and encode back.
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ReplicationController,
@@ -205,6 +206,34 @@ pub fn prepare(
             apply_defaults,
             defaults::default_daemon_set,
             validation::validate_daemon_set,
+        ),
+        "ReplicaSet" => roundtrip::<ReplicaSet, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            defaults::default_replica_set,
+            validation::validate_replica_set,
+        ),
+        "Deployment" => roundtrip::<Deployment, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            defaults::default_deployment,
+            validation::validate_deployment,
+        ),
+        "Job" => roundtrip::<Job, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            crate::batch::default_job,
+            crate::batch::validate_job,
+        ),
+        "CronJob" => roundtrip::<CronJob, _, _>(
+            kind,
+            input,
+            apply_defaults,
+            crate::batch::default_cron_job,
+            crate::batch::validate_cron_job,
         ),
         "Namespace" => roundtrip::<Namespace, _, _>(
             kind,
@@ -437,7 +466,9 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> ErrorList {
                 ));
             }
         }
-        "DaemonSet" if old["spec"]["selector"] != new["spec"]["selector"] => {
+        "DaemonSet" | "ReplicaSet" | "Deployment"
+            if old["spec"]["selector"] != new["spec"]["selector"] =>
+        {
             let sel = serde_json::from_value(new["spec"]["selector"].clone()).unwrap_or_default();
             errs.push(FieldError::invalid_raw(
                 "spec.selector",
@@ -445,6 +476,7 @@ pub fn validate_update(kind: &str, old: &Value, new: &Value) -> ErrorList {
                 "field is immutable",
             ));
         }
+        "Job" => errs.extend(crate::batch::validate_job_update(old, new)),
         "RoleBinding" | "ClusterRoleBinding" if old["roleRef"] != new["roleRef"] => {
             errs.push(FieldError::invalid_raw(
                 "roleRef",

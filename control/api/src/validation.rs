@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetUpdateStrategy};
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+};
 use k8s_openapi::api::core::v1::{
     Container, Namespace, Pod, PodSpec, PodTemplateSpec, ReplicationController, Service, Toleration,
 };
@@ -979,25 +981,21 @@ fn validate_daemon_set_strategy(s: &DaemonSetUpdateStrategy, path: &str, errs: &
     }
 }
 
-/// Validates a DaemonSet (apps/v1 `ValidateDaemonSet`): a selector that matches the
-/// template's labels, a pod template with restartPolicy Always and no
-/// activeDeadlineSeconds, the update strategy, and non-negative counts.
-pub fn validate_daemon_set(ds: &DaemonSet) -> ErrorList {
-    let mut errs = validate_meta(&ds.metadata, "DaemonSet", true, "metadata.");
-    let Some(spec) = &ds.spec else {
-        errs.push(FieldError::required("spec", ""));
-        return errs;
-    };
-    let sel = &spec.selector;
+/// An apps/v1 workload's selector and pod template: a non-empty valid selector that matches
+/// the template's labels, and a valid template with restartPolicy Always.
+fn validate_selected_template(
+    sel: &LabelSelector,
+    template: &PodTemplateSpec,
+    errs: &mut ErrorList,
+) {
     let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
     if empty {
         errs.push(FieldError::required("spec.selector", ""));
     } else {
-        validate_label_selector(sel, "spec.selector", &mut errs);
+        validate_label_selector(sel, "spec.selector", errs);
     }
-    let labels = spec
-        .template
+    let labels = template
         .metadata
         .as_ref()
         .and_then(|m| m.labels.clone())
@@ -1012,7 +1010,130 @@ pub fn validate_daemon_set(ds: &DaemonSet) -> ErrorList {
             "`selector` does not match template `labels`",
         ));
     }
-    validate_template(&spec.template, "spec.template", &mut errs);
+    validate_template(template, "spec.template", errs);
+}
+
+fn non_negative(v: Option<i32>, path: &str, errs: &mut ErrorList) {
+    if let Some(n) = v
+        && n < 0
+    {
+        errs.push(FieldError::invalid(
+            path,
+            n,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+/// Validates a ReplicaSet (apps/v1 `ValidateReplicaSet`).
+pub fn validate_replica_set(rs: &ReplicaSet) -> ErrorList {
+    let mut errs = validate_meta(&rs.metadata, "ReplicaSet", true, "metadata.");
+    let Some(spec) = &rs.spec else {
+        errs.push(FieldError::required("spec", ""));
+        return errs;
+    };
+    match &spec.template {
+        Some(t) => validate_selected_template(&spec.selector, t, &mut errs),
+        None => errs.push(FieldError::required("spec.template", "")),
+    }
+    non_negative(spec.replicas, "spec.replicas", &mut errs);
+    non_negative(spec.min_ready_seconds, "spec.minReadySeconds", &mut errs);
+    errs
+}
+
+fn int_or_percent_value(v: &IntOrString) -> Value {
+    match v {
+        IntOrString::Int(n) => Value::from(*n),
+        IntOrString::String(s) => Value::from(s.as_str()),
+    }
+}
+
+fn validate_deployment_strategy(s: &DeploymentStrategy, path: &str, errs: &mut ErrorList) {
+    const TYPES: &[&str] = &["Recreate", "RollingUpdate"];
+    let ty = s.type_.as_deref().unwrap_or("");
+    if !TYPES.contains(&ty) {
+        errs.push(FieldError::not_supported(format!("{path}.type"), ty, TYPES));
+        return;
+    }
+    let p = format!("{path}.rollingUpdate");
+    match (ty, &s.rolling_update) {
+        ("Recreate", Some(_)) => errs.push(FieldError::forbidden(
+            p,
+            "may not be specified when strategy `type` is 'Recreate'",
+        )),
+        ("RollingUpdate", None) => errs.push(FieldError::required(
+            p,
+            "this should be defaulted and never be nil",
+        )),
+        ("RollingUpdate", Some(ru)) => {
+            if let Some(v) = &ru.max_unavailable {
+                validate_int_or_percent(v, &format!("{p}.maxUnavailable"), errs);
+            }
+            if let Some(v) = &ru.max_surge {
+                validate_int_or_percent(v, &format!("{p}.maxSurge"), errs);
+            }
+            if int_or_percent_is_zero(ru.max_unavailable.as_ref())
+                && int_or_percent_is_zero(ru.max_surge.as_ref())
+            {
+                errs.push(FieldError::invalid(
+                    format!("{p}.maxUnavailable"),
+                    ru.max_unavailable
+                        .as_ref()
+                        .map_or(Value::from(0), int_or_percent_value),
+                    "may not be 0 when `maxSurge` is 0",
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Validates a Deployment (apps/v1 `ValidateDeployment`).
+pub fn validate_deployment(d: &Deployment) -> ErrorList {
+    let mut errs = validate_meta(&d.metadata, "Deployment", true, "metadata.");
+    let Some(spec) = &d.spec else {
+        errs.push(FieldError::required("spec", ""));
+        return errs;
+    };
+    validate_selected_template(&spec.selector, &spec.template, &mut errs);
+    non_negative(spec.replicas, "spec.replicas", &mut errs);
+    non_negative(spec.min_ready_seconds, "spec.minReadySeconds", &mut errs);
+    non_negative(
+        spec.revision_history_limit,
+        "spec.revisionHistoryLimit",
+        &mut errs,
+    );
+    match &spec.strategy {
+        Some(s) => validate_deployment_strategy(s, "spec.strategy", &mut errs),
+        None => errs.push(FieldError::not_supported(
+            "spec.strategy.type",
+            "",
+            &["Recreate", "RollingUpdate"],
+        )),
+    }
+    if let Some(pd) = spec.progress_deadline_seconds {
+        non_negative(Some(pd), "spec.progressDeadlineSeconds", &mut errs);
+        if pd <= spec.min_ready_seconds.unwrap_or(0) {
+            errs.push(FieldError::invalid(
+                "spec.progressDeadlineSeconds",
+                pd,
+                "must be greater than minReadySeconds",
+            ));
+        }
+    }
+    errs
+}
+
+/// Validates a DaemonSet (apps/v1 `ValidateDaemonSet`): a selector that matches the
+/// template's labels, a pod template with restartPolicy Always and no
+/// activeDeadlineSeconds, the update strategy, and non-negative counts.
+pub fn validate_daemon_set(ds: &DaemonSet) -> ErrorList {
+    let mut errs = validate_meta(&ds.metadata, "DaemonSet", true, "metadata.");
+    let Some(spec) = &ds.spec else {
+        errs.push(FieldError::required("spec", ""));
+        return errs;
+    };
+    validate_selected_template(&spec.selector, &spec.template, &mut errs);
     if let Some(ads) = spec
         .template
         .spec

@@ -1040,12 +1040,19 @@ fn delete_options(
     Ok(o)
 }
 
+/// The Scale of a ReplicationController (a label map selector) or an apps/v1 workload (a
+/// LabelSelector, formatted as `metav1.FormatLabelSelector` does).
 fn scale_of(rc: &Value) -> Value {
-    let selector = meta::string_map(&rc["spec"]["selector"])
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let sel = &rc["spec"]["selector"];
+    let selector = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
+        xkube_api::table::format_label_selector(sel)
+    } else {
+        meta::string_map(sel)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

@@ -14,13 +14,49 @@ use xkube_api::{FieldSelector, LabelSelector, ResourceInfo, StatusError, meta, t
 use xkube_store::{Revision, Store};
 
 use crate::alloc::{AllocError, Allocators};
-use crate::strategy::{self, Deletion, Dependents};
+use crate::strategy::{self, Deletion};
 use crate::watchcache::{WatchCache, decode};
 
 /// How many times a write without a resourceVersion precondition is tried when other
 /// writers keep winning the race for the object. Kubernetes' storage retries without bound;
 /// a bound turns a pathological livelock into a 409 rather than a hung request.
 pub const WRITE_ATTEMPTS: usize = 32;
+
+/// The `preconditions` of a DELETE (uid, resourceVersion) against the current object.
+fn check_delete_preconditions(
+    res: &ResourceInfo,
+    name: &str,
+    cur: &Value,
+    rev: Revision,
+    opts: &DeleteOptions,
+) -> Result<(), StatusError> {
+    if let Some(uid) = &opts.uid
+        && uid != meta::uid(cur)
+    {
+        return Err(StatusError::conflict(
+            res.group,
+            res.plural,
+            name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta::uid(cur)
+            ),
+        ));
+    }
+    if let Some(rv) = &opts.resource_version
+        && *rv != rev.to_string()
+    {
+        return Err(StatusError::conflict(
+            res.group,
+            res.plural,
+            name,
+            &format!(
+                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// The pause after the `attempt`-th lost write race: none after the first, then a random
 /// 0..=attempt ms (at most 20 ms). Two writers that read, write and retry in the same rhythm
@@ -647,7 +683,13 @@ impl Registry {
         Err(StatusError::modified_conflict(res.group, res.plural, name))
     }
 
-    /// Deletes an object with Kubernetes' semantics; returns the final or terminating object.
+    /// Deletes an object with Kubernetes' semantics; returns the final or terminating object
+    /// and whether it is gone. For kinds that own dependents
+    /// ([`xkube_api::resources::owns_dependents`]), `Orphan` and `Foreground`
+    /// (the policy asked for, else the kind's default) mark the object with the garbage
+    /// collector's `orphan` or `foregroundDeletion` finalizer: the collector releases or
+    /// deletes the dependents, then removes the finalizer, and the object goes.
+    /// `Background` removes it now; the collector deletes dependents whose owner is gone.
     pub async fn delete(
         self: &Arc<Self>,
         res: &'static ResourceInfo,
@@ -655,29 +697,63 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<(Value, bool), StatusError> {
-        let (gone, removed) = self.delete_leaf(res, ns, name, opts).await?;
-        if !removed {
-            return Ok((gone, false));
-        }
-        // Dependents: Background/Foreground delete them, Orphan (the default for
-        // ReplicationControllers, as in Kubernetes' v1 API) strips their owner reference.
-        // Other owners (DaemonSets: apps/v1 defaults to Background) take their pods along.
         let strategy = strategy::of(res);
-        let policy = opts
-            .propagation
-            .clone()
-            .unwrap_or_else(|| strategy.propagation.into());
-        let uid = meta::uid(&gone).to_string();
-        if res.namespaced && !uid.is_empty() && strategy.dependents != Dependents::None {
-            let me = self.clone();
-            let ns = ns.unwrap_or("").to_string();
-            if opts.propagation.is_some() || strategy.dependents == Dependents::BeforeAnswer {
-                me.handle_dependents(&ns, &uid, &policy).await;
-            } else {
-                tokio::spawn(async move { me.handle_dependents(&ns, &uid, &policy).await });
+        let policy = opts.propagation.as_deref().unwrap_or(strategy.propagation);
+        let finalizer = match policy {
+            "Orphan" => Some(meta::ORPHAN_FINALIZER),
+            "Foreground" => Some(meta::FOREGROUND_FINALIZER),
+            _ => None,
+        };
+        match finalizer {
+            Some(f) if xkube_api::resources::owns_dependents(res) => {
+                self.delete_via_gc(res, ns, name, opts, f).await
+            }
+            _ => self.delete_leaf(res, ns, name, opts).await,
+        }
+    }
+
+    /// Marks an object for deletion by the garbage collector: its finalizer `f` and a
+    /// deletionTimestamp. An object already being deleted is answered as it is.
+    async fn delete_via_gc(
+        self: &Arc<Self>,
+        res: &'static ResourceInfo,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+        f: &str,
+    ) -> Result<(Value, bool), StatusError> {
+        let key = res.key(ns, name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (mut cur, rev) = self.get(res, ns, name).await?;
+            check_delete_preconditions(res, name, &cur, rev, opts)?;
+            if opts.dry_run || !cur["metadata"]["deletionTimestamp"].is_null() {
+                return Ok((cur, false));
+            }
+            let finalizers = cur["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !finalizers.iter().any(|x| x == f) {
+                let mut finalizers = finalizers;
+                finalizers.push(json!(f));
+                meta::set(&mut cur, "finalizers", json!(finalizers));
+            }
+            match self
+                .mark_deleting(res, name, &key, rev, cur, Some(0), None)
+                .await
+            {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && opts.resource_version.is_none()
+                        && attempt < WRITE_ATTEMPTS =>
+                {
+                    lost_race_pause(attempt).await
+                }
+                r => return r.map(|o| (o, false)),
             }
         }
-        Ok((gone, true))
     }
 
     /// Deletes one object without touching dependents; `true` when it is gone from the store
@@ -717,31 +793,7 @@ impl Registry {
         opts: &DeleteOptions,
     ) -> Result<(Value, bool), StatusError> {
         let (cur, rev) = self.get(res, ns, name).await?;
-        if let Some(uid) = &opts.uid
-            && uid != meta::uid(&cur)
-        {
-            return Err(StatusError::conflict(
-                res.group,
-                res.plural,
-                name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta::uid(&cur)
-                ),
-            ));
-        }
-        if let Some(rv) = &opts.resource_version
-            && *rv != rev.to_string()
-        {
-            return Err(StatusError::conflict(
-                res.group,
-                res.plural,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {rev}"
-                ),
-            ));
-        }
+        check_delete_preconditions(res, name, &cur, rev, opts)?;
         if opts.dry_run {
             return Ok((cur, false));
         }
@@ -815,40 +867,6 @@ impl Registry {
             }
         }
         Ok((gone, true))
-    }
-
-    async fn handle_dependents(self: &Arc<Self>, ns: &str, owner_uid: &str, policy: &str) {
-        let Some(pods) = xkube_api::resources::find("", "v1", "pods") else {
-            return;
-        };
-        let prefix = pods.key_prefix(Some(ns));
-        let Ok((kvs, _)) = self.store.list(&prefix).await else {
-            return;
-        };
-        for kv in kvs {
-            let Some(pod) = decode(&kv, kv.mod_revision) else {
-                continue;
-            };
-            if !meta::owner_uids(&pod).iter().any(|u| u == owner_uid) {
-                continue;
-            }
-            let name = meta::name(&pod).to_string();
-            if policy == "Orphan" {
-                let mut p = pod.clone();
-                if let Some(refs) = p["metadata"]["ownerReferences"].as_array_mut() {
-                    refs.retain(|r| r["uid"].as_str() != Some(owner_uid));
-                }
-                let bytes = match serde_json::to_vec(&p) {
-                    Ok(b) => b,
-                    Err(_) => continue,
-                };
-                let _ = self.store.update(&kv.key, bytes, kv.mod_revision).await;
-            } else {
-                let _ = self
-                    .delete_leaf(pods, Some(ns), &name, &DeleteOptions::default())
-                    .await;
-            }
-        }
     }
 
     /// Marks `cur` (at revision `rev`) as being deleted, for a deletion that waits (for

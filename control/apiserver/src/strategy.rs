@@ -20,19 +20,6 @@ pub enum Deletion {
     Terminating,
 }
 
-/// When the dependents (owned pods) of a deleted object are handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dependents {
-    /// The kind owns nothing (pods).
-    None,
-    /// In the background, unless the request named a propagation policy (then before the
-    /// answer).
-    Background,
-    /// Before the answer (ReplicationControllers orphan their pods by default, and a client
-    /// that deletes then re-creates one must not see its pods adopted by the old owner).
-    BeforeAnswer,
-}
-
 /// A kind's strategy.
 #[derive(Debug)]
 pub struct Strategy {
@@ -50,8 +37,6 @@ pub struct Strategy {
     pub finalized: fn(&Value) -> bool,
     /// The `propagationPolicy` of a DELETE that names none.
     pub propagation: &'static str,
-    /// When dependents are handled.
-    pub dependents: Dependents,
 }
 
 fn nothing(_: &mut Value) {}
@@ -68,7 +53,6 @@ const BASE: Strategy = Strategy {
     deletion: Deletion::Immediate,
     finalized: done,
     propagation: "Background",
-    dependents: Dependents::Background,
 };
 
 // Statics, not consts: each registration has one address, which the tests compare.
@@ -97,7 +81,6 @@ static POD: Strategy = Strategy {
     deletion: Deletion::GracefulOnNode,
     // The kubelet removes a deleted pod, not its last finalizer.
     finalized: |_| false,
-    dependents: Dependents::None,
     ..BASE
 };
 
@@ -125,7 +108,6 @@ static REPLICATION_CONTROLLER: Strategy = Strategy {
     },
     // Kubernetes' v1 API orphans a ReplicationController's pods by default.
     propagation: "Orphan",
-    dependents: Dependents::BeforeAnswer,
     ..BASE
 };
 
@@ -135,6 +117,31 @@ static DAEMON_SET: Strategy = Strategy {
         obj["status"] = json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
                                "desiredNumberScheduled": 0, "numberReady": 0});
     },
+    ..BASE
+};
+
+static REPLICA_SET: Strategy = Strategy {
+    prepare_for_create: |obj| obj["status"] = json!({"replicas": 0}),
+    ..BASE
+};
+
+static DEPLOYMENT: Strategy = Strategy {
+    prepare_for_create: |obj| obj["status"] = json!({}),
+    ..BASE
+};
+
+static JOB: Strategy = Strategy {
+    // Kubernetes' Job strategy starts every Job with an empty status. (Its generated
+    // selector needs the uid before validation: `xkube_api::batch::default_job`.)
+    prepare_for_create: |obj| obj["status"] = json!({}),
+    // batch/v1 orphans a Job's pods by default, for compatibility (kubectl asks for
+    // Background).
+    propagation: "Orphan",
+    ..BASE
+};
+
+static CRON_JOB: Strategy = Strategy {
+    prepare_for_create: |obj| obj["status"] = json!({}),
     ..BASE
 };
 
@@ -151,6 +158,10 @@ pub fn of(res: &ResourceInfo) -> &'static Strategy {
         ("", "services") => &SERVICE,
         ("", "replicationcontrollers") => &REPLICATION_CONTROLLER,
         ("apps", "daemonsets") => &DAEMON_SET,
+        ("apps", "replicasets") => &REPLICA_SET,
+        ("apps", "deployments") => &DEPLOYMENT,
+        ("batch", "jobs") => &JOB,
+        ("batch", "cronjobs") => &CRON_JOB,
         ("", "events") | ("events.k8s.io", "events") => &EVENT,
         _ => &DEFAULT,
     }
@@ -175,6 +186,10 @@ mod tests {
             ("", "services"),
             ("", "replicationcontrollers"),
             ("apps", "daemonsets"),
+            ("apps", "replicasets"),
+            ("apps", "deployments"),
+            ("batch", "jobs"),
+            ("batch", "cronjobs"),
             ("", "events"),
         ] {
             assert!(!std::ptr::eq(of(res(g, p)), &DEFAULT), "{g}/{p}");

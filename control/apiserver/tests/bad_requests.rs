@@ -131,7 +131,7 @@ fn sample(res: &ResourceInfo, name: &str) -> Value {
         "ReplicationController" => {
             o["spec"] = json!({"replicas": 1, "selector": {"app": "s"}, "template": template})
         }
-        "DaemonSet" => {
+        "DaemonSet" | "ReplicaSet" | "Deployment" => {
             o["spec"] = json!({"selector": {"matchLabels": {"app": "s"}}, "template": template})
         }
         "Service" => o["spec"] = json!({"selector": {"app": "s"}, "ports": [{"port": 80}]}),
@@ -1251,6 +1251,46 @@ fn field_cases(res: &ResourceInfo, current: &Value) -> Vec<Case> {
                 "negative replicas",
                 422,
                 json!({"spec": {"replicas": -1}}),
+            ));
+        }
+        "Deployment" => {
+            out.push(create("both maxSurge and maxUnavailable 0", 422, &|o| {
+                o["spec"]["strategy"] = json!({"type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}})
+            }));
+            out.push(create("rollingUpdate with Recreate", 422, &|o| {
+                o["spec"]["strategy"] = json!({"type": "Recreate",
+                    "rollingUpdate": {"maxSurge": 1}})
+            }));
+            out.push(create("maxUnavailable above 100%", 422, &|o| {
+                o["spec"]["strategy"] = json!({"rollingUpdate": {"maxUnavailable": "150%"}})
+            }));
+            out.push(create("progress deadline not above minReadySeconds", 422, &|o| {
+                o["spec"]["minReadySeconds"] = json!(10);
+                o["spec"]["progressDeadlineSeconds"] = json!(10);
+            }));
+            out.push(merge(
+                "negative replicas",
+                422,
+                json!({"spec": {"replicas": -1}}),
+            ));
+            out.push(merge(
+                "changes the selector",
+                422,
+                json!({"spec": {"selector": {"matchLabels": {"app": "other"}}}}),
+            ));
+        }
+        "ReplicaSet" => {
+            out.push(create("selector not matching the template", 422, &|o| {
+                o["spec"]["selector"] = json!({"matchLabels": {"app": "other"}})
+            }));
+            out.push(create("no template", 422, &|o| {
+                o["spec"].as_object_mut().map(|m| m.remove("template"));
+            }));
+            out.push(merge(
+                "changes the selector",
+                422,
+                json!({"spec": {"selector": {"matchLabels": {"app": "other"}}}}),
             ));
         }
         "DaemonSet" => {

@@ -9,7 +9,6 @@ use common::*;
 use serde_json::{Value, json};
 
 const DS: &str = "/apis/apps/v1/namespaces/default/daemonsets";
-const PODS: &str = "/api/v1/namespaces/default/pods";
 
 fn daemon_set(name: &str) -> Value {
     json!({
@@ -279,51 +278,26 @@ async fn daemon_sets_watch_and_tables() {
 }
 
 #[tokio::test]
-async fn deleting_a_daemon_set_deletes_its_pods_unless_orphaned() {
+async fn deleting_a_daemon_set_is_background_unless_a_policy_says_otherwise() {
     let api = start().await;
     for name in ["bg", "dflt", "or"] {
         let (code, ds) = api.post(DS, &daemon_set(name)).await;
         assert_eq!(code, 201, "{ds}");
-        let mut p = pod(&format!("{name}-pod"), json!({"app": name}));
-        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "name": name, "uid": ds["metadata"]["uid"], "controller": true}]);
-        assert_eq!(api.post(PODS, &p).await.0, 201);
     }
-    let mut other = pod("unrelated", json!({"app": "bg"}));
-    other["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet",
-        "name": "bg", "uid": "someone-else", "controller": true}]);
-    assert_eq!(api.post(PODS, &other).await.0, 201);
-
-    let (code, _) = api
-        .delete(&format!("{DS}/bg?propagationPolicy=Background"))
-        .await;
-    assert_eq!(code, 200);
-    assert_eq!(api.get(&format!("{PODS}/bg-pod")).await.0, 404);
-    assert_eq!(api.get(&format!("{PODS}/unrelated")).await.0, 200);
-
-    // Without a policy apps/v1 deletes dependents in the background.
-    let (code, _) = api.delete(&format!("{DS}/dflt")).await;
-    assert_eq!(code, 200);
-    let mut gone = false;
-    for _ in 0..100 {
-        if api.get(&format!("{PODS}/dflt-pod")).await.0 == 404 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // apps/v1 defaults to Background: gone at once (the garbage collector takes the pods).
+    for q in ["bg?propagationPolicy=Background", "dflt"] {
+        assert_eq!(api.delete(&format!("{DS}/{q}")).await.0, 200);
     }
-    assert!(
-        gone,
-        "the pod of a DaemonSet deleted without a policy is deleted"
-    );
-
+    assert_eq!(api.get(&format!("{DS}/bg")).await.0, 404);
+    assert_eq!(api.get(&format!("{DS}/dflt")).await.0, 404);
+    // Orphan waits for the collector's finalizer.
     let (code, _) = api
         .delete(&format!("{DS}/or?propagationPolicy=Orphan"))
         .await;
     assert_eq!(code, 200);
-    let (code, orphan) = api.get(&format!("{PODS}/or-pod")).await;
+    let (code, ds) = api.get(&format!("{DS}/or")).await;
     assert_eq!(code, 200);
-    assert_eq!(orphan["metadata"]["ownerReferences"], json!([]));
+    assert_eq!(ds["metadata"]["finalizers"], json!(["orphan"]));
     api.stop().await;
 }
 

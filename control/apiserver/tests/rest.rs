@@ -648,7 +648,7 @@ async fn many_watchers_share_one_cache() {
 }
 
 #[tokio::test]
-async fn delete_propagation_for_replication_controllers() {
+async fn delete_propagation_marks_owners_for_the_garbage_collector() {
     let api = start().await;
     let rcs = "/api/v1/namespaces/default/replicationcontrollers";
     let pods = "/api/v1/namespaces/default/pods";
@@ -656,7 +656,7 @@ async fn delete_propagation_for_replication_controllers() {
         json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": name},
         "spec": {"replicas": 1, "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
     };
-    for name in ["bg", "or"] {
+    for name in ["bg", "or", "fg", "dflt"] {
         let (_, r) = api.post(rcs, &rc(name)).await;
         let uid = r["metadata"]["uid"].clone();
         let mut p = pod(&format!("{name}-pod"), json!({"app": name}));
@@ -664,18 +664,45 @@ async fn delete_propagation_for_replication_controllers() {
             "name": name, "uid": uid, "controller": true}]);
         assert_eq!(api.post(pods, &p).await.0, 201);
     }
+    // Background: the owner goes now; its pod is the garbage collector's (not running here).
     let (code, _) = api
         .delete(&format!("{rcs}/bg?propagationPolicy=Background"))
         .await;
     assert_eq!(code, 200);
-    assert_eq!(api.get(&format!("{pods}/bg-pod")).await.0, 404);
+    assert_eq!(api.get(&format!("{rcs}/bg")).await.0, 404);
+    assert_eq!(api.get(&format!("{pods}/bg-pod")).await.0, 200);
+    // Orphan, Foreground, and an RC's default (Orphan): marked with the collector's
+    // finalizer; the object stays until the finalizer is removed.
+    for (name, query, finalizer) in [
+        ("or", "?propagationPolicy=Orphan", "orphan"),
+        ("fg", "?propagationPolicy=Foreground", "foregroundDeletion"),
+        ("dflt", "", "orphan"),
+    ] {
+        let (code, body) = api.delete(&format!("{rcs}/{name}{query}")).await;
+        assert_eq!(code, 200, "{body}");
+        let (code, o) = api.get(&format!("{rcs}/{name}")).await;
+        assert_eq!(code, 200, "{name}");
+        assert_eq!(o["metadata"]["finalizers"], json!([finalizer]), "{name}");
+        assert!(o["metadata"]["deletionTimestamp"].is_string(), "{name}");
+        // A second DELETE answers the object being deleted.
+        assert_eq!(api.delete(&format!("{rcs}/{name}")).await.0, 200);
+        let patch = json!({"metadata": {"finalizers": []}});
+        let (code, body) = api
+            .patch(
+                &format!("{rcs}/{name}"),
+                "application/merge-patch+json",
+                &patch,
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(api.get(&format!("{rcs}/{name}")).await.0, 404, "{name}");
+    }
+    // Pods own nothing: the policy does not keep them.
     let (code, _) = api
-        .delete(&format!("{rcs}/or?propagationPolicy=Orphan"))
+        .delete(&format!("{pods}/or-pod?propagationPolicy=Foreground"))
         .await;
     assert_eq!(code, 200);
-    let (code, orphan) = api.get(&format!("{pods}/or-pod")).await;
-    assert_eq!(code, 200);
-    assert_eq!(orphan["metadata"]["ownerReferences"], json!([]));
+    assert_eq!(api.get(&format!("{pods}/or-pod")).await.0, 404);
     api.stop().await;
 }
 

@@ -230,6 +230,8 @@ pub struct DeleteParams {
     pub grace_period_seconds: Option<i64>,
     /// Precondition on the resourceVersion.
     pub precondition_resource_version: Option<String>,
+    /// Precondition on the uid (the object is not a newer one of the same name).
+    pub precondition_uid: Option<String>,
 }
 
 impl DeleteParams {
@@ -242,7 +244,10 @@ impl DeleteParams {
             o["gracePeriodSeconds"] = json!(g);
         }
         if let Some(rv) = &self.precondition_resource_version {
-            o["preconditions"] = json!({"resourceVersion": rv});
+            o["preconditions"]["resourceVersion"] = json!(rv);
+        }
+        if let Some(uid) = &self.precondition_uid {
+            o["preconditions"]["uid"] = json!(uid);
         }
         o
     }

@@ -1,7 +1,13 @@
 //! The xkube controller-manager: level-triggered controllers that talk to the apiserver only
 //! through the API (list + watch into reflector caches, writes via REST).
 //!
-//! - [`replication`]: exactly `spec.replicas` pods per ReplicationController.
+//! - [`replication`]: exactly `spec.replicas` pods per ReplicationController and per
+//!   ReplicaSet.
+//! - [`deployment`]: ReplicaSets per Deployment template, rolled out and back.
+//! - [`garbagecollector`]: owner references kept true (cascading and orphaning deletes).
+//! - [`job`]: pods for every Job until its completions succeed (or it fails);
+//!   [`cronjob`]: Jobs on a schedule; [`ttlafterfinished`]: finished Jobs deleted after their
+//!   TTL. All three read time from a [`clock`].
 //! - [`daemonset`]: one pod per eligible node for every DaemonSet, rolled on template
 //!   changes.
 //! - [`endpoints`]: one Endpoints object per selector Service.
@@ -20,10 +26,15 @@
 //! Binaries build a client with [`Options::connection`] (`ConnectionFlags::client`) and call
 //! [`run`] with the parsed [`Options`].
 
+pub mod clock;
+pub mod cronjob;
 pub mod daemonset;
+pub mod deployment;
 pub mod endpoints;
 pub mod endpointslicemirroring;
 pub mod error;
+pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podcontrol;
@@ -34,12 +45,14 @@ pub mod serviceaccount;
 #[cfg(test)]
 mod testutil;
 pub mod token;
+pub mod ttlafterfinished;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
     Service, ServiceAccount,
@@ -54,7 +67,13 @@ pub use error::{Error, Result};
 /// Every controller this crate runs, by its `--controllers` name.
 pub const CONTROLLERS: &[&str] = &[
     "replication",
+    "replicaset",
+    "deployment",
+    "garbagecollector",
     "daemonset",
+    "job",
+    "cronjob",
+    "ttl-after-finished",
     "endpoints",
     "endpointslicemirroring",
     "nodelifecycle",
@@ -72,8 +91,9 @@ pub struct Options {
     #[command(flatten)]
     pub connection: xkube_client::ConnectionFlags,
     /// Controllers to run: `*` for all, `name` to enable, `-name` to disable
-    /// (replication, daemonset, endpoints, endpointslicemirroring, nodelifecycle, namespace,
-    /// serviceaccount, serviceaccount-token, podgc, resourcequota).
+    /// (replication, replicaset, deployment, garbagecollector, daemonset, job, cronjob,
+    /// ttl-after-finished, endpoints, endpointslicemirroring, nodelifecycle, namespace, serviceaccount, serviceaccount-token,
+    /// podgc, resourcequota).
     #[arg(long, value_delimiter = ',', default_value = "*")]
     pub controllers: Vec<String>,
     /// CIDR range of pods; nodes get consecutive subnets of it.
@@ -106,9 +126,27 @@ pub struct Options {
     /// Concurrent ReplicationController syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_rc_syncs: usize,
+    /// Concurrent ReplicaSet syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_replicaset_syncs: usize,
+    /// Concurrent Deployment syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_deployment_syncs: usize,
+    /// Concurrent garbage collector workers.
+    #[arg(long, default_value_t = 20)]
+    pub concurrent_gc_syncs: usize,
     /// Concurrent DaemonSet syncs.
     #[arg(long, default_value_t = 2)]
     pub concurrent_daemonset_syncs: usize,
+    /// Concurrent Job syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_job_syncs: usize,
+    /// Concurrent CronJob syncs.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_cron_job_syncs: usize,
+    /// Concurrent TTL-after-finished workers.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_ttl_after_finished_syncs: usize,
     /// Concurrent Endpoints syncs.
     #[arg(long, default_value_t = 5)]
     pub concurrent_endpoint_syncs: usize,
@@ -151,7 +189,13 @@ impl Default for Options {
             pod_gc_period: Duration::from_secs(20),
             resource_quota_sync_period: Duration::from_secs(300),
             concurrent_rc_syncs: 5,
+            concurrent_replicaset_syncs: 5,
+            concurrent_deployment_syncs: 5,
+            concurrent_gc_syncs: 20,
             concurrent_daemonset_syncs: 2,
+            concurrent_job_syncs: 5,
+            concurrent_cron_job_syncs: 5,
+            concurrent_ttl_after_finished_syncs: 5,
             mirroring_concurrent_service_endpoint_syncs: 5,
             concurrent_endpoint_syncs: 5,
             concurrent_namespace_syncs: 2,
@@ -252,6 +296,60 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
             recorder.clone(),
         );
         tasks.spawn(c.run(opts.concurrent_rc_syncs, shutdown.clone()));
+    }
+    let replica_sets =
+        need(&["replicaset", "deployment"]).then(|| reflect::<ReplicaSet>(&client, sd));
+    if let (true, Some(rss)) = (opts.enabled("replicaset"), replica_sets.clone()) {
+        let c = replication::ReplicaSetController::new(
+            client.clone(),
+            rss,
+            pods.clone(),
+            recorder.clone(),
+        );
+        tasks.spawn(c.run(opts.concurrent_replicaset_syncs, shutdown.clone()));
+    }
+    if let (true, Some(rss)) = (opts.enabled("deployment"), replica_sets) {
+        let c = deployment::DeploymentController::new(
+            client.clone(),
+            reflect::<Deployment>(&client, sd),
+            rss,
+            pods.clone(),
+            recorder.clone(),
+        );
+        tasks.spawn(c.run(opts.concurrent_deployment_syncs, shutdown.clone()));
+    }
+    if opts.enabled("garbagecollector") {
+        let c = garbagecollector::GarbageCollector::new(client.clone(), sd);
+        tasks.spawn(c.run(opts.concurrent_gc_syncs, shutdown.clone()));
+    }
+    let jobs = need(&["job", "cronjob", "ttl-after-finished"]).then(|| reflect::<Job>(&client, sd));
+    if let (true, Some(jobs)) = (opts.enabled("job"), jobs.clone()) {
+        let c = job::JobController::new(
+            client.clone(),
+            jobs,
+            pods.clone(),
+            recorder.clone(),
+            clock::system(),
+        );
+        tasks.spawn(c.run(opts.concurrent_job_syncs, shutdown.clone()));
+    }
+    if let (true, Some(jobs)) = (opts.enabled("cronjob"), jobs.clone()) {
+        let c = cronjob::CronJobController::new(
+            client.clone(),
+            reflect::<CronJob>(&client, sd),
+            jobs,
+            recorder.clone(),
+            clock::system(),
+        );
+        tasks.spawn(c.run(opts.concurrent_cron_job_syncs, shutdown.clone()));
+    }
+    if let (true, Some(jobs)) = (opts.enabled("ttl-after-finished"), jobs) {
+        let c = ttlafterfinished::TtlAfterFinishedController::new(
+            client.clone(),
+            jobs,
+            clock::system(),
+        );
+        tasks.spawn(c.run(opts.concurrent_ttl_after_finished_syncs, shutdown.clone()));
     }
     if let (true, Some(nodes)) = (opts.enabled("daemonset"), nodes.clone()) {
         let c = daemonset::DaemonSetController::new(

@@ -1,44 +1,153 @@
-//! The replication controller: exactly `spec.replicas` active pods per
-//! ReplicationController, adopting matching orphans, releasing pods whose labels no longer
-//! match, and keeping `status` current.
+//! The replication controllers: exactly `spec.replicas` active pods per
+//! ReplicationController (core/v1) and per ReplicaSet (apps/v1), adopting matching orphans,
+//! releasing pods whose labels no longer match, and keeping `status` current. Both kinds run
+//! the same [`ReplicaManager`] through the [`Replicated`] trait; they differ only in how the
+//! selector is written (a label map, a `LabelSelector`).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, ReplicationController, ReplicationControllerStatus};
-use serde_json::json;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use xkube_api::selector::LabelSelector;
 use xkube_client::{Api, Client, Object, Patch, Store};
 
 use crate::error::{Error, Result};
-use crate::podcontrol::{self, BURST_REPLICAS, Claim, PodControl, ReleaseConflict};
-use xkube_api::pod::{self as podutil, controller_of, is_active, rc_selector, selector_matches};
+use crate::podcontrol::{self, BURST_REPLICAS, Claim, Owner, PodControl, ReleaseConflict};
+use xkube_api::pod::{self as podutil, controller_of, is_active, rc_selector};
 use xkube_client::runtime::{
     Controller, EventRecorder, Reconciler, Requeue, Seen, WorkQueue, key_of, split_key,
 };
 
-/// `<rc>-<5 random characters>`, as Kubernetes' `generateName`.
-pub fn pod_name(rc: &str) -> String {
-    xkube_api::names::generate(&format!("{rc}-"))
+/// `<owner>-<5 random characters>`, as Kubernetes' `generateName`.
+pub fn pod_name(owner: &str) -> String {
+    xkube_api::names::generate(&format!("{owner}-"))
+}
+
+/// Which pods an owner selects; an empty selector selects none.
+#[derive(Debug, Clone)]
+pub struct PodSelector(Option<LabelSelector>);
+
+impl PodSelector {
+    /// A selector from a label map (ReplicationControllers).
+    pub fn from_map(map: BTreeMap<String, String>) -> Self {
+        if map.is_empty() {
+            return PodSelector(None);
+        }
+        Self::from_meta(
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(map),
+                match_expressions: None,
+            },
+        )
+    }
+
+    /// A selector from a `LabelSelector` (apps/v1); empty or invalid selects none.
+    pub fn from_meta(sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Self {
+        let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+        PodSelector(
+            (!empty)
+                .then(|| LabelSelector::from_meta(sel).ok())
+                .flatten(),
+        )
+    }
+
+    /// Whether the selector selects an object with `labels`.
+    pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.matches(labels.unwrap_or(&EMPTY)))
+    }
+}
+
+/// A kind that keeps `spec.replicas` pods of a template (ReplicationController, ReplicaSet).
+pub trait Replicated: Owner + Clone + Send + Sync + 'static {
+    /// The controller's name in logs and events (`replication-controller`).
+    const COMPONENT: &'static str;
+    /// `spec.replicas` (default 1).
+    fn replicas(&self) -> usize;
+    /// `spec.minReadySeconds`.
+    fn min_ready_seconds(&self) -> i64;
+    /// The pod template.
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// The selector.
+    fn pod_selector(&self) -> PodSelector;
+    /// `status`, as JSON.
+    fn status_json(&self) -> Value;
+}
+
+impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+    fn replicas(&self) -> usize {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0) as usize
+    }
+    fn min_ready_seconds(&self) -> i64 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0) as i64
+    }
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+    fn pod_selector(&self) -> PodSelector {
+        PodSelector::from_map(rc_selector(self))
+    }
+    fn status_json(&self) -> Value {
+        serde_json::to_value(&self.status).unwrap_or(Value::Null)
+    }
+}
+
+impl Replicated for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
+    fn replicas(&self) -> usize {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0) as usize
+    }
+    fn min_ready_seconds(&self) -> i64 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0) as i64
+    }
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.as_ref())
+    }
+    fn pod_selector(&self) -> PodSelector {
+        self.spec
+            .as_ref()
+            .map_or(PodSelector(None), |s| PodSelector::from_meta(&s.selector))
+    }
+    fn status_json(&self) -> Value {
+        serde_json::to_value(&self.status).unwrap_or(Value::Null)
+    }
 }
 
 /// `spec.replicas` (default 1).
-pub fn desired_replicas(rc: &ReplicationController) -> usize {
-    rc.spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(0) as usize
+pub fn desired_replicas<K: Replicated>(owner: &K) -> usize {
+    owner.replicas()
 }
 
-/// Sorts pods out for `rc` (pure): its owned pods are the active ones.
-pub fn claim_pods(rc: &ReplicationController, pods: &[Arc<Pod>]) -> Claim {
-    let selector = rc_selector(rc);
+/// Sorts pods out for `owner` (pure): its owned pods are the active ones.
+pub fn claim_pods<K: Replicated>(owner: &K, pods: &[Arc<Pod>]) -> Claim {
+    let selector = owner.pod_selector();
     podcontrol::claim(
-        rc,
+        owner,
         pods,
-        |p| selector_matches(&selector, p.metadata.labels.as_ref()),
+        |p| selector.matches(p.metadata.labels.as_ref()),
         is_active,
     )
 }
@@ -91,84 +200,102 @@ pub fn pods_to_delete(pods: &[Arc<Pod>], excess: usize) -> Vec<Arc<Pod>> {
     v
 }
 
-/// The status an RC should show given its active owned pods (pure).
-pub fn compute_status(
-    rc: &ReplicationController,
+/// The replica counts an owner's status shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    /// Active owned pods.
+    pub replicas: i32,
+    /// Of those, ready.
+    pub ready: i32,
+    /// Ready for at least minReadySeconds.
+    pub available: i32,
+    /// Carrying every label of the template.
+    pub fully_labeled: i32,
+}
+
+/// The counts `owner` should show given its active owned pods (pure).
+pub fn count_replicas<K: Replicated>(
+    owner: &K,
     owned: &[Arc<Pod>],
     now: jiff::Timestamp,
-) -> ReplicationControllerStatus {
-    let min_ready = rc
-        .spec
-        .as_ref()
-        .and_then(|s| s.min_ready_seconds)
-        .unwrap_or(0) as i64;
-    let template_labels = rc
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.as_ref())
+) -> ReplicaCounts {
+    let min_ready = owner.min_ready_seconds();
+    let template_labels = owner
+        .template()
         .and_then(|t| t.metadata.as_ref())
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
-    let ready = owned.iter().filter(|p| podutil::is_ready(p)).count() as i32;
-    let available = owned
-        .iter()
-        .filter(|p| podutil::is_available(p, min_ready, now))
-        .count() as i32;
-    let fully_labeled = owned
-        .iter()
-        .filter(|p| {
+    let count = |f: &dyn Fn(&Pod) -> bool| owned.iter().filter(|p| f(p)).count() as i32;
+    ReplicaCounts {
+        replicas: owned.len() as i32,
+        ready: count(&|p| podutil::is_ready(p)),
+        available: count(&|p| podutil::is_available(p, min_ready, now)),
+        fully_labeled: count(&|p| {
             let l = p.metadata.labels.as_ref();
             template_labels
                 .iter()
                 .all(|(k, v)| l.and_then(|l| l.get(k)) == Some(v))
-        })
-        .count() as i32;
-    let prev = rc.status.clone().unwrap_or_default();
-    ReplicationControllerStatus {
-        replicas: owned.len() as i32,
-        ready_replicas: Some(ready),
-        available_replicas: Some(available),
-        fully_labeled_replicas: Some(fully_labeled),
-        observed_generation: rc.metadata.generation.or(prev.observed_generation),
-        conditions: prev.conditions,
+        }),
     }
 }
 
-/// The pod an RC creates from its template.
-pub fn pod_from_template(rc: &ReplicationController, name: &str) -> Pod {
-    let template = rc
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    podcontrol::pod_from_template(&template, rc, name)
+/// The status `owner` should show given its active owned pods (pure): the counts, the
+/// observed generation, and the conditions it has.
+pub fn compute_status<K: Replicated>(owner: &K, owned: &[Arc<Pod>], now: jiff::Timestamp) -> Value {
+    let c = count_replicas(owner, owned, now);
+    let prev = owner.status_json();
+    let mut status = json!({
+        "replicas": c.replicas,
+        "readyReplicas": c.ready,
+        "availableReplicas": c.available,
+        "fullyLabeledReplicas": c.fully_labeled,
+    });
+    if let Some(g) = owner
+        .metadata()
+        .generation
+        .or(prev["observedGeneration"].as_i64())
+    {
+        status["observedGeneration"] = json!(g);
+    }
+    if !prev["conditions"].is_null() {
+        status["conditions"] = prev["conditions"].clone();
+    }
+    status
 }
 
-/// The replication controller.
+/// The pod an owner creates from its template.
+pub fn pod_from_template<K: Replicated>(owner: &K, name: &str) -> Pod {
+    let template = owner.template().cloned().unwrap_or_default();
+    podcontrol::pod_from_template(&template, owner, name)
+}
+
+/// The controller of one [`Replicated`] kind.
 #[derive(Clone)]
-pub struct ReplicationManager {
+pub struct ReplicaManager<K> {
     client: Client,
-    rcs: Store<ReplicationController>,
+    owners: Store<K>,
     pods: Store<Pod>,
     pod_control: PodControl,
     queue: WorkQueue<String>,
 }
 
-impl ReplicationManager {
+/// The ReplicationController controller.
+pub type ReplicationManager = ReplicaManager<ReplicationController>;
+/// The ReplicaSet controller.
+pub type ReplicaSetController = ReplicaManager<ReplicaSet>;
+
+impl<K: Replicated> ReplicaManager<K> {
     /// A controller over these caches.
     pub fn new(
         client: Client,
-        rcs: Store<ReplicationController>,
+        owners: Store<K>,
         pods: Store<Pod>,
         recorder: EventRecorder,
     ) -> Self {
-        ReplicationManager {
-            pod_control: PodControl::new(
-                client.clone(),
-                recorder.with_component("replication-controller"),
-            ),
+        ReplicaManager {
+            pod_control: PodControl::new(client.clone(), recorder.with_component(K::COMPONENT)),
             client,
-            rcs,
+            owners,
             pods,
             queue: WorkQueue::new(),
         }
@@ -176,79 +303,79 @@ impl ReplicationManager {
 
     /// Watches the caches and runs `workers` reconcilers until `shutdown`.
     pub async fn run(self, workers: usize, shutdown: CancellationToken) {
-        let rcs = self.rcs.clone();
-        Controller::new("replication", self.clone(), self.queue.clone(), &shutdown)
-            .owns(&self.rcs, Duration::from_secs(30), |_| true)
+        let owners = self.owners.clone();
+        Controller::new(K::COMPONENT, self.clone(), self.queue.clone(), &shutdown)
+            .owns(&self.owners, Duration::from_secs(30), |_| true)
             .watches(&self.pods, move |s, q| match s {
                 Seen::Object(pod) => {
-                    // The owner, and any RC that might adopt it.
+                    // The owner, and any owner of this kind that might adopt it.
                     if let Some(r) = controller_of(pod.metadata.owner_references.as_ref())
-                        && r.kind == "ReplicationController"
+                        && r.kind == <K as k8s_openapi::Resource>::KIND
                     {
                         q.add(format!("{}/{}", pod.namespace(), r.name));
                     }
-                    for rc in rcs.filter(|rc| {
-                        rc.namespace() == pod.namespace()
-                            && selector_matches(&rc_selector(rc), pod.metadata.labels.as_ref())
+                    for o in owners.filter(|o| {
+                        o.namespace() == pod.namespace()
+                            && o.pod_selector().matches(pod.metadata.labels.as_ref())
                     }) {
-                        q.add(key_of(&*rc));
+                        q.add(key_of(&*o));
                     }
                 }
-                Seen::All => rcs.list().iter().for_each(|rc| q.add(key_of(&**rc))),
+                Seen::All => owners.list().iter().for_each(|o| q.add(key_of(&**o))),
             })
             .run(workers)
             .await;
     }
 
-    async fn update_status(&self, rc: &ReplicationController, owned: &[Arc<Pod>]) -> Result<()> {
-        let status = compute_status(rc, owned, jiff::Timestamp::now());
-        if rc.status.as_ref() == Some(&status) {
+    async fn update_status(&self, owner: &K, owned: &[Arc<Pod>]) -> Result<()> {
+        let status = compute_status(owner, owned, jiff::Timestamp::now());
+        if owner.status_json() == status {
             return Ok(());
         }
-        let api: Api<ReplicationController> = Api::namespaced(self.client.clone(), rc.namespace());
-        let body = serde_json::to_value(&status).map_err(|source| Error::Encode {
-            what: "replication controller status",
-            source,
-        })?;
+        let api: Api<K> = Api::namespaced(self.client.clone(), owner.namespace());
         match api
-            .patch_status(rc.name(), &Patch::Merge(json!({"status": body})))
+            .patch_status(owner.name(), &Patch::Merge(json!({"status": status})))
             .await
         {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(Error::api(format!("update status of rc {}", key_of(rc)))(e)),
+            Err(e) => Err(Error::api(format!(
+                "update status of {} {}",
+                <K as k8s_openapi::Resource>::KIND,
+                key_of(owner)
+            ))(e)),
         }
     }
 }
 
-impl Reconciler for ReplicationManager {
+impl<K: Replicated> Reconciler for ReplicaManager<K> {
     type Error = Error;
 
-    /// Brings one RC to its desired state.
-    #[tracing::instrument(skip(self), fields(controller = "replication"))]
+    /// Brings one owner to its desired state.
+    #[tracing::instrument(skip(self), fields(controller = K::COMPONENT))]
     async fn reconcile(&self, key: &str) -> Result<Requeue> {
         let (ns, name) = split_key(key);
-        let Some(rc) = self.rcs.get(ns, name) else {
+        let Some(rc) = self.owners.get(ns, name) else {
             self.pod_control.expectations.forget(key);
             return Ok(None);
         };
         let pods = self.pods.filter(|p| p.namespace() == ns);
-        let claim = claim_pods(&rc, &pods);
+        let claim = claim_pods(&*rc, &pods);
         let owned = self
             .pod_control
             .adopt_and_release(&*rc, &claim, ReleaseConflict::Fail)
             .await?;
 
         let mut requeue = None;
-        if rc.metadata.deletion_timestamp.is_none()
+        if rc.metadata().deletion_timestamp.is_none()
             && self.pod_control.expectations.satisfied(key, &self.pods)
         {
-            let want = desired_replicas(&rc);
+            let want = desired_replicas(&*rc);
             let have = owned.len();
             if have < want {
                 let n = (want - have).min(BURST_REPLICAS);
                 let pods: Vec<Pod> = (0..n)
-                    .map(|_| pod_from_template(&rc, &pod_name(rc.name())))
+                    .map(|_| pod_from_template(&*rc, &pod_name(rc.name())))
                     .collect();
                 self.pod_control.create(key, &*rc, &pods).await?;
                 if want - have > n {
@@ -373,11 +500,11 @@ mod tests {
             ),
         ];
         let s = compute_status(&rc, &pods, jiff::Timestamp::now());
-        assert_eq!(s.replicas, 2);
-        assert_eq!(s.ready_replicas, Some(1));
-        assert_eq!(s.available_replicas, Some(1));
-        assert_eq!(s.fully_labeled_replicas, Some(2));
-        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(
+            s,
+            json!({"replicas": 2, "readyReplicas": 1, "availableReplicas": 1,
+                   "fullyLabeledReplicas": 2, "observedGeneration": 3})
+        );
     }
 
     #[test]
