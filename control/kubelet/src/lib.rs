@@ -21,6 +21,7 @@ use xkube_client::{
 };
 
 pub mod auth;
+pub mod dns;
 pub mod env;
 pub mod error;
 pub mod ipam;
@@ -163,6 +164,16 @@ pub struct Options {
     /// (Kubernetes uses 10255); 0 disables it.
     #[arg(long, env = "XKUBE_READ_ONLY_PORT", default_value_t = 0)]
     pub read_only_port: u16,
+    /// Cluster DNS server addresses written into `ClusterFirst` pods' resolv.conf (none:
+    /// pods get the node's resolv.conf, as `dnsPolicy: Default`).
+    #[arg(long, env = "XKUBE_CLUSTER_DNS", value_delimiter = ',')]
+    pub cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain; pods search `<ns>.svc.<domain> svc.<domain> <domain>`.
+    #[arg(long, env = "XKUBE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The node's resolver configuration, given to `dnsPolicy: Default` pods (empty: none).
+    #[arg(long, env = "XKUBE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
 }
 
 impl Options {
@@ -196,6 +207,9 @@ impl Options {
             authentication_token_webhook: true,
             authorization_mode: AuthorizationMode::Webhook,
             read_only_port: 0,
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }
 }
@@ -216,6 +230,8 @@ pub(crate) struct Ctx {
     pub recorder: xkube_client::runtime::EventRecorder,
     /// Pods known to the kubelet API (uid -> view).
     pub views: Mutex<HashMap<String, Arc<Mutex<pods::PodView>>>>,
+    /// What pods' resolv.conf is made from.
+    pub dns: dns::Settings,
 }
 
 impl Ctx {
@@ -479,6 +495,12 @@ impl Kubelet {
             recorder: xkube_client::runtime::EventRecorder::new(client.clone(), "kubelet")
                 .with_host(&node_name),
             views: Mutex::new(HashMap::new()),
+            dns: dns::Settings {
+                cluster_dns: opts.cluster_dns.clone(),
+                cluster_domain: opts.cluster_domain.clone(),
+                resolv_conf: (!opts.resolv_conf.as_os_str().is_empty())
+                    .then(|| opts.resolv_conf.clone()),
+            },
         });
 
         // Heartbeats.

@@ -23,11 +23,11 @@ use xkube_api::quantity;
 use xkube_client::{Api, Batch, DeleteParams, ListParams, Patch, batched, watcher};
 
 use crate::{
-    Ctx, env,
+    Ctx, dns, env,
     error::{Error, Result, io},
     network::{PodNetworkEvent, PodNetworkEventKind, host_veth_name},
     probes::{Prober, Verdict, run_check},
-    runtime::{ContainerConfig, ContainerStatus, Sandbox, SandboxConfig},
+    runtime::{ContainerConfig, ContainerStatus, Mount, Sandbox, SandboxConfig},
     state::{
         Backoff, ContainerRecord, ContainerState, Decision, Phase, PodEvent, PodLifecycle,
         RestartPolicy, Termination, pod_phase,
@@ -830,6 +830,11 @@ impl Worker {
             });
         }
         self.volumes = volumes::prepare(&self.ctx.client, &self.pod, &self.pod_dir).await?;
+        let host_dns = dns::host(&self.ctx.dns);
+        dns::write(
+            &self.pod_dir,
+            &dns::for_pod(&self.pod, &self.ctx.dns, &host_dns),
+        )?;
         Ok(())
     }
 
@@ -1219,6 +1224,23 @@ impl Worker {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The container's volume mounts and the pod's resolv.conf on `/etc/resolv.conf` (unless
+    /// the container mounts something there itself, or the pod dir has no resolv.conf: a pod
+    /// set up before the kubelet wrote one).
+    fn mounts(&self, spec: &Container) -> Result<Vec<Mount>> {
+        let mut mounts = volumes::mounts_for(spec, &self.volumes)?;
+        let resolv = self.pod_dir.join("resolv.conf");
+        let target = Path::new(dns::RESOLV_CONF);
+        if resolv.is_file() && !mounts.iter().any(|m| m.container_path == target) {
+            mounts.push(Mount {
+                host_path: resolv,
+                container_path: target.to_path_buf(),
+                read_only: false,
+            });
+        }
+        Ok(mounts)
+    }
+
     async fn container_config(&self, spec: &Container, attempt: u32) -> Result<ContainerConfig> {
         let ns = self.ns().to_owned();
         let mut src = env::Sources {
@@ -1316,7 +1338,7 @@ impl Worker {
             args,
             env: vars.clone(),
             working_dir: spec.working_dir.clone(),
-            mounts: volumes::mounts_for(spec, &self.volumes)?,
+            mounts: self.mounts(spec)?,
             log_path: log_path(&self.pod_dir, &spec.name, attempt),
             resources: container_resources(spec),
             privileged: spec

@@ -101,7 +101,12 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
     );
     assert!(rt.version().starts_with("docker://20."), "{}", rt.version());
     let rt2 = rt.clone();
-    let c = Cluster::start_custom(1, |_| {}, move |_| Some(rt2.clone())).await;
+    let c = Cluster::start_custom(
+        1,
+        |o| o.cluster_dns = vec!["10.96.0.10".parse().expect("ip")],
+        move |_| Some(rt2.clone()),
+    )
+    .await;
 
     c.create_pod(0, json!({
         "metadata": {"name": "duo"},
@@ -147,6 +152,18 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
     }
     let (code, out) = c.exec(0, "duo", "server", &["cat", "/proc/net/fib_trie"]);
     assert!(code == 200 && out.contains(&ip), "{out}");
+    // Every container has the pod's resolv.conf, not Docker's own (the containers join the
+    // pause container's network, whose file Docker writes from the engine's resolvers).
+    for container in ["server", "client"] {
+        let (code, out) = c.exec(0, "duo", container, &["cat", "/etc/resolv.conf"]);
+        assert_eq!(code, 200);
+        assert!(
+            out.starts_with(
+                "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local"
+            ) && out.ends_with("options ndots:5\n"),
+            "{container}: {out}"
+        );
+    }
     let id = p
         .status
         .as_ref()

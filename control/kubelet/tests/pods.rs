@@ -68,7 +68,10 @@ async fn delete(c: &Cluster, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a1_pod_lifecycle_statuses_conditions_ip_events_logs_and_cleanup() {
-    let mut c = Cluster::start(1).await;
+    let mut c = Cluster::start_with(1, |o| {
+        o.cluster_dns = vec!["10.96.0.10".parse().expect("ip")];
+    })
+    .await;
     let node = c.nodes[0].name.clone();
     let mut net_events = c.nodes[0].events.take().expect("event receiver");
 
@@ -191,6 +194,33 @@ async fn a1_pod_lifecycle_statuses_conditions_ip_events_logs_and_cleanup() {
     assert_eq!((code, out.trim()), (200, "nginx"));
     let (code, out) = c.exec(0, "nginx", "c", &["cat", "/proc/net/fib_trie"]);
     assert!(code == 200 && out.contains(&ip.to_string()), "{out}");
+    // The pod's resolv.conf (ClusterFirst), bind-mounted in the container only.
+    let (code, out) = c.exec(0, "nginx", "c", &["cat", "/etc/resolv.conf"]);
+    assert_eq!(code, 200);
+    let host = xkube_kubelet::dns::ResolvConf::parse(
+        &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    );
+    let mut search: Vec<&str> = vec![
+        "default.svc.cluster.local",
+        "svc.cluster.local",
+        "cluster.local",
+    ];
+    for s in &host.searches {
+        if !search.contains(&s.as_str()) {
+            search.push(s);
+        }
+    }
+    let search = search.join(" ");
+    assert_eq!(
+        out,
+        format!("nameserver 10.96.0.10\nsearch {search}\noptions ndots:5\n")
+    );
+    assert!(
+        !std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .contains("10.96.0.10"),
+        "the node's own file is untouched"
+    );
     let (code, _) = c.kubelet_get(0, "/containerLogs/default/nope/c");
     assert_eq!(code, 404);
     // tailLines.
@@ -755,7 +785,10 @@ async fn kubelet_restart_keeps_pods_running_with_the_same_ips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_network_pod_uses_the_node_address() {
-    let c = Cluster::start(1).await;
+    let c = Cluster::start_with(1, |o| {
+        o.cluster_dns = vec!["10.96.0.10".parse().expect("ip")];
+    })
+    .await;
     let mut p = sh_pod(
         "hostnet",
         "exec socat TCP-LISTEN:18080,reuseaddr,fork SYSTEM:'echo on-host'",
@@ -788,6 +821,15 @@ async fn host_network_pod_uses_the_node_address() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(got.trim(), "on-host");
+    // ClusterFirst on the host network falls back to the node's resolvers (Default).
+    let (code, out) = c.exec(0, "hostnet", "c", &["cat", "/etc/resolv.conf"]);
+    assert_eq!(code, 200);
+    let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert_eq!(
+        out,
+        xkube_kubelet::dns::ResolvConf::parse(&node).render(),
+        "the node's resolv.conf, not the cluster DNS"
+    );
     delete(&c, "hostnet").await;
     c.wait_gone("hostnet").await;
     c.assert_clean(0).await;

@@ -47,6 +47,9 @@ enum Cmd {
     Scheduler(Box<xkube_scheduler::Options>),
     /// The kubelet.
     Kubelet(Box<xkube_kubelet::Options>),
+    /// The cluster DNS server (serves the cluster domain from Services, EndpointSlices and
+    /// Pods; deployed as `kube-system/kube-dns`).
+    Dns(Box<xkube_dns::Options>),
     /// The node agent: kubelet and proxy in one process.
     Agent(Box<AgentArgs>),
     /// A local multi-node cluster in network namespaces.
@@ -417,6 +420,10 @@ fn main() -> ExitCode {
         }),
         Cmd::Kubelet(opts) => run_async(|token| async move {
             xkube_kubelet::run(*opts, token).await?;
+            Ok(())
+        }),
+        Cmd::Dns(opts) => run_async(|token| async move {
+            xkube_dns::run(*opts, token).await?;
             Ok(())
         }),
         Cmd::Agent(args) => run_async(|token| agent(*args, token)),
