@@ -1,7 +1,8 @@
 //! Decoding of Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`) into JSON
 //! for the kinds kubectl's typed `create` commands send (Secret, ConfigMap, Namespace, Service,
-//! ServiceAccount, ResourceQuota). Field numbers follow `k8s.io/api/core/v1/generated.proto`
-//! and `k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto`; unknown fields are skipped.
+//! ServiceAccount, ResourceQuota, Deployment, ReplicaSet, Job, CronJob, RBAC and review
+//! kinds). Field numbers follow `k8s.io/api/{core,apps,batch}/v1/generated.proto` and
+//! `k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto`; unknown fields are skipped.
 
 use base64::Engine;
 use serde_json::{Map, Value, json};
@@ -24,6 +25,12 @@ enum Kind {
     RepMsg(&'static [Field]),
     Time,
     IntOrString,
+    /// A pointer int (`*int32`): an explicit 0 is kept.
+    OptInt,
+    /// A pointer bool (`*bool`): an explicit false is kept.
+    OptBool,
+    /// A Go embedded struct: its fields appear in the parent's JSON object.
+    Inline(&'static [Field]),
 }
 
 #[derive(Clone, Copy)]
@@ -149,7 +156,328 @@ const RESOURCE_QUOTA: &[Field] = &[
     f(2, "spec", Kind::Msg(RESOURCE_QUOTA_SPEC)),
 ];
 
+// k8s.io/api/core/v1/generated.proto: pod templates (the fields kubectl's typed create
+// commands and common manifests set).
+const LABEL_SELECTOR_REQUIREMENT: &[Field] = &[
+    f(1, "key", Kind::Str),
+    f(2, "operator", Kind::Str),
+    f(3, "values", Kind::RepStr),
+];
+
+const LABEL_SELECTOR: &[Field] = &[
+    f(1, "matchLabels", Kind::MapStr),
+    f(
+        2,
+        "matchExpressions",
+        Kind::RepMsg(LABEL_SELECTOR_REQUIREMENT),
+    ),
+];
+
+const CONTAINER_PORT: &[Field] = &[
+    f(1, "name", Kind::Str),
+    f(2, "hostPort", Kind::Int),
+    f(3, "containerPort", Kind::Int),
+    f(4, "protocol", Kind::Str),
+    f(5, "hostIP", Kind::Str),
+];
+
+const KEY_SELECTOR: &[Field] = &[
+    f(
+        1,
+        "localObjectReference",
+        Kind::Inline(LOCAL_OBJECT_REFERENCE),
+    ),
+    f(2, "key", Kind::Str),
+    f(3, "optional", Kind::OptBool),
+];
+
+const ENV_VAR_SOURCE: &[Field] = &[
+    f(
+        1,
+        "fieldRef",
+        Kind::Msg(&[f(1, "apiVersion", Kind::Str), f(2, "fieldPath", Kind::Str)]),
+    ),
+    f(
+        2,
+        "resourceFieldRef",
+        Kind::Msg(&[
+            f(1, "containerName", Kind::Str),
+            f(2, "resource", Kind::Str),
+        ]),
+    ),
+    f(3, "configMapKeyRef", Kind::Msg(KEY_SELECTOR)),
+    f(4, "secretKeyRef", Kind::Msg(KEY_SELECTOR)),
+];
+
+const ENV_VAR: &[Field] = &[
+    f(1, "name", Kind::Str),
+    f(2, "value", Kind::Str),
+    f(3, "valueFrom", Kind::Msg(ENV_VAR_SOURCE)),
+];
+
+const ENV_SOURCE: &[Field] = &[
+    f(
+        1,
+        "localObjectReference",
+        Kind::Inline(LOCAL_OBJECT_REFERENCE),
+    ),
+    f(2, "optional", Kind::OptBool),
+];
+
+const ENV_FROM_SOURCE: &[Field] = &[
+    f(1, "prefix", Kind::Str),
+    f(2, "configMapRef", Kind::Msg(ENV_SOURCE)),
+    f(3, "secretRef", Kind::Msg(ENV_SOURCE)),
+];
+
+const RESOURCE_REQUIREMENTS: &[Field] = &[
+    f(1, "limits", Kind::MapQuantity),
+    f(2, "requests", Kind::MapQuantity),
+];
+
+const VOLUME_MOUNT: &[Field] = &[
+    f(1, "name", Kind::Str),
+    f(2, "readOnly", Kind::Bool),
+    f(3, "mountPath", Kind::Str),
+    f(4, "subPath", Kind::Str),
+];
+
+const PROBE_HANDLER: &[Field] = &[
+    f(1, "exec", Kind::Msg(&[f(1, "command", Kind::RepStr)])),
+    f(
+        2,
+        "httpGet",
+        Kind::Msg(&[
+            f(1, "path", Kind::Str),
+            f(2, "port", Kind::IntOrString),
+            f(3, "host", Kind::Str),
+            f(4, "scheme", Kind::Str),
+        ]),
+    ),
+    f(
+        3,
+        "tcpSocket",
+        Kind::Msg(&[f(1, "port", Kind::IntOrString), f(2, "host", Kind::Str)]),
+    ),
+];
+
+const PROBE: &[Field] = &[
+    f(1, "handler", Kind::Inline(PROBE_HANDLER)),
+    f(2, "initialDelaySeconds", Kind::Int),
+    f(3, "timeoutSeconds", Kind::Int),
+    f(4, "periodSeconds", Kind::Int),
+    f(5, "successThreshold", Kind::Int),
+    f(6, "failureThreshold", Kind::Int),
+];
+
+const SECURITY_CONTEXT: &[Field] = &[
+    f(2, "privileged", Kind::OptBool),
+    f(4, "runAsUser", Kind::OptInt),
+    f(5, "runAsNonRoot", Kind::OptBool),
+    f(6, "readOnlyRootFilesystem", Kind::OptBool),
+    f(7, "allowPrivilegeEscalation", Kind::OptBool),
+    f(8, "runAsGroup", Kind::OptInt),
+];
+
+const CONTAINER: &[Field] = &[
+    f(1, "name", Kind::Str),
+    f(2, "image", Kind::Str),
+    f(3, "command", Kind::RepStr),
+    f(4, "args", Kind::RepStr),
+    f(5, "workingDir", Kind::Str),
+    f(6, "ports", Kind::RepMsg(CONTAINER_PORT)),
+    f(7, "env", Kind::RepMsg(ENV_VAR)),
+    f(8, "resources", Kind::Msg(RESOURCE_REQUIREMENTS)),
+    f(9, "volumeMounts", Kind::RepMsg(VOLUME_MOUNT)),
+    f(10, "livenessProbe", Kind::Msg(PROBE)),
+    f(11, "readinessProbe", Kind::Msg(PROBE)),
+    f(13, "terminationMessagePath", Kind::Str),
+    f(14, "imagePullPolicy", Kind::Str),
+    f(15, "securityContext", Kind::Msg(SECURITY_CONTEXT)),
+    f(16, "stdin", Kind::Bool),
+    f(17, "stdinOnce", Kind::Bool),
+    f(18, "tty", Kind::Bool),
+    f(19, "envFrom", Kind::RepMsg(ENV_FROM_SOURCE)),
+    f(20, "terminationMessagePolicy", Kind::Str),
+    f(22, "startupProbe", Kind::Msg(PROBE)),
+];
+
+const KEY_TO_PATH: &[Field] = &[
+    f(1, "key", Kind::Str),
+    f(2, "path", Kind::Str),
+    f(3, "mode", Kind::OptInt),
+];
+
+const VOLUME_SOURCE: &[Field] = &[
+    f(
+        1,
+        "hostPath",
+        Kind::Msg(&[f(1, "path", Kind::Str), f(2, "type", Kind::Str)]),
+    ),
+    f(2, "emptyDir", Kind::Msg(&[f(1, "medium", Kind::Str)])),
+    f(
+        6,
+        "secret",
+        Kind::Msg(&[
+            f(1, "secretName", Kind::Str),
+            f(2, "items", Kind::RepMsg(KEY_TO_PATH)),
+            f(3, "defaultMode", Kind::OptInt),
+            f(4, "optional", Kind::OptBool),
+        ]),
+    ),
+    f(
+        19,
+        "configMap",
+        Kind::Msg(&[
+            f(
+                1,
+                "localObjectReference",
+                Kind::Inline(LOCAL_OBJECT_REFERENCE),
+            ),
+            f(2, "items", Kind::RepMsg(KEY_TO_PATH)),
+            f(3, "defaultMode", Kind::OptInt),
+            f(4, "optional", Kind::OptBool),
+        ]),
+    ),
+];
+
+const VOLUME: &[Field] = &[
+    f(1, "name", Kind::Str),
+    f(2, "volumeSource", Kind::Inline(VOLUME_SOURCE)),
+];
+
+const TOLERATION: &[Field] = &[
+    f(1, "key", Kind::Str),
+    f(2, "operator", Kind::Str),
+    f(3, "value", Kind::Str),
+    f(4, "effect", Kind::Str),
+    f(5, "tolerationSeconds", Kind::OptInt),
+];
+
+const POD_SECURITY_CONTEXT: &[Field] = &[
+    f(2, "runAsUser", Kind::OptInt),
+    f(3, "runAsNonRoot", Kind::OptBool),
+    f(5, "fsGroup", Kind::OptInt),
+    f(6, "runAsGroup", Kind::OptInt),
+];
+
+const POD_SPEC: &[Field] = &[
+    f(1, "volumes", Kind::RepMsg(VOLUME)),
+    f(2, "containers", Kind::RepMsg(CONTAINER)),
+    f(3, "restartPolicy", Kind::Str),
+    f(4, "terminationGracePeriodSeconds", Kind::OptInt),
+    f(5, "activeDeadlineSeconds", Kind::OptInt),
+    f(6, "dnsPolicy", Kind::Str),
+    f(7, "nodeSelector", Kind::MapStr),
+    f(8, "serviceAccountName", Kind::Str),
+    f(9, "serviceAccount", Kind::Str),
+    f(10, "nodeName", Kind::Str),
+    f(11, "hostNetwork", Kind::Bool),
+    f(12, "hostPID", Kind::Bool),
+    f(13, "hostIPC", Kind::Bool),
+    f(14, "securityContext", Kind::Msg(POD_SECURITY_CONTEXT)),
+    f(15, "imagePullSecrets", Kind::RepMsg(LOCAL_OBJECT_REFERENCE)),
+    f(16, "hostname", Kind::Str),
+    f(17, "subdomain", Kind::Str),
+    f(19, "schedulerName", Kind::Str),
+    f(20, "initContainers", Kind::RepMsg(CONTAINER)),
+    f(21, "automountServiceAccountToken", Kind::OptBool),
+    f(22, "tolerations", Kind::RepMsg(TOLERATION)),
+    f(24, "priorityClassName", Kind::Str),
+    f(25, "priority", Kind::OptInt),
+    f(30, "enableServiceLinks", Kind::OptBool),
+    f(31, "preemptionPolicy", Kind::Str),
+];
+
+const POD_TEMPLATE_SPEC: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(POD_SPEC)),
+];
+
+// k8s.io/api/batch/v1/generated.proto
+const JOB_SPEC: &[Field] = &[
+    f(1, "parallelism", Kind::OptInt),
+    f(2, "completions", Kind::OptInt),
+    f(3, "activeDeadlineSeconds", Kind::OptInt),
+    f(4, "selector", Kind::Msg(LABEL_SELECTOR)),
+    f(5, "manualSelector", Kind::OptBool),
+    f(6, "template", Kind::Msg(POD_TEMPLATE_SPEC)),
+    f(7, "backoffLimit", Kind::OptInt),
+    f(8, "ttlSecondsAfterFinished", Kind::OptInt),
+    f(9, "completionMode", Kind::Str),
+    f(10, "suspend", Kind::OptBool),
+    f(12, "backoffLimitPerIndex", Kind::OptInt),
+    f(13, "maxFailedIndexes", Kind::OptInt),
+    f(14, "podReplacementPolicy", Kind::Str),
+    f(15, "managedBy", Kind::Str),
+];
+
+const JOB: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(JOB_SPEC)),
+];
+
+const JOB_TEMPLATE_SPEC: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(JOB_SPEC)),
+];
+
+const CRON_JOB_SPEC: &[Field] = &[
+    f(1, "schedule", Kind::Str),
+    f(2, "startingDeadlineSeconds", Kind::OptInt),
+    f(3, "concurrencyPolicy", Kind::Str),
+    f(4, "suspend", Kind::OptBool),
+    f(5, "jobTemplate", Kind::Msg(JOB_TEMPLATE_SPEC)),
+    f(6, "successfulJobsHistoryLimit", Kind::OptInt),
+    f(7, "failedJobsHistoryLimit", Kind::OptInt),
+    f(8, "timeZone", Kind::Str),
+];
+
+const CRON_JOB: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(CRON_JOB_SPEC)),
+];
+
 // k8s.io/api/rbac/v1/generated.proto
+const ROLLING_UPDATE_DEPLOYMENT: &[Field] = &[
+    f(1, "maxUnavailable", Kind::IntOrString),
+    f(2, "maxSurge", Kind::IntOrString),
+];
+
+const DEPLOYMENT_STRATEGY: &[Field] = &[
+    f(1, "type", Kind::Str),
+    f(2, "rollingUpdate", Kind::Msg(ROLLING_UPDATE_DEPLOYMENT)),
+];
+
+// `k8s.io/api/apps/v1/generated.proto`.
+const DEPLOYMENT_SPEC: &[Field] = &[
+    f(1, "replicas", Kind::OptInt),
+    f(2, "selector", Kind::Msg(LABEL_SELECTOR)),
+    f(3, "template", Kind::Msg(POD_TEMPLATE_SPEC)),
+    f(4, "strategy", Kind::Msg(DEPLOYMENT_STRATEGY)),
+    f(5, "minReadySeconds", Kind::Int),
+    f(6, "revisionHistoryLimit", Kind::OptInt),
+    f(7, "paused", Kind::Bool),
+    f(9, "progressDeadlineSeconds", Kind::OptInt),
+];
+
+const DEPLOYMENT: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(DEPLOYMENT_SPEC)),
+];
+
+const REPLICA_SET_SPEC: &[Field] = &[
+    f(1, "replicas", Kind::OptInt),
+    f(2, "selector", Kind::Msg(LABEL_SELECTOR)),
+    f(3, "template", Kind::Msg(POD_TEMPLATE_SPEC)),
+    f(4, "minReadySeconds", Kind::Int),
+];
+
+const REPLICA_SET: &[Field] = &[
+    f(1, "metadata", Kind::Msg(OBJECT_META)),
+    f(2, "spec", Kind::Msg(REPLICA_SET_SPEC)),
+];
+
 const POLICY_RULE: &[Field] = &[
     f(1, "verbs", Kind::RepStr),
     f(2, "apiGroups", Kind::RepStr),
@@ -251,6 +579,10 @@ fn schema(api_version: &str, kind: &str) -> Option<&'static [Field]> {
         ("v1", "Service") => SERVICE,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("v1", "ResourceQuota") => RESOURCE_QUOTA,
+        ("apps/v1", "Deployment") => DEPLOYMENT,
+        ("apps/v1", "ReplicaSet") => REPLICA_SET,
+        ("batch/v1", "Job") => JOB,
+        ("batch/v1", "CronJob") => CRON_JOB,
         ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
@@ -402,8 +734,16 @@ fn message(b: &[u8], fields: &[Field]) -> Result<Value> {
             (Kind::Str, Wire::Bytes(x)) => {
                 out.insert(name, json!(string(x)?));
             }
-            (Kind::Bool, Wire::Varint(v)) => {
+            (Kind::Bool | Kind::OptBool, Wire::Varint(v)) => {
                 out.insert(name, json!(v != 0));
+            }
+            (Kind::OptInt, Wire::Varint(v)) => {
+                out.insert(name, json!(v as i64));
+            }
+            (Kind::Inline(sub), Wire::Bytes(x)) => {
+                if let Value::Object(m) = message(x, sub)? {
+                    out.extend(m);
+                }
             }
             (Kind::Int, Wire::Varint(v)) => {
                 out.insert(name, json!(v as i64));
@@ -577,5 +917,56 @@ mod tests {
         bytes_field(1, &tm, &mut body);
         assert!(decode(&body).is_err());
         assert!(decode(b"garbage").is_err());
+    }
+
+    #[test]
+    fn decodes_a_job_like_kubectl_create_job_sends_it() {
+        let mut container = Vec::new();
+        bytes_field(1, b"hello", &mut container);
+        bytes_field(2, b"busybox", &mut container);
+        for arg in [&b"/bin/sh"[..], b"-c", b"echo hi"] {
+            bytes_field(3, arg, &mut container);
+        }
+        bytes_field(8, b"", &mut container);
+        let mut cm = Vec::new();
+        let mut name = Vec::new();
+        bytes_field(1, b"cfg", &mut name);
+        bytes_field(1, &name, &mut cm);
+        let mut source = Vec::new();
+        bytes_field(19, &cm, &mut source);
+        let mut volume = Vec::new();
+        bytes_field(1, b"conf", &mut volume);
+        bytes_field(2, &source, &mut volume);
+        let mut pod_spec = Vec::new();
+        bytes_field(1, &volume, &mut pod_spec);
+        bytes_field(2, &container, &mut pod_spec);
+        bytes_field(3, b"Never", &mut pod_spec);
+        let mut template = Vec::new();
+        bytes_field(1, b"", &mut template);
+        bytes_field(2, &pod_spec, &mut template);
+        let mut spec = Vec::new();
+        bytes_field(6, &template, &mut spec);
+        int_field(7, 0, &mut spec);
+        let mut meta = Vec::new();
+        bytes_field(1, b"hello", &mut meta);
+        let mut job = Vec::new();
+        bytes_field(1, &meta, &mut job);
+        bytes_field(2, &spec, &mut job);
+        let mut tm = Vec::new();
+        bytes_field(1, b"batch/v1", &mut tm);
+        bytes_field(2, b"Job", &mut tm);
+        let mut body = MAGIC.to_vec();
+        bytes_field(1, &tm, &mut body);
+        bytes_field(2, &job, &mut body);
+        let v = decode(&body).expect("decodes");
+        assert_eq!(
+            v,
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "hello"},
+                   "spec": {"backoffLimit": 0, "template": {"metadata": {}, "spec": {
+                       "volumes": [{"name": "conf", "configMap": {"name": "cfg"}}],
+                       "containers": [{"name": "hello", "image": "busybox",
+                                       "command": ["/bin/sh", "-c", "echo hi"], "resources": {}}],
+                       "restartPolicy": "Never"}}}})
+        );
     }
 }

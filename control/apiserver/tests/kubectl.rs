@@ -210,11 +210,11 @@ struct Controllers {
 }
 
 impl Controllers {
-    /// Runs the controller `name` against `server`'s insecure port.
-    fn start(server: &RunningServer, dir: &Path, name: &str) -> Self {
+    /// Runs the controllers `names` (comma-separated) against `server`'s insecure port.
+    fn start(server: &RunningServer, dir: &Path, names: &str) -> Self {
         let url = server.http_url().expect("http listener");
         let opts = xkube_controllers::Options {
-            controllers: vec![name.into()],
+            controllers: names.split(',').map(str::to_string).collect(),
             data_dir: dir.join("cm"),
             ..xkube_controllers::Options::default()
         };
@@ -757,5 +757,165 @@ async fn upstream_kubectl_patch_with_a_non_object_is_an_error_and_changes_nothin
     for field in ["data", "metadata"] {
         assert_eq!(after[field], before[field], "{field} changed");
     }
+    server.stop().await;
+}
+
+/// Stands in for the kubelets: every pod of `ns` runs and is ready (the deployment tests
+/// need available pods, not containers).
+fn pods_become_ready(server: &RunningServer, ns: &str) -> tokio::task::JoinHandle<()> {
+    use xkube_client::{Api, ListParams, Object, Patch};
+    let url = server.http_url().expect("http listener");
+    let client = xkube_client::Client::from_flags(None, Some(&url)).expect("client");
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, ns);
+    tokio::spawn(async move {
+        // Bounded: 5 minutes of 100 ms rounds at most.
+        for _ in 0..3000 {
+            if let Ok(list) = api.list(&ListParams::default()).await {
+                for p in list.items {
+                    if xkube_api::pod::is_ready(&p) || p.metadata.deletion_timestamp.is_some() {
+                        continue;
+                    }
+                    let now = xkube_api::meta::format_time(jiff::Timestamp::now());
+                    let status = serde_json::json!({"status": {"phase": "Running",
+                        "conditions": [{"type": "Ready", "status": "True",
+                                        "lastTransitionTime": now}]}});
+                    let _ = api.patch_status(p.name(), &Patch::Merge(status)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_kubectl_deployment_rollout_history_undo_and_cascade() {
+    if !Path::new(KUBECTL).exists() {
+        eprintln!("skipping: {KUBECTL} is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::builder(dir.path().join("data"))
+        .secure()
+        .start()
+        .await
+        .expect("apiserver starts");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let k = Kubectl {
+        kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
+        home,
+    };
+    let cm = Controllers::start(
+        &server,
+        dir.path(),
+        "replicaset,deployment,garbagecollector",
+    );
+    let kubelet = pods_become_ready(&server, "default");
+
+    let out = k
+        .ok(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=registry.local/web:v1",
+            "--replicas=3",
+        ])
+        .await;
+    assert_eq!(out.trim(), "deployment.apps/web created");
+    let out = k
+        .ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    assert!(
+        out.contains("deployment \"web\" successfully rolled out"),
+        "{out}"
+    );
+    let out = k.ok(&["get", "deploy", "web"]).await;
+    assert_eq!(
+        header(&out),
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["web", "3/3", "3", "3"], "{out}");
+
+    // A new image, another revision; then back to the first.
+    let out = k
+        .ok(&[
+            "set",
+            "image",
+            "deployment/web",
+            "web=registry.local/web:v2",
+        ])
+        .await;
+    assert_eq!(out.trim(), "deployment.apps/web image updated");
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    let out = k.ok(&["get", "rs", "-l", "app=web"]).await;
+    assert_eq!(header(&out), ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]);
+    assert_eq!(out.lines().count(), 3, "a ReplicaSet per template: {out}");
+    let out = k.ok(&["rollout", "history", "deployment/web"]).await;
+    let revisions: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{out}");
+    let out = k.ok(&["rollout", "undo", "deployment/web"]).await;
+    assert_eq!(out.trim(), "deployment.apps/web rolled back");
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    let image = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(image, "registry.local/web:v1");
+    let out = k.ok(&["rollout", "history", "deployment/web"]).await;
+    assert!(out.lines().any(|l| l.starts_with("3 ")), "{out}");
+
+    // Pause, resume, restart, scale.
+    assert_eq!(
+        k.ok(&["rollout", "pause", "deployment/web"]).await.trim(),
+        "deployment.apps/web paused"
+    );
+    assert_eq!(
+        k.ok(&["rollout", "resume", "deployment/web"]).await.trim(),
+        "deployment.apps/web resumed"
+    );
+    assert_eq!(
+        k.ok(&["rollout", "restart", "deployment/web"]).await.trim(),
+        "deployment.apps/web restarted"
+    );
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    assert_eq!(
+        k.ok(&["scale", "deployment", "web", "--replicas=1"])
+            .await
+            .trim(),
+        "deployment.apps/web scaled"
+    );
+    k.until(&["get", "deploy", "web"], |o| {
+        o.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(1) == Some("1/1"))
+    })
+    .await;
+
+    // Deleting it takes its ReplicaSets and pods along.
+    k.ok(&["delete", "deployment", "web"]).await;
+    k.until(&["get", "rs,pods", "-l", "app=web", "-o", "name"], |o| {
+        o.trim().is_empty()
+    })
+    .await;
+    kubelet.abort();
+    cm.stop().await;
     server.stop().await;
 }
