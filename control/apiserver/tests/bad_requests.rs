@@ -134,6 +134,17 @@ fn sample(res: &ResourceInfo, name: &str) -> Value {
         "DaemonSet" | "ReplicaSet" | "Deployment" => {
             o["spec"] = json!({"selector": {"matchLabels": {"app": "s"}}, "template": template})
         }
+        "Job" => {
+            let mut t = template.clone();
+            t["spec"]["restartPolicy"] = json!("Never");
+            o["spec"] = json!({"template": t})
+        }
+        "CronJob" => {
+            let mut t = template.clone();
+            t["spec"]["restartPolicy"] = json!("OnFailure");
+            o["spec"] = json!({"schedule": "*/5 * * * *",
+                               "jobTemplate": {"spec": {"template": t}}})
+        }
         "Service" => o["spec"] = json!({"selector": {"app": "s"}, "ports": [{"port": 80}]}),
         "Endpoints" => {
             // Not mirrored into an EndpointSlice: nothing but the requests may write.
@@ -1265,10 +1276,14 @@ fn field_cases(res: &ResourceInfo, current: &Value) -> Vec<Case> {
             out.push(create("maxUnavailable above 100%", 422, &|o| {
                 o["spec"]["strategy"] = json!({"rollingUpdate": {"maxUnavailable": "150%"}})
             }));
-            out.push(create("progress deadline not above minReadySeconds", 422, &|o| {
-                o["spec"]["minReadySeconds"] = json!(10);
-                o["spec"]["progressDeadlineSeconds"] = json!(10);
-            }));
+            out.push(create(
+                "progress deadline not above minReadySeconds",
+                422,
+                &|o| {
+                    o["spec"]["minReadySeconds"] = json!(10);
+                    o["spec"]["progressDeadlineSeconds"] = json!(10);
+                },
+            ));
             out.push(merge(
                 "negative replicas",
                 422,
