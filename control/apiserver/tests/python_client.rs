@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use xkube_apiserver::testing::TestServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_kubernetes_client() {
+/// Runs `tests/py/<script>` with the official client against a fresh secure apiserver.
+async fn run_python(script: &str) {
     let python = std::env::var("XKUBE_PYTHON").unwrap_or_else(|_| "python3".into());
     let has_module = std::process::Command::new(&python)
         .args(["-c", "import kubernetes"])
@@ -24,12 +24,12 @@ async fn python_kubernetes_client() {
         .start()
         .await
         .expect("starts");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/client.py");
+    let script = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
     let kubeconfig = server.kubeconfig.clone().expect("kubeconfig");
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(&python)
-            .arg(script)
+            .arg(&script)
             .arg(&kubeconfig)
             .kill_on_drop(true)
             .output(),
@@ -45,4 +45,14 @@ async fn python_kubernetes_client() {
     );
     assert!(stdout.contains("ok"), "{stdout}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kubernetes_client() {
+    run_python("client.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_kubernetes_client_apps_and_batch() {
+    run_python("apps_batch.py").await;
 }
