@@ -889,6 +889,54 @@ spec:
                 .then_some(())
         },
     );
+
+    job_runs_to_completion(&c);
+}
+
+/// Issue 19: a Job as a user runs one with upstream kubectl: `create job`, `wait
+/// --for=condition=complete`, `logs job/x` (kubectl finds the pod by the Job's generated
+/// selector), `describe job` (its Pods Statuses line counts the pods by that selector), and
+/// `delete job` (kubectl asks for Background propagation: the pod goes too).
+fn job_runs_to_completion(c: &Cluster) {
+    c.kubectl_ok(&[
+        "create",
+        "job",
+        "hello",
+        "--image=busybox",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hello from a job",
+    ]);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/hello",
+        "--timeout=90s",
+    ]);
+    let logs = c.kubectl_ok(&["logs", "job/hello"]);
+    assert_eq!(logs.trim(), "hello from a job");
+    let describe = c.kubectl_ok(&["describe", "job", "hello"]);
+    assert!(
+        describe
+            .lines()
+            .any(|l| l == "Pods Statuses:    0 Active (0 Ready) / 1 Succeeded / 0 Failed"),
+        "{describe}"
+    );
+    let row = c.kubectl_ok(&["get", "job", "hello", "--no-headers"]);
+    assert!(
+        row.split_whitespace()
+            .take(3)
+            .eq(["hello", "Complete", "1/1"]),
+        "{row}"
+    );
+    c.kubectl_ok(&["delete", "job", "hello"]);
+    c.wait("the job's pod to go", Duration::from_secs(30), || {
+        c.get_json(&["pods", "-l", "job-name=hello"])["items"]
+            .as_array()
+            .is_some_and(|i| i.is_empty())
+            .then_some(())
+    });
 }
 
 /// Requests to `to` from the client namespace on a thread, paced at 500/s at most (requests

@@ -584,6 +584,99 @@ fn describe_rc(p: &mut Page, o: &Value, pods: &[Value]) {
     tolerations_section(p, 2, tspec);
 }
 
+/// A Job as kubectl describes it: counts, times and the pods its selector finds.
+fn describe_job(p: &mut Page, o: &Value, pods: &[Value], now: jiff::Timestamp) {
+    let spec = &o["spec"];
+    let st = &o["status"];
+    p.kv(0, "Name", meta::name(o));
+    p.kv(0, "Namespace", meta::namespace(o));
+    p.kv(
+        0,
+        "Selector",
+        xkube_api::table::format_label_selector(&spec["selector"]),
+    );
+    p.map(0, "Labels", &o["metadata"]["labels"]);
+    p.map(0, "Annotations", &o["metadata"]["annotations"]);
+    let int = |v: &Value| v.as_i64().map_or("<unset>".to_string(), |n| n.to_string());
+    p.kv(0, "Parallelism", int(&spec["parallelism"]));
+    p.kv(0, "Completions", int(&spec["completions"]));
+    p.kv(
+        0,
+        "Completion Mode",
+        s(&spec["completionMode"], "NonIndexed"),
+    );
+    p.kv(
+        0,
+        "Suspend",
+        spec["suspend"].as_bool().unwrap_or(false).to_string(),
+    );
+    p.kv(0, "Backoff Limit", int(&spec["backoffLimit"]));
+    if let Some(ttl) = spec["ttlSecondsAfterFinished"].as_i64() {
+        p.kv(0, "TTL Seconds After Finished", ttl.to_string());
+    }
+    let start = st["startTime"].as_str().and_then(meta::parse_time);
+    if start.is_some() {
+        p.kv(0, "Start Time", time_string(&st["startTime"]));
+    }
+    let done = st["completionTime"].as_str().and_then(meta::parse_time);
+    if done.is_some() {
+        p.kv(0, "Completed At", time_string(&st["completionTime"]));
+    }
+    if let Some(s0) = start {
+        let end = done.unwrap_or(now);
+        p.kv(
+            0,
+            "Duration",
+            xkube_api::table::human_duration(end.as_second() - s0.as_second()),
+        );
+    }
+    if let Some(ads) = spec["activeDeadlineSeconds"].as_i64() {
+        p.kv(0, "Active Deadline Seconds", format!("{ads}s"));
+    }
+    let phase = |ph: &str| {
+        pods.iter()
+            .filter(|p| p["status"]["phase"].as_str().unwrap_or("Pending") == ph)
+            .count()
+    };
+    let active: Vec<&Value> = pods
+        .iter()
+        .filter(|p| {
+            !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .collect();
+    let ready = active
+        .iter()
+        .filter(|p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .count();
+    p.kv(
+        0,
+        "Pods Statuses",
+        format!(
+            "{} Active ({ready} Ready) / {} Succeeded / {} Failed",
+            active.len(),
+            phase("Succeeded"),
+            phase("Failed")
+        ),
+    );
+    p.line("Pod Template:");
+    p.map(2, "Labels", &spec["template"]["metadata"]["labels"]);
+    let tspec = &spec["template"]["spec"];
+    p.line("  Containers:");
+    for c in tspec["containers"].as_array().into_iter().flatten() {
+        container_section(p, "   ", c, None);
+    }
+    volumes_section(p, 2, tspec);
+    p.map(2, "Node-Selectors", &tspec["nodeSelector"]);
+    tolerations_section(p, 2, tspec);
+}
+
 fn describe_node(p: &mut Page, o: &Value, pods: &[Value], now: jiff::Timestamp) {
     let status = &o["status"];
     p.kv(0, "Name", meta::name(o));
@@ -995,6 +1088,22 @@ async fn describe_one(client: &Client, res: &ResourceInfo, o: &Value) -> anyhow:
                 list_values(client, "limitranges", Some(name), &ListParams::default()).await;
             describe_namespace(&mut p, o, &quotas, &limits);
         }
+        "Job" => {
+            // The pods kubectl counts: those its selector finds.
+            let sel = xkube_api::table::format_label_selector(&o["spec"]["selector"]);
+            let pods = if sel == "<none>" {
+                Vec::new()
+            } else {
+                list_values(
+                    client,
+                    "pods",
+                    Some(ns),
+                    &ListParams::default().labels(&sel),
+                )
+                .await
+            };
+            describe_job(&mut p, o, &pods, now);
+        }
         "Endpoints" => describe_endpoints(&mut p, o),
         "Secret" => describe_secret(&mut p, o),
         _ => describe_generic(&mut p, o)?,
@@ -1089,6 +1198,35 @@ mod tests {
             "  Tolerations:     k=v:NoSchedule\n",
         ] {
             assert!(d.contains(want), "describe rc lacks {want:?}:\n{d}");
+        }
+    }
+    #[test]
+    fn job_shows_kubectls_pods_statuses_line() {
+        let job = json!({"metadata": {"name": "pi", "namespace": "d"},
+            "spec": {"parallelism": 2, "completions": 3, "backoffLimit": 6,
+                "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u"}},
+                "template": {"spec": {"containers": [{"name": "c", "image": "img"}]}}},
+            "status": {"startTime": "2024-01-01T00:00:00Z", "completionTime": "2024-01-01T00:00:40Z"}});
+        let pod = |phase: &str, ready: bool| {
+            json!({"status": {"phase": phase,
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+        };
+        let pods = [
+            pod("Running", true),
+            pod("Pending", false),
+            pod("Succeeded", false),
+            pod("Failed", false),
+        ];
+        let mut p = Page::new();
+        describe_job(&mut p, &job, &pods, jiff::Timestamp::now());
+        let d = p.render();
+        for want in [
+            "Selector:         batch.kubernetes.io/controller-uid=u\n",
+            "Completions:      3\n",
+            "Duration:         40s\n",
+            "Pods Statuses:    2 Active (1 Ready) / 1 Succeeded / 1 Failed\n",
+        ] {
+            assert!(d.contains(want), "describe job lacks {want:?}:\n{d}");
         }
     }
 }
