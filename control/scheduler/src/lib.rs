@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController, Service};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -109,6 +110,7 @@ pub struct Scheduler {
     nodes: Store<Node>,
     services: Store<Service>,
     rcs: Store<ReplicationController>,
+    replica_sets: Store<ReplicaSet>,
     recorder: EventRecorder,
     active: WorkQueue<String>,
     q: Arc<Mutex<Queues>>,
@@ -283,6 +285,22 @@ impl Scheduler {
                 .filter(|r| r.namespace() == pod.namespace())
                 .iter()
                 .map(|rc| xkube_api::pod::rc_selector(rc))
+                .filter(|sel| podutil::selector_matches(sel, labels)),
+        );
+        // ReplicaSets (and so Deployments) by their matchLabels; a selector with
+        // matchExpressions does not take part in spreading.
+        out.extend(
+            self.replica_sets
+                .filter(|r| r.namespace() == pod.namespace())
+                .iter()
+                .filter_map(|rs| rs.spec.as_ref())
+                .filter(|s| {
+                    s.selector
+                        .match_expressions
+                        .as_ref()
+                        .is_none_or(|e| e.is_empty())
+                })
+                .filter_map(|s| s.selector.match_labels.clone())
                 .filter(|sel| podutil::selector_matches(sel, labels)),
         );
         out
@@ -491,6 +509,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
         nodes: reflect::<Node>(&client, &shutdown),
         services: reflect::<Service>(&client, &shutdown),
         rcs: reflect::<ReplicationController>(&client, &shutdown),
+        replica_sets: reflect::<ReplicaSet>(&client, &shutdown),
         recorder: EventRecorder::new(client.clone(), "default-scheduler"),
         client,
         active: WorkQueue::new(),
@@ -505,6 +524,7 @@ pub async fn run(opts: Options, client: Client, shutdown: CancellationToken) -> 
     s.nodes.wait_ready().await;
     s.services.wait_ready().await;
     s.rcs.wait_ready().await;
+    s.replica_sets.wait_ready().await;
     tracing::info!(name = %s.opts.scheduler_name, "scheduler running");
     let mut retry = tokio::time::interval(s.opts.unschedulable_retry_period);
     retry.tick().await;
@@ -549,6 +569,7 @@ mod tests {
             nodes: store(nodes),
             services: store(services),
             rcs: store(Vec::new()),
+            replica_sets: store(Vec::new()),
             active: WorkQueue::new(),
             q: Arc::new(Mutex::new(Queues::default())),
             bind_slots: Arc::new(Semaphore::new(1)),
@@ -589,6 +610,35 @@ mod tests {
         );
         let p = pod("new", None, "100m");
         assert_eq!(s.decide(&p, &s.snapshot()), Decision::Node("c".into()));
+    }
+
+    #[test]
+    fn spreads_pods_of_a_replica_set_without_a_service() {
+        let rs: ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "web-5d8f", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}}
+        }))
+        .expect("rs");
+        // b is the busiest node (a pod of another app), but holds no peer: without the
+        // ReplicaSet's selector, least-requested alone would pick a or c.
+        let mut other = pod("db", Some("b"), "1");
+        other.metadata.labels = Some([("app".to_string(), "db".to_string())].into());
+        let mut s = scheduler(
+            vec![node("a", "4"), node("b", "4"), node("c", "4")],
+            vec![
+                pod("w1", Some("a"), "100m"),
+                pod("w2", Some("c"), "100m"),
+                other,
+            ],
+            Vec::new(),
+        );
+        let p = pod("new", None, "100m");
+        assert_ne!(s.decide(&p, &s.snapshot()), Decision::Node("b".into()));
+        let mut w = xkube_client::Writer::new();
+        w.relist(vec![rs]);
+        s.replica_sets = w.store();
+        let p = pod("new", None, "100m");
+        assert_eq!(s.decide(&p, &s.snapshot()), Decision::Node("b".into()));
     }
 
     #[test]
