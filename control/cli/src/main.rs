@@ -10,6 +10,7 @@ mod manifest;
 mod output;
 mod proxy;
 mod rolling;
+mod rollout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +116,16 @@ enum Cmd {
     Run(cmds::RunArgs),
     /// Perform a rolling update of the given replication controller.
     RollingUpdate(rolling::RollingArgs),
+    /// Manage the rollout of a deployment.
+    Rollout {
+        #[command(subcommand)]
+        cmd: rollout::RolloutCmd,
+    },
+    /// Set specific features on objects.
+    Set {
+        #[command(subcommand)]
+        cmd: SetCmd,
+    },
     /// Run a proxy to the Kubernetes API server.
     Proxy(proxy::ProxyArgs),
     /// Display cluster information.
@@ -128,6 +139,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cmds::ConfigCmd,
     },
+}
+
+/// `set` subcommands.
+#[derive(Debug, Subcommand)]
+enum SetCmd {
+    /// Update the images of a pod template (or a pod).
+    Image(rollout::SetImageArgs),
 }
 
 /// An error already formatted the way kubectl prints it.
@@ -224,6 +242,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Delete(a) => cmds::delete(g, a).await,
         Cmd::Logs(a) => logs::run(g, a).await,
         Cmd::Scale(a) => cmds::scale(g, a).await,
+        Cmd::Rollout { cmd } => rollout::run(g, cmd).await,
+        Cmd::Set {
+            cmd: SetCmd::Image(a),
+        } => rollout::set_image(g, a).await,
         Cmd::Label(a) => cmds::label(g, a, "labels").await,
         Cmd::Annotate(a) => cmds::label(g, a, "annotations").await,
         Cmd::Expose(a) => cmds::expose(g, a).await,

@@ -19,6 +19,8 @@ struct Cluster {
     server: RunningServer,
     kubeconfig: PathBuf,
     client: Client,
+    /// Stops the controllers.
+    controllers: tokio_util::sync::CancellationToken,
     _dir: tempfile::TempDir,
 }
 
@@ -33,10 +35,24 @@ async fn cluster() -> Cluster {
     let kubeconfig = server.kubeconfig.clone().expect("kubeconfig written");
     let cfg = Config::load(Some(&kubeconfig), &Overrides::default()).expect("kubeconfig loads");
     let client = Client::new(&cfg).expect("client");
+    // The controllers that `delete --cascade` and `rollout` rely on (not the replication
+    // controller: tests below play it themselves).
+    let controllers = tokio_util::sync::CancellationToken::new();
+    let opts = xkube_controllers::Options {
+        controllers: ["garbagecollector", "replicaset", "deployment"]
+            .map(String::from)
+            .to_vec(),
+        data_dir: dir.path().join("cm"),
+        ..xkube_controllers::Options::default()
+    };
+    let cm_client = Client::new(&cfg).expect("controller client");
+    let stop = controllers.clone();
+    tokio::spawn(async move { xkube_controllers::run(opts, cm_client, stop).await });
     Cluster {
         server,
         kubeconfig,
         client,
+        controllers,
         _dir: dir,
     }
 }
@@ -100,6 +116,10 @@ async fn run_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Out 
 }
 
 impl Cluster {
+    async fn stop(self) {
+        self.controllers.cancel();
+        self.server.stop().await;
+    }
     async fn k(&self, args: &[&str]) -> Out {
         run_with(&self.kubeconfig, args, None).await
     }
@@ -501,13 +521,21 @@ async fn create_get_describe_label_scale_delete() {
             .ok(),
         "replicationcontroller \"web\" deleted\n"
     );
-    assert!(
-        c.api("replicationcontrollers", Some("demo"))
+    // The garbage collector releases the pods, then the RC goes.
+    let mut gone = false;
+    for _ in 0..100 {
+        if c.api("replicationcontrollers", Some("demo"))
             .get_opt("web")
             .await
             .expect("get")
             .is_none()
-    );
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "orphan-deleted rc removed once its pods are released");
     assert_eq!(
         c.k(&["delete", "svc", "-l", "app=web", "-n", "demo"])
             .await
@@ -534,7 +562,7 @@ async fn create_get_describe_label_scale_delete() {
     c.k(&["delete", "pod", "nginx", "-n", "demo", "--ignore-not-found"])
         .await
         .ok();
-    c.server.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,7 +652,7 @@ async fn apply_twice_is_unchanged_and_edits_are_configured() {
             && e.contains("configmaps \"settings\" already exists"),
         "{e}"
     );
-    c.server.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,7 +709,7 @@ async fn get_watch_prints_changes() {
         "{seen:?}"
     );
     child.kill().await.expect("stop the watch");
-    c.server.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -844,7 +872,7 @@ async fn expose_run_proxy_and_info_commands() {
         "{pods}"
     );
     child.kill().await.expect("stop the proxy");
-    c.server.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -925,7 +953,7 @@ async fn bad_input_fails_with_kubernetes_messages() {
         e.contains("The connection to the server 127.0.0.1:1 was refused"),
         "{e}"
     );
-    c.server.stop().await;
+    c.stop().await;
 }
 
 /// A stand-in replication controller for the test (there is no controller-manager yet): keeps
@@ -1123,7 +1151,7 @@ async fn rolling_update_prints_the_seed_lines_and_keeps_pods_available() {
     assert!(new.0["spec"]["selector"]["deployment"].is_string());
     stop.cancel();
     ctrl.await.expect("fake controller");
-    c.server.stop().await;
+    c.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1183,4 +1211,123 @@ async fn logs_stream_the_pod_log_subresource() {
         "Error from server (NotFound): pods \"nope\" not found"
     );
     srv.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_history_undo_pause_restart_and_set_image() {
+    let c = cluster().await;
+    // Stand in for the kubelets: pods of the deployment run and are ready (bounded).
+    let res = xkube_api::resources::find("", "v1", "pods").expect("pods");
+    let pods = Api::<DynamicObject>::dynamic(c.client.clone(), res, Some("default"));
+    let kubelet = tokio::spawn(async move {
+        for _ in 0..3000 {
+            for p in pods
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                if p.0["status"]["phase"] == "Running"
+                    || !p.0["metadata"]["deletionTimestamp"].is_null()
+                {
+                    continue;
+                }
+                let st = json!({"status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                let _ = pods.patch_status(p.name(), &Patch::Merge(st)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let manifest = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - {name: web, image: "web:v1"}
+"#;
+    run_with(&c.kubeconfig, &["create", "-f", "-"], Some(manifest))
+        .await
+        .ok();
+    let out = c
+        .k(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await
+        .ok();
+    assert!(
+        out.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{out}"
+    );
+    assert_eq!(
+        c.k(&["set", "image", "deployment/web", "web=web:v2"])
+            .await
+            .ok(),
+        "deployment \"web\" image updated\n"
+    );
+    let e = c
+        .k(&["set", "image", "deployment/web", "nope=web:v3"])
+        .await
+        .fails();
+    assert!(e.contains("unable to find container named \"nope\""), "{e}");
+    c.k(&["rollout", "status", "deployment", "web", "--timeout=60s"])
+        .await
+        .ok();
+    let out = c.k(&["rollout", "history", "deployment/web"]).await.ok();
+    assert_eq!(
+        out,
+        "deployment \"web\"\nREVISION  CHANGE-CAUSE\n1         <none>\n2         <none>\n"
+    );
+    let out = c
+        .k(&["rollout", "history", "deployment/web", "--revision=1"])
+        .await
+        .ok();
+    assert!(out.contains("image: web:v1"), "{out}");
+    assert_eq!(
+        c.k(&["rollout", "undo", "deployment/web"]).await.ok(),
+        "deployment \"web\" rolled back\n"
+    );
+    c.k(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await
+        .ok();
+    let out = c
+        .k(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await
+        .ok();
+    assert_eq!(out, "web:v1");
+    assert_eq!(
+        c.k(&["rollout", "pause", "deployment/web"]).await.ok(),
+        "deployment \"web\" paused\n"
+    );
+    let e = c.k(&["rollout", "pause", "deployment/web"]).await.fails();
+    assert!(e.contains("already paused"), "{e}");
+    let e = c.k(&["rollout", "undo", "deployment/web"]).await.fails();
+    assert!(e.contains("cannot rollback a paused deployment"), "{e}");
+    assert_eq!(
+        c.k(&["rollout", "resume", "deployment/web"]).await.ok(),
+        "deployment \"web\" resumed\n"
+    );
+    assert_eq!(
+        c.k(&["rollout", "restart", "deployment/web"]).await.ok(),
+        "deployment \"web\" restarted\n"
+    );
+    c.k(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await
+        .ok();
+    let e = c.k(&["rollout", "status", "rc/web"]).await.fails();
+    assert!(e.contains("only deployments"), "{e}");
+    kubelet.abort();
+    c.stop().await;
 }
