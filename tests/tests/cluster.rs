@@ -193,3 +193,129 @@ spec:
     );
     let _ = std::fs::remove_file(&new);
 }
+
+/// Issue 19 on a real cluster (scheduler, kubelets, the controller-manager's deployment,
+/// replicaset and garbage-collector controllers): a Deployment of 4 with maxUnavailable 1
+/// rolled to a new template keeps >= 3 ready pods (sampled), `rollout undo` returns to the
+/// first template as revision 3, and deleting the Deployment removes its ReplicaSets and
+/// pods.
+#[test]
+fn privileged_deployment_rolls_undoes_and_cascades_on_a_real_cluster() {
+    let c = Cluster::up(2, &[]);
+    c.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: api}}
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: agnhost
+        image: xkube/agnhost
+        args: ["--http-port=8080"]
+        env: [{name: VERSION, value: v1}]
+        readinessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 1
+"#,
+    );
+    let status = ["rollout", "status", "deployment/api", "--timeout=180s"];
+    let out = c.kubectl_ok(&status);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let ready = |c: &Cluster| -> usize {
+        c.get_json(&["pods", "-l", "app=api"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count()
+    };
+    c.kubectl_ok(&["set", "env", "deployment/api", "VERSION=v2"]);
+    // Sample while `kubectl rollout status` waits (bounded: its own timeout, then 5 min).
+    let mut child = std::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(status)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl rollout status");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut min_ready = usize::MAX;
+    let mut samples = 0;
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        min_ready = min_ready.min(ready(&c));
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().expect("rollout status output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}\nminimum ready pods during the rollout: {min_ready} ({samples} samples)");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        min_ready >= 3,
+        "ready pods dropped to {min_ready} (maxUnavailable 1 of 4)"
+    );
+    let env = |c: &Cluster| {
+        c.kubectl_ok(&[
+            "get",
+            "deployment",
+            "api",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[0].value}",
+        ])
+    };
+    assert_eq!(env(&c), "v2");
+
+    let out = c.kubectl_ok(&["rollout", "undo", "deployment/api"]);
+    assert!(out.contains("rolled back"), "{out}");
+    c.kubectl_ok(&status);
+    assert_eq!(env(&c), "v1");
+    let history = c.kubectl_ok(&["rollout", "history", "deployment/api"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|ch| ch.is_ascii_digit()))
+        .collect();
+    assert_eq!(revisions, ["2", "3"], "{history}");
+    // Every pod runs the first template again.
+    let pods = c.get_json(&["pods", "-l", "app=api"]);
+    for p in pods["items"].as_array().into_iter().flatten() {
+        if p["metadata"]["deletionTimestamp"].is_null() {
+            assert_eq!(p["spec"]["containers"][0]["env"][0]["value"], "v1", "{p}");
+        }
+    }
+
+    let start = std::time::Instant::now();
+    c.kubectl_ok(&["delete", "deployment", "api"]);
+    c.wait(
+        "the Deployment's ReplicaSets and pods gone",
+        Duration::from_secs(120),
+        || {
+            let rs = c.get_json(&["replicasets", "-l", "app=api"]);
+            let pods = c.get_json(&["pods", "-l", "app=api"]);
+            (rs["items"].as_array().is_some_and(|a| a.is_empty())
+                && pods["items"].as_array().is_some_and(|a| a.is_empty()))
+            .then_some(())
+        },
+    );
+    println!(
+        "deleting the Deployment of 4: ReplicaSets and pods gone after {} ms",
+        start.elapsed().as_millis()
+    );
+}
