@@ -26,6 +26,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use xkube_netns::{NetNs, cgroup, sysctl, veth_pair};
 
+pub mod dns;
 pub mod docker;
 
 pub const FABRIC_PREFIX: u8 = 24;
@@ -122,6 +123,11 @@ pub struct UpOptions {
     /// The nodes' heartbeat period (a duration, as the kubelet's flag).
     #[arg(long, default_value = "10s", value_parser = xkube_api::duration::parse)]
     pub node_status_update_frequency: Duration,
+    /// Deploy cluster DNS (deploy/dns/kube-dns.yaml: Service kube-system/kube-dns at
+    /// 10.96.0.10 and the kube-dns Deployment of `xkube dns` pods); the kubelets point pods
+    /// at it either way.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub dns: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -279,7 +285,7 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     std::fs::create_dir_all(&logs).map_err(io("create directory", &logs))?;
 
     say(format!(
-        "[1/5] network: fabric, control plane, {n} node(s), client (198.18.0.0/24)"
+        "[1/6] network: fabric, control plane, {n} node(s), client (198.18.0.0/24)"
     ));
     if let Some(other) = host_link_with(HOST_ADDR) {
         return Err(Error::Invalid(format!(
@@ -350,7 +356,7 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     }
     save(data, state)?;
 
-    say("[2/5] control plane: xkube server (apiserver on 198.18.0.2:6443, controllers, scheduler)");
+    say("[2/6] control plane: xkube server (apiserver on 198.18.0.2:6443, controllers, scheduler)");
     let cp_data = data.join("control-plane");
     let kubeconfig = cp_data.join("admin.kubeconfig");
     let _ = std::fs::remove_file(&kubeconfig);
@@ -417,11 +423,11 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
 
     if opts.kubelet_only {
         say(format!(
-            "[3/5] nodes: xkube kubelet (no proxy) on {n} node(s)"
+            "[3/6] nodes: xkube kubelet (no proxy) on {n} node(s)"
         ));
     } else {
         say(format!(
-            "[3/5] nodes: xkube agent (kubelet + {:?} proxy) on {n} node(s)",
+            "[3/6] nodes: xkube agent (kubelet + {:?} proxy) on {n} node(s)",
             opts.proxy_mode
         )
         .to_lowercase());
@@ -461,6 +467,10 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             "{}ms",
             opts.node_status_update_frequency.as_millis()
         ));
+        cmd.arg("--cluster-dns")
+            .arg(dns::service_ip().to_string())
+            .arg("--cluster-domain")
+            .arg(dns::CLUSTER_DOMAIN);
         if !opts.kubelet_only {
             cmd.arg("--proxy-kubeconfig")
                 .arg(&certs[i].proxy_kubeconfig)
@@ -483,7 +493,7 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     }
     save(data, state)?;
 
-    say("[4/5] waiting for the nodes to be Ready");
+    say("[4/6] waiting for the nodes to be Ready");
     let nodes_api: xkube_client::Api<k8s_openapi::api::core::v1::Node> =
         xkube_client::Api::all(client_api.clone());
     let want = n;
@@ -508,8 +518,35 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     })
     .await?;
 
+    if opts.dns {
+        say(format!(
+            "[5/6] cluster DNS: Service kube-system/kube-dns ({}), Deployment kube-dns",
+            dns::service_ip()
+        ));
+        dns::deploy(&client_api).await?;
+        if opts.kubelet_only {
+            // Its pods reach the apiserver through the `kubernetes` Service: they become
+            // ready once a proxy is deployed.
+            say("      (no proxy yet: kube-dns becomes available once one runs)");
+        } else {
+            let c = client_api.clone();
+            wait_for(
+                opts.timeout,
+                "the kube-dns Deployment to be available",
+                &logs,
+                || {
+                    let c = c.clone();
+                    async move { dns::available(&c).await }
+                },
+            )
+            .await?;
+        }
+    } else {
+        say("[5/6] cluster DNS: not deployed (--dns false)");
+    }
+
     say(format!(
-        "[5/5] cluster {:?} is up: kubeconfig {}\n      xkubectl --kubeconfig {1} get nodes   (or kubectl)\n      client namespace: ip netns exec {} ...",
+        "[6/6] cluster {:?} is up: kubeconfig {}\n      xkubectl --kubeconfig {1} get nodes   (or kubectl)\n      client namespace: ip netns exec {} ...",
         opts.name,
         kubeconfig.display(),
         names.client()
