@@ -841,6 +841,22 @@ async fn upstream_kubectl_deployment_rollout_history_undo_and_cascade() {
         .split_whitespace()
         .collect();
     assert_eq!(row[..4], ["web", "3/3", "3", "3"], "{out}");
+    let out = k.ok(&["describe", "deployment", "web"]).await;
+    for want in [
+        "3 desired | 3 updated | 3 total | 3 available | 0 unavailable",
+        "StrategyType:           RollingUpdate",
+        "RollingUpdateStrategy:  25% max unavailable, 25% max surge",
+        "NewReplicaSet:   web-",
+        "(3/3 replicas created)",
+        "ScalingReplicaSet",
+    ] {
+        assert!(out.contains(want), "describe lacks {want:?}:\n{out}");
+    }
+    let out = k.ok(&["get", "all"]).await;
+    assert!(
+        out.contains("deployment.apps/web") && out.contains("replicaset.apps/web-"),
+        "{out}"
+    );
 
     // A new image, another revision; then back to the first.
     let out = k
