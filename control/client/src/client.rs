@@ -112,8 +112,13 @@ pub struct ConnectionFlags {
 }
 
 impl ConnectionFlags {
-    /// The client these flags select ([`Client::from_flags`]).
+    /// The client these flags select ([`Client::from_flags`]); with neither flag, the
+    /// kubeconfig kubectl would read or, in a pod without one, the in-cluster config
+    /// ([`Config::infer`]: `KUBERNETES_SERVICE_HOST` and the service-account token).
     pub fn client(&self) -> Result<Client> {
+        if self.kubeconfig.is_none() && self.master.is_none() {
+            return Client::new(&Config::infer()?);
+        }
         Client::from_flags(self.kubeconfig.as_deref(), self.master.as_deref())
     }
 }

@@ -49,6 +49,7 @@ fn endpoint(a: &EndpointAddress, ready: bool) -> Endpoint {
             ready: Some(ready),
             ..EndpointConditions::default()
         }),
+        hostname: a.hostname.clone(),
         node_name: a.node_name.clone(),
         target_ref: a.target_ref.clone(),
         ..Endpoint::default()
@@ -249,7 +250,7 @@ mod tests {
     fn one_slice_per_subset_with_ready_conditions() {
         let ep = endpoints(
             json!({"metadata": {"name": "web", "namespace": "d", "uid": "u"},
-            "subsets": [{"addresses": [{"ip": "10.0.0.1", "nodeName": "n1"}],
+            "subsets": [{"addresses": [{"ip": "10.0.0.1", "nodeName": "n1", "hostname": "db-0"}],
                          "notReadyAddresses": [{"ip": "10.0.0.2"}],
                          "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
                         {"addresses": [{"ip": "10.0.0.3"}], "ports": [{"port": 81}]}]}),
@@ -266,7 +267,8 @@ mod tests {
         assert_eq!(s[0]["metadata"]["ownerReferences"][0]["uid"], "u");
         assert_eq!(
             s[0]["endpoints"][0],
-            json!({"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "n1"})
+            json!({"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "n1",
+                   "hostname": "db-0"})
         );
         assert_eq!(s[0]["endpoints"][1]["conditions"]["ready"], false);
         assert_eq!(

@@ -322,19 +322,9 @@ async fn serve_metrics(
     }
 }
 
-/// The apiserver client: `--kubeconfig`/`--master` when given, else the kubeconfig kubectl
-/// would read or, in a pod without one, the in-cluster config (`KUBERNETES_SERVICE_HOST` and
-/// the service-account token).
-pub fn client(flags: &xkube_client::ConnectionFlags) -> Result<Client> {
-    if flags.kubeconfig.is_none() && flags.master.is_none() {
-        return Ok(Client::new(&xkube_client::Config::infer()?)?);
-    }
-    Ok(flags.client()?)
-}
-
 /// `xkube dns`: builds the client from the connection flags and serves until `shutdown`.
 pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
-    let client = client(&opts.connection)?;
+    let client = opts.connection.client()?;
     let running = serve(&opts, client, &shutdown).await?;
     tracing::info!(
         domain = %opts.cluster_domain,
