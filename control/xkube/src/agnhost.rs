@@ -1,11 +1,20 @@
-//! `xkube agnhost`: a test workload modelled on Kubernetes' agnhost `netexec`.
+//! `xkube agnhost`: a test workload modelled on Kubernetes' agnhost.
 //!
+//! `netexec` (the default when no subcommand is given, so `xkube agnhost --http-port=8080`
+//! and the upstream image's `args: ["netexec", "--http-port=8080"]` both work):
 //! HTTP (`--http-port`, default 8080): `/hostname`, `/clientip` (`ip:port` as the server saw
 //! it), `/whoami` (`<hostname> <client ip>`), `/echo?msg=...`, `/healthz`, `/` (`NOW: <time>`),
 //! `/dial?host=H&port=P&path=/hostname` (this pod fetches `http://H:P/path` and returns the
 //! body: how tests make a pod talk to a service, e.g. itself through its service).
 //! TCP (`--tcp-port`): echoes what it reads. UDP (`--udp-port`): answers `hostname` with the
 //! hostname, `clientip` with the client address, anything else with itself.
+//!
+//! `dig` ([`dig`]): one DNS lookup as a pod's resolver would make it (resolv.conf's first
+//! nameserver, search path and ndots), printed in a parseable form. `dnsperf` ([`dnsperf`]):
+//! a bounded DNS load generator reporting queries/s and latency percentiles.
+
+mod dig;
+mod dnsperf;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
@@ -22,11 +31,28 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
-    /// The agnhost mode; only `netexec` exists (accepted so the upstream image's
-    /// `args: ["netexec", "--http-port=8080"]` work unchanged).
-    #[arg(value_parser = ["netexec"])]
-    mode: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// `netexec`'s flags when no subcommand is given.
+    #[command(flatten)]
+    netexec: NetexecArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// HTTP, TCP and UDP echo servers (the default).
+    Netexec(NetexecArgs),
+    /// One DNS lookup, resolved as a pod's resolver would (resolv.conf's nameserver, search
+    /// path and ndots); prints `status: <RCODE>` and one record per line.
+    Dig(dig::Args),
+    /// A DNS load generator, bounded in queries and time: queries/s and latency percentiles.
+    Dnsperf(dnsperf::Args),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NetexecArgs {
     /// HTTP port (0 = off).
     #[arg(long, env = "XKUBE_AGNHOST_HTTP_PORT", default_value_t = 8080)]
     http_port: u16,
@@ -41,14 +67,22 @@ pub struct Args {
     bind: std::net::IpAddr,
 }
 
+pub async fn run(args: Args, token: CancellationToken) -> anyhow::Result<()> {
+    match args.cmd {
+        None => netexec(args.netexec, token).await,
+        Some(Cmd::Netexec(a)) => netexec(a, token).await,
+        Some(Cmd::Dig(a)) => dig::run(a).await,
+        Some(Cmd::Dnsperf(a)) => dnsperf::run(a, token).await,
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-pub async fn run(args: Args, token: CancellationToken) -> anyhow::Result<()> {
-    tracing::debug!(mode = args.mode.as_deref().unwrap_or("netexec"), "agnhost");
+async fn netexec(args: NetexecArgs, token: CancellationToken) -> anyhow::Result<()> {
     let host = Arc::new(hostname());
     let mut tasks = tokio::task::JoinSet::new();
     if args.http_port != 0 {

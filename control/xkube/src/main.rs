@@ -62,7 +62,8 @@ enum Cmd {
     /// Every proxy mode side by side on a local cluster: request/response, new connections,
     /// UDP, node CPU, programming latency; writes results.json, report.md and SVG plots.
     Bench(Box<xkube_bench::BenchOptions>),
-    /// Test workload modelled on Kubernetes' agnhost netexec: HTTP, TCP and UDP echo.
+    /// Test workload modelled on Kubernetes' agnhost: netexec (HTTP, TCP and UDP echo), dig and
+    /// dnsperf.
     Agnhost(agnhost::Args),
     /// Holds a pod's namespaces: sleeps until SIGTERM/SIGINT, reaps children.
     Pause,
