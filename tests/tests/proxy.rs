@@ -638,6 +638,9 @@ fn services_suite(mode: &str) {
         assert!(all.contains(answer.trim()), "{name} got {answer:?}");
     }
 
+    // Issue 19: cluster DNS from a pod, through this proxy mode (kube-dns is a ClusterIP).
+    dns_from_a_pod(&c, mode, &pods(&c, "web")[0].0);
+
     // A8: NodePort on every node's address from the external client; local and remote
     // backends answer, each connection with the node address the client used.
     let np = node_port(&c, "web");
@@ -891,6 +894,270 @@ spec:
     );
 
     job_runs_to_completion(&c);
+}
+
+/// What `xkube agnhost dig` printed: the status, the name answered, when the answer came
+/// (unix seconds), and the answer records as (type, rdata).
+#[derive(Debug)]
+struct Dig {
+    status: String,
+    name: String,
+    when: f64,
+    records: Vec<(String, String)>,
+}
+
+impl Dig {
+    /// The rdata of the records of type `t`, sorted.
+    fn data(&self, t: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .records
+            .iter()
+            .filter(|r| r.0 == t)
+            .map(|r| r.1.clone())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// `kubectl exec <pod> -- xkube agnhost dig <args>`: the pod's resolver configuration
+/// (resolv.conf written by the kubelet) decides the server and the search path. The process
+/// runtime runs pods from the host's filesystem, so the binary is this build's.
+fn dig(c: &Cluster, pod: &str, args: &[&str]) -> Dig {
+    let bin = xkube_e2e::xkube_bin();
+    let mut argv = vec![
+        "exec",
+        pod,
+        "--",
+        bin.to_str().expect("utf-8 binary path"),
+        "agnhost",
+        "dig",
+    ];
+    argv.extend_from_slice(args);
+    let out = c.kubectl_ok(&argv);
+    let mut d = Dig {
+        status: String::new(),
+        name: String::new(),
+        when: 0.0,
+        records: Vec::new(),
+    };
+    for line in out.lines() {
+        if let Some(w) = line.strip_prefix(";; when: ") {
+            d.when = w.trim().parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        } else if line.starts_with(";;") {
+        } else if let Some(s) = line.strip_prefix("status: ") {
+            d.status = s.to_owned();
+        } else if let Some(n) = line.strip_prefix("name: ") {
+            d.name = n.to_owned();
+        } else {
+            // name ttl class type rdata...
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                f.len() >= 5,
+                "dig {args:?}: unexpected line {line:?} in\n{out}"
+            );
+            d.records.push((f[3].to_owned(), f[4..].join(" ")));
+        }
+    }
+    assert!(!d.status.is_empty(), "dig {args:?}: no status in\n{out}");
+    d
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// Issue 19's DNS acceptance from a pod (`client`, a pod of `web`): `my-svc` (short name,
+/// through the search path) and `my-svc.other-ns` resolve to their ClusterIPs, a headless
+/// service to its ready pod IPs, SRV for a named port, an unknown name is NXDOMAIN, over UDP
+/// and TCP; after a scale-down the headless answer drops the pod within a second of the pod
+/// leaving the EndpointSlice (seen by a watch; the time from the scale is printed too).
+fn dns_from_a_pod(c: &Cluster, mode: &str, client: &str) {
+    c.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other-ns}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: my-svc, namespace: other-ns}
+spec:
+  ports:
+  - {name: http, port: 80, protocol: TCP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: peers}
+spec:
+  clusterIP: None
+  selector: {app: peers}
+  ports:
+  - {name: http, port: 8080, targetPort: http, protocol: TCP}
+"#,
+    );
+    c.apply(&service("my-svc", "web", ""));
+    c.apply(&web_rc("peers", 2));
+    let my_svc = cluster_ip(c, "my-svc").to_string();
+    let other = c.get_json(&["svc", "my-svc", "-n", "other-ns"])["spec"]["clusterIP"]
+        .as_str()
+        .expect("other-ns/my-svc has a ClusterIP")
+        .to_owned();
+    let mut peers: Vec<String> = wait_endpoints(c, "peers", 2)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    peers.sort();
+
+    // The short name through the pod's search path (UDP); kube-dns's cache follows the
+    // watch, so the first answers may come before it saw the new objects.
+    let short = c.wait("my-svc to resolve", Duration::from_secs(10), || {
+        let d = dig(c, client, &["my-svc"]);
+        (d.status == "NOERROR").then_some(d)
+    });
+    assert_eq!(short.name, "my-svc.default.svc.cluster.local.", "{short:?}");
+    assert_eq!(short.data("A"), [my_svc], "{short:?}");
+    let d = dig(c, client, &["--tcp", "my-svc.other-ns"]);
+    assert_eq!(
+        (d.status.as_str(), d.name.as_str()),
+        ("NOERROR", "my-svc.other-ns.svc.cluster.local."),
+        "{d:?}"
+    );
+    assert_eq!(d.data("A"), [other], "{d:?}");
+    let d = c.wait(
+        "the headless service's pods",
+        Duration::from_secs(10),
+        || {
+            let d = dig(c, client, &["peers"]);
+            (d.data("A") == peers).then_some(d)
+        },
+    );
+    assert_eq!(d.name, "peers.default.svc.cluster.local.", "{d:?}");
+    let d = dig(c, client, &["--type", "SRV", "_http._tcp.my-svc"]);
+    assert_eq!(
+        d.data("SRV"),
+        ["0 100 80 my-svc.default.svc.cluster.local."],
+        "{d:?}"
+    );
+    let d = dig(c, client, &["--tcp", "--type", "SRV", "_http._tcp.peers"]);
+    let want: Vec<String> = peers
+        .iter()
+        .map(|ip| {
+            format!(
+                "0 50 8080 {}.peers.default.svc.cluster.local.",
+                ip.replace('.', "-")
+            )
+        })
+        .collect();
+    assert_eq!(d.data("SRV"), want, "{d:?}");
+    let d = dig(c, client, &["nosuch.default.svc.cluster.local."]);
+    assert_eq!(
+        (d.status.as_str(), d.records.len()),
+        ("NXDOMAIN", 0),
+        "{d:?}"
+    );
+
+    // Scale-down: a watch on the service's EndpointSlices timestamps the change, then the
+    // headless name is polled (bounded) until every answer lacks the removed pod.
+    let mut watch = std::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args([
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=peers",
+            "-w",
+            "-o",
+            "json",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl get endpointslices -w");
+    let stdout = watch.stdout.take().expect("watch stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<(f64, Vec<String>)>();
+    let reader = std::thread::spawn(move || {
+        for v in serde_json::Deserializer::from_reader(stdout).into_iter::<serde_json::Value>() {
+            let Ok(v) = v else { break };
+            let mut ready: Vec<String> = v["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["conditions"]["ready"].as_bool() != Some(false))
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            ready.sort();
+            if tx.send((unix_now(), ready)).is_err() {
+                break;
+            }
+        }
+    });
+    // The watch is up once it printed the current slice.
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the EndpointSlice watch to print the current slice");
+    assert_eq!(first.1, peers, "the slice before the scale-down");
+    let scaled_at = unix_now();
+    c.kubectl_ok(&["scale", "rc", "peers", "--replicas=1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut left: Option<(f64, String)> = None;
+    // The first answer of the final run of answers without the pod, and the last answer that
+    // still named it: DNS dropped it between the two.
+    let mut dropped: Option<f64> = None;
+    let mut last_with = scaled_at;
+    let mut clean = 0;
+    // Six answers in a row (kube-dns has two replicas behind its ClusterIP).
+    while clean < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: the headless answer still names a removed pod 30 s after the scale"
+        );
+        while let Ok((at, ready)) = rx.try_recv() {
+            if left.is_none() && ready.len() == 1 {
+                let gone = peers
+                    .iter()
+                    .find(|ip| !ready.contains(ip))
+                    .expect("a removed pod")
+                    .clone();
+                left = Some((at, gone));
+            }
+        }
+        let d = dig(c, client, &["peers"]);
+        match &left {
+            Some((_, gone)) if d.status == "NOERROR" && !d.data("A").contains(gone) => {
+                dropped.get_or_insert(d.when);
+                clean += 1;
+            }
+            _ => {
+                last_with = d.when;
+                dropped = None;
+                clean = 0;
+            }
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+    let (left_at, gone) = left.expect("the slice lost a pod");
+    let dropped = dropped.expect("an answer without the pod");
+    let after_slice = dropped - left_at;
+    println!(
+        "{mode}: DNS dropped {gone} at most {:.0} ms after the EndpointSlice watch showed it \
+         gone (the last answer naming it came {:.0} ms after; {:.0} ms after the scale)",
+        after_slice * 1e3,
+        (last_with - left_at) * 1e3,
+        (dropped - scaled_at) * 1e3,
+    );
+    assert!(
+        after_slice < 1.0,
+        "{mode}: the headless answer dropped {gone} {after_slice:.3} s after the EndpointSlice"
+    );
 }
 
 /// Issue 19: a Job as a user runs one with upstream kubectl: `create job`, `wait
