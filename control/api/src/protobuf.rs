@@ -912,10 +912,10 @@ mod tests {
         assert_eq!(v["spec"]["type"], "ClusterIP");
         let mut tm = Vec::new();
         bytes_field(1, b"apps/v1", &mut tm);
-        bytes_field(2, b"Deployment", &mut tm);
+        bytes_field(2, b"StatefulSet", &mut tm);
         let mut body = MAGIC.to_vec();
         bytes_field(1, &tm, &mut body);
-        assert!(decode(&body).is_err());
+        assert!(decode(&body).is_err(), "a kind without a schema is refused");
         assert!(decode(b"garbage").is_err());
     }
 

@@ -294,7 +294,7 @@ async fn deleting_a_daemon_set_is_background_unless_a_policy_says_otherwise() {
     let (code, _) = api
         .delete(&format!("{DS}/or?propagationPolicy=Orphan"))
         .await;
-    assert_eq!(code, 200);
+    assert_eq!(code, 202, "accepted: the deletion goes on after the answer");
     let (code, ds) = api.get(&format!("{DS}/or")).await;
     assert_eq!(code, 200);
     assert_eq!(ds["metadata"]["finalizers"], json!(["orphan"]));

@@ -678,14 +678,15 @@ async fn delete_propagation_marks_owners_for_the_garbage_collector() {
         ("fg", "?propagationPolicy=Foreground", "foregroundDeletion"),
         ("dflt", "", "orphan"),
     ] {
+        // 202 Accepted: the deletion goes on after the answer.
         let (code, body) = api.delete(&format!("{rcs}/{name}{query}")).await;
-        assert_eq!(code, 200, "{body}");
+        assert_eq!(code, 202, "{body}");
         let (code, o) = api.get(&format!("{rcs}/{name}")).await;
         assert_eq!(code, 200, "{name}");
         assert_eq!(o["metadata"]["finalizers"], json!([finalizer]), "{name}");
         assert!(o["metadata"]["deletionTimestamp"].is_string(), "{name}");
         // A second DELETE answers the object being deleted.
-        assert_eq!(api.delete(&format!("{rcs}/{name}")).await.0, 200);
+        assert_eq!(api.delete(&format!("{rcs}/{name}")).await.0, 202);
         let patch = json!({"metadata": {"finalizers": []}});
         let (code, body) = api
             .patch(
