@@ -195,12 +195,12 @@ spec:
 }
 
 /// Issue 19 on a real cluster (scheduler, kubelets, the controller-manager's deployment,
-/// replicaset and garbage-collector controllers): a Deployment of 4 with maxUnavailable 1
-/// rolled to a new template keeps >= 3 ready pods (sampled), `rollout undo` returns to the
+/// replicaset, garbage-collector and job controllers): a Deployment of 4 with maxUnavailable
+/// 1 rolled to a new template keeps >= 3 ready pods (sampled), `rollout undo` returns to the
 /// first template as revision 3, and deleting the Deployment removes its ReplicaSets and
-/// pods.
+/// pods; then Jobs (parallel completions, the backoff limit).
 #[test]
-fn privileged_deployment_rolls_undoes_and_cascades_on_a_real_cluster() {
+fn privileged_deployments_and_jobs_on_a_real_cluster() {
     let c = Cluster::up(2, &[]);
     c.apply(
         r#"
@@ -209,6 +209,9 @@ kind: Deployment
 metadata: {name: api}
 spec:
   replicas: 4
+  # Each new pod counts as available 2 s after it is ready: the rollout takes several
+  # seconds, so the sampling below sees every step.
+  minReadySeconds: 2
   selector: {matchLabels: {app: api}}
   strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}
   template:
@@ -267,6 +270,7 @@ spec:
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(samples >= 5, "the rollout was sampled {samples} times only");
     assert!(
         min_ready >= 3,
         "ready pods dropped to {min_ready} (maxUnavailable 1 of 4)"
@@ -317,5 +321,103 @@ spec:
     println!(
         "deleting the Deployment of 4: ReplicaSets and pods gone after {} ms",
         start.elapsed().as_millis()
+    );
+    jobs_complete_in_parallel_and_fail_after_their_backoff_limit(&c);
+}
+
+/// Issue 19 on the same cluster: a Job of completions 3 / parallelism 2 completes with never
+/// more than 2 pods running; one whose pod fails is retried up to backoffLimit (after the
+/// 10 s back-off) and then `Failed` with reason BackoffLimitExceeded.
+fn jobs_complete_in_parallel_and_fail_after_their_backoff_limit(c: &Cluster) {
+    c.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: three}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: c, image: busybox, command: ["/bin/sh", "-c", "sleep 2"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fails}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: c, image: busybox, command: ["/bin/sh", "-c", "exit 3"]}
+"#,
+    );
+    let running = |c: &Cluster| -> usize {
+        c.get_json(&["pods", "-l", "job-name=three"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| matches!(p["status"]["phase"].as_str(), Some("Pending" | "Running")))
+            .count()
+    };
+    let mut child = std::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args([
+            "wait",
+            "--for=condition=complete",
+            "job/three",
+            "--timeout=120s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl wait");
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut max_running = 0;
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        max_running = max_running.max(running(c));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().expect("kubectl wait output");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        max_running <= 2,
+        "{max_running} pods of a parallelism-2 Job ran at once"
+    );
+    let job = c.get_json(&["job", "three"]);
+    assert_eq!(job["status"]["succeeded"], 3, "{}", job["status"]);
+
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=failed",
+        "job/fails",
+        "--timeout=120s",
+    ]);
+    let job = c.get_json(&["job", "fails"]);
+    assert_eq!(
+        job["status"]["failed"], 2,
+        "1 try + backoffLimit 1: {}",
+        job["status"]
+    );
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        failed["reason"], "BackoffLimitExceeded",
+        "{}",
+        job["status"]
     );
 }

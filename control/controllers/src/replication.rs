@@ -387,8 +387,37 @@ impl<K: Replicated> Reconciler for ReplicaManager<K> {
             }
         }
         self.update_status(&rc, &owned).await?;
-        Ok(requeue)
+        // Ready pods become available minReadySeconds later without any event: look again
+        // then (Kubernetes' enqueueAfter(minReadySeconds)).
+        let until_available = next_available(&*rc, &owned, jiff::Timestamp::now());
+        Ok(match (requeue, until_available) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
+}
+
+/// How long until the next ready-but-not-yet-available pod of `owner` becomes available
+/// (pure); `None` when there is none.
+pub fn next_available<K: Replicated>(
+    owner: &K,
+    owned: &[Arc<Pod>],
+    now: jiff::Timestamp,
+) -> Option<Duration> {
+    let min_ready = owner.min_ready_seconds();
+    if min_ready <= 0 {
+        return None;
+    }
+    owned
+        .iter()
+        .filter(|p| podutil::is_ready(p) && !podutil::is_available(p, min_ready, now))
+        .filter_map(|p| podutil::ready_since(p))
+        .map(|since| {
+            let left = min_ready - (now.as_second() - since.as_second());
+            // Whole seconds, as availability is judged; at least one.
+            Duration::from_secs(left.max(1) as u64)
+        })
+        .min()
 }
 
 #[cfg(test)]
@@ -505,6 +534,32 @@ mod tests {
             json!({"replicas": 2, "readyReplicas": 1, "availableReplicas": 1,
                    "fullyLabeledReplicas": 2, "observedGeneration": 3})
         );
+    }
+
+    #[test]
+    fn ready_pods_are_looked_at_again_when_they_become_available() {
+        let mut rc = rc(2);
+        if let Some(s) = rc.spec.as_mut() {
+            s.min_ready_seconds = Some(10);
+        }
+        let now: jiff::Timestamp = "2026-01-01T00:00:04Z".parse().expect("time");
+        let ready_at = |t: &str| {
+            pod(
+                t,
+                json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                                                  "lastTransitionTime": t}]}}),
+            )
+        };
+        let pods = vec![
+            ready_at("2026-01-01T00:00:00Z"),
+            ready_at("2026-01-01T00:00:02Z"),
+        ];
+        assert_eq!(
+            next_available(&rc, &pods, now),
+            Some(Duration::from_secs(6))
+        );
+        let later: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().expect("time");
+        assert_eq!(next_available(&rc, &pods, later), None, "all available");
     }
 
     #[test]
