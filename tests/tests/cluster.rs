@@ -421,3 +421,147 @@ spec:
         job["status"]
     );
 }
+
+const MANY: usize = 300;
+
+/// A workload of `kind` (`ReplicationController`, `ReplicaSet`, `Deployment`) named `name`
+/// with `MANY` light pods (a shell sleeping) labelled `app: <name>`.
+fn many(kind: &str, name: &str) -> String {
+    let (api, selector) = match kind {
+        "ReplicationController" => ("v1", format!("{{app: {name}}}")),
+        _ => ("apps/v1", format!("{{matchLabels: {{app: {name}}}}}")),
+    };
+    format!(
+        r#"
+apiVersion: {api}
+kind: {kind}
+metadata: {{name: {name}}}
+spec:
+  replicas: {MANY}
+  selector: {selector}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {{name: c, image: busybox, command: ["/bin/sh", "-c", "sleep 3600"]}}
+"#
+    )
+}
+
+fn pods_of(c: &Cluster, app: &str) -> Vec<serde_json::Value> {
+    c.get_json(&["pods", "-l", &format!("app={app}")])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn wait_running(c: &Cluster, app: &str) {
+    c.wait(
+        &format!("{MANY} running pods of {app}"),
+        Duration::from_secs(240),
+        || {
+            let pods = pods_of(c, app);
+            (pods
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count()
+                == MANY)
+                .then_some(())
+        },
+    );
+}
+
+/// Deletes `kind/name` with `cascade` and returns how long until none of its pods is left
+/// (the API lists none).
+fn delete_and_time(c: &Cluster, kind: &str, name: &str, cascade: &str) -> Duration {
+    let start = std::time::Instant::now();
+    c.kubectl_ok(&[
+        "delete",
+        kind,
+        name,
+        &format!("--cascade={cascade}"),
+        "--wait=false",
+    ]);
+    c.wait(
+        &format!("no pod of {name} left"),
+        Duration::from_secs(240),
+        || pods_of(c, name).is_empty().then_some(()),
+    );
+    start.elapsed()
+}
+
+/// Issue 19: deleting a ReplicationController, a ReplicaSet and a Deployment of 300
+/// replicas each on a real 3-node cluster (background and foreground propagation) leaves no
+/// pod behind; with `--cascade=orphan` the pods stay and lose their ownerReference. The
+/// times are printed (the README records them).
+#[test]
+fn privileged_deleting_300_replicas_cascades_or_orphans_on_a_real_cluster() {
+    let c = Cluster::up(3, &[]);
+    let mut report = Vec::new();
+    c.apply(&many("ReplicationController", "rc-bg"));
+    wait_running(&c, "rc-bg");
+    report.push((
+        "ReplicationController, background",
+        delete_and_time(&c, "rc", "rc-bg", "background"),
+    ));
+
+    c.apply(&many("ReplicaSet", "rs-fg"));
+    wait_running(&c, "rs-fg");
+    let start = std::time::Instant::now();
+    c.kubectl_ok(&[
+        "delete",
+        "rs",
+        "rs-fg",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    // Foreground: the ReplicaSet stays, marked, while its pods go.
+    let rs = c.get_json(&["rs", "rs-fg"]);
+    assert_eq!(
+        rs["metadata"]["finalizers"],
+        serde_json::json!(["foregroundDeletion"]),
+        "{rs}"
+    );
+    c.wait(
+        "the foreground-deleted ReplicaSet gone",
+        Duration::from_secs(240),
+        || {
+            let out = c.kubectl(&["get", "rs", "rs-fg"]);
+            (!out.status.success()).then_some(())
+        },
+    );
+    assert!(pods_of(&c, "rs-fg").is_empty(), "its pods went first");
+    report.push(("ReplicaSet, foreground (owner gone last)", start.elapsed()));
+
+    c.apply(&many("Deployment", "deploy-bg"));
+    wait_running(&c, "deploy-bg");
+    report.push((
+        "Deployment, background",
+        delete_and_time(&c, "deployment", "deploy-bg", "background"),
+    ));
+    let rs = c.get_json(&["rs", "-l", "app=deploy-bg"]);
+    assert!(rs["items"].as_array().is_some_and(|a| a.is_empty()), "{rs}");
+
+    c.apply(&many("ReplicationController", "rc-or"));
+    wait_running(&c, "rc-or");
+    let start = std::time::Instant::now();
+    c.kubectl_ok(&["delete", "rc", "rc-or", "--cascade=orphan"]);
+    report.push((
+        "ReplicationController, orphan (owner gone)",
+        start.elapsed(),
+    ));
+    std::thread::sleep(Duration::from_secs(3));
+    let pods = pods_of(&c, "rc-or");
+    assert_eq!(pods.len(), MANY, "orphaned pods stay");
+    assert!(
+        pods.iter().all(|p| p["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|r| r.is_empty())),
+        "orphaned pods lose their ownerReference"
+    );
+    c.kubectl_ok(&["delete", "pods", "-l", "app=rc-or", "--wait=false"]);
+    for (what, took) in report {
+        println!("deleting {MANY} replicas: {what}: {} ms", took.as_millis());
+    }
+}
