@@ -420,6 +420,40 @@ spec:
         "{}",
         job["status"]
     );
+
+    // xkubectl: `create job` from flags and `logs job/x` (the pod its selector picks).
+    let xkubectl = |args: &[&str]| -> String {
+        let out = std::process::Command::new(xkube_e2e::bin_dir().join("xkubectl"))
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(args)
+            .output()
+            .expect("xkubectl runs");
+        assert!(
+            out.status.success(),
+            "xkubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = xkubectl(&[
+        "create",
+        "job",
+        "hello",
+        "--image=busybox",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo hi from a job",
+    ]);
+    assert_eq!(out, "job \"hello\" created\n");
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/hello",
+        "--timeout=60s",
+    ]);
+    assert_eq!(xkubectl(&["logs", "job/hello"]).trim(), "hi from a job");
 }
 
 const MANY: usize = 300;

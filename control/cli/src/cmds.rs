@@ -26,7 +26,11 @@ pub struct FileArgs {
 
 /// `create` flags.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CreateArgs {
+    /// Create a resource of a kind from flags instead of files.
+    #[command(subcommand)]
+    what: Option<crate::generate::CreateCmd>,
     #[command(flatten)]
     files: FileArgs,
     /// Store the configuration in the last-applied annotation (for later `apply`).
@@ -103,6 +107,9 @@ pub fn docs_with_resources(docs: Vec<Doc>) -> anyhow::Result<Vec<(Doc, &'static 
 
 /// `create -f`.
 pub async fn create(g: &Global, a: CreateArgs) -> anyhow::Result<()> {
+    if let Some(what) = a.what {
+        return crate::generate::create(g, what).await;
+    }
     let docs = docs_with_resources(read_all(&a.files.filename, a.files.recursive)?)?;
     let (client, default_ns) = g.client()?;
     let mut errs = Errors::default();

@@ -3,6 +3,7 @@
 mod apply;
 mod cmds;
 mod describe;
+mod generate;
 mod get;
 mod jsonpath;
 mod logs;

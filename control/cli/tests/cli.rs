@@ -1331,3 +1331,87 @@ spec:
     kubelet.abort();
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_deployment_job_and_cronjob_from_flags() {
+    let c = cluster().await;
+    assert_eq!(
+        c.k(&[
+            "create",
+            "deployment",
+            "web",
+            "--image=registry.local/web:v1",
+            "--replicas=2",
+            "--port=8080"
+        ])
+        .await
+        .ok(),
+        "deployment \"web\" created\n"
+    );
+    let out = c
+        .k(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].name} {.spec.template.spec.containers[0].ports[0].containerPort}"])
+        .await
+        .ok();
+    assert_eq!(out, "2 web 8080");
+    assert_eq!(
+        c.k(&[
+            "create",
+            "cronjob",
+            "tick",
+            "--image=busybox",
+            "--schedule=*/5 * * * *",
+            "--",
+            "echo",
+            "tick"
+        ])
+        .await
+        .ok(),
+        "cronjob \"tick\" created\n"
+    );
+    assert_eq!(
+        c.k(&["create", "job", "now", "--from=cronjob/tick"])
+            .await
+            .ok(),
+        "job \"now\" created\n"
+    );
+    let out = c.k(&["get", "job", "now", "-o", "json"]).await.ok();
+    let job: Value = serde_json::from_str(&out).expect("job json");
+    assert_eq!(
+        job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    assert_eq!(job["metadata"]["ownerReferences"][0]["name"], "tick");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["command"],
+        json!(["echo", "tick"])
+    );
+    assert_eq!(
+        c.k(&[
+            "create",
+            "job",
+            "hello",
+            "--image=busybox",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo hi"
+        ])
+        .await
+        .ok(),
+        "job \"hello\" created\n"
+    );
+    let e = c.k(&["create", "job", "bad"]).await.fails();
+    assert!(
+        e.contains("either --image or --from must be specified"),
+        "{e}"
+    );
+    let e = c
+        .k(&["create", "job", "bad", "--from=deployment/web"])
+        .await
+        .fails();
+    assert!(e.contains("from must be an existing cronjob"), "{e}");
+    // Files still work, and flags and files do not mix.
+    let e = c.k(&["create", "-f", "x.yaml", "job", "j"]).await;
+    assert_ne!(e.code, 0, "{e:?}");
+    c.stop().await;
+}
