@@ -370,3 +370,79 @@ async fn deleting_owners_of_300_pods_cascades_or_orphans() {
     }
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_stops_every_old_pod_before_starting_new_ones() {
+    let c = Cluster::start(|_| {}).await;
+    let kubelet = FakeKubelet::start(&c.client, Duration::from_millis(500), &c.shutdown).await;
+    kubelet.add_node("node-a", "4", "8Gi").await;
+    let api: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let mut d = deployment("rec", 3, "v1");
+    if let Some(s) = d.spec.as_mut() {
+        s.strategy = serde_json::from_value(json!({"type": "Recreate"})).ok();
+    }
+    api.create(&d).await.expect("deployment created");
+    wait_rolled_out(&c, "rec", 3, "v1").await;
+    // Sample: never a v2 pod while a v1 pod exists (bounded: 30 s of 20 ms samples).
+    let mixed = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (client, mixed) = (c.client.clone(), mixed.clone());
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(client, "default");
+            for _ in 0..1500 {
+                let list = pods
+                    .list(&ListParams::default().labels("app=rec"))
+                    .await
+                    .expect("list pods");
+                let has = |img: &str| list.items.iter().any(|p| image(p) == img);
+                if has("v1") && has("v2") {
+                    mixed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // One old pod lingers after its deletion (a finalizer someone else holds): Recreate
+    // must wait for it to be gone before it starts a new pod.
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let held = c.list_pods("default", "app=rec").await[0]
+        .name()
+        .to_string();
+    pods.patch(
+        &held,
+        &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+    )
+    .await
+    .expect("hold a pod");
+    api.patch(
+        "rec",
+        &Patch::Merge(json!({"spec": {"template": template("rec", "v2")}})),
+    )
+    .await
+    .expect("new template");
+    eventually("the held pod being deleted", || async {
+        let p = pods.get(&held).await.ok()?;
+        p.metadata.deletion_timestamp.is_some().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = c.list_pods("default", "app=rec").await;
+    assert!(
+        now.iter().all(|p| image(p) != "v2"),
+        "a new pod started while an old one was still terminating"
+    );
+    pods.patch(
+        &held,
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release the pod");
+    wait_rolled_out(&c, "rec", 3, "v2").await;
+    sampler.abort();
+    assert_eq!(
+        mixed.load(Ordering::Relaxed),
+        0,
+        "old and new pods ran together"
+    );
+    c.stop().await;
+}
