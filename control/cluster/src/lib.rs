@@ -467,10 +467,14 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
             "{}ms",
             opts.node_status_update_frequency.as_millis()
         ));
-        cmd.arg("--cluster-dns")
-            .arg(dns::service_ip().to_string())
-            .arg("--cluster-domain")
-            .arg(dns::CLUSTER_DOMAIN);
+        // Without cluster DNS (--dns false) pods keep the node's resolvers (Kubernetes'
+        // ClusterFirst falls back to Default without --cluster-dns).
+        if opts.dns {
+            cmd.arg("--cluster-dns")
+                .arg(dns::service_ip().to_string())
+                .arg("--cluster-domain")
+                .arg(dns::CLUSTER_DOMAIN);
+        }
         if !opts.kubelet_only {
             cmd.arg("--proxy-kubeconfig")
                 .arg(&certs[i].proxy_kubeconfig)

@@ -130,6 +130,22 @@ pub fn fenceposts(d: &Deployment) -> (i32, i32) {
     }
 }
 
+/// How many pods may be unavailable for the Deployment to count as `Available` (Kubernetes'
+/// `MaxUnavailable`): the rolling update's maxUnavailable, capped at replicas; 0 for
+/// Recreate and for 0 replicas.
+pub fn max_unavailable(d: &Deployment) -> i32 {
+    let rolling = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.type_.as_deref())
+        != Some("Recreate");
+    if !rolling || desired(d) == 0 {
+        return 0;
+    }
+    fenceposts(d).1.min(desired(d))
+}
+
 /// `spec.replicas` (default 1).
 pub fn desired(d: &Deployment) -> i32 {
     d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0)
@@ -248,12 +264,47 @@ fn set_condition(
     }
 }
 
+/// `Progressing` reason when this sync created the new ReplicaSet.
+pub const NEW_RS_CREATED: &str = "NewReplicaSetCreated";
+/// `Progressing` reason when this sync made an old ReplicaSet the new one (a rollback).
+pub const FOUND_NEW_RS: &str = "FoundNewReplicaSet";
+const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
+/// Kubernetes' `DeploymentProgressing`: more pods updated, ready or available, or fewer old
+/// ones, than the previous status showed.
+fn progressed(prev: &Value, new: &Value) -> bool {
+    let n = |v: &Value, k: &str| v[k].as_i64().unwrap_or(0);
+    let old_pods = |v: &Value| n(v, "replicas") - n(v, "updatedReplicas");
+    ["updatedReplicas", "readyReplicas", "availableReplicas"]
+        .iter()
+        .any(|k| n(new, k) > n(prev, k))
+        || old_pods(new) < old_pods(prev)
+}
+
+/// A `Progressing=True` condition with a fresh lastUpdateTime (progress restarts the
+/// deadline), keeping lastTransitionTime while it was already True.
+fn progress(status: &mut Value, prev: &Value, reason: &str, msg: &str, ts: &str) {
+    let mut fresh = prev.clone();
+    if let Some(list) = fresh["conditions"].as_array_mut() {
+        list.retain(|c| c["type"] != "Progressing");
+    }
+    set_condition(status, &fresh, "Progressing", "True", reason, msg, ts);
+    if let Some(old) = condition(prev, "Progressing").filter(|c| c["status"] == "True")
+        && let Some(list) = status["conditions"].as_array_mut()
+        && let Some(c) = list.iter_mut().find(|c| c["type"] == "Progressing")
+    {
+        c["lastTransitionTime"] = old["lastTransitionTime"].clone();
+    }
+}
+
 /// The Deployment status from its ReplicaSets (pure; Kubernetes' `calculateStatus` and
-/// `syncRolloutStatus`). `now` is RFC 3339.
+/// `syncRolloutStatus`). `started` is the reason when this sync created or found the new
+/// ReplicaSet ([`NEW_RS_CREATED`], [`FOUND_NEW_RS`]).
 pub fn compute_status(
     d: &Deployment,
     all: &[Arc<ReplicaSet>],
     new: Option<&ReplicaSet>,
+    started: Option<&str>,
     now: jiff::Timestamp,
 ) -> Value {
     let prev = serde_json::to_value(&d.status).unwrap_or(Value::Null);
@@ -271,15 +322,11 @@ pub fn compute_status(
         "availableReplicas": avail,
         "unavailableReplicas": (sum(&spec_replicas) - avail).max(0).max(want - avail).max(0),
     });
-    if let Some(c) = prev.get("collisionCount").filter(|c| !c.is_null()) {
-        status["collisionCount"] = c.clone();
-    }
     if let Some(c) = prev.get("conditions").filter(|c| !c.is_null()) {
         status["conditions"] = c.clone();
     }
     let ts = xkube_api::meta::format_time(now);
-    let (_, max_unavailable) = fenceposts(d);
-    if avail >= want - max_unavailable {
+    if avail >= want - max_unavailable(d) {
         set_condition(
             &mut status,
             &prev,
@@ -317,21 +364,17 @@ pub fn compute_status(
             "Deployment is paused",
             &ts,
         );
+    } else if condition(&prev, "Progressing").is_some_and(|c| c["reason"] == "DeploymentPaused") {
+        set_condition(
+            &mut status,
+            &prev,
+            "Progressing",
+            "Unknown",
+            "DeploymentResumed",
+            "Deployment is resumed",
+            &ts,
+        );
     } else if let Some(deadline) = deadline {
-        let progressed = [
-            "replicas",
-            "updatedReplicas",
-            "readyReplicas",
-            "availableReplicas",
-        ]
-        .iter()
-        .any(|k| prev[*k] != status[*k])
-            || condition(&prev, "Progressing").is_none_or(|c| c["reason"] == "DeploymentPaused");
-        let last_update = condition(&prev, "Progressing")
-            .and_then(|c| c["lastUpdateTime"].as_str())
-            .and_then(xkube_api::meta::parse_time);
-        let timed_out =
-            last_update.is_some_and(|t| now.as_second() - t.as_second() > i64::from(deadline));
         let was = condition(&prev, "Progressing").map(|c| c["reason"].as_str().unwrap_or(""));
         if complete {
             set_condition(
@@ -343,42 +386,31 @@ pub fn compute_status(
                 &format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
                 &ts,
             );
-        } else if progressed || was == Some("NewReplicaSetAvailable") {
-            // Force a fresh lastUpdateTime: progress resets the deadline.
-            let mut fresh = prev.clone();
-            if let Some(list) = fresh["conditions"].as_array_mut() {
-                list.retain(|c| c["type"] != "Progressing");
+        } else if let Some(reason) = started {
+            let msg = match reason {
+                NEW_RS_CREATED => format!("Created new replica set \"{rs_name}\""),
+                _ => format!("Found new replica set \"{rs_name}\""),
+            };
+            progress(&mut status, &prev, reason, &msg, &ts);
+        } else if progressed(&prev, &status) {
+            let msg = format!("ReplicaSet \"{rs_name}\" is progressing.");
+            progress(&mut status, &prev, "ReplicaSetUpdated", &msg, &ts);
+        } else if was != Some("NewReplicaSetAvailable") && was != Some(DEADLINE_EXCEEDED) {
+            // Kubernetes' DeploymentTimedOut: a settled Deployment never times out.
+            let last_update = condition(&prev, "Progressing")
+                .and_then(|c| c["lastUpdateTime"].as_str())
+                .and_then(xkube_api::meta::parse_time);
+            if last_update.is_some_and(|t| now.as_second() - t.as_second() > i64::from(deadline)) {
+                set_condition(
+                    &mut status,
+                    &prev,
+                    "Progressing",
+                    "False",
+                    DEADLINE_EXCEEDED,
+                    &format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                    &ts,
+                );
             }
-            let keep_transition =
-                condition(&prev, "Progressing").is_some_and(|c| c["status"] == "True");
-            set_condition(
-                &mut status,
-                &fresh,
-                "Progressing",
-                "True",
-                "ReplicaSetUpdated",
-                &format!("ReplicaSet \"{rs_name}\" is progressing."),
-                &ts,
-            );
-            if keep_transition
-                && let (Some(old), Some(list)) = (
-                    condition(&prev, "Progressing"),
-                    status["conditions"].as_array_mut(),
-                )
-                && let Some(c) = list.iter_mut().find(|c| c["type"] == "Progressing")
-            {
-                c["lastTransitionTime"] = old["lastTransitionTime"].clone();
-            }
-        } else if timed_out && was != Some("ProgressDeadlineExceeded") {
-            set_condition(
-                &mut status,
-                &prev,
-                "Progressing",
-                "False",
-                "ProgressDeadlineExceeded",
-                &format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
-                &ts,
-            );
         }
     }
     status
@@ -460,6 +492,7 @@ impl DeploymentController {
     async fn claim(&self, d: &Deployment) -> Result<Vec<Arc<ReplicaSet>>> {
         let sel = selector(d);
         let mut owned = Vec::new();
+        let mut may_adopt = None;
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), d.namespace());
         for rs in self
             .replica_sets
@@ -469,6 +502,12 @@ impl DeploymentController {
             match controller_of(rs.metadata.owner_references.as_ref()) {
                 Some(r) if r.uid == d.uid() && matches => owned.push(rs),
                 None if matches && d.metadata.deletion_timestamp.is_none() => {
+                    if may_adopt.is_none() {
+                        may_adopt = Some(crate::podcontrol::may_adopt(&self.client, d).await?);
+                    }
+                    if may_adopt == Some(false) {
+                        continue;
+                    }
                     let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
                     refs.push(controller_ref(d));
                     let patch = Patch::Merge(json!({"metadata": {
@@ -494,8 +533,10 @@ impl DeploymentController {
         let (surge, _) = fenceposts(d);
         let from = spec_replicas(rs);
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), rs.namespace());
+        // The counts come from the cache: a ReplicaSet changed since must not be scaled on
+        // stale numbers (409, and the sync is retried on fresh ones).
         let patch = Patch::Merge(json!({
-            "metadata": {"annotations": {
+            "metadata": {"resourceVersion": rs.resource_version(), "annotations": {
                 DESIRED_REPLICAS: desired(d).to_string(),
                 MAX_REPLICAS: (desired(d) + surge).to_string()}},
             "spec": {"replicas": replicas}}));
@@ -527,9 +568,9 @@ impl DeploymentController {
         d: &Deployment,
         owned: &[Arc<ReplicaSet>],
         create: bool,
-    ) -> Result<Option<ReplicaSet>> {
+    ) -> Result<(Option<ReplicaSet>, Option<&'static str>)> {
         let Some(spec) = d.spec.as_ref() else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let max_rev = owned
             .iter()
@@ -566,12 +607,12 @@ impl DeploymentController {
                     .patch(rs.name(), &patch)
                     .await
                     .map_err(|e| Error::api(format!("set revision of {}", key_of(&***rs)))(e))?;
-                return Ok(Some(rs));
+                return Ok((Some(rs), Some(FOUND_NEW_RS)));
             }
-            return Ok(Some((***rs).clone()));
+            return Ok((Some((***rs).clone()), None));
         }
         if !create {
-            return Ok(None);
+            return Ok((None, None));
         }
         let collisions = d.status.as_ref().and_then(|s| s.collision_count);
         let hash = template_hash(&spec.template, collisions);
@@ -634,10 +675,23 @@ impl DeploymentController {
                         &format!("Created new replica set {}", created.name()),
                     )
                     .await;
-                Ok(Some(created))
+                Ok((Some(created), Some(NEW_RS_CREATED)))
             }
             Err(e) if e.is_conflict() => {
-                // A ReplicaSet of that name with another template: hash again next time.
+                // Ours already (the cache had not shown it yet): use it.
+                let name = rs.name();
+                let existing = api
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| Error::api(format!("get replica set {name}"))(e))?;
+                if let Some(existing) = existing
+                    && controller_of(existing.metadata.owner_references.as_ref())
+                        .is_some_and(|r| r.uid == d.uid())
+                    && runs_template(&existing, &spec.template)
+                {
+                    return Ok((Some(existing), None));
+                }
+                // Another ReplicaSet of that name: hash again with the next collision count.
                 let dapi: Api<Deployment> = Api::namespaced(self.client.clone(), d.namespace());
                 let count = collisions.unwrap_or(0) + 1;
                 dapi.patch_status(
@@ -646,7 +700,7 @@ impl DeploymentController {
                 )
                 .await
                 .map_err(|e| Error::api(format!("bump collisionCount of {}", key_of(d)))(e))?;
-                Ok(None)
+                Ok((None, None))
             }
             Err(e) => Err(Error::api(format!("create replica set for {}", key_of(d)))(
                 e,
@@ -696,8 +750,9 @@ impl DeploymentController {
         d: &Deployment,
         all: &[Arc<ReplicaSet>],
         new: Option<&ReplicaSet>,
+        started: Option<&str>,
     ) -> Result<()> {
-        let status = compute_status(d, all, new, jiff::Timestamp::now());
+        let status = compute_status(d, all, new, started, jiff::Timestamp::now());
         let mut patch = json!({"status": status});
         if let Some(rs) = new {
             let rev = revision(&rs.metadata).to_string();
@@ -722,7 +777,12 @@ impl DeploymentController {
                 }
             }
         }
-        if serde_json::to_value(&d.status).unwrap_or(Value::Null) == status {
+        // collisionCount is written only where a collision is found (never from the cache).
+        let mut current = serde_json::to_value(&d.status).unwrap_or(Value::Null);
+        if let Some(m) = current.as_object_mut() {
+            m.remove("collisionCount");
+        }
+        if current == status {
             return Ok(());
         }
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), d.namespace());
@@ -782,11 +842,11 @@ impl Reconciler for DeploymentController {
                         .is_some_and(|s| runs_template(rs, &s.template))
                 })
                 .cloned();
-            self.update_status(&d, &owned, new.as_deref()).await?;
+            self.update_status(&d, &owned, new.as_deref(), None).await?;
             return Ok(None);
         }
         let paused = d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false);
-        let new = self.new_replica_set(&d, &owned, !paused).await?;
+        let (new, started) = self.new_replica_set(&d, &owned, !paused).await?;
         // The cache may not show a ReplicaSet just created or patched.
         let mut all: Vec<Arc<ReplicaSet>> = owned
             .iter()
@@ -853,7 +913,8 @@ impl Reconciler for DeploymentController {
         if complete || paused {
             self.cleanup(&d, &old).await?;
         }
-        self.update_status(&d, &all, new_now.as_ref()).await?;
+        self.update_status(&d, &all, new_now.as_ref(), started)
+            .await?;
         // Check the progress deadline again while rolling.
         let deadline = d.spec.as_ref().and_then(|s| s.progress_deadline_seconds);
         Ok(match deadline {
@@ -1000,7 +1061,7 @@ mod tests {
         let old = rs("old", 1, 2, 2);
         let new = rs("new", 2, 3, 2);
         let now = jiff::Timestamp::now();
-        let s = compute_status(&d, &[old.clone(), new.clone()], Some(&new), now);
+        let s = compute_status(&d, &[old.clone(), new.clone()], Some(&new), None, now);
         assert_eq!(
             (
                 &s["replicas"],
@@ -1020,10 +1081,68 @@ mod tests {
         );
         // Complete.
         let done = rs("new", 2, 4, 4);
-        let s = compute_status(&d, std::slice::from_ref(&done), Some(&done), now);
+        let s = compute_status(&d, std::slice::from_ref(&done), Some(&done), None, now);
         assert_eq!(
             condition(&s, "Progressing").expect("progressing")["reason"],
             "NewReplicaSetAvailable"
+        );
+    }
+
+    #[test]
+    fn recreate_is_available_only_with_every_replica() {
+        let mut d = deployment(3, json!(1), json!(1));
+        if let Some(s) = d.spec.as_mut() {
+            s.strategy = serde_json::from_value(json!({"type": "Recreate"})).ok();
+        }
+        assert_eq!(max_unavailable(&d), 0);
+        let rs = rs("new", 2, 3, 0);
+        let s = compute_status(
+            &d,
+            std::slice::from_ref(&rs),
+            Some(&rs),
+            None,
+            jiff::Timestamp::now(),
+        );
+        assert_eq!(
+            condition(&s, "Available").expect("available")["status"],
+            "False"
+        );
+    }
+
+    #[test]
+    fn a_settled_deployment_that_loses_a_pod_never_times_out() {
+        let mut d = deployment(4, json!(1), json!(1));
+        let done = rs("new", 2, 4, 4);
+        let start = jiff::Timestamp::now();
+        let s = compute_status(&d, std::slice::from_ref(&done), Some(&done), None, start);
+        d.status = serde_json::from_value(s).ok();
+        let later = start + jiff::SignedDuration::from_secs(3600);
+        let crashed = rs("new", 2, 4, 3);
+        let s = compute_status(
+            &d,
+            std::slice::from_ref(&crashed),
+            Some(&crashed),
+            None,
+            later,
+        );
+        let p = condition(&s, "Progressing").expect("progressing");
+        assert_eq!(
+            (&p["status"], &p["reason"]),
+            (&json!("True"), &json!("NewReplicaSetAvailable"))
+        );
+        // A new rollout restarts the clock from the ReplicaSet's creation.
+        let s = compute_status(
+            &d,
+            std::slice::from_ref(&crashed),
+            Some(&crashed),
+            Some(NEW_RS_CREATED),
+            later,
+        );
+        let p = condition(&s, "Progressing").expect("progressing");
+        assert_eq!(p["reason"], NEW_RS_CREATED);
+        assert_eq!(
+            p["lastUpdateTime"],
+            json!(xkube_api::meta::format_time(later))
         );
     }
 
@@ -1033,10 +1152,10 @@ mod tests {
         let old = rs("old", 1, 4, 4);
         let new = rs("new", 2, 1, 0);
         let start = jiff::Timestamp::now();
-        let s = compute_status(&d, &[old.clone(), new.clone()], Some(&new), start);
+        let s = compute_status(&d, &[old.clone(), new.clone()], Some(&new), None, start);
         d.status = serde_json::from_value(s).ok();
         let later = start + jiff::SignedDuration::from_secs(601);
-        let s = compute_status(&d, &[old, new.clone()], Some(&new), later);
+        let s = compute_status(&d, &[old, new.clone()], Some(&new), None, later);
         let p = condition(&s, "Progressing").expect("progressing");
         assert_eq!(
             (&p["status"], &p["reason"]),

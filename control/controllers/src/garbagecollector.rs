@@ -351,21 +351,26 @@ impl GarbageCollector {
     async fn check_dependent(&self, idx: usize, o: &Value) -> Result<Requeue> {
         let ns = meta::namespace(o);
         let mut solid = 0;
-        let mut waiting = 0;
+        let mut waiting = Vec::new();
         let mut absent = Vec::new();
         for r in owner_refs(o) {
+            let uid = r["uid"].as_str().unwrap_or("");
             match self.owner_state(ns, r).await? {
                 OwnerState::Solid => solid += 1,
-                OwnerState::WaitingForDependents => waiting += 1,
-                OwnerState::Absent => absent.push(r["uid"].as_str().unwrap_or("")),
+                OwnerState::WaitingForDependents => waiting.push(uid),
+                OwnerState::Absent => absent.push(uid),
             }
         }
         if solid > 0 {
-            if !absent.is_empty() {
-                self.drop_refs(idx, o, &absent).await?;
+            // Another owner keeps it: it no longer belongs to the gone ones, nor to those
+            // deleting their dependents (they would wait for it forever).
+            let drop: Vec<&str> = absent.iter().chain(&waiting).copied().collect();
+            if !drop.is_empty() {
+                self.drop_refs(idx, o, &drop).await?;
             }
             return Ok(None);
         }
+        let waiting = waiting.len();
         if absent.is_empty() && waiting == 0 {
             return Ok(None);
         }

@@ -8,7 +8,7 @@ use http::Method;
 use k8s_openapi::api::core::v1::Namespace;
 use tokio_util::sync::CancellationToken;
 use xkube_client::client::Body;
-use xkube_client::{Api, Client, DeleteParams, ListParams, Object, Store};
+use xkube_client::{Api, Client, DeleteParams, ListParams, Object, PropagationPolicy, Store};
 
 use crate::error::{Error, Result};
 use xkube_client::runtime::{Controller, Reconciler, Requeue, WorkQueue};
@@ -84,7 +84,13 @@ impl Reconciler for NamespaceController {
                 if !obj.0["metadata"]["deletionTimestamp"].is_null() {
                     continue;
                 }
-                match api.delete(obj.name(), &DeleteParams::default()).await {
+                // Background, as Kubernetes' namespace controller: the contents go now,
+                // whatever a kind's default policy (not waiting for the garbage collector).
+                let dp = DeleteParams {
+                    propagation_policy: Some(PropagationPolicy::Background),
+                    ..DeleteParams::default()
+                };
+                match api.delete(obj.name(), &dp).await {
                     Ok(_) => {}
                     Err(e) if e.is_not_found() => remaining -= 1,
                     Err(e) => {

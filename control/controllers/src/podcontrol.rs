@@ -11,7 +11,7 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
-use xkube_client::{Api, Client, DeleteParams, Object, Patch, Store};
+use xkube_client::{Api, Client, DeleteParams, DynamicObject, Object, Patch, Store};
 
 use crate::error::{Error, Result};
 use xkube_api::pod::{controller_of, is_active};
@@ -103,6 +103,25 @@ pub fn claim<K: Owner>(
         }
     }
     c
+}
+
+/// Whether `owner`, as the apiserver has it now, is the same object and not being deleted
+/// (Kubernetes' `RecheckDeletionTimestamp`, asked before adopting): the cache may not show an
+/// orphaning delete yet, and adopting what the garbage collector has just released would get
+/// it deleted with the owner.
+pub async fn may_adopt<K: Owner>(client: &Client, owner: &K) -> Result<bool> {
+    let Some(res) = xkube_api::resources::find_by_kind(K::API_VERSION, K::KIND) else {
+        return Ok(false);
+    };
+    let api = Api::<DynamicObject>::dynamic(client.clone(), res, Some(owner.namespace()));
+    match api.get_opt(owner.name()).await {
+        Ok(Some(o)) => Ok(xkube_api::meta::uid(&o.0) == owner.uid()
+            && o.0["metadata"]["deletionTimestamp"].is_null()),
+        Ok(None) => Ok(false),
+        Err(e) => Err(Error::api(format!("recheck {} {}", K::KIND, owner.name()))(
+            e,
+        )),
+    }
 }
 
 /// What a release that meets a conflict (the pod changed since the cache saw it) does.
@@ -233,6 +252,9 @@ impl PodControl {
             }
         }
         let mut owned = claim.owned.clone();
+        if !claim.adopt.is_empty() && !may_adopt(&self.client, owner).await? {
+            return Ok(owned);
+        }
         for p in &claim.adopt {
             let mut refs = p.metadata.owner_references.clone().unwrap_or_default();
             refs.push(controller_ref(owner));

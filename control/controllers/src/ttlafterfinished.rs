@@ -1,8 +1,8 @@
 //! The TTL-after-finished controller (Kubernetes' `pkg/controller/ttlafterfinished`): deletes
 //! a finished Job (`Complete` or `Failed`) `spec.ttlSecondsAfterFinished` seconds after it
-//! finished, with `Background` propagation so its pods go too. Before deleting it reads the
-//! Job again from the apiserver (the cache may be stale: the TTL may have changed) and
-//! deletes with that resourceVersion as a precondition.
+//! finished, with `Foreground` propagation (its pods go first, as Kubernetes' TTL
+//! controller). Before deleting it reads the Job again from the apiserver (the cache may be
+//! stale: the TTL may have changed) and deletes with that resourceVersion as a precondition.
 
 use std::time::Duration;
 
@@ -102,8 +102,9 @@ impl Reconciler for TtlAfterFinishedController {
             Some(_) => {}
         }
         tracing::info!(job = key, "deleting finished job whose TTL expired");
+        // Foreground, as Kubernetes' TTL controller: the Job goes after its pods.
         let dp = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
+            propagation_policy: Some(PropagationPolicy::Foreground),
             precondition_uid: Some(fresh.uid().to_string()),
             precondition_resource_version: Some(fresh.resource_version().to_string()),
             ..DeleteParams::default()

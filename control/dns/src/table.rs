@@ -240,12 +240,20 @@ impl Table {
             additionals: Vec::new(),
         };
         if qtype == RecordType::ANY {
-            let all: Vec<Arc<RecordSet>> = self
-                .sets
-                .iter()
-                .filter(|((n, _), _)| n == name)
-                .map(|(_, s)| s.set.clone())
-                .collect();
+            // The types the table holds, each looked up by key (never a scan of the table).
+            let all: Vec<Arc<RecordSet>> = [
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::CNAME,
+                RecordType::SRV,
+                RecordType::PTR,
+                RecordType::TXT,
+                RecordType::SOA,
+                RecordType::NS,
+            ]
+            .into_iter()
+            .filter_map(|t| self.set(name, t))
+            .collect();
             if !all.is_empty() {
                 return records(all);
             }
