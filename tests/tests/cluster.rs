@@ -84,6 +84,22 @@ spec:
     );
 }
 
+/// Pods selected by `selector` that are Ready and not being deleted.
+fn ready_pods(c: &Cluster, selector: &str) -> usize {
+    c.get_json(&["pods", "-l", selector])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .count()
+}
+
 /// SEEDS.md A5 on a real cluster (real replication controller, scheduler and kubelets):
 /// `xkubectl rolling-update` prints the seed lines, finishes, and the number of ready pods of
 /// the two RCs never drops below the count it promises.
@@ -113,20 +129,7 @@ spec:
         )
     };
     c.apply(&rc("web-v1", "v1"));
-    let ready = |c: &Cluster| -> usize {
-        c.get_json(&["pods", "-l", "app=web"])["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .filter(|p| {
-                p["status"]["conditions"].as_array().is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-            })
-            .count()
-    };
+    let ready = |c: &Cluster| ready_pods(c, "app=web");
     c.wait("4 ready v1 pods", Duration::from_secs(90), || {
         (ready(&c) == 4).then_some(())
     });
@@ -230,20 +233,7 @@ spec:
     let status = ["rollout", "status", "deployment/api", "--timeout=180s"];
     let out = c.kubectl_ok(&status);
     assert!(out.contains("successfully rolled out"), "{out}");
-    let ready = |c: &Cluster| -> usize {
-        c.get_json(&["pods", "-l", "app=api"])["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .filter(|p| {
-                p["status"]["conditions"].as_array().is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-            })
-            .count()
-    };
+    let ready = |c: &Cluster| ready_pods(c, "app=api");
     c.kubectl_ok(&["set", "env", "deployment/api", "VERSION=v2"]);
     // Sample while `kubectl rollout status` waits (bounded: its own timeout, then 5 min).
     let mut child = std::process::Command::new("/usr/bin/kubectl")

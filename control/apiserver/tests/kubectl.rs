@@ -234,17 +234,12 @@ impl Controllers {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write manifest");
-    p.to_string_lossy().to_string()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_kubectl_core_flows() {
+/// A secure test apiserver and upstream kubectl configured with only its admin kubeconfig
+/// (`None`, with a note, where kubectl is not installed).
+async fn kubectl_and_server() -> Option<(tempfile::TempDir, RunningServer, Kubectl)> {
     if !Path::new(KUBECTL).exists() {
         eprintln!("skipping: {KUBECTL} is not installed");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::builder(dir.path().join("data"))
@@ -257,6 +252,20 @@ async fn upstream_kubectl_core_flows() {
     let k = Kubectl {
         kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
         home,
+    };
+    Some((dir, server, k))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write manifest");
+    p.to_string_lossy().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_kubectl_core_flows() {
+    let Some((dir, server, k)) = kubectl_and_server().await else {
+        return;
     };
     // kubectl describe reads a Service's endpoints from its EndpointSlices.
     let cm = Controllers::start(&server, dir.path(), "endpointslicemirroring");
@@ -517,21 +526,8 @@ async fn upstream_kubectl_core_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_kubectl_applies_and_lists_daemonsets() {
-    if !Path::new(KUBECTL).exists() {
-        eprintln!("skipping: {KUBECTL} is not installed");
+    let Some((dir, server, k)) = kubectl_and_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::builder(dir.path().join("data"))
-        .secure()
-        .start()
-        .await
-        .expect("apiserver starts");
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let k = Kubectl {
-        kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
-        home,
     };
     // The DaemonSet controller, so that status and pods are real.
     let cm = Controllers::start(&server, dir.path(), "daemonset");
@@ -679,21 +675,8 @@ async fn upstream_kubectl_applies_and_lists_daemonsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_kubectl_patch_with_a_non_object_is_an_error_and_changes_nothing() {
-    if !Path::new(KUBECTL).exists() {
-        eprintln!("skipping: {KUBECTL} is not installed");
+    let Some((dir, server, k)) = kubectl_and_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::builder(dir.path().join("data"))
-        .secure()
-        .start()
-        .await
-        .expect("apiserver starts");
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let k = Kubectl {
-        kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
-        home,
     };
     let cm = write(
         dir.path(),
@@ -789,21 +772,8 @@ fn pods_become_ready(server: &RunningServer, ns: &str) -> tokio::task::JoinHandl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_kubectl_deployment_rollout_history_undo_and_cascade() {
-    if !Path::new(KUBECTL).exists() {
-        eprintln!("skipping: {KUBECTL} is not installed");
+    let Some((dir, server, k)) = kubectl_and_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::builder(dir.path().join("data"))
-        .secure()
-        .start()
-        .await
-        .expect("apiserver starts");
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let k = Kubectl {
-        kubeconfig: server.kubeconfig.clone().expect("kubeconfig"),
-        home,
     };
     let cm = Controllers::start(
         &server,

@@ -82,59 +82,48 @@ pub trait Replicated: Owner + Clone + Send + Sync + 'static {
     fn status_json(&self) -> Value;
 }
 
-impl Replicated for ReplicationController {
-    const COMPONENT: &'static str = "replication-controller";
-    fn replicas(&self) -> usize {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(1)
-            .max(0) as usize
-    }
-    fn min_ready_seconds(&self) -> i64 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0) as i64
-    }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().and_then(|s| s.template.as_ref())
-    }
-    fn pod_selector(&self) -> PodSelector {
-        PodSelector::from_map(rc_selector(self))
-    }
-    fn status_json(&self) -> Value {
-        serde_json::to_value(&self.status).unwrap_or(Value::Null)
-    }
+/// `Replicated` for a kind whose spec has `replicas`, `minReadySeconds` and an optional
+/// `template` (the fields have the same names in both kinds); `$selector` maps the object to
+/// its [`PodSelector`].
+macro_rules! replicated {
+    ($kind:ty, $component:literal, $selector:expr) => {
+        impl Replicated for $kind {
+            const COMPONENT: &'static str = $component;
+            fn replicas(&self) -> usize {
+                self.spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1)
+                    .max(0) as usize
+            }
+            fn min_ready_seconds(&self) -> i64 {
+                self.spec
+                    .as_ref()
+                    .and_then(|s| s.min_ready_seconds)
+                    .unwrap_or(0) as i64
+            }
+            fn template(&self) -> Option<&PodTemplateSpec> {
+                self.spec.as_ref().and_then(|s| s.template.as_ref())
+            }
+            fn pod_selector(&self) -> PodSelector {
+                let f: fn(&$kind) -> PodSelector = $selector;
+                f(self)
+            }
+            fn status_json(&self) -> Value {
+                serde_json::to_value(&self.status).unwrap_or(Value::Null)
+            }
+        }
+    };
 }
 
-impl Replicated for ReplicaSet {
-    const COMPONENT: &'static str = "replicaset-controller";
-    fn replicas(&self) -> usize {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(1)
-            .max(0) as usize
-    }
-    fn min_ready_seconds(&self) -> i64 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0) as i64
-    }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref().and_then(|s| s.template.as_ref())
-    }
-    fn pod_selector(&self) -> PodSelector {
-        self.spec
-            .as_ref()
-            .map_or(PodSelector(None), |s| PodSelector::from_meta(&s.selector))
-    }
-    fn status_json(&self) -> Value {
-        serde_json::to_value(&self.status).unwrap_or(Value::Null)
-    }
-}
+replicated!(ReplicationController, "replication-controller", |rc| {
+    PodSelector::from_map(rc_selector(rc))
+});
+replicated!(ReplicaSet, "replicaset-controller", |rs| {
+    rs.spec
+        .as_ref()
+        .map_or(PodSelector(None), |s| PodSelector::from_meta(&s.selector))
+});
 
 /// `spec.replicas` (default 1).
 pub fn desired_replicas<K: Replicated>(owner: &K) -> usize {
