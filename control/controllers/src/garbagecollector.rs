@@ -334,13 +334,11 @@ impl GarbageCollector {
                 self.remove_finalizer(idx, o, FOREGROUND_FINALIZER).await?;
                 return Ok(None);
             }
+            // Each dependent decides by all its owners (Kubernetes' attemptToDeleteItem): one
+            // another owner keeps loses the reference, the others are deleted (owners among
+            // them in the foreground).
             for (i, d) in deps.iter().filter(|(_, d)| !deleting(&d.0)) {
-                let policy = if resources::owns_dependents(self.kinds[*i].res) {
-                    PropagationPolicy::Foreground
-                } else {
-                    PropagationPolicy::Background
-                };
-                self.delete(*i, &d.0, policy).await?;
+                self.check_dependent(*i, &d.0).await?;
             }
             return Ok(Some(WAIT));
         }

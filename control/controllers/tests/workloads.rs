@@ -446,3 +446,55 @@ async fn recreate_stops_every_old_pod_before_starting_new_ones() {
     );
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreground_owner_is_not_held_by_a_dependent_another_owner_keeps() {
+    let c = Cluster::start(|_| {}).await;
+    let rss: Api<ReplicaSet> = Api::namespaced(c.client.clone(), "default");
+    let mut uids = Vec::new();
+    for name in ["keeper", "leaver"] {
+        let rs = rss
+            .create(&replica_set(name, 0))
+            .await
+            .expect("replica set");
+        uids.push(rs.uid().to_string());
+    }
+    // A pod both own (neither as its controller), selected by neither.
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "shared", "labels": {"app": "nobody"},
+                     "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "keeper", "uid": uids[0]},
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "leaver", "uid": uids[1],
+             "blockOwnerDeletion": true}]},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}
+    }))
+    .expect("pod literal");
+    c.pods("default").create(&pod).await.expect("pod");
+    rss.delete("leaver", &policy(PropagationPolicy::Foreground))
+        .await
+        .expect("delete");
+    // The collector drops the reference instead of deleting the kept pod, and the
+    // foreground owner goes.
+    eventually("the foreground owner gone", || async {
+        rss.get_opt("leaver")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let p = c
+        .pods("default")
+        .get("shared")
+        .await
+        .expect("the pod stays");
+    let owners: Vec<String> = p
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect();
+    assert_eq!(owners, ["keeper"]);
+    c.stop().await;
+}
