@@ -934,7 +934,23 @@ fn dig(c: &Cluster, pod: &str, args: &[&str]) -> Dig {
         "dig",
     ];
     argv.extend_from_slice(args);
-    let out = c.kubectl_ok(&argv);
+    // dig exits 1 only when no server answered (a lost datagram, a busy kube-dns pod on the
+    // 2-core CI machine): ask again, at most 3 times; answers themselves are not retried.
+    let mut attempt = 0;
+    let out = loop {
+        attempt += 1;
+        let out = c.kubectl(&argv);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            attempt < 3,
+            "kubectl {argv:?} failed {attempt} times: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
     let mut d = Dig {
         status: String::new(),
         name: String::new(),
