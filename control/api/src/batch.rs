@@ -24,7 +24,9 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 
-use crate::table::{AGE, Col, NAME, age, col, format_label_selector, human_duration};
+use crate::table::{
+    AGE, Col, NAME, age, col, format_label_selector, human_duration, template_cols,
+};
 use crate::validation::{
     ErrorList, FieldError, go_label_selector, go_map, label_value, qualified_name,
     validate_label_selector, validate_meta, validate_pod_spec,
@@ -579,19 +581,9 @@ pub fn finish_time(job: &Job) -> Option<jiff::Timestamp> {
 
 /// Table columns of `jobs` and `cronjobs` (kubectl 1.33's printers).
 pub(crate) fn columns(plural: &str) -> Option<Vec<Col>> {
-    let wide = [
-        col("Containers", 1, "Names of each container in the template."),
-        col(
-            "Images",
-            1,
-            "Images referenced by each container in the template.",
-        ),
-        col(
-            "Selector",
-            1,
-            "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
-        ),
-    ];
+    let wide = template_cols(
+        "A label query over pods that should match the pod count. Normally, the system sets this field for you. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
+    );
     let mut cols = match plural {
         "jobs" => vec![
             NAME,

@@ -94,6 +94,7 @@ pub fn age(ts: &Value, now: jiff::Timestamp) -> String {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Col {
     pub(crate) name: &'static str,
     pub(crate) ty: &'static str,
@@ -124,6 +125,20 @@ pub(crate) const AGE: Col = col(
     0,
     "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.",
 );
+
+/// The wide columns of a kind with a pod template: its containers, images and selector
+/// (`selector` describes the latter).
+pub(crate) fn template_cols(selector: &'static str) -> [Col; 3] {
+    [
+        col("Containers", 1, "Names of each container in the template."),
+        col(
+            "Images",
+            1,
+            "Images referenced by each container in the template.",
+        ),
+        col("Selector", 1, selector),
+    ]
+}
 
 fn columns(plural: &str) -> Vec<Col> {
     match plural {
@@ -194,7 +209,8 @@ fn columns(plural: &str) -> Vec<Col> {
                 "Route service traffic to pods with label keys and values matching this selector.",
             ),
         ],
-        "replicationcontrollers" => vec![
+        "replicationcontrollers" => [
+            vec![
             NAME,
             Col {
                 ty: "integer",
@@ -217,19 +233,12 @@ fn columns(plural: &str) -> Vec<Col> {
                 )
             },
             AGE,
-            col("Containers", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col(
-                "Selector",
-                1,
-                "Selector is a label query over pods that should match the Replicas count.",
-            ),
-        ],
-        "replicasets" => vec![
+            ],
+            template_cols("Selector is a label query over pods that should match the Replicas count.").into(),
+        ]
+        .concat(),
+        "replicasets" => [
+            vec![
             NAME,
             Col {
                 ty: "integer",
@@ -252,19 +261,12 @@ fn columns(plural: &str) -> Vec<Col> {
                 )
             },
             AGE,
-            col("Containers", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col(
-                "Selector",
-                1,
-                "Selector is a label query over pods that should match the replica count.",
-            ),
-        ],
-        "deployments" => vec![
+            ],
+            template_cols("Selector is a label query over pods that should match the replica count.").into(),
+        ]
+        .concat(),
+        "deployments" => [
+            vec![
             NAME,
             col("Ready", 0, "Number of the pod with ready state"),
             Col {
@@ -284,19 +286,12 @@ fn columns(plural: &str) -> Vec<Col> {
                 )
             },
             AGE,
-            col("Containers", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col(
-                "Selector",
-                1,
-                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
-            ),
-        ],
-        "daemonsets" => vec![
+            ],
+            template_cols("Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.").into(),
+        ]
+        .concat(),
+        "daemonsets" => [
+            vec![
             NAME,
             Col {
                 ty: "integer",
@@ -344,18 +339,10 @@ fn columns(plural: &str) -> Vec<Col> {
                 "NodeSelector is a selector which must be true for the pod to fit on a node. Selector which must match a node's labels for the pod to be scheduled on that node. More info: https://kubernetes.io/docs/concepts/configuration/assign-pod-node/",
             ),
             AGE,
-            col("Containers", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                1,
-                "Images referenced by each container in the template.",
-            ),
-            col(
-                "Selector",
-                1,
-                "A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors",
-            ),
-        ],
+            ],
+            template_cols("A label query over pods that are managed by the daemon set. Must match in order to be controlled. It must match the pod template's labels. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors").into(),
+        ]
+        .concat(),
         "endpoints" => vec![
             NAME,
             col(
