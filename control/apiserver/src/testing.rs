@@ -72,3 +72,23 @@ impl TestServer {
         start(self.opts, listen, self.store, CancellationToken::new()).await
     }
 }
+
+/// Polls `f` every 50 ms until it returns `Some`, failing the test after `deadline` with
+/// `what` (tests of components that converge asynchronously on this server).
+pub async fn eventually<T, F, Fut>(what: &str, deadline: std::time::Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -65,22 +65,12 @@ async fn query(server: SocketAddr, tcp: bool, name: &str, t: RecordType) -> Repl
     }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    xkube_apiserver::testing::eventually(what, Duration::from_secs(20), f).await
 }
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {

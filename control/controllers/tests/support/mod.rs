@@ -21,22 +21,12 @@ use xkube_client::{
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Polls `f` until it returns `Some`, failing the test after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    xkube_apiserver::testing::eventually(what, DEADLINE, f).await
 }
 
 /// A running control plane.
