@@ -6,12 +6,15 @@
 //! environment variables), A13 (secret files with decoded values, the service-account token),
 //! A14 (emptyDir shared by two containers, hostPath), A4 (a deleted RC pod is replaced; after
 //! one node's agent is killed its pods come back on the other nodes), container logs through
-//! the apiserver, and (docker) a missing image: ImagePullBackOff and an event while the
-//! other pods keep serving.
+//! the apiserver, (docker) a missing image: ImagePullBackOff and an event while the
+//! other pods keep serving, and kubectl's streaming workflows ([`workflows`]: exec -it, exec -i,
+//! attach, port-forward, cp, the Python client's exec and port-forward).
 
 use std::{net::SocketAddrV4, time::Duration};
 
 use xkube_e2e::{Cluster, http_get};
+
+mod workflows;
 
 fn logs(c: &Cluster, pod: &str, container: &str, want: &str) -> String {
     c.wait(
@@ -167,6 +170,7 @@ spec:
     )
     .expect("nginx answers");
     assert_eq!(hostname.trim(), "nginx");
+    workflows::kubectl_workflows(c, "nginx", runtime);
     c.kubectl_ok(&["delete", "pod", "nginx", "--grace-period=1"]);
 }
 

@@ -94,8 +94,12 @@ pub fn default_pod(pod: &mut Pod) {
 }
 
 /// Service defaults: type ClusterIP, sessionAffinity None, port protocol TCP, targetPort = port,
-/// single-stack IPv4, internal traffic policy Cluster (external too for NodePort/LoadBalancer).
+/// single-stack IPv4, internal traffic policy Cluster (external too for NodePort/LoadBalancer);
+/// a status has a `loadBalancer` object, as Kubernetes' serialization always writes one.
 pub fn default_service(svc: &mut Service) {
+    if let Some(status) = svc.status.as_mut() {
+        status.load_balancer.get_or_insert_default();
+    }
     let Some(spec) = svc.spec.as_mut() else {
         return;
     };

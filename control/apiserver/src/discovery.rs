@@ -1,5 +1,5 @@
 //! Non-resource endpoints: discovery (`/api`, `/api/v1`, `/apis`), `/version`, health,
-//! `/metrics` and the OpenAPI documents kubectl reads for validation and patch metadata.
+//! `/metrics` and the OpenAPI documents of [`crate::openapi`].
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use xkube_api::{RESOURCES, StatusError};
 
 use crate::http::App;
+use crate::openapi;
 
 fn json(code: u16, v: &Value) -> Response {
     let mut r = Response::new(axum::body::Body::from(
@@ -130,65 +131,68 @@ pub fn version() -> Value {
     })
 }
 
-fn operation_params() -> Value {
-    json!([
-        {"name": "dryRun", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
-        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
-        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}, "uniqueItems": true},
-    ])
+/// Whether an `Accept` header admits JSON (no header does).
+fn accepts_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    accept.split(',').any(|m| {
+        let m = m.split(';').next().unwrap_or("").trim();
+        matches!(m, "" | "application/json" | "application/*" | "*/*")
+    })
 }
 
-/// A small OpenAPI v3 document for one group version: the paths and operations with the
-/// `fieldValidation` parameter (kubectl then validates on the server), and `x-kubernetes-*`
-/// extensions on the kinds.
-pub fn openapi_v3(group: &str, version: &str) -> Value {
-    let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
-    let root = if group.is_empty() {
-        format!("/api/{version}")
-    } else {
-        format!("/apis/{group}/{version}")
-    };
-    for r in RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
-        let gvk = json!([{"group": group, "version": version, "kind": r.kind}]);
-        let base = if r.namespaced {
-            format!("{root}/namespaces/{{namespace}}/{}", r.plural)
-        } else {
-            format!("{root}/{}", r.plural)
-        };
-        let op = |id: String| {
-            json!({
-                "operationId": id,
-                "parameters": operation_params(),
-                "x-kubernetes-group-version-kind": gvk[0].clone(),
-                "responses": {"200": {"description": "OK"}},
-            })
-        };
-        paths.insert(base.clone(), json!({"post": op(format!("createNamespaced{}", r.kind)), "get": op(format!("list{}", r.kind))}));
-        paths.insert(
-            format!("{base}/{{name}}"),
-            json!({"put": op(format!("replace{}", r.kind)), "patch": op(format!("patch{}", r.kind)),
-                   "get": op(format!("read{}", r.kind)), "delete": op(format!("delete{}", r.kind))}),
+/// Serves one OpenAPI document as JSON, with its hash as ETag (`If-None-Match` gets a 304).
+/// Kubernetes also serves protobuf; a client that accepts only protobuf gets a 406 (kubectl
+/// then does without the v2 document: it reads v3 as JSON).
+async fn openapi(
+    headers: &HeaderMap,
+    pick: impl FnOnce(&'static openapi::Documents) -> Option<&'static openapi::Document>,
+) -> Response {
+    if !accepts_json(headers) {
+        let accept = headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let e = StatusError::new(
+            406,
+            "NotAcceptable",
+            format!("only application/json is served here (asked for {accept})"),
         );
-        let pkg = if group.is_empty() {
-            "core"
-        } else {
-            group.split('.').next().unwrap_or(group)
-        };
-        schemas.insert(
-            format!("io.k8s.api.{pkg}.{version}.{}", r.kind),
-            json!({"type": "object", "x-kubernetes-group-version-kind": gvk}),
-        );
+        return json(406, &e.to_value());
     }
-    json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "v1.33.0-xkube"},
-        "paths": paths,
-        "components": {"schemas": schemas},
-    })
+    let Some(doc) = pick(openapi::documents().await) else {
+        return json(404, &StatusError::path_not_found().to_value());
+    };
+    let etag = doc.etag();
+    let fresh = headers
+        .get(http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let mut r = if fresh {
+        let mut r = Response::new(axum::body::Body::empty());
+        *r.status_mut() = http::StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(axum::body::Body::from(doc.body.clone()));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(http::header::ETAG, v);
+    }
+    // The URLs carry the hash, but a client may ask an old hash: revalidate with the ETag.
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache, private"),
+    );
+    r
 }
 
 /// Serves non-resource paths.
@@ -198,7 +202,6 @@ pub async fn non_resource(
     segs: &[&str],
     headers: &HeaderMap,
 ) -> Response {
-    let _ = headers;
     if method != Method::GET && method != Method::HEAD {
         return json(405, &StatusError::method_not_allowed().to_value());
     }
@@ -259,27 +262,11 @@ pub async fn non_resource(
         ["healthz"] | ["livez"] => text("ok".into(), "text/plain; charset=utf-8"),
         ["healthz" | "livez" | "readyz", _] => text("ok".into(), "text/plain; charset=utf-8"),
         ["metrics"] => text(app.metrics.render(), "text/plain; version=0.0.4"),
-        ["openapi", "v3"] => {
-            let mut paths = serde_json::Map::new();
-            for r in RESOURCES.iter() {
-                let (key, url) = if r.group.is_empty() {
-                    (
-                        "api/v1".to_string(),
-                        "/openapi/v3/api/v1?hash=xkube1".to_string(),
-                    )
-                } else {
-                    let gv = format!("apis/{}/{}", r.group, r.version);
-                    (gv.clone(), format!("/openapi/v3/{gv}?hash=xkube1"))
-                };
-                paths.insert(key, json!({"serverRelativeURL": url}));
-            }
-            json(200, &json!({"paths": paths}))
-        }
-        ["openapi", "v3", "api", "v1"] => json(200, &openapi_v3("", "v1")),
-        ["openapi", "v3", "apis", g, v]
-            if RESOURCES.iter().any(|r| r.group == *g && r.version == *v) =>
-        {
-            json(200, &openapi_v3(g, v))
+        ["openapi", "v2"] => openapi(headers, |d| Some(&d.v2)).await,
+        ["openapi", "v3"] => openapi(headers, |d| Some(&d.v3_index)).await,
+        ["openapi", "v3", rest @ ..] => {
+            let key = rest.join("/");
+            openapi(headers, |d| d.v3.get(&key)).await
         }
         _ => json(404, &StatusError::path_not_found().to_value()),
     }

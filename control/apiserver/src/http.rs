@@ -701,7 +701,7 @@ async fn serve_resource(
     }
     if route.res.plural == "pods"
         && route.res.group.is_empty()
-        && route.sub.as_deref() == Some("exec")
+        && let Some(sub @ ("exec" | "attach" | "portforward")) = route.sub.as_deref()
     {
         let Some(name) = route.name.as_deref() else {
             return Err(StatusError::path_not_found());
@@ -710,7 +710,8 @@ async fn serve_resource(
             return Err(StatusError::method_not_allowed());
         }
         let ns = route.ns.as_deref().unwrap_or("");
-        return crate::exec::pod_exec(&app.registry, &app.kubelet, route.res, ns, name, req).await;
+        return crate::exec::pod_stream(&app.registry, &app.kubelet, route.res, sub, ns, name, req)
+            .await;
     }
     let (parts, body) = req.into_parts();
     let accept = parse_accept(&parts.headers, &q)?;

@@ -19,6 +19,7 @@ pub mod http;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod openapi;
 pub mod options;
 pub mod pki;
 pub mod plugins;

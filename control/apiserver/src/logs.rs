@@ -83,6 +83,24 @@ impl KubeletClient {
         refuse_redirect("Post", url, r)
     }
 
+    /// A request asking the kubelet to upgrade the connection (exec, attach, port-forward),
+    /// with `headers` (the upgrade headers of the client's request).
+    pub async fn upgrade(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: http::HeaderMap,
+    ) -> Result<reqwest::Response, String> {
+        let r = self
+            .client
+            .request(method, url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| format!("Upgrade \"{url}\": {}", chain(&e)))?;
+        refuse_redirect("Upgrade", url, r)
+    }
+
     /// A `GET`.
     pub async fn get(&self, url: &str) -> Result<reqwest::Response, String> {
         let r = self

@@ -96,6 +96,9 @@ static NAMESPACE: Strategy = Strategy {
 };
 
 static SERVICE: Strategy = Strategy {
+    // Kubernetes' Service strategy starts every Service with an empty status, which its
+    // serialization writes as `{"loadBalancer": {}}` (a load balancer controller fills it).
+    prepare_for_create: |obj| obj["status"] = json!({"loadBalancer": {}}),
     allocates: true,
     ..BASE
 };
@@ -145,6 +148,46 @@ static CRON_JOB: Strategy = Strategy {
     ..BASE
 };
 
+/// Kubernetes' Node strategy keeps the status a node is created with, and its serialization
+/// always writes `daemonEndpoints` and every `nodeInfo` string (zero values included): fill
+/// what is missing with the zero values of the k8s-openapi types.
+fn prepare_node(obj: &mut Value) {
+    use k8s_openapi::api::core::v1::{NodeDaemonEndpoints, NodeSystemInfo};
+    let zero_endpoints = NodeDaemonEndpoints {
+        kubelet_endpoint: Some(Default::default()),
+    };
+    let zeros = [
+        ("daemonEndpoints", serde_json::to_value(zero_endpoints)),
+        ("nodeInfo", serde_json::to_value(NodeSystemInfo::default())),
+    ];
+    let Some(status) = status(obj).and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (field, zero) in zeros {
+        let Ok(Value::Object(zero)) = zero else {
+            continue;
+        };
+        let cur = status.entry(field).or_insert_with(|| json!({}));
+        if let Some(cur) = cur.as_object_mut() {
+            for (k, v) in zero {
+                cur.entry(k).or_insert(v);
+            }
+        }
+    }
+}
+
+static NODE: Strategy = Strategy {
+    prepare_for_create: prepare_node,
+    ..BASE
+};
+
+static RESOURCE_QUOTA: Strategy = Strategy {
+    // Kubernetes' ResourceQuota strategy starts every quota with an empty status (admission
+    // and the quota controller fill it).
+    prepare_for_create: |obj| obj["status"] = json!({}),
+    ..BASE
+};
+
 static EVENT: Strategy = Strategy {
     generation: false,
     ..BASE
@@ -156,6 +199,8 @@ pub fn of(res: &ResourceInfo) -> &'static Strategy {
         ("", "pods") => &POD,
         ("", "namespaces") => &NAMESPACE,
         ("", "services") => &SERVICE,
+        ("", "nodes") => &NODE,
+        ("", "resourcequotas") => &RESOURCE_QUOTA,
         ("", "replicationcontrollers") => &REPLICATION_CONTROLLER,
         ("apps", "daemonsets") => &DAEMON_SET,
         ("apps", "replicasets") => &REPLICA_SET,
@@ -184,6 +229,8 @@ mod tests {
             ("", "pods"),
             ("", "namespaces"),
             ("", "services"),
+            ("", "nodes"),
+            ("", "resourcequotas"),
             ("", "replicationcontrollers"),
             ("apps", "daemonsets"),
             ("apps", "replicasets"),
@@ -206,5 +253,26 @@ mod tests {
             pod["status"],
             json!({"phase": "Pending", "qosClass": "Guaranteed"})
         );
+    }
+
+    #[test]
+    fn new_nodes_get_the_zero_values_kubernetes_serializes() {
+        let mut node = json!({"status": {"nodeInfo": {"kubeletVersion": "v1.33.0"}}});
+        (of(res("", "nodes")).prepare_for_create)(&mut node);
+        assert_eq!(
+            node["status"]["daemonEndpoints"],
+            json!({"kubeletEndpoint": {"Port": 0}})
+        );
+        assert_eq!(node["status"]["nodeInfo"]["kubeletVersion"], "v1.33.0");
+        assert_eq!(node["status"]["nodeInfo"]["machineID"], "");
+        assert!(node["status"]["nodeInfo"].get("swap").is_none());
+    }
+
+    #[test]
+    fn new_services_start_with_an_empty_load_balancer_status() {
+        let mut svc = json!({"spec": {"ports": [{"port": 80}]},
+                             "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+        (of(res("", "services")).prepare_for_create)(&mut svc);
+        assert_eq!(svc["status"], json!({"loadBalancer": {}}));
     }
 }

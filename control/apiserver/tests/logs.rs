@@ -69,12 +69,16 @@ async fn container_logs(
     Response::new(Body::from(body))
 }
 
-/// The kubelet's non-interactive exec: `echo` prints its arguments, `fail N` exits with N.
+/// The kubelet's exec, upgraded to the WebSocket channel protocol: `echo` prints its
+/// arguments, `fail N` prints `failing` and exits with N.
 async fn exec(
     State(seen): State<Seen>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
+    mut req: axum::extract::Request,
 ) -> Response {
+    use futures::SinkExt;
+    use xkube_client::stream as ws;
     let q = q.unwrap_or_default();
     seen.lock()
         .expect("seen lock")
@@ -91,9 +95,48 @@ async fn exec(
         ),
         _ => (String::new(), 127),
     };
-    let mut r = Response::new(Body::from(out));
-    r.headers_mut()
-        .insert("x-exit-code", code.to_string().parse().expect("header"));
+    let (Some(protocol), Some(key)) = (
+        ws::choose(req.headers(), ws::EXEC_PROTOCOLS),
+        req.headers()
+            .get(http::header::SEC_WEBSOCKET_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    ) else {
+        let mut r = Response::new(Body::from("not a WebSocket upgrade"));
+        *r.status_mut() = http::StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(up) = on_upgrade.await else { return };
+        let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(up),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let status = if code == 0 {
+            json!({"metadata": {}, "status": "Success"})
+        } else {
+            json!({"metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                   "message": format!("command terminated with non-zero exit code: exit code {code}"),
+                   "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+        };
+        let _ = socket
+            .send(ws::channel_message(ws::STDOUT, out.as_bytes()))
+            .await;
+        let _ = socket
+            .send(ws::channel_message(
+                ws::ERROR,
+                status.to_string().as_bytes(),
+            ))
+            .await;
+        let _ = socket.send(ws::normal_close()).await;
+        let _ = socket.close(None).await;
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    *r.headers_mut() = ws::switching_headers(&key, protocol);
     r
 }
 
@@ -167,7 +210,7 @@ async fn fake_kubelet_of(pki: &Pki) -> (u16, Seen, tokio::task::JoinHandle<()>) 
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
                 .await;
             });
         }
@@ -436,7 +479,8 @@ async fn kubectl_logs_and_exec_go_through_the_apiserver() {
         seen.lock()
             .expect("seen")
             .iter()
-            .any(|s| s == "exec default/web/c?command=echo&command=hello&command=world"),
+            .any(|s| s.starts_with("exec default/web/c?")
+                && s.contains("command=echo&command=hello&command=world")),
         "the kubelet got the command"
     );
     api.stop().await;

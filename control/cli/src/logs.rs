@@ -70,7 +70,11 @@ pub async fn run(g: &Global, a: LogsArgs) -> anyhow::Result<()> {
 /// The pod `logs TYPE/NAME` reads, as kubectl picks it: the first active pod (by name) the
 /// workload's selector selects (Jobs, Deployments, ReplicaSets, ReplicationControllers,
 /// DaemonSets).
-async fn pod_of_workload(client: &Client, ns: &str, target: &str) -> anyhow::Result<String> {
+pub(crate) async fn pod_of_workload(
+    client: &Client,
+    ns: &str,
+    target: &str,
+) -> anyhow::Result<String> {
     let (kind, name) = target.split_once('/').unwrap_or((target, ""));
     let res = crate::output::resolve_or_err(kind)?;
     if res.kind == "Pod" {

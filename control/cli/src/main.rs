@@ -12,6 +12,7 @@ mod output;
 mod proxy;
 mod rolling;
 mod rollout;
+mod stream;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +104,14 @@ enum Cmd {
     Describe(describe::DescribeArgs),
     /// Print the logs for a container in a pod.
     Logs(logs::LogsArgs),
+    /// Execute a command in a container.
+    Exec(stream::ExecArgs),
+    /// Attach to a running container.
+    Attach(stream::AttachArgs),
+    /// Forward one or more local ports to a pod.
+    PortForward(stream::PortForwardArgs),
+    /// Copy files and directories to and from containers.
+    Cp(stream::CpArgs),
     /// Delete resources by file names, stdin, resources and names, or by label selector.
     Delete(cmds::DeleteArgs),
     /// Set a new size for a replication controller.
@@ -216,9 +225,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = rt.block_on(run(cli));
+    // A read of the terminal (exec -i, attach -i) may still block a thread: do not wait for it.
+    rt.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stream::ExitWith(code)) = e.downcast_ref::<stream::ExitWith>() {
+                return ExitCode::from(u8::try_from(*code).unwrap_or(1));
+            }
             if let Some(r) = e.downcast_ref::<Reported>() {
                 if !r.0.is_empty() {
                     eprintln!("{r}");
@@ -242,6 +257,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Describe(a) => describe::run(g, a).await,
         Cmd::Delete(a) => cmds::delete(g, a).await,
         Cmd::Logs(a) => logs::run(g, a).await,
+        Cmd::Exec(a) => stream::exec(g, a).await,
+        Cmd::Attach(a) => stream::attach(g, a).await,
+        Cmd::PortForward(a) => stream::port_forward(g, a).await,
+        Cmd::Cp(a) => stream::cp(g, a).await,
         Cmd::Scale(a) => cmds::scale(g, a).await,
         Cmd::Rollout { cmd } => rollout::run(g, cmd).await,
         Cmd::Set {

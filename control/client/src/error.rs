@@ -50,6 +50,9 @@ pub enum Error {
     /// The request failed before an answer (connection refused, reset, timeout).
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
+    /// A streaming connection (exec, attach, port-forward) failed.
+    #[error("{0}")]
+    Stream(String),
     /// The apiserver answered with an error `Status`.
     #[error("{}", .0.message)]
     Api(ApiStatus),

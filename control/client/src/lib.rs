@@ -16,6 +16,8 @@ pub mod config;
 pub mod error;
 pub mod reflector;
 pub mod runtime;
+pub mod spdy;
+pub mod stream;
 pub mod watcher;
 
 pub use api::{

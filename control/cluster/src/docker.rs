@@ -29,8 +29,33 @@ use crate::{Error, Result, io};
 
 /// Host tools copied (with their libraries) into `xkube/tools`.
 const TOOLS: &[&str] = &[
-    "sh", "sleep", "cat", "ls", "env", "sort", "echo", "hostname", "seq", "grep", "curl", "socat",
-    "mkdir", "rm", "touch", "true", "false", "id", "ps", "wc", "head", "cut",
+    "sh",
+    "sleep",
+    "cat",
+    "ls",
+    "env",
+    "sort",
+    "echo",
+    "hostname",
+    "seq",
+    "grep",
+    "curl",
+    "socat",
+    "mkdir",
+    "rm",
+    "touch",
+    "true",
+    "false",
+    "id",
+    "ps",
+    "wc",
+    "head",
+    "cut",
+    "tar",
+    "stty",
+    "tty",
+    "date",
+    "sha256sum",
 ];
 
 /// The directory under /run holding a cluster's engines' exec roots.

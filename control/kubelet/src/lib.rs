@@ -32,6 +32,7 @@ pub mod probes;
 pub mod runtime;
 pub mod server;
 pub mod state;
+pub mod streaming;
 pub mod tls;
 pub mod volumes;
 

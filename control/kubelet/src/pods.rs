@@ -42,6 +42,8 @@ pub struct PodView {
     pub pod_dir: PathBuf,
     /// container name -> (runtime id, current attempt).
     pub containers: HashMap<String, (Option<String>, u32)>,
+    /// The running sandbox (its network namespace is where port-forward connects).
+    pub sandbox: Option<Sandbox>,
 }
 
 impl PodView {
@@ -398,6 +400,7 @@ impl Worker {
             pod: (*pod).clone(),
             pod_dir: pod_dir.clone(),
             containers: HashMap::new(),
+            sandbox: None,
         }));
         ctx.views().insert(uid.clone(), view.clone());
         let mut w = Self {
@@ -492,6 +495,7 @@ impl Worker {
             return;
         }
         tracing::info!(pod = %self.name(), "adopting running pod");
+        self.view_mut().sandbox = Some(sb.clone());
         self.sandbox = Some(sb);
         self.ip = st.ip;
         self.start_time = st.start_time.clone();
@@ -558,6 +562,7 @@ impl Worker {
     }
 
     fn persist(&self) {
+        self.view_mut().sandbox = self.sandbox.clone();
         let st = Persisted {
             sandbox: self.sandbox.clone(),
             ip: self.ip,
@@ -1346,6 +1351,9 @@ impl Worker {
                 .as_ref()
                 .and_then(|s| s.privileged)
                 .unwrap_or(false),
+            stdin: spec.stdin.unwrap_or(false),
+            stdin_once: spec.stdin_once.unwrap_or(false),
+            tty: spec.tty.unwrap_or(false),
         })
     }
 
@@ -1553,6 +1561,7 @@ mod tests {
             pod: Pod::default(),
             pod_dir: PathBuf::from("/r/pods/u"),
             containers: HashMap::from([("c".to_owned(), (None, 2))]),
+            sandbox: None,
         };
         assert_eq!(
             v.log_path("c", false),

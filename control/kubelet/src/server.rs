@@ -6,7 +6,10 @@
 //! - `GET /containerLogs/{ns}/{pod}/{container}?follow=true&tailLines=N&previous=true`
 //! - `POST|GET /run/{ns}/{pod}/{container}?cmd=<command line>` -> combined output
 //! - `POST|GET /exec/{ns}/{pod}/{container}?command=a&command=b` -> combined output
-//!   (non-interactive; the exit code is in the `X-Exit-Code` header)
+//!   (non-interactive; the exit code is in the `X-Exit-Code` header); upgraded to
+//!   WebSocket, the interactive exec of [`crate::streaming`]
+//! - `GET /attach/{ns}/{pod}/{container}`, `GET /portForward/{ns}/{pod}` (upgrades, see
+//!   [`crate::streaming`])
 //!
 //! The read-only port (`--read-only-port`, off by default) serves `/healthz`, `/pods` and
 //! `/stats/summary` over plain HTTP without authentication, as Kubernetes' does; never exec,
@@ -40,6 +43,7 @@ use crate::{
     auth::{Auth, Denied, UserInfo, request_attributes},
     error::Result,
     pods::PodView,
+    streaming::{self, Kind},
 };
 
 /// Binds a port on all addresses inside the node's network namespace.
@@ -60,7 +64,12 @@ fn routes() -> Router<Arc<Ctx>> {
     read_only_routes()
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/run/{ns}/{pod}/{container}", get(run).post(run))
-        .route("/exec/{ns}/{pod}/{container}", get(run).post(run))
+        .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
+        .route("/attach/{ns}/{pod}/{container}", get(attach).post(attach))
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(streaming::port_forward).post(streaming::port_forward),
+        )
 }
 
 /// The routes of the read-only port.
@@ -145,7 +154,7 @@ fn query(raw: Option<String>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn find(ctx: &Ctx, ns: &str, name: &str) -> Option<PodView> {
+pub(crate) fn find(ctx: &Ctx, ns: &str, name: &str) -> Option<PodView> {
     ctx.views().values().find_map(|v| {
         let v = v.lock().unwrap_or_else(|e| e.into_inner());
         (v.pod.metadata.namespace.as_deref() == Some(ns)
@@ -334,6 +343,29 @@ async fn logs(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// `/exec`: interactive when upgraded to WebSocket, else the command's combined output.
+async fn exec(
+    State(ctx): State<Arc<Ctx>>,
+    Path(target): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Response {
+    if xkube_client::stream::is_websocket(req.headers()) {
+        return streaming::channels(ctx, Kind::Exec, target, query(q), req).await;
+    }
+    run(State(ctx), Path(target), RawQuery(q)).await
+}
+
+/// `/attach` (WebSocket only).
+async fn attach(
+    State(ctx): State<Arc<Ctx>>,
+    Path(target): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Response {
+    streaming::channels(ctx, Kind::Attach, target, query(q), req).await
 }
 
 async fn run(

@@ -4,6 +4,15 @@
 //! join it with `NetworkMode`/`IpcMode: container:<pause>`. Images are never pulled (no
 //! registry is reachable): a missing image is `ErrImagePull`, reported at once. Container
 //! output is copied from the Docker log stream into the kubelet's log file.
+//!
+//! Containers are created with Docker's `OpenStdin`/`StdinOnce`/`Tty` from the spec, so Docker
+//! keeps their stdin and terminal (they survive a kubelet restart). `exec_stream` is a Docker
+//! exec attached over a hijacked connection (`resize_exec`, the exit code from `inspect_exec`
+//! once the output ended; shutting stdin down half-closes the connection, which Docker turns
+//! into EOF), and `attach` is Docker's attach without logs (`resize_container_tty`, the exit
+//! code from `wait_container`). A dropped session leaves an exec running until its stdin's EOF
+//! ends it, as Docker does. Docker's output framing is decoded by bollard, which takes a TTY
+//! chunk beginning with byte 0, 1 or 2 for a frame header.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -12,16 +21,20 @@ use bollard::{
     container::LogOutput,
     models::{ContainerCreateBody, HostConfig},
     query_parameters::{
-        CreateContainerOptions, InspectContainerOptions, ListContainersOptions, LogsOptions,
-        RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+        AttachContainerOptions, CreateContainerOptions, InspectContainerOptions,
+        ListContainersOptions, LogsOptions, RemoveContainerOptions, ResizeContainerTTYOptions,
+        StartContainerOptions, StopContainerOptions,
     },
 };
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::{
+    io::AsyncWriteExt,
+    sync::{mpsc, oneshot},
+};
 
 use super::{
-    ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox, SandboxConfig,
-    StartError,
+    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox,
+    SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
 };
 use crate::error::{Error, Result};
 
@@ -157,6 +170,77 @@ fn capabilities_in(mask: u64) -> Vec<String> {
 
 fn strip(id: &str) -> &str {
     id.strip_prefix("docker://").unwrap_or(id)
+}
+
+/// Docker's output stream of an exec or attach.
+type Output =
+    std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
+
+/// Readers of the stdout and stderr of a Docker output stream (a TTY's output is stdout),
+/// each when asked for, and a signal when the stream ended. A task copies the stream into
+/// in-memory pipes, waiting for slow readers; it lets the stream go once no reader is left.
+fn demux(
+    mut output: Output,
+    want_stdout: bool,
+    want_stderr: bool,
+) -> (Option<BoxRead>, Option<BoxRead>, oneshot::Receiver<()>) {
+    const PIPE: usize = 64 * 1024;
+    let pipe = |want: bool| {
+        want.then(|| {
+            let (w, r) = tokio::io::duplex(PIPE);
+            (w, Box::pin(r) as BoxRead)
+        })
+        .unzip()
+    };
+    let (mut out_w, out_r) = pipe(want_stdout);
+    let (mut err_w, err_r) = pipe(want_stderr);
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let any = out_w.is_some() || err_w.is_some();
+        while let Some(item) = output.next().await {
+            let (w, message) = match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    (&mut out_w, message)
+                }
+                Ok(LogOutput::StdErr { message }) => (&mut err_w, message),
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "docker stream output");
+                    break;
+                }
+            };
+            if let Some(pipe) = w.as_mut()
+                && pipe.write_all(&message).await.is_err()
+            {
+                *w = None;
+            }
+            if any && out_w.is_none() && err_w.is_none() {
+                break;
+            }
+        }
+        for w in [out_w.as_mut(), err_w.as_mut()].into_iter().flatten() {
+            let _ = w.shutdown().await;
+        }
+        let _ = done_tx.send(());
+    });
+    (out_r, err_r, done_rx)
+}
+
+/// A resize channel calling `resize` for each size until the sender goes.
+fn resizer<F, Fut>(resize: F) -> mpsc::Sender<TermSize>
+where
+    F: Fn(TermSize) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), bollard::errors::Error>> + Send,
+{
+    let (tx, mut rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Some(size) = rx.recv().await {
+            if let Err(e) = resize(size).await {
+                tracing::debug!(error = %e, "resizing a docker terminal");
+            }
+        }
+    });
+    tx
 }
 
 impl DockerRuntime {
@@ -412,6 +496,10 @@ impl ContainerRuntime for DockerRuntime {
             cmd: (!cfg.args.is_empty()).then(|| cfg.args.clone()),
             env: Some(cfg.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: cfg.working_dir.clone().filter(|d| !d.is_empty()),
+            open_stdin: Some(cfg.stdin),
+            stdin_once: Some(cfg.stdin_once),
+            attach_stdin: Some(cfg.stdin),
+            tty: Some(cfg.tty),
             labels: Some(HashMap::from([
                 (LABEL_UID.to_owned(), uid.clone()),
                 ("io.kubernetes.pod.name".to_owned(), pod.clone()),
@@ -572,6 +660,161 @@ impl ContainerRuntime for DockerRuntime {
         tokio::time::timeout(timeout, run)
             .await
             .map_err(|_| Error::Runtime(format!("exec in {id} timed out after {timeout:?}")))?
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        opts: StreamOptions,
+    ) -> Result<StreamSession> {
+        use bollard::exec::{
+            CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults,
+        };
+        let exec = self
+            .docker
+            .create_exec(
+                strip(id),
+                CreateExecOptions {
+                    attach_stdin: Some(opts.stdin),
+                    attach_stdout: Some(opts.stdout),
+                    attach_stderr: Some(opts.stderr && !opts.tty),
+                    tty: Some(opts.tty),
+                    cmd: Some(cmd.to_vec()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(derr("create exec"))?;
+        let start = StartExecOptions {
+            detach: false,
+            tty: opts.tty,
+            output_capacity: None,
+        };
+        let StartExecResults::Attached { output, input } = self
+            .docker
+            .start_exec(&exec.id, Some(start))
+            .await
+            .map_err(derr("start exec"))?
+        else {
+            return Err(Error::Runtime("docker started the exec detached".into()));
+        };
+        let (stdout, stderr, ended) = demux(output, opts.stdout, opts.stderr && !opts.tty);
+        let resize = opts.tty.then(|| {
+            let (docker, exec_id) = (self.docker.clone(), exec.id.clone());
+            resizer(move |size: TermSize| {
+                let (docker, exec_id) = (docker.clone(), exec_id.clone());
+                async move {
+                    let r = ResizeExecOptions {
+                        height: size.height,
+                        width: size.width,
+                    };
+                    docker.resize_exec(&exec_id, r).await
+                }
+            })
+        });
+        let docker = self.docker.clone();
+        let exit = async move {
+            let _ = ended.await;
+            // The output ends as the process does; Docker records the code right after.
+            for _ in 0..100 {
+                let info = docker
+                    .inspect_exec(&exec.id)
+                    .await
+                    .map_err(derr("inspect exec"))?;
+                if info.running != Some(true) {
+                    let code = info.exit_code.and_then(|c| i32::try_from(c).ok());
+                    return Ok(Some(code.unwrap_or(255)));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Error::Runtime(format!(
+                "exec {} still runs after its output ended",
+                exec.id
+            )))
+        };
+        Ok(StreamSession {
+            stdin: opts.stdin.then_some(input as BoxWrite),
+            stdout,
+            stderr,
+            resize,
+            exit: exit.boxed(),
+        })
+    }
+
+    async fn attach(&self, id: &str, opts: StreamOptions) -> Result<StreamSession> {
+        let cid = strip(id).to_owned();
+        let info = self
+            .docker
+            .inspect_container(&cid, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    Error::NoSuchContainer(id.to_owned())
+                } else {
+                    derr("inspect container")(e)
+                }
+            })?;
+        if info.state.and_then(|s| s.running) != Some(true) {
+            return Err(Error::Runtime(format!("container {id} is not running")));
+        }
+        let config = info.config.unwrap_or_default();
+        if opts.stdin && config.open_stdin != Some(true) {
+            return Err(Error::Runtime(format!(
+                "container {id} is not started with stdin"
+            )));
+        }
+        let tty = config.tty == Some(true);
+        let attach = AttachContainerOptions {
+            stream: true,
+            logs: false,
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr && !tty,
+            detach_keys: None,
+        };
+        let bollard::container::AttachContainerResults { output, input } = self
+            .docker
+            .attach_container(&cid, Some(attach))
+            .await
+            .map_err(derr("attach"))?;
+        let (stdout, mut stderr, _) = demux(output, opts.stdout, opts.stderr && !tty);
+        if opts.stderr && tty {
+            // A terminal has no stderr: what it shows is on stdout.
+            stderr = Some(Box::pin(tokio::io::empty()));
+        }
+        let resize = tty.then(|| {
+            let (docker, cid) = (self.docker.clone(), cid.clone());
+            resizer(move |size: TermSize| {
+                let (docker, cid) = (docker.clone(), cid.clone());
+                async move {
+                    let r = ResizeContainerTTYOptions {
+                        h: i32::from(size.height),
+                        w: i32::from(size.width),
+                    };
+                    docker.resize_container_tty(&cid, r).await
+                }
+            })
+        });
+        let docker = self.docker.clone();
+        let exit = async move {
+            let mut wait = docker.wait_container(&cid, None);
+            match wait.next().await {
+                Some(Ok(r)) => Ok(Some(i32::try_from(r.status_code).unwrap_or(255))),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Ok(Some(i32::try_from(code).unwrap_or(255)))
+                }
+                Some(Err(e)) => Err(derr("wait container")(e)),
+                None => Ok(None),
+            }
+        };
+        Ok(StreamSession {
+            stdin: opts.stdin.then_some(input as BoxWrite),
+            stdout,
+            stderr,
+            resize,
+            exit: exit.boxed(),
+        })
     }
 }
 

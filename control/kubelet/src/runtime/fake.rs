@@ -1,30 +1,44 @@
 //! An in-memory runtime for tests: sandboxes and containers are records; a container whose
 //! image is `fake/exit:<code>` exits at once with that code, `fake/missing` fails to pull,
 //! anything else runs until stopped. Only hostNetwork pods (it has no network namespaces).
+//!
+//! Interactive streams, in a running container: `exec_stream` of `cat` copies stdin to stdout
+//! and exits 0 at stdin's EOF; `sh -c 'exit N'` exits N; `false` exits 1; anything else prints
+//! its command line (joined by spaces, and a newline) and exits 0. `attach` copies stdin (if
+//! the container was started with `stdin`) to stdout until stdin ends; the attach's stderr is
+//! empty; its `exit` is the container's exit code once it crashed or was stopped. Resizes are
+//! recorded in [`FakeRuntime::resizes`].
 
 use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
 };
 
+use futures::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use super::{
-    ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox, SandboxConfig,
-    StartError,
+    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox,
+    SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
 };
 use crate::error::{Error, Result};
 
 #[derive(Debug, Default)]
 pub struct FakeRuntime {
     next: AtomicU32,
-    containers: Mutex<HashMap<String, ContainerStatus>>,
+    containers: Arc<Mutex<HashMap<String, ContainerStatus>>>,
+    /// Containers started with `stdin`.
+    with_stdin: Mutex<std::collections::HashSet<String>>,
     sandboxes: Mutex<HashMap<String, bool>>,
     /// Every start, in order: (container name, attempt).
     pub started: Mutex<Vec<(String, u32)>>,
+    /// Every resize of an exec or attach on a TTY, in order: (container id, size).
+    pub resizes: Arc<Mutex<Vec<(String, TermSize)>>>,
 }
 
 impl FakeRuntime {
@@ -46,6 +60,53 @@ impl FakeRuntime {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ContainerStatus>> {
         self.containers.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn ensure_running(&self, id: &str) -> Result<()> {
+        match self.lock().get(id) {
+            Some(ContainerStatus::Running) => Ok(()),
+            Some(_) => Err(Error::Runtime(format!("container {id} is not running"))),
+            None => Err(Error::NoSuchContainer(id.to_owned())),
+        }
+    }
+
+    /// A resize channel recording the sizes for `id` (TTY sessions).
+    fn resizer(&self, id: &str, tty: bool) -> Option<tokio::sync::mpsc::Sender<TermSize>> {
+        tty.then(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let (log, id) = (self.resizes.clone(), id.to_owned());
+            tokio::spawn(async move {
+                while let Some(size) = rx.recv().await {
+                    log.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((id.clone(), size));
+                }
+            });
+            tx
+        })
+    }
+}
+
+/// `(stdin writer, stdout reader)` of a fake process, and a task copying its stdin (when
+/// `echo`) and then `print` to its stdout; the task ends at stdin's EOF.
+fn fake_process(echo: bool, print: Vec<u8>) -> (BoxWrite, BoxRead, tokio::task::JoinHandle<()>) {
+    let (stdin_w, mut stdin_r) = tokio::io::duplex(64 * 1024);
+    let (mut stdout_w, stdout_r) = tokio::io::duplex(64 * 1024);
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match stdin_r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                // A reader that went away does not stop the process (it would get SIGPIPE).
+                Ok(n) if echo => {
+                    let _ = stdout_w.write_all(&buf[..n]).await;
+                }
+                Ok(_) => {}
+            }
+        }
+        let _ = stdout_w.write_all(&print).await;
+        let _ = stdout_w.shutdown().await;
+    });
+    (Box::pin(stdin_w), Box::pin(stdout_r), task)
 }
 
 #[async_trait::async_trait]
@@ -124,6 +185,12 @@ impl ContainerRuntime for FakeRuntime {
             None => ContainerStatus::Running,
         };
         self.lock().insert(id.clone(), status);
+        if cfg.stdin {
+            self.with_stdin
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone());
+        }
         self.started
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -167,5 +234,225 @@ impl ContainerRuntime for FakeRuntime {
             }),
             _ => Err(Error::NoSuchContainer(id.to_owned())),
         }
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        opts: StreamOptions,
+    ) -> Result<StreamSession> {
+        self.ensure_running(id)?;
+        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let (echo, print, code) = match args.as_slice() {
+            ["cat"] => (true, Vec::new(), 0),
+            ["sh", "-c", script] if script.trim().starts_with("exit") => {
+                let n = script.trim()["exit".len()..].trim();
+                (false, Vec::new(), n.parse().unwrap_or(0))
+            }
+            ["false"] => (false, Vec::new(), 1),
+            _ => (false, format!("{}\n", cmd.join(" ")).into_bytes(), 0),
+        };
+        let (stdin, stdout, task) = fake_process(echo, print);
+        // Without stdin, the process sees EOF at once.
+        let stdin = opts.stdin.then_some(stdin);
+        Ok(StreamSession {
+            stdin,
+            stdout: opts.stdout.then_some(stdout),
+            stderr: (opts.stderr && !opts.tty).then(|| Box::pin(tokio::io::empty()) as BoxRead),
+            resize: self.resizer(id, opts.tty),
+            exit: async move {
+                let _ = task.await;
+                Ok(Some(code))
+            }
+            .boxed(),
+        })
+    }
+
+    async fn attach(&self, id: &str, opts: StreamOptions) -> Result<StreamSession> {
+        self.ensure_running(id)?;
+        let has_stdin = self
+            .with_stdin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id);
+        if opts.stdin && !has_stdin {
+            return Err(Error::Runtime(format!(
+                "container {id} is not started with stdin"
+            )));
+        }
+        let (stdin, stdout, _task) = fake_process(true, Vec::new());
+        let (containers, id_owned) = (self.containers.clone(), id.to_owned());
+        let exit = async move {
+            loop {
+                let st = containers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id_owned)
+                    .cloned();
+                match st {
+                    Some(ContainerStatus::Running) => {}
+                    Some(ContainerStatus::Exited { exit_code, .. }) => return Ok(Some(exit_code)),
+                    _ => return Ok(None),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        Ok(StreamSession {
+            stdin: opts.stdin.then_some(stdin),
+            stdout: opts.stdout.then_some(stdout),
+            stderr: (opts.stderr && !opts.tty).then(|| Box::pin(tokio::io::empty()) as BoxRead),
+            resize: self.resizer(id, opts.tty),
+            exit: exit.boxed(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn running(rt: &FakeRuntime, stdin: bool) -> String {
+        let sb = rt
+            .run_sandbox(&SandboxConfig {
+                uid: "u".into(),
+                name: "p".into(),
+                namespace: "default".into(),
+                hostname: "p".into(),
+                host_network: true,
+                host_netns: None,
+                cgroup: None,
+                pod_dir: PathBuf::from("/nonexistent"),
+            })
+            .await
+            .expect("sandbox");
+        let cfg = ContainerConfig {
+            name: "c".into(),
+            attempt: 0,
+            image: "fake/run".into(),
+            command: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            working_dir: None,
+            mounts: Vec::new(),
+            log_path: PathBuf::from("/nonexistent/0.log"),
+            privileged: false,
+            resources: Default::default(),
+            stdin,
+            stdin_once: false,
+            tty: false,
+        };
+        rt.start_container(&sb, &cfg).await.expect("container")
+    }
+
+    fn all() -> StreamOptions {
+        StreamOptions {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        }
+    }
+
+    fn cmd(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn exec_stream_cat_echoes_until_stdin_ends_and_exit_codes_follow_the_command() {
+        let rt = FakeRuntime::new();
+        let id = running(&rt, false).await;
+        let mut s = rt
+            .exec_stream(&id, &cmd(&["cat"]), all())
+            .await
+            .expect("exec");
+        let mut w = s.stdin.take().expect("stdin");
+        w.write_all(b"ping\n").await.expect("write");
+        w.shutdown().await.expect("shutdown");
+        let mut out = String::new();
+        s.stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .await
+            .expect("read");
+        assert_eq!(out, "ping\n");
+        assert_eq!(s.exit.await.expect("exit"), Some(0));
+
+        let s = rt
+            .exec_stream(&id, &cmd(&["sh", "-c", "exit 3"]), StreamOptions::default())
+            .await
+            .expect("exec");
+        assert_eq!(s.exit.await.expect("exit"), Some(3));
+
+        let mut s = rt
+            .exec_stream(&id, &cmd(&["ls", "-l"]), all())
+            .await
+            .expect("exec");
+        drop(s.stdin.take());
+        let mut out = String::new();
+        s.stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .await
+            .expect("read");
+        assert_eq!(out, "ls -l\n");
+        assert_eq!(s.exit.await.expect("exit"), Some(0));
+    }
+
+    #[tokio::test]
+    async fn attach_echoes_stdin_ends_with_the_container_and_needs_stdin() {
+        let rt = FakeRuntime::new();
+        let plain = running(&rt, false).await;
+        let err = rt.attach(&plain, all()).await.expect_err("no stdin");
+        assert!(err.to_string().contains("not started with stdin"), "{err}");
+
+        let id = running(&rt, true).await;
+        let tty = StreamOptions {
+            stderr: false,
+            tty: true,
+            ..all()
+        };
+        let mut s = rt.attach(&id, tty).await.expect("attach");
+        s.resize
+            .as_ref()
+            .expect("resize on a tty")
+            .send(TermSize {
+                width: 100,
+                height: 40,
+            })
+            .await
+            .expect("resize");
+        let mut w = s.stdin.take().expect("stdin");
+        w.write_all(b"hello").await.expect("write");
+        let mut got = [0u8; 5];
+        s.stdout
+            .as_mut()
+            .expect("stdout")
+            .read_exact(&mut got)
+            .await
+            .expect("read");
+        assert_eq!(&got, b"hello");
+        rt.crash(&id, 7);
+        assert_eq!(s.exit.await.expect("exit"), Some(7));
+        for _ in 0..100 {
+            if !rt.resizes.lock().expect("lock").is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let resizes = rt.resizes.lock().expect("lock").clone();
+        assert_eq!(
+            resizes,
+            [(
+                id.clone(),
+                TermSize {
+                    width: 100,
+                    height: 40
+                }
+            )]
+        );
+        assert!(rt.attach(&id, all()).await.is_err(), "exited: no attach");
     }
 }

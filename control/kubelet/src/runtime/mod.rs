@@ -2,9 +2,11 @@
 //! [`process::ProcessRuntime`] (the default), [`docker::DockerRuntime`] and
 //! [`fake::FakeRuntime`] (tests).
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, pin::Pin, time::Duration};
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::Result;
 
@@ -73,6 +75,12 @@ pub struct ContainerConfig {
     /// The container's resources (the docker runtime applies them per container; the process
     /// runtime limits the pod's cgroup).
     pub resources: Resources,
+    /// `stdin`: the container's stdin stays open for `attach`.
+    pub stdin: bool,
+    /// `stdinOnce`: stdin closes after the first attach that used it ends.
+    pub stdin_once: bool,
+    /// `tty`: the container runs on a terminal (stdout and stderr are one stream).
+    pub tty: bool,
 }
 
 /// A container's CPU and memory from `resources`.
@@ -105,6 +113,53 @@ pub struct ExecOutput {
     pub exit_code: i32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+}
+
+/// Which standard streams an interactive exec or attach carries, and whether on a TTY (then
+/// stdout carries the terminal's output and there is no stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+/// A terminal size, as the resize channel carries it (`{"Width":80,"Height":24}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    #[serde(rename = "Width")]
+    pub width: u16,
+    #[serde(rename = "Height")]
+    pub height: u16,
+}
+
+pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
+pub type BoxWrite = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A live exec or attach: the streams asked for in [`StreamOptions`] (`None` for the others),
+/// a resize handle on a TTY, and the end.
+pub struct StreamSession {
+    /// Writing goes to the process' stdin; shutting it down closes stdin (EOF).
+    pub stdin: Option<BoxWrite>,
+    pub stdout: Option<BoxRead>,
+    pub stderr: Option<BoxRead>,
+    /// Terminal resizes (TTY sessions only).
+    pub resize: Option<tokio::sync::mpsc::Sender<TermSize>>,
+    /// Resolves when the session ends: `Some(exit code)` when the command (exec) or the
+    /// container (attach) exited, `None` when an attach ended without the container exiting.
+    pub exit: BoxFuture<'static, Result<Option<i32>>>,
+}
+
+impl std::fmt::Debug for StreamSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSession")
+            .field("stdin", &self.stdin.is_some())
+            .field("stdout", &self.stdout.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("resize", &self.resize.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a container could not start (maps to the Waiting reason).
@@ -140,4 +195,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<()>;
     /// Runs `cmd` inside the container's namespaces.
     async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput>;
+    /// Starts `cmd` inside the container's namespaces with the streams of `opts` (a real pty
+    /// when `opts.tty`), for `kubectl exec -i/-t` and `kubectl cp`.
+    async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        opts: StreamOptions,
+    ) -> Result<StreamSession>;
+    /// Attaches to the running container's own stdio (`kubectl attach`): output from now on,
+    /// stdin if the container was started with `stdin`, resizes if with `tty`.
+    async fn attach(&self, id: &str, opts: StreamOptions) -> Result<StreamSession>;
 }

@@ -9,24 +9,57 @@
 //! named `pause` runs `xkube pause`, an image named `xkube` (the agent image of
 //! `deploy/image`) runs `xkube <args>` (`xkube agent` without args), and otherwise `args`
 //! alone is the command line.
+//!
+//! ## Interactive streams (`exec -i/-t`, `attach`)
+//!
+//! `exec_stream` runs its command as `exec` does (the container's namespaces and environment,
+//! in `/`), on pipes, or with `tty` on a new pty: the command is a session leader with the pty
+//! as its controlling terminal (`TERM=xterm` unless the container sets `TERM`), the kubelet
+//! keeps the master, and a resize is `TIOCSWINSZ` on it. On a pty, shutting stdin down types the
+//! terminal's EOF character (`^D`) instead of hanging up the terminal, and the output ends
+//! (EIO on the master) when the last holder of the terminal has gone.
+//!
+//! A container started with `tty` runs on a pty whose master the kubelet keeps: a task copies
+//! the terminal's output, as the terminal shows it (`\r\n` line ends, echoed input), to the
+//! log file, which keeps the format of every container's log (raw bytes, stdout and stderr in
+//! one stream), and broadcasts it to the attaches of the moment; a slow attach loses output
+//! rather than holding the container. A container started with `stdin` and no `tty` gets a
+//! pipe as stdin, whose write end the kubelet keeps, and writes its output to the log file as
+//! usual. Attaches share the container's stdin; with `stdinOnce` it closes (EOF, `^D` on a
+//! tty) when the first attach that carried stdin ends. An attach to a container without a tty
+//! follows the log file from its end: stdout and stderr are one stream there, delivered on
+//! stdout (the attach's stderr, if asked for, stays empty), polled every 100 ms.
+//!
+//! Containers with `stdin` or `tty` do not survive a kubelet restart as others do: their stdin
+//! pipe or pty master goes with the kubelet (stdin sees EOF; a tty hangs up, which sends
+//! SIGHUP), tty output is no longer logged, and a restarted kubelet attaches to them as to
+//! containers without stdin or tty (the log file found through `/proc/<pid>/fd/1`, no exit code).
 
 use std::{
     collections::HashMap,
     ffi::CString,
     os::{
-        fd::{AsRawFd, RawFd},
-        unix::ffi::OsStrExt,
+        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+        unix::{ffi::OsStrExt, fs::OpenOptionsExt},
     },
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use tokio::process::Command;
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, unix::AsyncFd},
+    process::Command,
+    sync::{broadcast, mpsc, watch},
+};
 
 use super::{
-    ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox, SandboxConfig,
-    StartError,
+    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox,
+    SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
 };
 use crate::error::{Error, Result, io};
 
@@ -42,7 +75,13 @@ pub struct ProcessRuntime {
     exits: Exits,
     /// Ids of the processes this runtime spawned (their exit is recorded in `exits`).
     children: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// The kubelet's end of the stdio of the running containers this runtime started.
+    io: IoMap,
+    /// Bumped whenever an exit is recorded (wakes attaches waiting for their container's).
+    exited: Arc<watch::Sender<u64>>,
 }
+
+type IoMap = Arc<Mutex<HashMap<String, Arc<ContainerIo>>>>;
 
 impl std::fmt::Debug for ProcessRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,6 +197,8 @@ struct ChildSetup {
     /// Bind mounts (source, target, read-only) in a new mount namespace.
     mounts: Vec<(CString, CString, bool)>,
     chdir: Option<CString>,
+    /// Make stdin (a pty slave) the controlling terminal of the new session.
+    ctty: bool,
 }
 
 impl ChildSetup {
@@ -220,6 +261,9 @@ impl ChildSetup {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if self.ctty {
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
         }
         Ok(())
     }
@@ -245,6 +289,8 @@ impl ProcessRuntime {
             xkube,
             exits: Arc::default(),
             children: Arc::default(),
+            io: Arc::default(),
+            exited: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -259,6 +305,8 @@ impl ProcessRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone());
         let exits = self.exits.clone();
+        let ios = self.io.clone();
+        let exited = self.exited.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let (code, signal) = match status {
@@ -272,10 +320,12 @@ impl ProcessRuntime {
                 }
                 Err(_) => (255, None),
             };
+            ios.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             exits
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, (code, signal, jiff::Timestamp::now()));
+            exited.send_modify(|n| *n = n.wrapping_add(1));
         });
     }
 
@@ -289,12 +339,13 @@ impl ProcessRuntime {
     }
 }
 
-/// The `start_container` work, with ordinary errors.
+/// The `start_container` work, with ordinary errors: the command, the files to keep open
+/// until it is spawned, and the pty master of a `tty` container.
 fn prepare_container(
     sb: &Sandbox,
     cfg: &ContainerConfig,
     argv: &[String],
-) -> Result<(Command, Vec<std::fs::File>)> {
+) -> Result<(Command, Vec<std::fs::File>, Option<Arc<Pty>>)> {
     if !alive(sb.pid, sb.start_time) {
         return Err(Error::Runtime(format!("sandbox {} is not running", sb.id)));
     }
@@ -362,14 +413,26 @@ fn prepare_container(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
-        .stdin(std::process::Stdio::null())
+        .stdin(if cfg.stdin {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
         .stdout(log)
         .stderr(log2);
+    let pty = if cfg.tty {
+        let (pty, [i, o, e]) = Pty::open()?;
+        cmd.stdin(i).stdout(o).stderr(e).env("TERM", "xterm");
+        setup.ctty = true;
+        Some(pty)
+    } else {
+        None
+    };
     for (k, v) in &cfg.env {
         cmd.env(k, v);
     }
     setup.install(&mut cmd);
-    Ok((cmd, keep))
+    Ok((cmd, keep, pty))
 }
 
 #[async_trait::async_trait]
@@ -447,13 +510,23 @@ impl ContainerRuntime for ProcessRuntime {
             reason: "RunContainerError",
             message: e.to_string(),
         };
-        let (mut cmd, keep) = prepare_container(sb, cfg, &argv).map_err(run_err)?;
-        let child = cmd.spawn().map_err(|e| StartError {
+        let (mut cmd, keep, pty) = prepare_container(sb, cfg, &argv).map_err(run_err)?;
+        let mut child = cmd.spawn().map_err(|e| StartError {
             reason: "RunContainerError",
             message: format!("starting {:?}: {e}", argv[0]),
         })?;
+        // Our copies of the pty slave go: the master reads EOF once the container's have gone.
+        drop(cmd);
         drop(keep);
+        let pipe = child.stdin.take();
         let (pid, _, id) = Self::spawned_id(&child).map_err(run_err)?;
+        if cfg.stdin || cfg.tty {
+            let cio = ContainerIo::start(cfg, pty, pipe);
+            self.io
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), Arc::new(cio));
+        }
         self.watch_exit(child, id.clone());
         tracing::debug!(container = %cfg.name, pid, ?argv, "container started");
         Ok(id)
@@ -519,56 +592,667 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecOutput> {
-        let Some((pid, start)) = parse_id(id) else {
-            return Err(Error::NoSuchContainer(id.to_owned()));
-        };
-        if !alive(pid, start) {
-            return Err(Error::Runtime(format!("container {id} is not running")));
-        }
-        let (prog, rest) = cmd
-            .split_first()
-            .ok_or_else(|| Error::Runtime("empty command".into()))?;
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let mut c = Command::new(prog);
-        c.args(rest)
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        for kv in environ.split(|b| *b == 0).filter(|s| !s.is_empty()) {
-            let kv = String::from_utf8_lossy(kv);
-            if let Some((k, v)) = kv.split_once('=') {
-                c.env(k, v);
-            }
-        }
-        let mut setup = ChildSetup::default();
-        let mut keep = Vec::new();
-        for (k, t) in [
-            ("ipc", libc::CLONE_NEWIPC),
-            ("uts", libc::CLONE_NEWUTS),
-            ("net", libc::CLONE_NEWNET),
-            ("mnt", libc::CLONE_NEWNS),
-        ] {
-            let f = open_ns(pid, k)?;
-            setup.join.push((f.as_raw_fd(), t));
-            keep.push(f);
-        }
-        setup.chdir = Some(c"/".to_owned());
+        let (mut c, setup, keep) = exec_command(id, cmd, false)?;
         setup.install(&mut c);
+        let prog = &cmd[0];
         let out = tokio::time::timeout(timeout, c.output())
             .await
             .map_err(|_| Error::Runtime(format!("exec in {id} timed out after {timeout:?}")))?
             .map_err(io("exec", prog))?;
         drop(keep);
-        use std::os::unix::process::ExitStatusExt;
         Ok(ExecOutput {
-            exit_code: out
-                .status
-                .code()
-                .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(127)),
+            exit_code: exit_code(out.status),
             stdout: out.stdout,
             stderr: out.stderr,
         })
     }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        opts: StreamOptions,
+    ) -> Result<StreamSession> {
+        let (mut c, mut setup, keep) = exec_command(id, cmd, opts.tty)?;
+        let piped = |on: bool| {
+            if on {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            }
+        };
+        let pty = if opts.tty {
+            let (pty, [i, o, e]) = Pty::open()?;
+            c.stdin(i).stdout(o).stderr(e);
+            setup.ctty = true;
+            Some(pty)
+        } else {
+            c.stdin(piped(opts.stdin))
+                .stdout(piped(opts.stdout))
+                .stderr(piped(opts.stderr));
+            None
+        };
+        setup.install(&mut c);
+        let mut child = c.spawn().map_err(io("exec", &cmd[0]))?;
+        // Our copies of the pty slave go: the master reads EOF once the command's have gone.
+        drop(c);
+        drop(keep);
+        let (stdin, stdout, stderr, resize) = match pty {
+            Some(pty) => {
+                let stdout: BoxRead = Box::pin(PtyReader(pty.clone()));
+                let stdout = if opts.stdout {
+                    Some(stdout)
+                } else {
+                    // Nobody reads the terminal: drain it, or the command blocks on output.
+                    tokio::spawn(async move {
+                        let mut stdout = stdout;
+                        let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+                    });
+                    None
+                };
+                let stdin = opts
+                    .stdin
+                    .then(|| Box::pin(PtyWriter::new(pty.clone())) as BoxWrite);
+                (stdin, stdout, None, Some(pty.resizer()))
+            }
+            None => (
+                child
+                    .stdin
+                    .take()
+                    .map(|w| Box::pin(CloseOnShutdown(Some(w))) as BoxWrite),
+                child.stdout.take().map(|r| Box::pin(r) as BoxRead),
+                child.stderr.take().map(|r| Box::pin(r) as BoxRead),
+                None,
+            ),
+        };
+        // The child is killed if the session is dropped before it exits (`kill_on_drop`).
+        let what = cmd[0].clone();
+        let exit = async move {
+            let status = child.wait().await.map_err(io("wait for", what))?;
+            Ok(Some(exit_code(status)))
+        }
+        .boxed();
+        Ok(StreamSession {
+            stdin,
+            stdout,
+            stderr,
+            resize,
+            exit,
+        })
+    }
+
+    async fn attach(&self, id: &str, opts: StreamOptions) -> Result<StreamSession> {
+        let Some((pid, start)) = parse_id(id) else {
+            return Err(Error::NoSuchContainer(id.to_owned()));
+        };
+        if self.container_status(id).await != ContainerStatus::Running {
+            return Err(Error::Runtime(format!("container {id} is not running")));
+        }
+        let cio = self
+            .io
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let stdin = if opts.stdin {
+            let Some(cio) = &cio else {
+                return Err(Error::Runtime(format!(
+                    "container {id} is not started with stdin (or was started before the kubelet restarted)"
+                )));
+            };
+            if !cio.has_stdin {
+                return Err(Error::Runtime(format!(
+                    "container {id} is not started with stdin"
+                )));
+            }
+            Some(cio.attach_stdin().ok_or_else(|| {
+                Error::Runtime(format!(
+                    "the stdin of container {id} is closed (stdinOnce: an attach used it)"
+                ))
+            })?)
+        } else {
+            None
+        };
+        let empty = || Box::pin(tokio::io::empty()) as BoxRead;
+        let tty = cio.as_ref().and_then(|c| c.tty.as_ref());
+        let (stdout, stderr, resize) = match tty {
+            Some((pty, out)) => (
+                opts.stdout.then(|| broadcast_reader(out.subscribe())),
+                opts.stderr.then(empty),
+                Some(pty.resizer()),
+            ),
+            None if opts.stdout || opts.stderr => {
+                let path = match &cio {
+                    Some(c) => c.log_path.clone(),
+                    None => {
+                        let fd1 = format!("/proc/{pid}/fd/1");
+                        let path =
+                            std::fs::read_link(&fd1).map_err(io("find the log file of", &fd1))?;
+                        // Not a terminal of a container started before a kubelet restart:
+                        // reading it would take the container's input.
+                        if !path.is_file() {
+                            return Err(Error::Runtime(format!(
+                                "container {id} writes to {}, not to a log file this kubelet can follow",
+                                path.display()
+                            )));
+                        }
+                        path
+                    }
+                };
+                let log = follow_log(&path, move || !alive(pid, start))?;
+                if opts.stdout {
+                    (Some(log), opts.stderr.then(empty), None)
+                } else {
+                    (None, Some(log), None)
+                }
+            }
+            None => (None, None, None),
+        };
+        Ok(StreamSession {
+            stdin,
+            stdout,
+            stderr,
+            resize,
+            exit: self.wait_exit(id.to_owned(), pid, start).boxed(),
+        })
+    }
+}
+
+impl ProcessRuntime {
+    /// Resolves with the exit code of container `id` once it exited (`None` when it was not
+    /// this runtime's child, whose exit code is unknown).
+    fn wait_exit(
+        &self,
+        id: String,
+        pid: u32,
+        start: u64,
+    ) -> impl Future<Output = Result<Option<i32>>> + Send + 'static {
+        let exits = self.exits.clone();
+        let children = self.children.clone();
+        let mut changed = self.exited.subscribe();
+        async move {
+            loop {
+                changed.mark_unchanged();
+                if let Some((code, ..)) = exits.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+                    return Ok(Some(*code));
+                }
+                let ours = children
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&id);
+                if !ours && !alive(pid, start) {
+                    return Ok(None);
+                }
+                // Adopted containers have no waiter to tell us: look again now and then.
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Exit code of a finished process: its code, or 128 + the signal that killed it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(127))
+}
+
+/// A command in the running container `id`: it joins the container's ipc, uts, net and mount
+/// namespaces, gets its environment (and `TERM=xterm` on a `tty` it does not set), runs in `/`
+/// and is killed if dropped. Returns the setup still to install and the files to keep open
+/// until the spawn.
+fn exec_command(
+    id: &str,
+    cmd: &[String],
+    tty: bool,
+) -> Result<(Command, ChildSetup, Vec<std::fs::File>)> {
+    let Some((pid, start)) = parse_id(id) else {
+        return Err(Error::NoSuchContainer(id.to_owned()));
+    };
+    if !alive(pid, start) {
+        return Err(Error::Runtime(format!("container {id} is not running")));
+    }
+    let (prog, rest) = cmd
+        .split_first()
+        .ok_or_else(|| Error::Runtime("empty command".into()))?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let mut c = Command::new(prog);
+    c.args(rest)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if tty {
+        c.env("TERM", "xterm");
+    }
+    for kv in environ.split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let kv = String::from_utf8_lossy(kv);
+        if let Some((k, v)) = kv.split_once('=') {
+            c.env(k, v);
+        }
+    }
+    let mut setup = ChildSetup::default();
+    let mut keep = Vec::new();
+    for (k, t) in [
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("mnt", libc::CLONE_NEWNS),
+    ] {
+        let f = open_ns(pid, k)?;
+        setup.join.push((f.as_raw_fd(), t));
+        keep.push(f);
+    }
+    setup.chdir = Some(c"/".to_owned());
+    Ok((c, setup, keep))
+}
+
+/// The master of a pty (non-blocking), shared by the readers, writers and resizers of a
+/// session or container.
+struct Pty {
+    master: AsyncFd<OwnedFd>,
+    /// The terminal's EOF character (`VEOF`, `^D`), for a shutdown of stdin.
+    veof: u8,
+}
+
+impl Pty {
+    /// A new pty: its master, and three handles of its slave for a child's stdin, stdout and
+    /// stderr. Both ends are opened close-on-exec, so no other child inherits them.
+    fn open() -> Result<(Arc<Self>, [std::process::Stdio; 3])> {
+        use nix::{fcntl::OFlag, pty};
+        let ptmx = "/dev/ptmx";
+        let m = pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+            .map_err(|e| io("open", ptmx)(e.into()))?;
+        pty::grantpt(&m).map_err(|e| io("grantpt", ptmx)(e.into()))?;
+        pty::unlockpt(&m).map_err(|e| io("unlockpt", ptmx)(e.into()))?;
+        let name = pty::ptsname_r(&m).map_err(|e| io("ptsname", ptmx)(e.into()))?;
+        // SAFETY: the descriptor posix_openpt opened, whose ownership into_raw_fd gives up.
+        let master = unsafe { OwnedFd::from_raw_fd(m.into_raw_fd()) };
+        let slave: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&name)
+            .map_err(io("open", &name))?
+            .into();
+        let veof = nix::sys::termios::tcgetattr(&slave)
+            .map(|t| t.control_chars[nix::sys::termios::SpecialCharacterIndices::VEOF as usize])
+            .unwrap_or(4);
+        // SAFETY: fcntl on a descriptor we own.
+        let rc = unsafe {
+            let fl = libc::fcntl(master.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(master.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK)
+        };
+        if rc < 0 {
+            return Err(io("set non-blocking", &name)(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let dup = |f: &OwnedFd| f.try_clone().map_err(io("dup", &name));
+        let stdio = [
+            dup(&slave)?.into(),
+            dup(&slave)?.into(),
+            std::process::Stdio::from(slave),
+        ];
+        // SAFETY: the OwnedFd is valid and stays open, the same descriptor, while registered.
+        let master =
+            unsafe { AsyncFd::register(master) }.map_err(|e| io("register", &name)(e.into()))?;
+        Ok((Arc::new(Self { master, veof }), stdio))
+    }
+
+    fn resize(&self, size: TermSize) -> std::io::Result<()> {
+        let ws = libc::winsize {
+            ws_row: size.height,
+            ws_col: size.width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize through a valid pointer.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// A resize channel applying each size to the terminal until the sender goes.
+    fn resizer(self: &Arc<Self>) -> mpsc::Sender<TermSize> {
+        let (tx, mut rx) = mpsc::channel(8);
+        let pty = self.clone();
+        tokio::spawn(async move {
+            while let Some(size) = rx.recv().await {
+                if let Err(e) = pty.resize(size) {
+                    tracing::debug!(error = %e, "resizing a terminal");
+                }
+            }
+        });
+        tx
+    }
+
+    fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.master.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let r = guard.try_io(|fd| {
+                // SAFETY: read(2) into the unfilled part of the buffer, at most its length.
+                let n = unsafe {
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
+                };
+                usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+            });
+            match r {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Every slave handle is closed: the end of the output.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Poll::Ready(Ok(())),
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    fn poll_write(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.master.poll_write_ready(cx))?;
+            let r = guard.try_io(|fd| {
+                // SAFETY: write(2) from a valid slice, at most its length.
+                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+                usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+            });
+            if let Ok(r) = r {
+                return Poll::Ready(r);
+            }
+        }
+    }
+}
+
+/// What the terminal shows (EOF once every slave handle is closed).
+struct PtyReader(Arc<Pty>);
+
+impl AsyncRead for PtyReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.0.poll_read(cx, buf)
+    }
+}
+
+/// Typing into the terminal; a shutdown types its EOF character (once).
+struct PtyWriter {
+    pty: Arc<Pty>,
+    eof_sent: bool,
+}
+
+impl PtyWriter {
+    fn new(pty: Arc<Pty>) -> Self {
+        Self {
+            pty,
+            eof_sent: false,
+        }
+    }
+}
+
+impl AsyncWrite for PtyWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.eof_sent {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        self.pty.poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.eof_sent {
+            let eof = [self.pty.veof];
+            ready!(self.pty.poll_write(cx, &eof))?;
+            self.eof_sent = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A writer whose shutdown closes it (tokio's `ChildStdin` stays open until dropped).
+struct CloseOnShutdown<W>(Option<W>);
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for CloseOnShutdown<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.0.as_mut() {
+            Some(w) => Pin::new(w).poll_write(cx, data),
+            None => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.0.as_mut() {
+            Some(w) => Pin::new(w).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(w) = self.0.as_mut() {
+            ready!(Pin::new(w).poll_shutdown(cx))?;
+        }
+        self.0 = None;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Size of the in-memory pipes between the kubelet's tasks and a session's streams.
+const PIPE: usize = 64 * 1024;
+
+/// Whether the reading end of `w` has gone (a zero-length write fails then).
+async fn reader_gone(w: &mut tokio::io::DuplexStream) -> bool {
+    w.write(&[]).await.is_err()
+}
+
+/// The kubelet's end of the stdio of a container started with `stdin` or `tty`.
+struct ContainerIo {
+    log_path: PathBuf,
+    /// The terminal (`tty`) and its output, broadcast by the task copying it to the log.
+    tty: Option<(Arc<Pty>, broadcast::Sender<Bytes>)>,
+    has_stdin: bool,
+    /// Feeds the container's stdin; `None` once closed (`stdinOnce`). Attaches send clones:
+    /// the stdin closes when the last sender goes.
+    stdin: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
+    stdin_once: bool,
+}
+
+impl ContainerIo {
+    /// Starts the tasks around a new container: the copy of a terminal's output to the log
+    /// and to attaches, and the feeder of its stdin (`pipe`, or the terminal).
+    fn start(
+        cfg: &ContainerConfig,
+        pty: Option<Arc<Pty>>,
+        pipe: Option<tokio::process::ChildStdin>,
+    ) -> Self {
+        let tty = pty.map(|pty| {
+            let (tx, _) = broadcast::channel(256);
+            tokio::spawn(copy_tty(pty.clone(), cfg.log_path.clone(), tx.clone()));
+            (pty, tx)
+        });
+        let writer: Option<BoxWrite> = match (&tty, pipe) {
+            _ if !cfg.stdin => None,
+            (Some((pty, _)), _) => Some(Box::pin(PtyWriter::new(pty.clone()))),
+            (None, Some(w)) => Some(Box::pin(CloseOnShutdown(Some(w)))),
+            (None, None) => None,
+        };
+        let stdin = writer.map(|mut w| {
+            let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+            tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    if w.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = w.shutdown().await;
+            });
+            tx
+        });
+        Self {
+            log_path: cfg.log_path.clone(),
+            tty,
+            has_stdin: stdin.is_some(),
+            stdin: Arc::new(Mutex::new(stdin)),
+            stdin_once: cfg.stdin_once,
+        }
+    }
+
+    /// A writer into the container's stdin for one attach (`None`: stdin is closed). Its
+    /// shutdown or drop ends this attach's input, and with `stdinOnce` closes the stdin.
+    fn attach_stdin(&self) -> Option<BoxWrite> {
+        let tx = self
+            .stdin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let (ours, theirs) = tokio::io::duplex(PIPE);
+        let (shared, once) = (self.stdin.clone(), self.stdin_once);
+        tokio::spawn(async move {
+            let mut r = ours;
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            if once {
+                shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+        });
+        Some(Box::pin(theirs))
+    }
+}
+
+/// Copies a container's terminal output to its log file and to the attaches of the moment
+/// until the terminal's last slave handle closes.
+async fn copy_tty(pty: Arc<Pty>, log: PathBuf, out: broadcast::Sender<Bytes>) {
+    let mut file = match tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .await
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %log.display(), error = %e, "opening a container log");
+            None
+        }
+    };
+    let mut r = PtyReader(pty);
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(path = %log.display(), error = %e, "reading a container terminal");
+                break;
+            }
+        };
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        if let Some(f) = file.as_mut()
+            && let Err(e) = async {
+                f.write_all(&chunk).await?;
+                f.flush().await
+            }
+            .await
+        {
+            tracing::warn!(path = %log.display(), error = %e, "writing a container log");
+            file = None;
+        }
+        // No attach at the moment is fine.
+        let _ = out.send(chunk);
+    }
+}
+
+/// A reader of a broadcast output from now on. A reader that falls more than the channel's
+/// capacity behind loses the chunks it missed (the container never waits for it).
+fn broadcast_reader(mut rx: broadcast::Receiver<Bytes>) -> BoxRead {
+    let (mut w, r) = tokio::io::duplex(PIPE);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Ok(b) => {
+                        if w.write_all(&b).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(chunks = n, "a slow attach lost output");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if reader_gone(&mut w).await {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    Box::pin(r)
+}
+
+/// A reader of what is appended to `path` from now on, polled every 100 ms, until `done`
+/// (checked before each read, so the last read sees everything written before).
+fn follow_log(path: &Path, done: impl Fn() -> bool + Send + 'static) -> Result<BoxRead> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path).map_err(io("open log", path))?;
+    f.seek(std::io::SeekFrom::End(0))
+        .map_err(io("seek log", path))?;
+    let mut f = tokio::fs::File::from_std(f);
+    let (mut w, r) = tokio::io::duplex(PIPE);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let finished = done();
+            match f.read(&mut buf).await {
+                Ok(0) if finished => break,
+                Ok(0) => {
+                    if reader_gone(&mut w).await {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(n) => {
+                    if w.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    Ok(Box::pin(r))
 }
 
 #[cfg(test)]

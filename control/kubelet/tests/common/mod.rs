@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod dockerd;
+
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
