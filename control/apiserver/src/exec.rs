@@ -107,6 +107,13 @@ pub async fn pod_stream(
     if !is_upgrade(req.headers()) {
         return Err(StatusError::bad_request("Upgrade request required"));
     }
+    // Exec and attach are spoken over WebSocket only (kubectl 1.30+ and the official clients);
+    // an SPDY-only client gets a clear answer instead of a half-supported stream.
+    if sub != "portforward" && !header_has(req.headers(), header::UPGRADE, "websocket") {
+        return Err(StatusError::bad_request(format!(
+            "{sub} needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is supported for portforward only"
+        )));
+    }
     let (container, addr) = kubelet_target(reg, pods, ns, name, container.as_deref()).await?;
     let Some(addr) = addr else {
         return Err(StatusError::bad_request(format!(
@@ -180,6 +187,9 @@ pub async fn pod_stream(
         if let Err(e) = tokio::io::copy_bidirectional(&mut client_io, &mut kubelet_io).await {
             tracing::debug!(error = %e, "stream ended");
         }
+        use tokio::io::AsyncWriteExt;
+        let _ = client_io.shutdown().await;
+        let _ = kubelet_io.shutdown().await;
     });
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

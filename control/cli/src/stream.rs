@@ -539,7 +539,19 @@ pub async fn cp(g: &Global, a: CpArgs) -> anyhow::Result<()> {
             let meta = std::fs::metadata(&src)
                 .map_err(|e| Reported(format!("error: {}: {e}", src.display())))?;
             let dest = Path::new(path);
+            // Into an existing directory: under the source's name there (as kubectl does).
+            let into_dir = run_in_pod(
+                &client,
+                ns,
+                pod,
+                a.container.as_deref(),
+                &["sh", "-c", "test -d \"$1\"", "sh", path],
+                None,
+            )
+            .await
+            .is_ok();
             let (dir, name) = match (dest.parent(), dest.file_name()) {
+                _ if into_dir => (dest, src.file_name().unwrap_or_default().to_owned()),
                 (Some(d), Some(n)) => (
                     if d.as_os_str().is_empty() {
                         Path::new(".")
@@ -600,6 +612,14 @@ pub async fn cp(g: &Global, a: CpArgs) -> anyhow::Result<()> {
             for entry in ar.entries()? {
                 let mut entry = entry?;
                 let p = entry.path()?.into_owned();
+                // Links could point the next entries anywhere on this machine: skipped, as
+                // kubectl does.
+                if entry.header().entry_type().is_symlink()
+                    || entry.header().entry_type().is_hard_link()
+                {
+                    eprintln!("warning: skipping symlink: {}", p.display());
+                    continue;
+                }
                 // Entries are `name` or `name/...`: re-rooted at the destination; anything
                 // that would leave it is refused (a hostile archive).
                 let rel = p.strip_prefix(name.as_ref()).unwrap_or(&p).to_owned();

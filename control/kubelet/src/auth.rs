@@ -96,9 +96,16 @@ fn is_subpath(path: &str, prefix: &str) -> bool {
 /// KubeletFineGrainedAuthz, beta and on): `/stats` -> stats, `/metrics` -> metrics, `/logs`
 /// -> log, `/spec` -> spec, `/pods` -> pods then proxy, `/healthz` -> healthz then proxy,
 /// everything else (exec, run, attach, portForward, containerLogs) -> proxy. The verb follows
-/// the method: GET get, POST create, PUT update, PATCH patch, DELETE delete.
+/// the method: GET get, POST create, PUT update, PATCH patch, DELETE delete; except that
+/// `/exec`, `/run`, `/attach` and `/portForward` are `create` whatever the method: a
+/// WebSocket upgrade is a GET, and `get nodes/proxy` (a metrics scraper's right) must not run
+/// commands (the apiserver authorizes `pods/exec` the same way).
 pub fn request_attributes(method: &http::Method, path: &str) -> Vec<Attributes> {
+    let runs_code = ["/exec/", "/run/", "/attach/", "/portForward/"]
+        .iter()
+        .any(|p| is_subpath(path, p));
     let verb = match *method {
+        _ if runs_code => "create",
         http::Method::POST => "create",
         http::Method::GET => "get",
         http::Method::PUT => "update",
@@ -379,8 +386,13 @@ mod tests {
             attrs(Method::GET, "/containerLogs/default/p/c"),
             [("get", "proxy")]
         );
-        assert_eq!(attrs(Method::PUT, "/attach/x"), [("update", "proxy")]);
-        assert_eq!(attrs(Method::PATCH, "/portForward/x"), [("patch", "proxy")]);
+        // Streaming paths run code or reach into the pod: `create` for every method.
+        assert_eq!(
+            attrs(Method::GET, "/exec/default/p/c"),
+            [("create", "proxy")]
+        );
+        assert_eq!(attrs(Method::PUT, "/attach/x"), [("create", "proxy")]);
+        assert_eq!(attrs(Method::GET, "/portForward/x"), [("create", "proxy")]);
         assert_eq!(attrs(Method::DELETE, "/x"), [("delete", "proxy")]);
         // Prefixes match whole segments only.
         assert_eq!(attrs(Method::GET, "/podsx"), [("get", "proxy")]);

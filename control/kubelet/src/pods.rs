@@ -845,6 +845,7 @@ impl Worker {
 
     /// Stops the sandbox and frees its network, cgroup and volumes (logs stay).
     async fn teardown_sandbox(&mut self) {
+        self.view_mut().sandbox = None;
         if let Some(sb) = self.sandbox.take() {
             if let Err(e) = self.ctx.runtime.stop_sandbox(&sb).await {
                 tracing::warn!(error = %e, "stopping sandbox");

@@ -355,6 +355,14 @@ async fn exec(
     if xkube_client::stream::is_websocket(req.headers()) {
         return streaming::channels(ctx, Kind::Exec, target, query(q), req).await;
     }
+    // Any other upgrade (SPDY from an old client) is refused, never run non-interactively.
+    if req.headers().contains_key(header::UPGRADE) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "exec needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported for exec",
+        )
+            .into_response();
+    }
     run(State(ctx), Path(target), RawQuery(q)).await
 }
 

@@ -169,11 +169,33 @@ fn switching(key: &str, protocol: &str) -> Response {
     r
 }
 
-/// Copies `r` to the socket as messages on `channel` until EOF.
-async fn pump_out(mut r: crate::runtime::BoxRead, channel: u8, tx: mpsc::Sender<Message>) {
+/// Copies `r` to the socket as messages on `channel` until EOF. Once the command exited
+/// (`exited`), a read that brings nothing for [`DRAIN`] ends it too (a background child may
+/// hold the pipe); sending to a slow client is never cut short.
+async fn pump_out(
+    mut r: crate::runtime::BoxRead,
+    channel: u8,
+    tx: mpsc::Sender<Message>,
+    mut exited: tokio::sync::watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 32 * 1024];
+    let mut after_exit = *exited.borrow();
     loop {
-        match r.read(&mut buf).await {
+        let read = if after_exit {
+            match tokio::time::timeout(DRAIN, r.read(&mut buf)).await {
+                Ok(res) => res,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                res = r.read(&mut buf) => res,
+                _ = exited.changed() => {
+                    after_exit = true;
+                    continue;
+                }
+            }
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if tx
@@ -214,13 +236,15 @@ async fn serve_session<S>(
         stderr,
         resize,
         exit,
+        guard: _guard,
     } = s;
+    let (exited_tx, exited) = tokio::sync::watch::channel(false);
     let mut outputs = tokio::task::JoinSet::new();
     if let Some(r) = stdout {
-        outputs.spawn(pump_out(r, ws::STDOUT, tx.clone()));
+        outputs.spawn(pump_out(r, ws::STDOUT, tx.clone(), exited.clone()));
     }
     if let Some(r) = stderr {
-        outputs.spawn(pump_out(r, ws::STDERR, tx.clone()));
+        outputs.spawn(pump_out(r, ws::STDERR, tx.clone(), exited.clone()));
     }
     // Client -> stdin / resize. Ends when the client closes the socket.
     let input = tokio::spawn(async move {
@@ -277,12 +301,9 @@ async fn serve_session<S>(
         writer.abort();
         return;
     };
-    // Output still in the pipes goes out before the status.
-    let _ = tokio::time::timeout(DRAIN, async {
-        while outputs.join_next().await.is_some() {}
-    })
-    .await;
-    outputs.abort_all();
+    // Output still in the pipes goes out before the status (however slow the client).
+    let _ = exited_tx.send(true);
+    while outputs.join_next().await.is_some() {}
     let status = match code {
         Ok(Some(c)) => exit_status(command, c),
         Ok(None) => json!({"metadata": {}, "status": "Success"}),
@@ -297,7 +318,7 @@ async fn serve_session<S>(
     input.abort();
 }
 
-/// Connects to `127.0.0.1:port` inside `netns` (the kubelet's own for `None`).
+/// Connects to `127.0.0.1:port` inside `netns` (the kubelet's own for `None`, tests).
 async fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
     let ns = match netns {
         Some(p) => NsRef::path(p),
@@ -336,7 +357,15 @@ pub(crate) async fn port_forward(
             format!("pod {ns}/{pod} has no running sandbox"),
         );
     };
-    let netns = (!sb.host_network).then(|| sb.netns.clone());
+    if !ctx.runtime.sandbox_alive(&sb).await {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("pod {ns}/{pod} has no running sandbox"),
+        );
+    }
+    // The infra process' namespace: the pod's own, or the node's for hostNetwork pods (the
+    // node's, not the kubelet's, when the kubelet runs outside it).
+    let netns = Some(sb.netns.clone());
     let headers = req.headers().clone();
     if ws::is_websocket(&headers) {
         let Some(key) = headers
@@ -524,25 +553,36 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut session = spdy::Session::server(io);
-    // requestid -> the error stream, until its data stream arrives.
-    let mut errors: HashMap<String, spdy::Stream> = HashMap::new();
-    let mut early_data: HashMap<String, spdy::Stream> = HashMap::new();
+    // requestid -> the error (or data) stream, until the other one of the pair arrives;
+    // unpaired streams are reset after PAIR_TIMEOUT, and at most MAX_PENDING wait.
+    const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+    const MAX_PENDING: usize = 128;
+    let mut errors: HashMap<String, (std::time::Instant, spdy::Stream)> = HashMap::new();
+    let mut early_data: HashMap<String, (std::time::Instant, spdy::Stream)> = HashMap::new();
     while let Some(mut st) = session.accept().await {
+        let now = std::time::Instant::now();
+        for pending in [&mut errors, &mut early_data] {
+            pending.retain(|_, (at, _)| now.duration_since(*at) < PAIR_TIMEOUT);
+        }
+        if errors.len() + early_data.len() >= MAX_PENDING {
+            let _ = st.reset().await;
+            continue;
+        }
         if st.reply().await.is_err() {
             continue;
         }
         let rid = st.header("requestid").unwrap_or("").to_owned();
         match st.header("streamtype") {
             Some("error") => match early_data.remove(&rid) {
-                Some(data) => spawn_forward(data, st, netns.clone()),
+                Some((_, data)) => spawn_forward(data, st, netns.clone()),
                 None => {
-                    errors.insert(rid, st);
+                    errors.insert(rid, (now, st));
                 }
             },
             Some("data") => match errors.remove(&rid) {
-                Some(err) => spawn_forward(st, err, netns.clone()),
+                Some((_, err)) => spawn_forward(st, err, netns.clone()),
                 None => {
-                    early_data.insert(rid, st);
+                    early_data.insert(rid, (now, st));
                 }
             },
             other => {
@@ -565,9 +605,38 @@ fn spawn_forward(mut data: spdy::Stream, mut err: spdy::Stream, netns: Option<Pa
             return;
         };
         match connect_in(netns, port).await {
-            Ok(mut conn) => {
-                let _ = tokio::io::copy_bidirectional(&mut data, &mut conn).await;
-                let _ = data.shutdown().await;
+            Ok(conn) => {
+                // Each direction on its own; once one ends, the other gets a second (as
+                // CRI runtimes do), then both streams close: kubectl waits for the error
+                // stream before it closes the local connection.
+                let (mut conn_r, mut conn_w) = conn.into_split();
+                let (mut data_r, mut data_w) = tokio::io::split(data);
+                let mut up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut data_r, &mut conn_w).await;
+                    let _ = conn_w.shutdown().await;
+                    data_r
+                });
+                let mut down = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut conn_r, &mut data_w).await;
+                    let _ = data_w.shutdown().await;
+                    data_w
+                });
+                let (r, w) = tokio::select! {
+                    r = &mut up => {
+                        let w = tokio::time::timeout(Duration::from_secs(1), &mut down).await;
+                        (r.ok(), w.ok().and_then(Result::ok))
+                    }
+                    w = &mut down => {
+                        let r = tokio::time::timeout(Duration::from_secs(1), &mut up).await;
+                        (r.ok().and_then(Result::ok), w.ok())
+                    }
+                };
+                up.abort();
+                down.abort();
+                if let (Some(r), Some(w)) = (r, w) {
+                    let mut data = r.unsplit(w);
+                    let _ = data.shutdown().await;
+                }
                 let _ = err.shutdown().await;
             }
             Err(e) => {

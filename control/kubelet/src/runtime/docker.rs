@@ -183,7 +183,12 @@ fn demux(
     mut output: Output,
     want_stdout: bool,
     want_stderr: bool,
-) -> (Option<BoxRead>, Option<BoxRead>, oneshot::Receiver<()>) {
+) -> (
+    Option<BoxRead>,
+    Option<BoxRead>,
+    oneshot::Receiver<()>,
+    tokio::task::AbortHandle,
+) {
     const PIPE: usize = 64 * 1024;
     let pipe = |want: bool| {
         want.then(|| {
@@ -195,7 +200,7 @@ fn demux(
     let (mut out_w, out_r) = pipe(want_stdout);
     let (mut err_w, err_r) = pipe(want_stderr);
     let (done_tx, done_rx) = oneshot::channel();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let any = out_w.is_some() || err_w.is_some();
         while let Some(item) = output.next().await {
             let (w, message) = match item {
@@ -223,7 +228,44 @@ fn demux(
         }
         let _ = done_tx.send(());
     });
-    (out_r, err_r, done_rx)
+    (out_r, err_r, done_rx, task.abort_handle())
+}
+
+/// What a docker exec or attach session leaves when its client goes: the task copying
+/// Docker's output is stopped, and an exec's process still running is killed (Docker has no
+/// API for that; its pid is in the node's pid namespace).
+struct SessionGuard {
+    demux: tokio::task::AbortHandle,
+    exec: Option<(Docker, String)>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.demux.abort();
+        let Some((docker, id)) = self.exec.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let Ok(info) = docker.inspect_exec(&id).await else {
+                return;
+            };
+            if info.running == Some(true)
+                && let Some(pid) = info
+                    .pid
+                    .and_then(|p| i32::try_from(p).ok())
+                    .filter(|p| *p > 0)
+            {
+                tracing::debug!(exec = %id, pid, "killing the process of an abandoned exec");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        });
+    }
 }
 
 /// A resize channel calling `resize` for each size until the sender goes.
@@ -699,7 +741,12 @@ impl ContainerRuntime for DockerRuntime {
         else {
             return Err(Error::Runtime("docker started the exec detached".into()));
         };
-        let (stdout, stderr, ended) = demux(output, opts.stdout, opts.stderr && !opts.tty);
+        let (stdout, stderr, ended, demux_task) =
+            demux(output, opts.stdout, opts.stderr && !opts.tty);
+        let guard = SessionGuard {
+            demux: demux_task,
+            exec: Some((self.docker.clone(), exec.id.clone())),
+        };
         let resize = opts.tty.then(|| {
             let (docker, exec_id) = (self.docker.clone(), exec.id.clone());
             resizer(move |size: TermSize| {
@@ -739,6 +786,7 @@ impl ContainerRuntime for DockerRuntime {
             stderr,
             resize,
             exit: exit.boxed(),
+            guard: Some(Box::new(guard)),
         })
     }
 
@@ -778,7 +826,11 @@ impl ContainerRuntime for DockerRuntime {
             .attach_container(&cid, Some(attach))
             .await
             .map_err(derr("attach"))?;
-        let (stdout, mut stderr, _) = demux(output, opts.stdout, opts.stderr && !tty);
+        let (stdout, mut stderr, _, demux_task) = demux(output, opts.stdout, opts.stderr && !tty);
+        let guard = SessionGuard {
+            demux: demux_task,
+            exec: None,
+        };
         if opts.stderr && tty {
             // A terminal has no stderr: what it shows is on stdout.
             stderr = Some(Box::pin(tokio::io::empty()));
@@ -814,6 +866,7 @@ impl ContainerRuntime for DockerRuntime {
             stderr,
             resize,
             exit: exit.boxed(),
+            guard: Some(Box::new(guard)),
         })
     }
 }

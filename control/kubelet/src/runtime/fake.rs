@@ -266,6 +266,7 @@ impl ContainerRuntime for FakeRuntime {
                 Ok(Some(code))
             }
             .boxed(),
+            guard: None,
         })
     }
 
@@ -304,6 +305,7 @@ impl ContainerRuntime for FakeRuntime {
             stderr: (opts.stderr && !opts.tty).then(|| Box::pin(tokio::io::empty()) as BoxRead),
             resize: self.resizer(id, opts.tty),
             exit: exit.boxed(),
+            guard: None,
         })
     }
 }

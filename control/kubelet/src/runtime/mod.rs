@@ -149,6 +149,9 @@ pub struct StreamSession {
     /// Resolves when the session ends: `Some(exit code)` when the command (exec) or the
     /// container (attach) exited, `None` when an attach ended without the container exiting.
     pub exit: BoxFuture<'static, Result<Option<i32>>>,
+    /// Dropped when the session is: stops what a client that went away leaves behind (the
+    /// runtime's copy tasks, an exec'd process still running).
+    pub guard: Option<Box<dyn Send>>,
 }
 
 impl std::fmt::Debug for StreamSession {

@@ -678,6 +678,7 @@ impl ContainerRuntime for ProcessRuntime {
             stderr,
             resize,
             exit,
+            guard: None,
         })
     }
 
@@ -754,6 +755,7 @@ impl ContainerRuntime for ProcessRuntime {
             stderr,
             resize,
             exit: self.wait_exit(id.to_owned(), pid, start).boxed(),
+            guard: None,
         })
     }
 }
