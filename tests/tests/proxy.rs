@@ -943,12 +943,14 @@ fn dig(c: &Cluster, pod: &str, args: &[&str]) -> Dig {
         if out.status.success() {
             break String::from_utf8_lossy(&out.stdout).into_owned();
         }
-        assert!(
-            attempt < 3,
-            "kubectl {argv:?} failed {attempt} times: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if attempt == 3 {
+            let report = dns_lag_report(c, pod, None);
+            panic!(
+                "kubectl {argv:?} failed {attempt} times: {}{}{report}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_secs(1));
     };
     let mut d = Dig {
@@ -1128,13 +1130,24 @@ spec:
     let mut dropped: Option<f64> = None;
     let mut last_with = scaled_at;
     let mut clean = 0;
+    let mut stale = String::new();
+    let mut watch_ended = false;
     // Six answers in a row (kube-dns has two replicas behind its ClusterIP).
     while clean < 6 {
-        assert!(
-            Instant::now() < deadline,
-            "{mode}: the headless answer still names a removed pod 30 s after the scale"
-        );
+        if Instant::now() >= deadline {
+            if stale.is_empty() {
+                stale = dns_lag_report(c, client, left.as_ref().map(|l| l.1.as_str()));
+            }
+            panic!(
+                "{mode}: the headless answer still names a removed pod 30 s after the scale; {stale}"
+            );
+        }
+        if !watch_ended && let Ok(Some(st)) = watch.try_wait() {
+            watch_ended = true;
+            println!("{mode}: kubectl get endpointslices -w ended: {st}");
+        }
         while let Ok((at, ready)) = rx.try_recv() {
+            println!("{mode}: slice watch at {at:.3}: {ready:?}");
             if left.is_none() && ready.len() == 1 {
                 let gone = peers
                     .iter()
@@ -1146,14 +1159,25 @@ spec:
         }
         let d = dig(c, client, &["peers"]);
         match &left {
+            // An answer without the pod.
             Some((_, gone)) if d.status == "NOERROR" && !d.data("A").contains(gone) => {
                 dropped.get_or_insert(d.when);
                 clean += 1;
+            }
+            // A query that got no NOERROR answer proves nothing either way.
+            Some(_) if d.status != "NOERROR" => {
+                println!("{mode}: dig peers: {} (not counted)", d.status);
             }
             _ => {
                 last_with = d.when;
                 dropped = None;
                 clean = 0;
+                // Still named 2 s after the slice lost it: ask each kube-dns replica (once)
+                // which of them is behind, for the failure message.
+                if stale.is_empty() && d.when - scaled_at > 2.0 {
+                    stale = dns_lag_report(c, client, left.as_ref().map(|l| l.1.as_str()));
+                    println!("{mode}: 2 s after the scale: {stale}");
+                }
             }
         }
     }
@@ -1172,8 +1196,84 @@ spec:
     );
     assert!(
         after_slice < 1.0,
-        "{mode}: the headless answer dropped {gone} {after_slice:.3} s after the EndpointSlice"
+        "{mode}: the headless answer dropped {gone} {after_slice:.3} s after the EndpointSlice; \
+         {stale}"
     );
+}
+
+/// Why a removed pod is still answered: the peers pods, Endpoints and EndpointSlices as the
+/// apiserver has them, and each kube-dns replica's answer when asked directly (with its log
+/// when it still names `gone`).
+fn dns_lag_report(c: &Cluster, client: &str, gone: Option<&str>) -> String {
+    let mut out = Vec::new();
+    for (what, args) in [
+        ("pods", &["pods", "-A", "-o", "wide"][..]),
+        (
+            "kube-dns endpoints",
+            &["endpoints", "-n", "kube-system", "kube-dns", "-o", "yaml"][..],
+        ),
+        ("events", &["events", "-A"][..]),
+        ("endpoints", &["endpoints", "peers", "-o", "yaml"][..]),
+        (
+            "slices",
+            &[
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=peers",
+                "-o",
+                "yaml",
+            ][..],
+        ),
+    ] {
+        let o = c.kubectl(&[&["get"], args].concat());
+        out.push(format!(
+            "{what}:\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    let pods = c.get_json(&["pods", "-n", "kube-system", "-l", "k8s-app=kube-dns"]);
+    for p in pods["items"].as_array().into_iter().flatten() {
+        let pod = p["metadata"]["name"].as_str().unwrap_or("?");
+        let ip = p["status"]["podIP"].as_str().unwrap_or("?");
+        let bin = xkube_e2e::xkube_bin();
+        let o = c.kubectl(&[
+            "exec",
+            client,
+            "--",
+            bin.to_str().expect("utf-8 binary path"),
+            "agnhost",
+            "dig",
+            "--short",
+            "--server",
+            ip,
+            "peers",
+        ]);
+        let answer = String::from_utf8_lossy(&o.stdout);
+        let mut line = format!(
+            "{pod} ({ip}) asked directly: {}{}",
+            answer.trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        if gone.is_some_and(|g| answer.lines().any(|a| a.trim() == g)) {
+            let logs = c.kubectl(&["logs", "-n", "kube-system", pod, "--tail", "30"]);
+            line.push_str(&format!(
+                " BEHIND; its log:\n{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            ));
+        }
+        out.push(line);
+    }
+    out.push(c.logs());
+    if let Some(dir) = std::env::var_os("XKUBE_E2E_SAVE_LOGS") {
+        let _ = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(c.data_root.join(&c.name).join("logs"))
+            .arg(dir)
+            .status();
+    }
+    out.join("\n")
 }
 
 /// Issue 19: a Job as a user runs one with upstream kubectl: `create job`, `wait

@@ -20,7 +20,7 @@ use rtnetlink::{
     packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol},
 };
 use tokio::sync::broadcast;
-use xkube_netns::{add_address, connect, link_index, link_up};
+use xkube_netns::{add_address, connect, link_index, link_up, pin_link_address};
 
 use xkube_netns::NsRef;
 
@@ -168,6 +168,8 @@ impl PodNetwork {
             if !has {
                 add_address(&h, BRIDGE, gw, prefix).await?;
             }
+            // The gateway's MAC must not change when a pod's veth (a bridge port) goes.
+            pin_link_address(&h, BRIDGE).await?;
             link_up(&h, BRIDGE).await?;
             Ok::<_, Error>(())
         })??;

@@ -320,6 +320,7 @@ impl NetNs {
                 .execute()
                 .await
                 .map_err(nl(format!("add bridge {name}")))?;
+            pin_link_address(&h, name).await?;
             link_up(&h, name).await
         })?
     }
@@ -470,6 +471,36 @@ pub async fn link_up(h: &Handle, name: &str) -> Result<()> {
         .map_err(nl(format!("set {name} up")))
 }
 
+/// Sets the link's hardware address to the one it has now. For a bridge this is what keeps
+/// it: a bridge whose address was never set follows the lowest address of its ports, so
+/// removing a port can change the gateway's MAC under every neighbour that cached it (their
+/// packets to it are dropped until the cache entry fails over, 10-30 s). An address set
+/// through netlink is one the kernel no longer recalculates (`NET_ADDR_SET`).
+pub async fn pin_link_address(h: &Handle, name: &str) -> Result<()> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    let link = match links.try_next().await {
+        Ok(Some(link)) => link,
+        Ok(None) => return Err(Error::NoSuchLink(name.to_owned())),
+        Err(e) => return Err(nl(format!("get link {name}"))(e)),
+    };
+    let Some(mac) = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) => Some(mac.clone()),
+        _ => None,
+    }) else {
+        return Ok(());
+    };
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(link.header.index)
+                .address(mac)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl(format!("pin the address of {name}")))
+}
+
 /// Adds `addr/prefix` to the link `name`.
 pub async fn add_address(h: &Handle, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     let idx = link_index(h, name).await?;
@@ -550,6 +581,69 @@ mod tests {
             from.ip(),
             std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1))
         );
+    }
+
+    async fn mac_of(h: &Handle, name: &str) -> Vec<u8> {
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let link = h
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute()
+            .try_next()
+            .await
+            .expect("get link")
+            .expect("link exists");
+        link.attributes
+            .into_iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(m) => Some(m),
+                _ => None,
+            })
+            .expect("link has an address")
+    }
+
+    /// A bridge follows its lowest port address unless its own was set: a pod veth joining
+    /// and leaving must not change the gateway's MAC under the other pods.
+    #[test]
+    fn a_bridge_keeps_its_address_when_a_lower_addressed_port_comes_and_goes() {
+        assert!(
+            is_root(),
+            "network namespace tests need root (CI runs as root)"
+        );
+        let a = NetNs::unique("xkt").expect("create a");
+        let b = NetNs::unique("xkt").expect("create b");
+        a.add_bridge("br0").expect("bridge");
+        let before = a
+            .block_on(async { mac_of(&connect().expect("netlink"), "br0").await })
+            .expect("enter a");
+        veth_pair(&a, "va", &b, "vb").expect("veth pair");
+        // The lowest unicast, locally administered address there is: lower than the
+        // bridge's (random) one.
+        a.block_on(async {
+            let h = connect().expect("netlink");
+            let idx = link_index(&h, "va").await.expect("va");
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .address(vec![0x02, 0, 0, 0, 0, 0])
+                        .build(),
+                )
+                .execute()
+                .await
+                .expect("set va's address");
+        })
+        .expect("enter a");
+        a.enslave("va", "br0").expect("enslave");
+        let with_port = a
+            .block_on(async { mac_of(&connect().expect("netlink"), "br0").await })
+            .expect("enter a");
+        assert_eq!(with_port, before, "the port's address became the bridge's");
+        drop(b); // the veth pair goes with b's end
+        let after = a
+            .block_on(async { mac_of(&connect().expect("netlink"), "br0").await })
+            .expect("enter a");
+        assert_eq!(after, before);
     }
 
     #[test]
