@@ -314,13 +314,20 @@ spec:
         .expect("two pods on different nodes");
     let a_node = node_index(&c, &a.2);
     let a_ip = a.1.parse().expect("pod ip");
-    let answer = http_get(
-        &c.node_ns(a_node),
-        SocketAddrV4::new(a_ip, 8080),
-        &format!("/dial?host={}&port=8080&path=/whoami", b.1),
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| panic!("{} -> {}: {e}", a.0, b.0));
+    // Running is not listening yet (no readiness probe): `a` asks again until `b` answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        match http_get(
+            &c.node_ns(a_node),
+            SocketAddrV4::new(a_ip, 8080),
+            &format!("/dial?host={}&port=8080&path=/whoami", b.1),
+            Duration::from_secs(5),
+        ) {
+            Ok(answer) => break answer,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{} -> {}: {e}", a.0, b.0),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
     assert_eq!(
         answer.trim(),
         format!("{} {}", b.0, a.1),

@@ -147,6 +147,30 @@ pub fn kubectl_workflows(c: &Cluster, pod: &str, runtime: &str) {
     attach(c);
     python_client(c, pod);
     xkubectl(c, pod);
+    explain_and_strict_validation(c);
+}
+
+/// `kubectl explain` from the cluster's OpenAPI, and `apply --validate=strict` refusing an
+/// unknown field with the server's field path (nothing created).
+fn explain_and_strict_validation(c: &Cluster) {
+    let out = c.kubectl_ok(&["explain", "pod.spec.containers.ports"]);
+    for want in [
+        "FIELD: ports <[]ContainerPort>",
+        "containerPort\t<integer> -required-",
+        "Number of port to expose on the pod's IP address.",
+    ] {
+        assert!(out.contains(want), "explain lacks {want:?}:\n{out}");
+    }
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: strict}\nspec:\n  containers:\n  - {name: c, image: busybox, bogus: 1}\n";
+    let out = c.kubectl_stdin(&["apply", "--validate=strict", "-f", "-"], Some(manifest));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "strict apply succeeded: {err}");
+    assert!(
+        err.contains(r#"strict decoding error: unknown field "spec.containers[0].bogus""#),
+        "{err}"
+    );
+    let out = c.kubectl(&["get", "pod", "strict"]);
+    assert!(!out.status.success(), "the refused pod exists");
 }
 
 /// `kubectl exec -it` on a terminal: typing `echo hi; exit 3` shows `hi`, kubectl exits 3;
