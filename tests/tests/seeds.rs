@@ -472,7 +472,7 @@ metadata: {{name: ghost}}
 spec:
   nodeName: {node}
   containers:
-  - {{name: c, image: "xkube/does-not-exist:1.0"}}
+  - {{name: c, image: "127.0.0.1:1/xkube/does-not-exist:1.0"}}
 "#
     ));
     c.wait("ghost in ImagePullBackOff", Duration::from_secs(60), || {
@@ -489,7 +489,7 @@ spec:
         "involvedObject.name=ghost",
     ]);
     assert!(
-        events.contains("Failed to pull image \"xkube/does-not-exist:1.0\""),
+        events.contains("Failed to pull image \"127.0.0.1:1/xkube/does-not-exist:1.0\""),
         "{events}"
     );
     assert!(events.contains("Back-off pulling image"), "{events}");

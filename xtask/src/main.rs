@@ -79,6 +79,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "the tools image of `cluster up --runtime docker` and the e2e pods",
     ),
     (
+        "docker-registry",
+        "`cluster up --registry` runs the CNCF Distribution registry on the fabric",
+    ),
+    (
+        "apache2-utils",
+        "htpasswd for the registry's basic-auth test",
+    ),
+    (
         "socat",
         "the tools image of `cluster up --runtime docker` and the kubelet tests",
     ),
@@ -203,10 +211,13 @@ fn apt_install(packages: &[(&str, &str)], root: bool) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdout(Stdio::null()))
     .context("apt-get update")?;
+    // RUNLEVEL=1: the packages' services (dockerd, the registry) are not started on the host:
+    // the clusters and tests start their own, in their namespaces.
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("RUNLEVEL", "1"))
     .with_context(|| format!("installing {}", missing.join(" ")))
 }
 

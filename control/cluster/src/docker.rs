@@ -20,7 +20,8 @@ use std::{
 use bollard::{
     Docker,
     query_parameters::{
-        BuildImageOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+        BuildImageOptions, CreateImageOptions, ImportImageOptions, ListContainersOptions,
+        RemoveContainerOptions,
     },
 };
 use futures::StreamExt as _;
@@ -346,4 +347,237 @@ pub async fn load_images(docker: &Docker, rootfs: &[u8], work: &Path) -> Result<
             .map_err(|e| Error::Invalid(format!("image {name} after its build: {e}")))?;
     }
     Ok(())
+}
+
+/// An image archive to load: `docker save` output as it is; an OCI image layout archive
+/// (`index.json`, `blobs/`) gets the `manifest.json` an engine of API 1.41 reads, naming
+/// each image by its `org.opencontainers.image.ref.name` / `io.containerd.image.name`
+/// annotation.
+pub fn docker_archive(archive: Vec<u8>) -> Result<Vec<u8>> {
+    let bad = |m: String| Error::Invalid(format!("image archive: {m}"));
+    let mut files: Vec<(tar::Header, Vec<u8>)> = Vec::new();
+    {
+        let mut ar = tar::Archive::new(archive.as_slice());
+        for e in ar.entries().map_err(|e| bad(e.to_string()))? {
+            let mut e = e.map_err(|e| bad(e.to_string()))?;
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut body).map_err(|e| bad(e.to_string()))?;
+            files.push((e.header().clone(), body));
+        }
+    }
+    let path_of = |h: &tar::Header| {
+        h.path()
+            .map(|p| p.to_string_lossy().trim_start_matches("./").to_owned())
+            .unwrap_or_default()
+    };
+    let find = |name: &str| {
+        files
+            .iter()
+            .find(|(h, _)| path_of(h) == name)
+            .map(|(_, b)| b.as_slice())
+    };
+    if find("manifest.json").is_some() {
+        return Ok(archive);
+    }
+    let index: serde_json::Value = serde_json::from_slice(find("index.json").ok_or_else(|| {
+        bad("neither manifest.json (docker save) nor index.json (OCI layout) in it".into())
+    })?)
+    .map_err(|e| bad(format!("index.json: {e}")))?;
+    let blob = |digest: &str| -> Result<(String, &[u8])> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .ok_or_else(|| bad(format!("unsupported digest {digest}")))?;
+        let path = format!("blobs/sha256/{hex}");
+        let body = find(&path).ok_or_else(|| bad(format!("{path} is missing")))?;
+        Ok((path, body))
+    };
+    let mut manifest = Vec::new();
+    let mut pending: Vec<(serde_json::Value, Option<String>)> = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| (m.clone(), None))
+        .collect();
+    while let Some((desc, inherited)) = pending.pop() {
+        let ann = &desc["annotations"];
+        let name = ann["io.containerd.image.name"]
+            .as_str()
+            .or(ann["org.opencontainers.image.ref.name"].as_str())
+            .map(str::to_owned)
+            .or(inherited);
+        let (_, body) = blob(desc["digest"].as_str().unwrap_or_default())?;
+        let m: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| bad(format!("manifest: {e}")))?;
+        if let Some(children) = m["manifests"].as_array() {
+            // An index (several platforms): this machine's.
+            for c in children {
+                let p = &c["platform"];
+                if p["os"] == "linux" && p["architecture"] == go_arch() {
+                    pending.push((c.clone(), name.clone()));
+                }
+            }
+            continue;
+        }
+        let (config, _) = blob(m["config"]["digest"].as_str().unwrap_or_default())?;
+        let layers = m["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| blob(l["digest"].as_str().unwrap_or_default()).map(|(p, _)| p))
+            .collect::<Result<Vec<_>>>()?;
+        // A bare tag (`1.0`) is not an image name.
+        let tags: Vec<String> = name
+            .into_iter()
+            .filter(|n| n.contains(':') || n.contains('/'))
+            .collect();
+        manifest.push(serde_json::json!({"Config": config, "RepoTags": tags, "Layers": layers}));
+    }
+    if manifest.is_empty() {
+        return Err(bad("index.json lists no image for this platform".into()));
+    }
+    let mut out = tar::Builder::new(Vec::new());
+    for (h, body) in &files {
+        out.append(h, body.as_slice())
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    let text = serde_json::to_vec(&manifest).map_err(|e| bad(e.to_string()))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(text.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    out.append_data(&mut h, "manifest.json", text.as_slice())
+        .map_err(|e| bad(e.to_string()))?;
+    out.into_inner().map_err(|e| bad(e.to_string()))
+}
+
+/// `docker save` of `image` from the engine at `docker_host` (`unix://...` or a socket path).
+pub async fn save_from(docker_host: &str, image: &str) -> Result<Vec<u8>> {
+    let socket = docker_host.strip_prefix("unix://").unwrap_or(docker_host);
+    let docker = Docker::connect_with_unix(socket, 300, bollard::API_DEFAULT_VERSION).map_err(|e| {
+        Error::Invalid(format!(
+            "{image:?} is not a file, and the Docker Engine at {docker_host} to take it from is not there ({e}): give --docker-host or an archive (`docker save`, OCI)"
+        ))
+    })?;
+    docker.inspect_image(image).await.map_err(|e| {
+        Error::Invalid(format!(
+            "{image:?} is neither a file nor an image of the Docker Engine at {docker_host}: {e}"
+        ))
+    })?;
+    let mut s = docker.export_image(image);
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(
+            &chunk.map_err(|e| Error::Invalid(format!("docker save {image}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Loads the docker archive `archive` into `docker`; returns what the engine reported
+/// (`Loaded image: x`).
+pub async fn load_archive(docker: &Docker, archive: &[u8]) -> Result<Vec<String>> {
+    let mut s = docker.import_image(
+        ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        },
+        bollard::body_full(bytes::Bytes::copy_from_slice(archive)),
+        None,
+    );
+    let mut said = Vec::new();
+    while let Some(r) = s.next().await {
+        let info = r.map_err(|e| Error::Invalid(format!("docker load: {e}")))?;
+        if let Some(e) = info.error_detail.and_then(|d| d.message) {
+            return Err(Error::Invalid(format!("docker load: {e}")));
+        }
+        if let Some(line) = info.stream {
+            let line = line.trim();
+            if !line.is_empty() {
+                said.push(line.to_owned());
+            }
+        }
+    }
+    Ok(said)
+}
+
+/// This machine's architecture as OCI platforms name it.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, body) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *body).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    /// (Digests are names here: the converter only follows them.)
+    #[test]
+    fn an_oci_layout_gets_the_manifest_json_docker_loads_and_docker_archives_pass() {
+        let manifest = br#"{"schemaVersion": 2,
+            "config": {"digest": "sha256:c0"},
+            "layers": [{"digest": "sha256:l1"}, {"digest": "sha256:l2"}]}"#;
+        let index = br#"{"schemaVersion": 2, "manifests": [{"digest": "sha256:m0",
+            "annotations": {"org.opencontainers.image.ref.name": "example/app:1"}}]}"#;
+        let oci = tar_of(&[
+            ("oci-layout", br#"{"imageLayoutVersion": "1.0.0"}"#),
+            ("index.json", index),
+            ("blobs/sha256/m0", manifest),
+            ("blobs/sha256/c0", b"{}"),
+            ("blobs/sha256/l1", b"layer one"),
+            ("blobs/sha256/l2", b"layer two"),
+        ]);
+        let out = docker_archive(oci).expect("converted");
+        let mut ar = tar::Archive::new(out.as_slice());
+        let mut names = Vec::new();
+        let mut manifest_json = None;
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let name = e.path().expect("path").to_string_lossy().into_owned();
+            if name == "manifest.json" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut e, &mut s).expect("read");
+                manifest_json = Some(s);
+            }
+            names.push(name);
+        }
+        assert!(names.contains(&"blobs/sha256/l2".to_owned()), "{names:?}");
+        let m: serde_json::Value =
+            serde_json::from_str(&manifest_json.expect("manifest.json added")).expect("json");
+        assert_eq!(
+            m,
+            serde_json::json!([{
+                "Config": "blobs/sha256/c0",
+                "RepoTags": ["example/app:1"],
+                "Layers": ["blobs/sha256/l1", "blobs/sha256/l2"],
+            }])
+        );
+        // A docker archive is passed through as it is.
+        let docker = tar_of(&[("manifest.json", b"[]")]);
+        assert_eq!(docker_archive(docker.clone()).expect("as is"), docker);
+        // Neither: a clear error.
+        let err = docker_archive(tar_of(&[("x", b"y")])).expect_err("not an image");
+        assert!(err.to_string().contains("neither manifest.json"), "{err}");
+        // A missing blob is named.
+        let broken = tar_of(&[("index.json", index)]);
+        let err = docker_archive(broken).expect_err("no blobs");
+        assert!(
+            err.to_string().contains("blobs/sha256/m0 is missing"),
+            "{err}"
+        );
+    }
 }

@@ -28,6 +28,8 @@ use xkube_netns::{NetNs, cgroup, sysctl, veth_pair};
 
 pub mod dns;
 pub mod docker;
+pub mod exec;
+pub mod registry;
 
 pub const FABRIC_PREFIX: u8 = 24;
 pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -128,6 +130,14 @@ pub struct UpOptions {
     /// at it either way.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub dns: bool,
+    /// Run a registry (CNCF Distribution) on the fabric at 198.18.0.3:5000, trusted by every
+    /// node's engine over plain HTTP (that address only); push to it with a node's engine.
+    #[arg(long)]
+    pub registry: bool,
+    /// An htpasswd file (bcrypt entries, `htpasswd -B`): the registry then asks for basic
+    /// auth, and pods pull with an imagePullSecret.
+    #[arg(long, requires = "registry")]
+    pub registry_htpasswd: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -207,6 +217,9 @@ impl Names {
     }
     pub fn client(&self) -> String {
         format!("xkc-{}-client", self.cluster)
+    }
+    pub fn registry(&self) -> String {
+        format!("xkc-{}-reg", self.cluster)
     }
     pub fn node_ns(&self, i: usize) -> String {
         format!("xkc-{}-node{}", self.cluster, i + 1)
@@ -312,6 +325,33 @@ async fn build(opts: &UpOptions, names: &Names, data: &Path, state: &mut State) 
     attach(&cp, "cp", CONTROL_PLANE_ADDR)?;
     let client = named(names.client(), state)?;
     attach(&client, "client", CLIENT_ADDR)?;
+    if opts.registry {
+        let reg = named(names.registry(), state)?;
+        attach(&reg, "reg", registry::REGISTRY_ADDR)?;
+        let mut cmd = registry::command(data, opts.registry_htpasswd.as_deref())?;
+        let log = logs.join("registry.log");
+        let pid = spawn_in(reg.path(), None, &mut cmd, &log, "registry")?;
+        state.processes.push(Proc {
+            role: "registry".into(),
+            pid,
+            log: log.clone(),
+            argv: argv(&cmd),
+            netns: reg.name().to_owned(),
+            cgroup: None,
+        });
+        save(data, state)?;
+        registry::wait(Duration::from_secs(opts.timeout), &log)?;
+        say(format!(
+            "      registry: {}{} (push with a node's engine: docker -H unix://<data>/<node>-docker.sock push {}/IMAGE)",
+            registry::host(),
+            if opts.registry_htpasswd.is_some() {
+                ", basic auth"
+            } else {
+                ""
+            },
+            registry::host()
+        ));
+    }
     let cg_root = names.cgroup_root()?;
     std::fs::create_dir_all(&cg_root).map_err(io("create cgroup", &cg_root))?;
     state.cgroups.push(cg_root.clone());
@@ -629,6 +669,9 @@ async fn start_engines(
         std::fs::create_dir_all(&engine.exec_root)
             .map_err(io("create directory", &engine.exec_root))?;
         let mut cmd = engine.command("dockerd");
+        if opts.registry {
+            cmd.args(["--insecure-registry", &registry::host()]);
+        }
         let log = logs.join(format!("{}-docker.log", node.name));
         let pid = spawn_in(ns.path(), Some(&node.cgroup), &mut cmd, &log, "dockerd")?;
         state.processes.push(Proc {
@@ -672,7 +715,7 @@ fn argv(cmd: &Command) -> Vec<String> {
         .collect()
 }
 
-fn load_state(opts: &NameOptions) -> Result<(State, PathBuf)> {
+pub(crate) fn load_state(opts: &NameOptions) -> Result<(State, PathBuf)> {
     let names = Names::new(&opts.name)?;
     let data = names.data_dir(&opts.data_root);
     let path = data.join("state.json");
@@ -949,10 +992,15 @@ pub fn down(opts: &NameOptions) -> Result<()> {
         Err(_) => State {
             name: opts.name.clone(),
             host_link: names.host_link(),
-            namespaces: vec![names.fabric(), names.control_plane(), names.client()]
-                .into_iter()
-                .chain((0..20).map(|i| names.node_ns(i)))
-                .collect(),
+            namespaces: vec![
+                names.fabric(),
+                names.control_plane(),
+                names.client(),
+                names.registry(),
+            ]
+            .into_iter()
+            .chain((0..20).map(|i| names.node_ns(i)))
+            .collect(),
             cgroups: (0..20)
                 .filter_map(|i| names.cgroup_root().ok().map(|r| r.join(names.node(i))))
                 .chain(names.cgroup_root().ok())
@@ -1097,6 +1145,40 @@ fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
     for p in pids {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
     }
+}
+
+/// `xkube cluster load-image`: copies each image (a name in the Docker Engine at
+/// `docker_host`, or a `docker save` / OCI archive file) into every node's engine.
+pub async fn load_image(opts: &NameOptions, images: &[String], docker_host: &str) -> Result<()> {
+    let (state, _) = load_state(opts)?;
+    if state.engines.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cluster {:?} runs the process runtime, whose nodes run host programs rather than \
+             images: load-image needs a `cluster up --runtime docker` cluster",
+            state.name
+        )));
+    }
+    for image in images {
+        let archive = if Path::new(image).is_file() {
+            let raw = std::fs::read(image).map_err(io("read", Path::new(image)))?;
+            docker::docker_archive(raw)?
+        } else {
+            docker::save_from(docker_host, image).await?
+        };
+        let loads = state.engines.iter().zip(&state.nodes).map(|(e, n)| {
+            let archive = &archive;
+            async move {
+                let client = e.wait(Duration::from_secs(10)).await?;
+                let said = docker::load_archive(&client, archive).await?;
+                Ok::<_, Error>((n.name.clone(), said))
+            }
+        });
+        for r in futures::future::join_all(loads).await {
+            let (node, said) = r?;
+            say(format!("{node}: {}", said.join("; ")));
+        }
+    }
+    Ok(())
 }
 
 /// A short report of a cluster's state for `xkube cluster status`.

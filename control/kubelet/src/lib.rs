@@ -24,6 +24,7 @@ pub mod auth;
 pub mod dns;
 pub mod env;
 pub mod error;
+pub mod images;
 pub mod ipam;
 pub mod network;
 pub mod node;
@@ -175,6 +176,20 @@ pub struct Options {
     /// The node's resolver configuration, given to `dnsPolicy: Default` pods (empty: none).
     #[arg(long, env = "XKUBE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// Pull one image at a time (the docker runtime; Kubernetes' default).
+    #[arg(
+        long,
+        env = "XKUBE_SERIALIZE_IMAGE_PULLS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub serialize_image_pulls: bool,
+    /// At most this many pulls at once (with `--serialize-image-pulls=false`; default: no
+    /// bound).
+    #[arg(long, env = "XKUBE_MAX_PARALLEL_IMAGE_PULLS")]
+    pub max_parallel_image_pulls: Option<u32>,
 }
 
 impl Options {
@@ -211,6 +226,26 @@ impl Options {
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            serialize_image_pulls: true,
+            max_parallel_image_pulls: None,
+        }
+    }
+
+    /// How many image pulls may run at once, from `--serialize-image-pulls` and
+    /// `--max-parallel-image-pulls` (refused together unless the bound is 1, as Kubernetes).
+    pub fn parallel_image_pulls(&self) -> Result<usize> {
+        match (self.serialize_image_pulls, self.max_parallel_image_pulls) {
+            (_, Some(0)) => Err(Error::Invalid {
+                what: "--max-parallel-image-pulls",
+                message: "it must be at least 1".into(),
+            }),
+            (true, Some(n)) if n > 1 => Err(Error::Invalid {
+                what: "--max-parallel-image-pulls",
+                message: "it needs --serialize-image-pulls=false".into(),
+            }),
+            (true, _) => Ok(1),
+            (false, Some(n)) => Ok(n as usize),
+            (false, None) => Ok(usize::from(u16::MAX)),
         }
     }
 }
@@ -233,6 +268,8 @@ pub(crate) struct Ctx {
     pub views: Mutex<HashMap<String, Arc<Mutex<pods::PodView>>>>,
     /// What pods' resolv.conf is made from.
     pub dns: dns::Settings,
+    /// Pull policy, credentials, one pull per image, the parallel-pull bound.
+    pub images: Arc<images::ImageManager>,
 }
 
 impl Ctx {
@@ -482,7 +519,12 @@ impl Kubelet {
             Reflector::new(Api::<Service>::all(client.clone()), ListParams::default())
                 .spawn(shutdown.child_token());
         drop(svc_task);
+        let images = Arc::new(images::ImageManager::new(
+            runtime.clone(),
+            opts.parallel_image_pulls()?,
+        ));
         let ctx = Arc::new(Ctx {
+            images,
             node_name: node_name.clone(),
             node_ip,
             client: client.clone(),

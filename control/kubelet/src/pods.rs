@@ -25,9 +25,10 @@ use xkube_client::{Api, Batch, DeleteParams, ListParams, Patch, batched, watcher
 use crate::{
     Ctx, dns, env,
     error::{Error, Result, io},
+    images::{self, Plan, PullPolicy},
     network::{PodNetworkEvent, PodNetworkEventKind, host_veth_name},
     probes::{Prober, Verdict, run_check},
-    runtime::{ContainerConfig, ContainerStatus, Mount, Sandbox, SandboxConfig},
+    runtime::{ContainerConfig, ContainerStatus, Mount, Sandbox, SandboxConfig, StartError},
     state::{
         Backoff, ContainerRecord, ContainerState, Decision, Phase, PodEvent, PodLifecycle,
         RestartPolicy, Termination, pod_phase,
@@ -1133,21 +1134,116 @@ impl Worker {
         next
     }
 
+    /// The image of container `name` by its pull policy, with the events Kubernetes posts
+    /// (`Pulling`, `Pulled` with the durations and size, `ErrImageNeverPull`); its ID.
+    async fn ensure_image(
+        &mut self,
+        name: &str,
+        image: &str,
+        policy: PullPolicy,
+    ) -> Result<String, StartError> {
+        let images = self.ctx.images.clone();
+        match images.plan(image, policy).await? {
+            Plan::Present(info) => {
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    format!("Container image \"{image}\" already present on machine"),
+                    Some(name),
+                );
+                Ok(info.id)
+            }
+            Plan::NeverPull => {
+                let message =
+                    format!("Container image \"{image}\" is not present with pull policy of Never");
+                self.event("Warning", "ErrImageNeverPull", message.clone(), Some(name));
+                Err(StartError {
+                    reason: "ErrImageNeverPull",
+                    message,
+                })
+            }
+            Plan::Pull => {
+                self.event(
+                    "Normal",
+                    "Pulling",
+                    format!("Pulling image \"{image}\""),
+                    Some(name),
+                );
+                let secrets = self.pull_secrets(name).await;
+                let started = Instant::now();
+                let pulled = images
+                    .pull(image, images::credentials_for(image, &secrets))
+                    .await?;
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image \"{image}\" in {} ({} including waiting). Image size: {} bytes.",
+                        images::go_duration(pulled.took),
+                        images::go_duration(started.elapsed()),
+                        pulled.info.size
+                    ),
+                    Some(name),
+                );
+                Ok(pulled.info.id)
+            }
+        }
+    }
+
+    /// The pod's `imagePullSecrets` that can be read; the others get a warning event, as the
+    /// kubelet posts one, and the pull goes on without them.
+    async fn pull_secrets(&self, container: &str) -> Vec<Secret> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), self.ns());
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for n in names {
+            match api.get_opt(&n).await {
+                Ok(Some(s)) => found.push(s),
+                Ok(None) => missing.push(n),
+                Err(e) => missing.push(format!("{n} ({e})")),
+            }
+        }
+        if !missing.is_empty() {
+            self.event(
+                "Warning",
+                "FailedToRetrieveImagePullSecret",
+                format!(
+                    "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                    missing.join(", ")
+                ),
+                Some(container),
+            );
+        }
+        found
+    }
+
     async fn start_container(&mut self, i: usize, spec: &Container, sb: &Sandbox) {
         let name = spec.name.clone();
         let image = spec.image.clone().unwrap_or_default();
         let now = Instant::now();
-        let pulled = self.ctx.runtime.pull_image(&image).await;
+        let pulled = self.ensure_image(&name, &image, PullPolicy::of(spec)).await;
         if let Ok(id) = &pulled {
             self.image_ids.insert(name.clone(), id.clone());
         }
         if let Err(e) = pulled {
-            self.event(
-                "Warning",
-                "Failed",
-                format!("Failed to pull image \"{image}\": {}", e.message),
-                Some(&name),
-            );
+            if e.reason != "ErrImageNeverPull" {
+                self.event(
+                    "Warning",
+                    "Failed",
+                    format!("Failed to pull image \"{image}\": {}", e.message),
+                    Some(&name),
+                );
+            }
             self.records[i].on_start_failed(e.reason, e.message, now);
             // Kubernetes reports the back-off reason after the first failure.
             let repeated = self.records[i].backoff_failures() > 1;
@@ -1165,12 +1261,6 @@ impl Worker {
             }
             return;
         }
-        self.event(
-            "Normal",
-            "Pulled",
-            format!("Container image \"{image}\" already present on machine"),
-            Some(&name),
-        );
         let attempt = if self.records[i].ever_started {
             self.attempts.get(&name).copied().unwrap_or(0) + 1
         } else {

@@ -56,7 +56,7 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
         json!({
             "metadata": {"name": "ghost"},
             "spec": {"terminationGracePeriodSeconds": 1,
-                     "containers": [{"name": "c", "image": "xkube/does-not-exist:1.0"}]},
+                     "containers": [{"name": "c", "image": "127.0.0.1:1/xkube/does-not-exist:1.0"}]},
         }),
     )
     .await;

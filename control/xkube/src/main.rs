@@ -90,6 +90,40 @@ enum ClusterCmd {
         #[arg(long, value_enum)]
         proxy_mode: Option<xkube_proxy::agent::ProxyMode>,
     },
+    /// Copy images into every node's Docker Engine (`--runtime docker` clusters): by name
+    /// from the host's engine, or from `docker save` / OCI archive files.
+    LoadImage {
+        #[command(flatten)]
+        cluster: xkube_cluster::NameOptions,
+        /// Image names (in the engine at --docker-host) or archive files.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The Docker Engine named images come from.
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        docker_host: String,
+    },
+    /// Run a command as a host process of a node: in its network namespace and cgroup (where
+    /// the eBPF socket load balancer is attached), on this terminal.
+    Exec {
+        #[command(flatten)]
+        cluster: xkube_cluster::NameOptions,
+        /// The node: its name (`xk-node1`), `node1` or `1`.
+        node: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// An interactive shell on a node (as `exec`).
+    Shell {
+        #[command(flatten)]
+        cluster: xkube_cluster::NameOptions,
+        /// The node: its name (`xk-node1`), `node1` or `1`.
+        node: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -360,6 +394,12 @@ async fn supervise(
 }
 
 /// Runs an async component on a multi-threaded runtime with the signal-driven shutdown token.
+/// Ends the process with the command's exit code (`cluster exec`, `cluster shell`).
+fn exit_with(r: xkube_cluster::Result<i32>) -> anyhow::Result<()> {
+    let code = r?;
+    std::process::exit(code)
+}
+
 fn run_async<F, Fut>(f: F) -> anyhow::Result<()>
 where
     F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
@@ -447,6 +487,22 @@ fn main() -> ExitCode {
             } => xkube_cluster::restart(&cluster, &role, kill, proxy_mode)
                 .map(|pid| println!("{role} restarted (pid {pid})"))
                 .map_err(anyhow::Error::from),
+            ClusterCmd::LoadImage {
+                cluster,
+                images,
+                docker_host,
+            } => run_async(|_| async move {
+                xkube_cluster::load_image(&cluster, &images, &docker_host).await?;
+                Ok(())
+            }),
+            ClusterCmd::Exec {
+                cluster,
+                node,
+                command,
+            } => exit_with(xkube_cluster::exec::exec(&cluster, &node, &command)),
+            ClusterCmd::Shell { cluster, node } => {
+                exit_with(xkube_cluster::exec::shell(&cluster, &node))
+            }
         },
         Cmd::Proxy(args) => run_async(|token| async move {
             let client = args.client.client()?;

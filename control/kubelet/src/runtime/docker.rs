@@ -1,9 +1,10 @@
 //! The `docker` runtime, through bollard: a pause container (`k8s_POD_<pod>_<ns>_<uid>_0`)
 //! owns the pod's namespaces with `NetworkMode: none` (the kubelet wires its network like a CNI
 //! plugin would, through `/proc/<pid>/ns/net`); app containers (`k8s_<c>_<pod>_<ns>_<uid>_<n>`)
-//! join it with `NetworkMode`/`IpcMode: container:<pause>`. Images are never pulled (no
-//! registry is reachable): a missing image is `ErrImagePull`, reported at once. Container
-//! output is copied from the Docker log stream into the kubelet's log file.
+//! join it with `NetworkMode`/`IpcMode: container:<pause>`. Images the engine lacks are pulled
+//! (`POST /images/create`, with the pull secret's credentials; the kubelet's
+//! [`crate::images`] decides when); the registry's refusal is the `ErrImagePull` message.
+//! Container output is copied from the Docker log stream into the kubelet's log file.
 //!
 //! Containers are created with Docker's `OpenStdin`/`StdinOnce`/`Tty` from the spec, so Docker
 //! keeps their stdin and terminal (they survive a kubelet restart). `exec_stream` is a Docker
@@ -21,9 +22,9 @@ use bollard::{
     container::LogOutput,
     models::{ContainerCreateBody, HostConfig},
     query_parameters::{
-        AttachContainerOptions, CreateContainerOptions, InspectContainerOptions,
-        ListContainersOptions, LogsOptions, RemoveContainerOptions, ResizeContainerTTYOptions,
-        StartContainerOptions, StopContainerOptions,
+        AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
+        InspectContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+        ResizeContainerTTYOptions, StartContainerOptions, StopContainerOptions,
     },
 };
 use futures::{FutureExt, Stream, StreamExt};
@@ -33,8 +34,8 @@ use tokio::{
 };
 
 use super::{
-    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox,
-    SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
+    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, ImageInfo,
+    Sandbox, SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
 };
 use crate::error::{Error, Result};
 
@@ -58,6 +59,15 @@ impl std::fmt::Debug for DockerRuntime {
 
 fn derr(op: &str) -> impl FnOnce(bollard::errors::Error) -> Error + '_ {
     move |e| Error::Runtime(format!("docker {op}: {e}"))
+}
+
+/// What the engine (or the registry behind it) said.
+fn engine_message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        bollard::errors::Error::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -364,20 +374,53 @@ impl ContainerRuntime for DockerRuntime {
         self.version.clone()
     }
 
-    async fn pull_image(&self, image: &str) -> Result<String, StartError> {
+    async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, StartError> {
         match self.docker.inspect_image(image).await {
-            Ok(i) => Ok(format!("docker://{}", i.id.unwrap_or_default())),
-            Err(e) if is_not_found(&e) => Err(StartError {
-                reason: "ErrImagePull",
-                message: format!(
-                    "image {image:?} is not present on the node and no registry is reachable: build or import it locally"
-                ),
-            }),
+            Ok(i) => Ok(Some(ImageInfo {
+                id: format!("docker://{}", i.id.unwrap_or_default()),
+                size: i.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(StartError {
-                reason: "ErrImagePull",
-                message: format!("inspecting image {image:?}: {e}"),
+                reason: "ImageInspectError",
+                message: format!("inspecting image {image:?}: {}", engine_message(&e)),
             }),
         }
+    }
+
+    /// `POST /images/create` with the reference split as the API wants it (a name without a
+    /// tag would pull every tag), then the image as the engine has it.
+    async fn pull_image(
+        &self,
+        image: &str,
+        cred: Option<&crate::images::Credential>,
+    ) -> Result<ImageInfo, StartError> {
+        let r = crate::images::Reference::parse(image);
+        let opts = CreateImageOptions {
+            from_image: Some(r.name.to_owned()),
+            tag: Some(r.tag_or_digest().to_owned()),
+            ..Default::default()
+        };
+        let creds = cred.map(|c| bollard::auth::DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(r.registry.to_owned()),
+            ..Default::default()
+        });
+        let failed = |message: String| StartError {
+            reason: "ErrImagePull",
+            message: format!("failed to pull image {image:?}: {message}"),
+        };
+        let mut s = self.docker.create_image(Some(opts), None, creds);
+        while let Some(r) = s.next().await {
+            let info = r.map_err(|e| failed(engine_message(&e)))?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(failed(e));
+            }
+        }
+        self.image_status(image)
+            .await?
+            .ok_or_else(|| failed("the engine does not have it after the pull".into()))
     }
 
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox> {

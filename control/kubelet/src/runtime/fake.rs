@@ -23,8 +23,8 @@ use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox,
-    SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
+    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, ImageInfo,
+    Sandbox, SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
 };
 use crate::error::{Error, Result};
 
@@ -37,6 +37,12 @@ pub struct FakeRuntime {
     sandboxes: Mutex<HashMap<String, bool>>,
     /// Every start, in order: (container name, attempt).
     pub started: Mutex<Vec<(String, u32)>>,
+    /// Pulls asked for (images named `fake/pull...` are absent until pulled).
+    pub pulls: std::sync::atomic::AtomicUsize,
+    /// The most pulls that ran at once.
+    pub max_parallel_pulls: std::sync::atomic::AtomicUsize,
+    pulling: std::sync::atomic::AtomicUsize,
+    pulled: Mutex<Vec<String>>,
     /// Every resize of an exec or attach on a TTY, in order: (container id, size).
     pub resizes: Arc<Mutex<Vec<(String, TermSize)>>>,
 }
@@ -119,14 +125,38 @@ impl ContainerRuntime for FakeRuntime {
         "fake://1".into()
     }
 
-    async fn pull_image(&self, image: &str) -> Result<String, StartError> {
+    /// Every image is there but `fake/missing` and `fake/pull...` ones (pulled on demand).
+    async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, StartError> {
+        let pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((image != "fake/missing"
+            && (!image.starts_with("fake/pull") || pulled.iter().any(|p| p == image)))
+        .then(ImageInfo::default))
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        _cred: Option<&crate::images::Credential>,
+    ) -> Result<ImageInfo, StartError> {
+        self.pulls.fetch_add(1, Ordering::SeqCst);
         if image == "fake/missing" {
             return Err(StartError {
                 reason: "ErrImagePull",
                 message: format!("image {image} not found"),
             });
         }
-        Ok(String::new())
+        let now = self.pulling.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_parallel_pulls.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.pulling.fetch_sub(1, Ordering::SeqCst);
+        self.pulled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(image.to_owned());
+        Ok(ImageInfo {
+            id: format!("fake://{image}"),
+            size: 1234,
+        })
     }
 
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox> {

@@ -165,6 +165,15 @@ impl std::fmt::Debug for StreamSession {
     }
 }
 
+/// An image a runtime has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// For `imageID` (`docker://sha256:...`; empty where the runtime has no images).
+    pub id: String,
+    /// Bytes (0 where the runtime has no images).
+    pub size: u64,
+}
+
 /// Why a container could not start (maps to the Waiting reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartError {
@@ -179,9 +188,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// `process://0.1.0` for nodeInfo.containerRuntimeVersion.
     fn version(&self) -> String;
-    /// Makes `image` available and returns its ID for `imageID` (`docker://sha256:...`;
-    /// empty where the runtime has no images, as the process runtime).
-    async fn pull_image(&self, image: &str) -> Result<String, StartError>;
+    /// `image`, when the runtime has it.
+    async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, StartError>;
+    /// Pulls `image` from its registry (with `cred` when given).
+    async fn pull_image(
+        &self,
+        image: &str,
+        cred: Option<&crate::images::Credential>,
+    ) -> Result<ImageInfo, StartError>;
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox>;
     /// Whether the sandbox's infra process still runs.
     async fn sandbox_alive(&self, sb: &Sandbox) -> bool;

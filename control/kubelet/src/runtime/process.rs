@@ -58,8 +58,8 @@ use tokio::{
 };
 
 use super::{
-    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, Sandbox,
-    SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
+    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, ImageInfo,
+    Sandbox, SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
 };
 use crate::error::{Error, Result, io};
 
@@ -130,7 +130,7 @@ pub fn resolve_command(
         _ => Err(StartError {
             reason: "CreateContainerConfigError",
             message: format!(
-                "image {image:?} has no entrypoint in the process runtime: set command (or use an agnhost/pause image)"
+                "image {image:?} has no entrypoint in the process runtime, which runs host programs rather than images (only agnhost, pause and xkube images map to one): set command to a host program, or use the docker runtime for this image"
             ),
         }),
     }
@@ -445,8 +445,24 @@ impl ContainerRuntime for ProcessRuntime {
         format!("process://{}", env!("CARGO_PKG_VERSION"))
     }
 
-    async fn pull_image(&self, _image: &str) -> Result<String, StartError> {
-        Ok(String::new())
+    /// Every image "is there": the image only selects a host program (see the module
+    /// docs), and a container whose image maps to none fails at its start with
+    /// `CreateContainerError` and a message that says so.
+    async fn image_status(&self, _image: &str) -> Result<Option<ImageInfo>, StartError> {
+        Ok(Some(ImageInfo::default()))
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        _cred: Option<&crate::images::Credential>,
+    ) -> Result<ImageInfo, StartError> {
+        Err(StartError {
+            reason: "ErrImagePull",
+            message: format!(
+                "the process runtime runs host programs and cannot pull {image:?}: use the docker runtime for registry images"
+            ),
+        })
     }
 
     async fn run_sandbox(&self, cfg: &SandboxConfig) -> Result<Sandbox> {
