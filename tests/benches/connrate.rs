@@ -29,7 +29,7 @@ spec:
   nodeName: NODE2
   containers:
   - name: agnhost
-    image: xkube/agnhost
+    image: xkube/agnhost:0.1.0
     args: ["--http-port=8080"]
     ports: [{name: http, containerPort: 8080}]
 ---

@@ -21,7 +21,7 @@ fn pod(name: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"bench": "startup"}},
         "spec": {"terminationGracePeriodSeconds": 1, "containers": [
-            {"name": "c", "image": "xkube/tools", "command": ["sleep", "3600"]}]},
+            {"name": "c", "image": "xkube/tools:0.1.0", "command": ["sleep", "3600"]}]},
     }))
     .expect("pod")
 }

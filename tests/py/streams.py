@@ -32,7 +32,7 @@ def wait_running(name, timeout=60):
 name = "busybox-test-" + str(uuid.uuid4())[:8]
 api.create_namespaced_pod("default", {
     "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-    "spec": {"containers": [{"image": "xkube/agnhost", "name": "sleep",
+    "spec": {"containers": [{"image": "xkube/agnhost:0.1.0", "name": "sleep",
                              "command": ["/bin/sh", "-c", "while true; do date; sleep 5; done"]}]},
 })
 wait_running(name)
@@ -85,7 +85,7 @@ api.delete_namespaced_pod(name, "default", body=client.V1DeleteOptions(grace_per
 pf_name = "portforward-raw-" + str(uuid.uuid4())[:8]
 api.create_namespaced_pod("default", {
     "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pf_name},
-    "spec": {"containers": [{"image": "xkube/agnhost", "name": "port-server",
+    "spec": {"containers": [{"image": "xkube/agnhost:0.1.0", "name": "port-server",
                              "command": ["/bin/sh", "-c",
                                          "socat TCP4-LISTEN:1234,fork EXEC:cat & "
                                          "socat TCP4-LISTEN:1235,fork EXEC:cat & wait"],

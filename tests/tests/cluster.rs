@@ -34,7 +34,7 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       containers:
-      - {name: agnhost, image: xkube/agnhost, args: ["--http-port=8080"]}
+      - {name: agnhost, image: xkube/agnhost:0.1.0, args: ["--http-port=8080"]}
 "#,
     );
     c.wait("4 running pods", Duration::from_secs(90), || {
@@ -120,7 +120,7 @@ spec:
     spec:
       containers:
       - name: agnhost
-        image: xkube/agnhost
+        image: xkube/agnhost:0.1.0
         args: ["--http-port=8080"]
         readinessProbe:
           tcpSocket: {{port: 8080}}
@@ -222,7 +222,7 @@ spec:
     spec:
       containers:
       - name: agnhost
-        image: xkube/agnhost
+        image: xkube/agnhost:0.1.0
         args: ["--http-port=8080"]
         env: [{name: VERSION, value: v1}]
         readinessProbe:

@@ -197,6 +197,37 @@ fn privileged_cluster_images_registry_load_image_and_exec() {
     ));
     running(&c, "viasa");
 
+    // Always pulls an image the node has too: with the account's secret it is pulled again,
+    // and in a namespace whose account has none it is refused although the node has it.
+    let there = c.get_json(&["pod", "withsecret"])["spec"]["nodeName"]
+        .as_str()
+        .expect("withsecret is scheduled")
+        .to_owned();
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: again}}\nspec:\n  nodeName: {there}\n  containers:\n  - {{name: c, image: \"{image}\", imagePullPolicy: Always}}\n"
+    ));
+    running(&c, "again");
+    let ev = events(&c, "again");
+    assert!(
+        ev.contains(&format!("Successfully pulled image \"{image}\"")),
+        "{ev}"
+    );
+    assert!(!ev.contains("already present"), "{ev}");
+    c.kubectl_ok(&["create", "namespace", "nocreds"]);
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: stale, namespace: nocreds}}\nspec:\n  nodeName: {there}\n  containers:\n  - {{name: c, image: \"{image}\", imagePullPolicy: Always}}\n"
+    ));
+    c.wait(
+        "nocreds/stale refused though the node has the image",
+        Duration::from_secs(60),
+        || {
+            let p = c.get_json(&["pod", "stale", "-n", "nocreds"]);
+            (p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "ImagePullBackOff")
+                .then_some(())
+        },
+    );
+
     // Never, and the image is absent: ErrImageNeverPull with Kubernetes' message.
     let absent = format!("{REGISTRY}/team/absent:1");
     c.apply(&format!(
@@ -276,7 +307,7 @@ fn privileged_cluster_images_registry_load_image_and_exec() {
 
     // cluster exec: a node's host process reaches a ClusterIP through the socket LB.
     c.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  containers:\n  - {name: c, image: \"xkube/agnhost:latest\", imagePullPolicy: Never, args: [\"netexec\", \"--http-port=8080\"]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  containers:\n  - {name: c, image: \"xkube/agnhost:0.1.0\", args: [\"netexec\", \"--http-port=8080\"]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: 8080}\n",
     );
     running(&c, "web");
     let cip = c.get_json(&["svc", "web"])["spec"]["clusterIP"]

@@ -33,7 +33,7 @@ spec:
     spec:
       containers:
       - name: agnhost
-        image: xkube/agnhost
+        image: xkube/agnhost:0.1.0
         args: ["--http-port=8080", "--udp-port=8081"]
         ports:
         - {{name: http, containerPort: 8080}}

@@ -57,7 +57,7 @@ metadata: {name: nginx}
 spec:
   containers:
   - name: nginx
-    image: xkube/agnhost
+    image: xkube/agnhost:0.1.0
     args: ["netexec", "--http-port=80"]
     ports: [{containerPort: 80}]
 "#,
@@ -126,7 +126,7 @@ spec:
         }
         _ => assert!(container_id.starts_with("process://"), "{describe}"),
     }
-    assert_eq!(field("Image"), "xkube/agnhost", "{describe}");
+    assert_eq!(field("Image"), "xkube/agnhost:0.1.0", "{describe}");
     assert_eq!(field("Port"), "80/TCP", "{describe}");
     assert_eq!(field("State"), "Running", "{describe}");
     assert_eq!(field("Ready"), "True", "{describe}");
@@ -138,7 +138,7 @@ spec:
         "Volumes:",
         "Type:        Secret (a volume populated by a Secret)",
         &format!("Successfully assigned default/nginx to {node}"),
-        "Container image \"xkube/agnhost\" already present on machine",
+        "Container image \"xkube/agnhost:0.1.0\" already present on machine",
         "Created container nginx",
         "Started container nginx",
     ] {
@@ -225,18 +225,18 @@ metadata: {{name: seeds, labels: {{app: seeds}}}}
 spec:
   containers:
   - name: web
-    image: xkube/agnhost
+    image: xkube/agnhost:0.1.0
     args: ["--http-port=8080"]
     volumeMounts: [{{name: scratch, mountPath: /scratch}}]
   - name: client
-    image: xkube/tools
+    image: xkube/tools:0.1.0
     command: ["sh", "-c", "sleep 2; curl -s http://127.0.0.1:8080/hostname; echo; echo shared > /scratch/x; env | sort; cat /etc/secret-volume/username; echo; ls /var/run/secrets/kubernetes.io/serviceaccount; cat /host/hello; echo from the pod > /host/back; sleep 3600"]
     volumeMounts:
     - {{name: scratch, mountPath: /scratch}}
     - {{name: secret-volume, mountPath: /etc/secret-volume, readOnly: true}}
     - {{name: host, mountPath: /host}}
   - name: reader
-    image: xkube/tools
+    image: xkube/tools:0.1.0
     command: ["sh", "-c", "while [ ! -f /scratch/x ]; do sleep 0.2; done; echo reader saw $(cat /scratch/x); sleep 3600"]
     volumeMounts: [{{name: scratch, mountPath: /scratch}}]
   volumes:
@@ -298,7 +298,7 @@ spec:
     metadata: {labels: {app: web}}
     spec:
       containers:
-      - {name: agnhost, image: xkube/agnhost, args: ["--http-port=8080"]}
+      - {name: agnhost, image: xkube/agnhost:0.1.0, args: ["--http-port=8080"]}
 "#,
     );
     let pods = c.wait("3 running web pods", Duration::from_secs(90), || {
@@ -342,7 +342,7 @@ metadata: {{name: beside}}
 spec:
   nodeName: {node}
   containers:
-  - {{name: agnhost, image: xkube/agnhost, args: ["--http-port=8080"]}}
+  - {{name: agnhost, image: xkube/agnhost:0.1.0, args: ["--http-port=8080"]}}
 "#,
         node = a.2
     ));
@@ -516,7 +516,7 @@ metadata: {name: limited}
 spec:
   containers:
   - name: c
-    image: xkube/tools
+    image: xkube/tools:0.1.0
     command:
     - sh
     - -c

@@ -463,7 +463,7 @@ impl Bench {
             let pod: Pod = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": name, "labels": {"app": name}},
                 "spec": {"nodeName": node, "containers": [{
-                    "name": "agnhost", "image": "xkube/agnhost",
+                    "name": "agnhost", "image": "xkube/agnhost:0.1.0",
                     "args": ["--http-port=8080", "--udp-port=8081"],
                     "ports": [{"name": "http", "containerPort": 8080},
                               {"name": "dns", "containerPort": 8081, "protocol": "UDP"}],
@@ -536,7 +536,7 @@ impl Bench {
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "bench-client"},
             "spec": {"nodeName": self.state.nodes[0].name, "containers": [{
-                "name": "agnhost", "image": "xkube/agnhost",
+                "name": "agnhost", "image": "xkube/agnhost:0.1.0",
                 "args": ["--http-port=8080"],
                 "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}
         }))?;

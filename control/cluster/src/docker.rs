@@ -1,15 +1,16 @@
 //! The Docker Engines of a `--runtime docker` cluster: one dockerd per node, started inside
 //! the node's network namespace and cgroup (so a `hostNetwork` pod gets the node's network, as
 //! on a real machine), with its own socket, data root and exec root, and no bridge, iptables
-//! rules or forwarding of its own. No registry is reachable, so the images the nodes run are
-//! built here, locally, from this xkube binary and a few host tools:
+//! rules or forwarding of its own. No outside registry is reachable, so the images the nodes
+//! run are built here, locally, from this xkube binary and a few host tools, tagged `latest`
+//! and this version ([`IMAGE_TAG`], the tag pods use: `latest` would mean a pull):
 //!
-//! | image                | entrypoint / command                     |
-//! |----------------------|------------------------------------------|
-//! | `xkube/tools:latest` | `sleep infinity`; sh, curl, socat, ...   |
-//! | `xkube/pause:latest` | `xkube pause` (the pod infra container)  |
-//! | `xkube/agnhost:latest` | `xkube agnhost` (the test workload)    |
-//! | `xkube/xkube:latest` | `xkube agent` (the agent image, as `deploy/image`) |
+//! | image           | entrypoint / command                     |
+//! |-----------------|------------------------------------------|
+//! | `xkube/tools`   | `sleep infinity`; sh, curl, socat, ...   |
+//! | `xkube/pause`   | `xkube pause` (the pod infra container)  |
+//! | `xkube/agnhost` | `xkube agnhost` (the test workload)      |
+//! | `xkube/xkube`   | `xkube agent` (the agent image, as `deploy/image`) |
 
 use std::{
     path::{Path, PathBuf},
@@ -21,7 +22,7 @@ use bollard::{
     Docker,
     query_parameters::{
         BuildImageOptions, CreateImageOptions, ImportImageOptions, ListContainersOptions,
-        RemoveContainerOptions,
+        RemoveContainerOptions, TagImageOptions,
     },
 };
 use futures::StreamExt as _;
@@ -282,7 +283,27 @@ fn dockerfile_context(dockerfile: &str, work: &Path) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// Imports the [`rootfs_tar`] `rootfs` as `repo:latest` (command `sleep infinity`).
+/// The tag of the images built here besides `latest`: this xkube's version, as
+/// `deploy/README.md` builds the agent image. Pods name them by it (`xkube/agnhost:0.1.0`):
+/// `latest` or no tag means `imagePullPolicy: Always`, and no registry serves these.
+pub const IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
+
+/// Tags `repo:latest` as `repo:`[`IMAGE_TAG`] too.
+async fn tag_version(docker: &Docker, repo: &str) -> Result<()> {
+    docker
+        .tag_image(
+            &format!("{repo}:latest"),
+            Some(TagImageOptions {
+                repo: Some(repo.into()),
+                tag: Some(IMAGE_TAG.into()),
+            }),
+        )
+        .await
+        .map_err(|e| Error::Invalid(format!("docker tag {repo}:{IMAGE_TAG}: {e}")))
+}
+
+/// Imports the [`rootfs_tar`] `rootfs` as `repo:latest` and `repo:`[`IMAGE_TAG`] (command
+/// `sleep infinity`).
 pub async fn import_rootfs(docker: &Docker, rootfs: &[u8], repo: &str) -> Result<()> {
     let opts = CreateImageOptions {
         from_src: Some("-".into()),
@@ -306,7 +327,7 @@ pub async fn import_rootfs(docker: &Docker, rootfs: &[u8], repo: &str) -> Result
         .inspect_image(&format!("{repo}:latest"))
         .await
         .map_err(|e| Error::Invalid(format!("image {repo} after its import: {e}")))?;
-    Ok(())
+    tag_version(docker, repo).await
 }
 
 /// Imports `rootfs` as `xkube/tools` and builds the images derived from it.
@@ -345,6 +366,7 @@ pub async fn load_images(docker: &Docker, rootfs: &[u8], work: &Path) -> Result<
             .inspect_image(&format!("{name}:latest"))
             .await
             .map_err(|e| Error::Invalid(format!("image {name} after its build: {e}")))?;
+        tag_version(docker, name).await?;
     }
     Ok(())
 }
@@ -523,6 +545,26 @@ mod tests {
             b.append_data(&mut h, path, *body).expect("append");
         }
         b.into_inner().expect("tar")
+    }
+
+    /// The deploy manifests name the images by the tag `cluster up` gives them: with
+    /// `latest` every start would be a pull (Always) that no registry serves.
+    #[test]
+    fn deploy_manifests_use_this_version_s_image_tag() {
+        let want = format!("image: xkube/xkube:{IMAGE_TAG}");
+        for (name, text) in [
+            ("dns/kube-dns.yaml", crate::dns::MANIFEST),
+            (
+                "daemonset/xkube-proxy.yaml",
+                include_str!("../../../deploy/daemonset/xkube-proxy.yaml"),
+            ),
+        ] {
+            assert!(text.contains(&want), "deploy/{name} lacks {want:?}");
+        }
+        assert!(
+            include_str!("../../../deploy/examples/web.yaml")
+                .contains(&format!("image: xkube/agnhost:{IMAGE_TAG}"))
+        );
     }
 
     /// (Digests are names here: the converter only follows them.)

@@ -1,6 +1,5 @@
 //! Images as the kubelet's image manager handles them: the pull policy (with Kubernetes'
-//! defaults: `:latest` or no tag means `Always`; an image the node has is not pulled again
-//! yet, see [`ImageManager::plan`]), registry credentials from the pod's
+//! defaults: `:latest` or no tag means `Always`), registry credentials from the pod's
 //! `imagePullSecrets` (`kubernetes.io/dockerconfigjson` and `kubernetes.io/dockercfg`; the
 //! ServiceAccount admission plugin has already copied the account's), one pull per image at
 //! a time on a node (later callers wait for the pull in flight), and a bound on parallel
@@ -246,8 +245,7 @@ impl ImageManager {
         let present = self.runtime.image_status(image).await?;
         Ok(match (policy, present) {
             (PullPolicy::Never, None) => Plan::NeverPull,
-            // `Always` does not pull an image the node has yet: the local cluster's own
-            // images are `:latest` ones that no registry serves (docs/decisions.md 41).
+            (PullPolicy::Always, _) if self.runtime.pulls_images() => Plan::Pull,
             (_, Some(i)) => Plan::Present(i),
             (PullPolicy::Always | PullPolicy::IfNotPresent, None) => Plan::Pull,
         })
@@ -457,6 +455,11 @@ mod tests {
             Plan::Pull
         );
         assert_eq!(plan("fake/pull-a", PullPolicy::Always).await, Plan::Pull);
+        assert_eq!(plan("fake/present", PullPolicy::Always).await, Plan::Pull);
+        assert!(matches!(
+            plan("fake/present", PullPolicy::IfNotPresent).await,
+            Plan::Present(_)
+        ));
         // Three callers of one image: one pull, all get its result.
         let (a, b, c) = tokio::join!(
             m.pull("fake/pull-a", vec![]),

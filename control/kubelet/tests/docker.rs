@@ -45,9 +45,9 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
     c.create_pod(0, json!({
         "metadata": {"name": "duo"},
         "spec": {"terminationGracePeriodSeconds": 2, "containers": [
-            {"name": "server", "image": "xkube/tools",
+            {"name": "server", "image": "xkube/tools:0.1.0",
              "command": ["socat", "TCP-LISTEN:8080,reuseaddr,fork", "SYSTEM:echo hello-from-server"]},
-            {"name": "client", "image": "xkube/tools", "command": ["sh", "-c",
+            {"name": "client", "image": "xkube/tools:0.1.0", "command": ["sh", "-c",
              "for i in $(seq 1 100); do socat -T2 - TCP:127.0.0.1:8080 </dev/null && break; sleep 0.1; done; hostname; exec sleep 3600"]},
         ]},
     })).await;
@@ -120,7 +120,7 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
         json!({
             "metadata": {"name": "hostie"},
             "spec": {"hostNetwork": true, "terminationGracePeriodSeconds": 1,
-                     "containers": [{"name": "c", "image": "xkube/tools"}]},
+                     "containers": [{"name": "c", "image": "xkube/tools:0.1.0"}]},
         }),
     )
     .await;

@@ -338,7 +338,7 @@ spec:
   restartPolicy: Never
   containers:
   - name: shell
-    image: xkube/agnhost
+    image: xkube/agnhost:0.1.0
     command: ["sh"]
     stdin: true
     tty: true

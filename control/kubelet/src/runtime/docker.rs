@@ -374,6 +374,10 @@ impl ContainerRuntime for DockerRuntime {
         self.version.clone()
     }
 
+    fn pulls_images(&self) -> bool {
+        true
+    }
+
     async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, StartError> {
         match self.docker.inspect_image(image).await {
             Ok(i) => Ok(Some(ImageInfo {

@@ -125,6 +125,10 @@ impl ContainerRuntime for FakeRuntime {
         "fake://1".into()
     }
 
+    fn pulls_images(&self) -> bool {
+        true
+    }
+
     /// Every image is there but `fake/missing` and `fake/pull...` ones (pulled on demand).
     async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, StartError> {
         let pulled = self.pulled.lock().unwrap_or_else(|e| e.into_inner());

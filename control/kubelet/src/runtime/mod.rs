@@ -188,6 +188,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// `process://0.1.0` for nodeInfo.containerRuntimeVersion.
     fn version(&self) -> String;
+    /// Whether the runtime pulls images from registries (the process runtime runs host
+    /// programs: it has no images, and `Always` has nothing to pull).
+    fn pulls_images(&self) -> bool;
     /// `image`, when the runtime has it.
     async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, StartError>;
     /// Pulls `image` from its registry (with `cred` when given).

@@ -445,6 +445,10 @@ impl ContainerRuntime for ProcessRuntime {
         format!("process://{}", env!("CARGO_PKG_VERSION"))
     }
 
+    fn pulls_images(&self) -> bool {
+        false
+    }
+
     /// Every image "is there": the image only selects a host program (see the module
     /// docs), and a container whose image maps to none fails at its start with
     /// `CreateContainerError` and a message that says so.
