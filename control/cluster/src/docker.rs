@@ -472,10 +472,23 @@ pub fn docker_archive(archive: Vec<u8>) -> Result<Vec<u8>> {
     out.into_inner().map_err(|e| bad(e.to_string()))
 }
 
-/// `docker save` of `image` from the engine at `docker_host` (`unix://...` or a socket path).
+/// `docker save` of `image` from the engine at `docker_host` (`unix://...`, a socket path,
+/// or `tcp://host:port` without TLS).
 pub async fn save_from(docker_host: &str, image: &str) -> Result<Vec<u8>> {
-    let socket = docker_host.strip_prefix("unix://").unwrap_or(docker_host);
-    let docker = Docker::connect_with_unix(socket, 300, bollard::API_DEFAULT_VERSION).map_err(|e| {
+    let connected = match docker_host
+        .strip_prefix("tcp://")
+        .or_else(|| docker_host.strip_prefix("http://"))
+    {
+        Some(addr) => {
+            Docker::connect_with_http(&format!("http://{addr}"), 300, bollard::API_DEFAULT_VERSION)
+        }
+        None => Docker::connect_with_unix(
+            docker_host.strip_prefix("unix://").unwrap_or(docker_host),
+            300,
+            bollard::API_DEFAULT_VERSION,
+        ),
+    };
+    let docker = connected.map_err(|e| {
         Error::Invalid(format!(
             "{image:?} is not a file, and the Docker Engine at {docker_host} to take it from is not there ({e}): give --docker-host or an archive (`docker save`, OCI)"
         ))

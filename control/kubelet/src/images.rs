@@ -21,6 +21,30 @@ use tokio::sync::Semaphore;
 
 use crate::runtime::{ContainerRuntime, ImageInfo, StartError};
 
+/// Image garbage collection (`--image-gc-high-threshold`, `--image-gc-low-threshold`,
+/// `--minimum-image-ttl-duration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// Percent of the image filesystem in use at which collection starts (100: never).
+    pub high: u8,
+    /// Percent it frees down to.
+    pub low: u8,
+    /// An image is kept at least this long after the kubelet first saw it.
+    pub min_age: Duration,
+}
+
+/// What one collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Percent in use when it started.
+    pub usage: u64,
+    /// Bytes it had to free to reach the low threshold.
+    pub wanted: u64,
+    pub freed: u64,
+    /// The removed images (their first tag, or ID).
+    pub removed: Vec<String>,
+}
+
 /// `imagePullPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {
@@ -220,6 +244,8 @@ pub struct ImageManager {
     runtime: Arc<dyn ContainerRuntime>,
     slots: Arc<Semaphore>,
     inflight: Mutex<HashMap<(String, Vec<Credential>), PullFuture>>,
+    /// Image ID -> (first seen, last used), as the kubelet observed them.
+    seen: Mutex<HashMap<String, (Instant, Instant)>>,
 }
 
 impl std::fmt::Debug for ImageManager {
@@ -237,7 +263,68 @@ impl ImageManager {
             runtime,
             slots: Arc::new(Semaphore::new(parallel.max(1))),
             inflight: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One garbage collection: when the image filesystem is at least `high` percent full,
+    /// removes images no container uses (and not `pinned`, e.g. the pause image), that the
+    /// kubelet first saw `min_age` ago or earlier, least recently used first, until it is at
+    /// `low` percent. `None` when nothing had to be freed (or the runtime keeps no images).
+    pub async fn gc(
+        &self,
+        policy: &GcPolicy,
+        pinned: &[String],
+    ) -> crate::error::Result<Option<GcReport>> {
+        let Some(fs) = self.runtime.image_fs().await? else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        let mut candidates = Vec::new();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.retain(|id, _| fs.images.iter().any(|i| &i.id == id));
+            for img in &fs.images {
+                let e = seen.entry(img.id.clone()).or_insert((now, now));
+                if img.in_use {
+                    e.1 = now;
+                }
+                let is_pinned = img.tags.iter().any(|t| {
+                    pinned
+                        .iter()
+                        .any(|p| t == p || t.strip_suffix(":latest") == Some(p.as_str()))
+                });
+                if !img.in_use && !is_pinned && now.duration_since(e.0) >= policy.min_age {
+                    candidates.push((e.1, img.clone()));
+                }
+            }
+        }
+        if policy.high >= 100 || fs.capacity == 0 {
+            return Ok(None);
+        }
+        let used = fs.capacity.saturating_sub(fs.available);
+        let usage = used * 100 / fs.capacity;
+        if usage < u64::from(policy.high) {
+            return Ok(None);
+        }
+        let wanted = used.saturating_sub(fs.capacity * u64::from(policy.low) / 100);
+        candidates.sort_by_key(|(last_used, _)| *last_used);
+        let mut report = GcReport {
+            usage,
+            wanted,
+            ..GcReport::default()
+        };
+        for (_, img) in candidates {
+            if report.freed >= wanted {
+                break;
+            }
+            self.runtime.remove_image(&img.id).await?;
+            report.freed += img.size;
+            report
+                .removed
+                .push(img.tags.first().cloned().unwrap_or(img.id));
+        }
+        Ok(Some(report))
     }
 
     /// Decides by the policy and what the runtime has.
@@ -494,6 +581,67 @@ mod tests {
         let before = rt.pulls.load(SeqCst);
         let _ = m.pull("fake/missing", vec![]).await;
         assert_eq!(rt.pulls.load(SeqCst), before + 1, "a failure is retried");
+    }
+
+    #[tokio::test]
+    async fn gc_frees_unused_unpinned_old_enough_images_down_to_the_low_threshold() {
+        use crate::runtime::{ImageFs, RuntimeImage, fake::FakeRuntime};
+        let img = |id: &str, size: u64, in_use: bool| RuntimeImage {
+            id: id.into(),
+            tags: vec![format!("example/{id}:1")],
+            size,
+            in_use,
+        };
+        let rt = Arc::new(FakeRuntime::new());
+        *rt.image_fs.lock().expect("lock") = Some(ImageFs {
+            capacity: 100,
+            available: 10,
+            images: vec![
+                img("a", 6, false),
+                img("b", 6, false),
+                img("c", 6, false),
+                img("used", 50, true),
+                img("pause", 20, false),
+            ],
+        });
+        let m = ImageManager::new(rt.clone(), 1);
+        let pinned = vec!["example/pause:1".to_owned()];
+        let young = GcPolicy {
+            high: 85,
+            low: 80,
+            min_age: Duration::from_secs(3600),
+        };
+        // 90% used, 10 bytes to free, but every unused image is too young: nothing goes and
+        // the report says so.
+        let r = m.gc(&young, &pinned).await.expect("gc").expect("over");
+        assert_eq!((r.usage, r.wanted, r.freed), (90, 10, 0));
+        let policy = GcPolicy {
+            min_age: Duration::ZERO,
+            ..young
+        };
+        let r = m.gc(&policy, &pinned).await.expect("gc").expect("over");
+        assert_eq!(r.freed, 12, "{r:?}");
+        assert_eq!(r.removed.len(), 2, "{r:?}");
+        let left: Vec<String> = rt
+            .image_fs
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .expect("fs")
+            .images
+            .iter()
+            .map(|i| i.id.clone())
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(left.contains(&"used".into()) && left.contains(&"pause".into()));
+        // Below the high threshold now (78%): nothing to do.
+        assert_eq!(m.gc(&policy, &pinned).await.expect("gc"), None);
+        // 100 turns it off.
+        let off = GcPolicy {
+            high: 100,
+            ..policy
+        };
+        assert_eq!(m.gc(&off, &pinned).await.expect("gc"), None);
     }
 
     #[test]

@@ -190,6 +190,19 @@ pub struct Options {
     /// bound).
     #[arg(long, env = "XKUBE_MAX_PARALLEL_IMAGE_PULLS")]
     pub max_parallel_image_pulls: Option<u32>,
+    /// Percent of the image filesystem in use at which unused images are removed (100:
+    /// never; the docker runtime).
+    #[arg(long, env = "XKUBE_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_high_threshold: u8,
+    /// Percent image garbage collection frees down to.
+    #[arg(long, env = "XKUBE_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub image_gc_low_threshold: u8,
+    /// An unused image is kept at least this long after the kubelet first saw it.
+    #[arg(long, env = "XKUBE_MINIMUM_IMAGE_TTL_DURATION", default_value = "2m", value_parser = xkube_api::duration::parse)]
+    pub minimum_image_ttl_duration: Duration,
+    /// How often image garbage collection runs (Kubernetes: every 5 minutes).
+    #[arg(long, default_value = "5m", value_parser = xkube_api::duration::parse, hide = true)]
+    pub image_gc_period: Duration,
 }
 
 impl Options {
@@ -228,7 +241,30 @@ impl Options {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             serialize_image_pulls: true,
             max_parallel_image_pulls: None,
+            image_gc_high_threshold: 85,
+            image_gc_low_threshold: 80,
+            minimum_image_ttl_duration: Duration::from_secs(120),
+            image_gc_period: Duration::from_secs(300),
         }
+    }
+
+    /// The image garbage collection policy (a low threshold above the high one is refused,
+    /// as Kubernetes does).
+    pub fn image_gc_policy(&self) -> Result<images::GcPolicy> {
+        if self.image_gc_low_threshold > self.image_gc_high_threshold {
+            return Err(Error::Invalid {
+                what: "--image-gc-low-threshold",
+                message: format!(
+                    "{} is above --image-gc-high-threshold {}",
+                    self.image_gc_low_threshold, self.image_gc_high_threshold
+                ),
+            });
+        }
+        Ok(images::GcPolicy {
+            high: self.image_gc_high_threshold,
+            low: self.image_gc_low_threshold,
+            min_age: self.minimum_image_ttl_duration,
+        })
     }
 
     /// How many image pulls may run at once, from `--serialize-image-pulls` and
@@ -523,6 +559,7 @@ impl Kubelet {
             runtime.clone(),
             opts.parallel_image_pulls()?,
         ));
+        let gc_policy = opts.image_gc_policy()?;
         let ctx = Arc::new(Ctx {
             images,
             node_name: node_name.clone(),
@@ -545,6 +582,57 @@ impl Kubelet {
                     .then(|| opts.resolv_conf.clone()),
             },
         });
+
+        // Image garbage collection.
+        {
+            let ctx = ctx.clone();
+            let token = shutdown.clone();
+            let pinned = vec![opts.pod_infra_container_image.clone()];
+            let period = opts.image_gc_period.max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let node = k8s_openapi::api::core::v1::ObjectReference {
+                        kind: Some("Node".into()),
+                        name: Some(ctx.node_name.clone()),
+                        uid: Some(ctx.node_name.clone()),
+                        ..Default::default()
+                    };
+                    match ctx.images.gc(&gc_policy, &pinned).await {
+                        Ok(None) => {}
+                        Ok(Some(r)) if r.freed < r.wanted => {
+                            let msg = format!(
+                                "Failed to garbage collect required amount of images. Attempted to free {} bytes, but only found {} bytes eligible to free.",
+                                r.wanted, r.freed
+                            );
+                            tracing::warn!(usage = r.usage, removed = ?r.removed, "{msg}");
+                            ctx.recorder
+                                .post(node, "Warning", "FreeDiskSpaceFailed", &msg);
+                        }
+                        Ok(Some(r)) => tracing::info!(
+                            usage = r.usage,
+                            freed = r.freed,
+                            removed = ?r.removed,
+                            "image garbage collection"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "image garbage collection failed");
+                            ctx.recorder.post(
+                                node,
+                                "Warning",
+                                "ImageGCFailed",
+                                &format!("image garbage collection failed: {e}"),
+                            );
+                        }
+                    }
+                }
+            });
+        }
 
         // Heartbeats.
         {

@@ -170,3 +170,85 @@ async fn docker_runtime_runs_pods_in_a_pause_container_with_k8s_names() {
     drop(c);
     drop(dockerd);
 }
+
+/// Image garbage collection with thresholds that always apply (high 0, low 0) and a 5 s
+/// minimum age: an image no container uses goes once it is 5 s old; the image of a running
+/// pod and the pinned pause image stay. (Images are named on 127.0.0.1:1, so a wrongly
+/// removed one could never be pulled from outside.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_image_gc_removes_unused_images_and_keeps_used_and_pinned_ones() {
+    let (dockerd, docker) = Dockerd::start("kg").await;
+    let tar = docker::rootfs_tar(None, dockerd.dir.path()).expect("image root");
+    docker::import_rootfs(&docker, &tar, "xkube/tools")
+        .await
+        .expect("image imported");
+    let rt: Arc<dyn ContainerRuntime> = Arc::new(
+        // The tools image doubles as the (pinned) pause image.
+        DockerRuntime::connect(
+            &dockerd.engine.socket.to_string_lossy(),
+            "xkube/tools:latest",
+        )
+        .await
+        .expect("docker runtime connects"),
+    );
+    let rt2 = rt.clone();
+    let c = Cluster::start_custom(
+        1,
+        |o| {
+            o.pod_infra_container_image = "xkube/tools:latest".into();
+            o.image_gc_high_threshold = 0;
+            o.image_gc_low_threshold = 0;
+            o.minimum_image_ttl_duration = Duration::from_secs(5);
+            o.image_gc_period = Duration::from_millis(500);
+        },
+        move |_| Some(rt2.clone()),
+    )
+    .await;
+    // Imports record their creation second: a second later, a new image ID.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    docker::import_rootfs(&docker, &tar, "127.0.0.1:1/example/used")
+        .await
+        .expect("used imported");
+    c.create_pod(
+        0,
+        json!({
+            "metadata": {"name": "user"},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "image": "127.0.0.1:1/example/used:0.1.0",
+                                     "command": ["sleep", "3600"]}]},
+        }),
+    )
+    .await;
+    c.wait_running("user").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    docker::import_rootfs(&docker, &tar, "127.0.0.1:1/example/spare")
+        .await
+        .expect("spare imported");
+    let spare_at = std::time::Instant::now();
+    let mut gone = false;
+    for _ in 0..200 {
+        if docker
+            .inspect_image("127.0.0.1:1/example/spare:latest")
+            .await
+            .is_err()
+        {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the unused image is still there after 20 s");
+    println!(
+        "the unused image went within {:?} of its import",
+        spare_at.elapsed()
+    );
+    for kept in ["127.0.0.1:1/example/used:0.1.0", "xkube/tools:latest"] {
+        docker
+            .inspect_image(kept)
+            .await
+            .unwrap_or_else(|e| panic!("{kept} was removed: {e}"));
+    }
+    assert_eq!(phase(&c.wait_running("user").await), "Running");
+    drop(c);
+    drop(dockerd);
+}

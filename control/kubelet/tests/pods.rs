@@ -1037,3 +1037,48 @@ async fn kubelet_api_is_https_only_and_refuses_anonymous_requests() {
     delete(&c, "locked").await;
     c.wait_gone("locked").await;
 }
+
+/// The process runtime runs host programs: an image that maps to none, without a command, is
+/// refused with a message that says so (waiting reason and event, as `kubectl describe`
+/// shows them), and nothing is pulled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_runtime_says_why_an_image_without_a_host_program_is_refused() {
+    let c = Cluster::start(1).await;
+    c.create_pod(
+        0,
+        json!({
+            "metadata": {"name": "nginx"},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "c", "image": "nginx:1.27"}]},
+        }),
+    )
+    .await;
+    let p = c
+        .wait_pod("nginx", "CreateContainerConfigError", |p| {
+            waiting_reason(p).is_some_and(|r| r == "CreateContainerConfigError")
+        })
+        .await;
+    let msg = container_status(&p, "c")
+        .state
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(
+        msg.contains("runs host programs rather than images") && msg.contains("docker runtime"),
+        "{msg}"
+    );
+    let ev = wait_event(&c, "nginx", "Failed").await;
+    assert!(
+        ev.message
+            .as_deref()
+            .is_some_and(|m| m.contains("runs host programs")),
+        "{ev:?}"
+    );
+    assert!(
+        events_of(&c, "nginx")
+            .await
+            .iter()
+            .all(|e| e.reason.as_deref() != Some("Pulling")),
+        "the process runtime pulls nothing"
+    );
+}

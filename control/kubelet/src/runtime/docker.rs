@@ -23,8 +23,9 @@ use bollard::{
     models::{ContainerCreateBody, HostConfig},
     query_parameters::{
         AttachContainerOptions, CreateContainerOptions, CreateImageOptions,
-        InspectContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-        ResizeContainerTTYOptions, StartContainerOptions, StopContainerOptions,
+        InspectContainerOptions, ListContainersOptions, ListImagesOptions, LogsOptions,
+        RemoveContainerOptions, RemoveImageOptions, ResizeContainerTTYOptions,
+        StartContainerOptions, StopContainerOptions,
     },
 };
 use futures::{FutureExt, Stream, StreamExt};
@@ -34,8 +35,9 @@ use tokio::{
 };
 
 use super::{
-    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, ImageInfo,
-    Sandbox, SandboxConfig, StartError, StreamOptions, StreamSession, TermSize,
+    BoxRead, BoxWrite, ContainerConfig, ContainerRuntime, ContainerStatus, ExecOutput, ImageFs,
+    ImageInfo, RuntimeImage, Sandbox, SandboxConfig, StartError, StreamOptions, StreamSession,
+    TermSize,
 };
 use crate::error::{Error, Result};
 
@@ -389,6 +391,75 @@ impl ContainerRuntime for DockerRuntime {
                 reason: "ImageInspectError",
                 message: format!("inspecting image {image:?}: {}", engine_message(&e)),
             }),
+        }
+    }
+
+    /// The filesystem of Docker's root directory (`DockerRootDir`), every image, and which of
+    /// them a container (running or not) is made from.
+    async fn image_fs(&self) -> Result<Option<ImageFs>> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| Error::Runtime(format!("docker info: {}", engine_message(&e))))?;
+        let root = info
+            .docker_root_dir
+            .unwrap_or_else(|| "/var/lib/docker".into());
+        let st = nix::sys::statvfs::statvfs(root.as_str())
+            .map_err(|e| Error::Runtime(format!("statvfs {root}: {e}")))?;
+        let frsize = st.fragment_size() as u64;
+        let used: std::collections::HashSet<String> = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| Error::Runtime(format!("listing containers: {}", engine_message(&e))))?
+            .into_iter()
+            .filter_map(|c| c.image_id)
+            .collect();
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptions::default()))
+            .await
+            .map_err(|e| Error::Runtime(format!("listing images: {}", engine_message(&e))))?
+            .into_iter()
+            .map(|i| RuntimeImage {
+                in_use: used.contains(&i.id),
+                size: u64::try_from(i.size).unwrap_or(0),
+                tags: i.repo_tags,
+                id: i.id,
+            })
+            .collect();
+        Ok(Some(ImageFs {
+            capacity: st.blocks() as u64 * frsize,
+            available: st.blocks_available() as u64 * frsize,
+            images,
+        }))
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<()> {
+        // Forced: an image with several tags is only removed by ID so (the caller has
+        // checked that no container uses it).
+        match self
+            .docker
+            .remove_image(
+                id,
+                Some(RemoveImageOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(Error::Runtime(format!(
+                "removing image {id}: {}",
+                engine_message(&e)
+            ))),
         }
     }
 

@@ -39,6 +39,9 @@ pub struct FakeRuntime {
     pub started: Mutex<Vec<(String, u32)>>,
     /// Pulls asked for (images named `fake/pull...` are absent until pulled).
     pub pulls: std::sync::atomic::AtomicUsize,
+    /// The image filesystem `image_fs` reports (none: no images); `remove_image` takes from
+    /// it.
+    pub image_fs: Mutex<Option<super::ImageFs>>,
     /// The most pulls that ran at once.
     pub max_parallel_pulls: std::sync::atomic::AtomicUsize,
     pulling: std::sync::atomic::AtomicUsize,
@@ -135,6 +138,25 @@ impl ContainerRuntime for FakeRuntime {
         Ok((image != "fake/missing"
             && (!image.starts_with("fake/pull") || pulled.iter().any(|p| p == image)))
         .then(ImageInfo::default))
+    }
+
+    async fn image_fs(&self) -> Result<Option<super::ImageFs>> {
+        Ok(self
+            .image_fs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<()> {
+        let mut fs = self.image_fs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fs) = fs.as_mut()
+            && let Some(i) = fs.images.iter().position(|i| i.id == id)
+        {
+            let img = fs.images.remove(i);
+            fs.available += img.size;
+        }
+        Ok(())
     }
 
     async fn pull_image(

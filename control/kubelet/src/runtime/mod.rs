@@ -174,6 +174,24 @@ pub struct ImageInfo {
     pub size: u64,
 }
 
+/// An image of the runtime, for garbage collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeImage {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub size: u64,
+    /// A container (running or not) is made from it.
+    pub in_use: bool,
+}
+
+/// The filesystem holding a runtime's images, and the images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFs {
+    pub capacity: u64,
+    pub available: u64,
+    pub images: Vec<RuntimeImage>,
+}
+
 /// Why a container could not start (maps to the Waiting reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartError {
@@ -193,6 +211,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn pulls_images(&self) -> bool;
     /// `image`, when the runtime has it.
     async fn image_status(&self, image: &str) -> Result<Option<ImageInfo>, StartError>;
+    /// The image filesystem and its images, for garbage collection (`None`: the runtime keeps
+    /// no images).
+    async fn image_fs(&self) -> Result<Option<ImageFs>> {
+        Ok(None)
+    }
+    /// Removes the image `id` (all its tags).
+    async fn remove_image(&self, id: &str) -> Result<()> {
+        Err(crate::error::Error::Runtime(format!(
+            "this runtime keeps no images (removing {id})"
+        )))
+    }
     /// Pulls `image` from its registry (with `cred` when given).
     async fn pull_image(
         &self,
