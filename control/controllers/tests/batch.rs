@@ -481,19 +481,23 @@ async fn forbid_skips_while_a_job_runs_and_replace_swaps_it() {
         (names == [format!("swap-{}", second.as_second() / 60)]).then_some(names)
     })
     .await;
-    let st = cjs
-        .get("swap")
-        .await
-        .expect("cronjob")
-        .status
-        .unwrap_or_default();
-    let active: Vec<String> = st
-        .active
-        .iter()
-        .flatten()
-        .filter_map(|r| r.name.clone())
-        .collect();
-    assert_eq!(active, swapped);
+    // The status follows the swap in a later write of the controller.
+    eventually("status.active names the new job", || async {
+        let st = cjs
+            .get("swap")
+            .await
+            .expect("cronjob")
+            .status
+            .unwrap_or_default();
+        let active: Vec<String> = st
+            .active
+            .iter()
+            .flatten()
+            .filter_map(|r| r.name.clone())
+            .collect();
+        (active == swapped).then_some(())
+    })
+    .await;
     assert!(
         events_for(&c, "swap")
             .await
