@@ -240,15 +240,18 @@ async fn one_pod_per_node_follows_nodes_and_replaces_deleted_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_selectors_and_taints_choose_the_nodes() {
     let (c, _kubelet) = start(&["edge-a", "edge-b", "tainted", "core"]).await;
-    for n in ["edge-a", "edge-b", "tainted"] {
-        patch_node(&c, n, json!({"metadata": {"labels": {"role": "edge"}}})).await;
-    }
+    // The taint before the label: the controller's node cache sees them in this order, so it
+    // never sees `tainted` as an untainted edge node (a NoSchedule taint that comes later
+    // leaves an existing daemon pod in place, as in Kubernetes).
     patch_node(
         &c,
         "tainted",
         json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
     )
     .await;
+    for n in ["edge-a", "edge-b", "tainted"] {
+        patch_node(&c, n, json!({"metadata": {"labels": {"role": "edge"}}})).await;
+    }
     let dss: Api<DaemonSet> = Api::namespaced(c.client.clone(), "default");
     dss.create(&ds_json("edge", json!({"nodeSelector": {"role": "edge"}})))
         .await
