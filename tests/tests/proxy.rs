@@ -1201,9 +1201,11 @@ spec:
     );
 }
 
-/// Why a removed pod is still answered: the peers pods, Endpoints and EndpointSlices as the
-/// apiserver has them, and each kube-dns replica's answer when asked directly (with its log
-/// when it still names `gone`).
+/// Why a removed pod is still answered (or DNS does not answer): every pod, the kube-dns
+/// Endpoints, the events, the peers Endpoints and EndpointSlices as the apiserver has them,
+/// each kube-dns replica's answer when asked directly (with its log when it still names
+/// `gone`), and the tails of the cluster's logs. With `XKUBE_E2E_SAVE_LOGS=<dir>` the whole
+/// log directory is copied there too (the cluster and its logs go when the test ends).
 fn dns_lag_report(c: &Cluster, client: &str, gone: Option<&str>) -> String {
     let mut out = Vec::new();
     for (what, args) in [
