@@ -9,7 +9,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    os::{fd::AsRawFd, unix::process::CommandExt as _, unix::process::ExitStatusExt as _},
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::Path,
     process::Command,
 };
@@ -102,21 +102,14 @@ fn run_on(n: &NodeState, cmd: &mut Command, what: &str) -> Result<i32> {
         .write(true)
         .open(&procs_path)
         .map_err(io("open", &procs_path))?;
-    let (ns_fd, procs_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
-    // SAFETY: only async-signal-safe calls (signal, setns, write) between fork and exec. The
-    // child keeps the caller's session, so a terminal stays its controlling terminal.
+    // The child keeps the caller's session, so a terminal stays its controlling terminal.
+    crate::enter_in_child(cmd, &ns, Some(&procs), false);
+    // SAFETY: signal(2) is async-signal-safe.
     unsafe {
-        cmd.pre_exec(move || {
+        cmd.pre_exec(|| {
             // Ignored signals stay ignored across exec: give the command the defaults back.
             nix::libc::signal(nix::libc::SIGINT, nix::libc::SIG_DFL);
             nix::libc::signal(nix::libc::SIGQUIT, nix::libc::SIG_DFL);
-            if nix::libc::setns(ns_fd, nix::libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // "0" moves the writing process.
-            if nix::libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
             Ok(())
         });
     }

@@ -933,12 +933,31 @@ fn spawn_in_with(
         source,
     })?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    enter_in_child(cmd, &ns, procs.as_ref(), true);
+    let child = cmd.spawn().map_err(|source| Error::Spawn {
+        what: what.to_owned(),
+        source,
+    })?;
+    Ok(child.id())
+}
+
+/// Makes `cmd`'s child enter the network namespace `ns` and (given its `cgroup.procs`) a
+/// cgroup before it execs, in a session of its own when `new_session`. The files must stay
+/// open until the child is spawned.
+pub(crate) fn enter_in_child(
+    cmd: &mut Command,
+    ns: &File,
+    procs: Option<&File>,
+    new_session: bool,
+) {
     let ns_fd = ns.as_raw_fd();
-    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    let procs_fd = procs.map(|f| f.as_raw_fd());
     // SAFETY: only async-signal-safe calls (setsid, setns, write) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            nix::libc::setsid();
+            if new_session {
+                nix::libc::setsid();
+            }
             if nix::libc::setns(ns_fd, nix::libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -951,11 +970,6 @@ fn spawn_in_with(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| Error::Spawn {
-        what: what.to_owned(),
-        source,
-    })?;
-    Ok(child.id())
 }
 
 async fn wait_for<F, Fut>(secs: u64, what: &str, logs: &Path, mut check: F) -> Result<()>

@@ -444,17 +444,35 @@ pub fn connect() -> Result<Handle> {
     Ok(handle)
 }
 
-/// The index of the link named `name`.
-pub async fn link_index(h: &Handle, name: &str) -> Result<u32> {
+/// The link named `name`.
+async fn get_link(h: &Handle, name: &str) -> Result<rtnetlink::packet_route::link::LinkMessage> {
     let mut links = h.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
-        Ok(Some(link)) => Ok(link.header.index),
+        Ok(Some(link)) => Ok(link),
         Ok(None) => Err(Error::NoSuchLink(name.to_owned())),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => {
             Err(Error::NoSuchLink(name.to_owned()))
         }
         Err(e) => Err(nl(format!("get link {name}"))(e)),
     }
+}
+
+/// The index of the link named `name`.
+pub async fn link_index(h: &Handle, name: &str) -> Result<u32> {
+    Ok(get_link(h, name).await?.header.index)
+}
+
+/// The hardware address of the link named `name` (`None` for links without one).
+pub async fn link_address(h: &Handle, name: &str) -> Result<Option<Vec<u8>>> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    Ok(get_link(h, name)
+        .await?
+        .attributes
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(mac) => Some(mac),
+            _ => None,
+        }))
 }
 
 const fn libc_enodev() -> i32 {
@@ -477,25 +495,12 @@ pub async fn link_up(h: &Handle, name: &str) -> Result<()> {
 /// packets to it are dropped until the cache entry fails over, 10-30 s). An address set
 /// through netlink is one the kernel no longer recalculates (`NET_ADDR_SET`).
 pub async fn pin_link_address(h: &Handle, name: &str) -> Result<()> {
-    use rtnetlink::packet_route::link::LinkAttribute;
-    let mut links = h.link().get().match_name(name.to_owned()).execute();
-    let link = match links.try_next().await {
-        Ok(Some(link)) => link,
-        Ok(None) => return Err(Error::NoSuchLink(name.to_owned())),
-        Err(e) => return Err(nl(format!("get link {name}"))(e)),
-    };
-    let Some(mac) = link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(mac) => Some(mac.clone()),
-        _ => None,
-    }) else {
+    let Some(mac) = link_address(h, name).await? else {
         return Ok(());
     };
+    let idx = link_index(h, name).await?;
     h.link()
-        .set(
-            LinkUnspec::new_with_index(link.header.index)
-                .address(mac)
-                .build(),
-        )
+        .set(LinkUnspec::new_with_index(idx).address(mac).build())
         .execute()
         .await
         .map_err(nl(format!("pin the address of {name}")))
@@ -584,22 +589,9 @@ mod tests {
     }
 
     async fn mac_of(h: &Handle, name: &str) -> Vec<u8> {
-        use rtnetlink::packet_route::link::LinkAttribute;
-        let link = h
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute()
-            .try_next()
+        link_address(h, name)
             .await
             .expect("get link")
-            .expect("link exists");
-        link.attributes
-            .into_iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(m) => Some(m),
-                _ => None,
-            })
             .expect("link has an address")
     }
 
